@@ -1,0 +1,5 @@
+import sys
+
+from coarse2fine.cli import main
+
+sys.exit(main())

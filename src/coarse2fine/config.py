@@ -1,0 +1,159 @@
+"""Dataclass configs and named presets.
+
+Every run directory and checkpoint carries its resolved config as JSON, so sampling and resuming
+never ask the user to re-type model flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class UserError(ValueError):
+    """An input problem the user can fix: the CLI prints it as one line, without a traceback."""
+
+
+class ConfigError(UserError):
+    """A configuration problem (unknown preset or field, missing or corrupt config.json)."""
+
+
+@dataclass
+class VQConfig:
+    """LlamaGen VQ autoencoder. ch_mult with n levels downsamples by 2**(n-1)."""
+
+    codebook_size: int = 16384
+    codebook_embed_dim: int = 8
+    codebook_l2_norm: bool = True
+    commit_beta: float = 0.25
+    entropy_loss_ratio: float = 0.0
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    z_channels: int = 256
+    num_res_blocks: int = 2
+    dropout: float = 0.0
+    image_size: int = 256
+    # attention blocks in the lowest-resolution level/decoder first block (LlamaGen: 2 enc, 3 dec)
+    use_attn: bool = True
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.downsample
+
+
+@dataclass
+class GPTConfig:
+    """Llama-style transformer (LlamaGen GPT). vocab_size is K (fine) or C (coarse)."""
+
+    dim: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    vocab_size: int = 16384
+    num_classes: int = 1000
+    grid: int = 16  # image tokens = grid * grid
+    causal: bool = True
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    token_dropout_p: float = 0.1
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    class_dropout_prob: float = 0.1
+    # stage 2 only: vocabulary of the input (coarse) tokens; 0 means input vocab == vocab_size
+    input_vocab_size: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        m = self.multiple_of
+        return m * ((hidden + m - 1) // m)
+
+
+VQ_PRESETS: dict[str, dict[str, Any]] = {
+    "VQ-16": dict(ch_mult=(1, 1, 2, 2, 4), image_size=256),
+    "VQ-8": dict(ch_mult=(1, 2, 2, 4), image_size=256),
+    # CPU presets: 32x32 images -> 8x8 codes.
+    "VQ-tiny": dict(codebook_size=4096, codebook_embed_dim=8, ch=32, ch_mult=(1, 2, 2),
+                    z_channels=64, num_res_blocks=1, image_size=32),
+    "VQ-small": dict(codebook_size=4096, codebook_embed_dim=8, ch=64, ch_mult=(1, 2, 2),
+                     z_channels=128, num_res_blocks=2, image_size=32),
+}
+
+GPT_PRESETS: dict[str, dict[str, Any]] = {
+    "GPT-B": dict(n_layer=12, n_head=12, dim=768),
+    "GPT-L": dict(n_layer=24, n_head=16, dim=1024),
+    "GPT-XL": dict(n_layer=36, n_head=20, dim=1280),
+    "GPT-XXL": dict(n_layer=48, n_head=24, dim=1536),
+    # CPU presets (head_dim 64 like LlamaGen), 8x8 token grids.
+    "GPT-tiny": dict(n_layer=2, n_head=2, dim=128, grid=8, num_classes=10),
+    "GPT-small": dict(n_layer=4, n_head=4, dim=256, grid=8, num_classes=10),
+    "GPT-medium": dict(n_layer=8, n_head=6, dim=384, grid=8, num_classes=10),
+}
+
+
+def _coerce(cls, data: dict[str, Any]):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and restoring tuples."""
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(names)}")
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, list):
+            v = tuple(v)
+        out[k] = v
+    return cls(**out)
+
+
+def vq_config(preset: str, **overrides) -> VQConfig:
+    if preset not in VQ_PRESETS:
+        raise ConfigError(f"unknown tokenizer preset {preset!r}; choose one of {sorted(VQ_PRESETS)}")
+    return _coerce(VQConfig, {**VQ_PRESETS[preset], **overrides})
+
+
+def gpt_config(preset: str, **overrides) -> GPTConfig:
+    if preset not in GPT_PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(GPT_PRESETS)}")
+    return _coerce(GPTConfig, {**GPT_PRESETS[preset], **overrides})
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, data: dict[str, Any]):
+    return _coerce(cls, data)
+
+
+def dump_json(obj: dict[str, Any], path: str | Path) -> None:
+    from coarse2fine.fileio import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"missing {p}; is this a coarse2fine run directory?")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p} is not valid JSON ({e}); re-create it or restore it from a backup") from e
