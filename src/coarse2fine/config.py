@@ -157,3 +157,46 @@ def load_json(path: str | Path) -> dict[str, Any]:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{p} is not valid JSON ({e}); re-create it or restore it from a backup") from e
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by the coarse, fine and baseline models.
+
+    lr is given per global batch of 256 (LlamaGen's convention) and scaled linearly by
+    batch_size / 256. batch_size is the global batch: split over processes and accumulation steps.
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    schedule: str = "constant"  # "constant" | "cosine"
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.0  # 0 disables EMA
+    precision: str = "auto"  # "auto" | "fp32" | "bf16"
+    seed: int = 0
+    log_every: int = 50
+    sample_every: int = 0  # 0: a sample grid at the end only
+    ckpt_every: int = 500
+    eval_every: int = 0
+    fsdp: bool = False
+
+    @property
+    def scaled_lr(self) -> float:
+        return self.lr * self.batch_size / 256
+
+    def validate(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("steps, batch size and grad accumulation must be >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema decay must be in [0, 1), got {self.ema_decay}")

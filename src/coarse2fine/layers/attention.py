@@ -1,0 +1,74 @@
+"""Multi-head attention with a fused qkv projection and a static KV cache.
+
+The cache is allocated once (`KVCache(B, H, L, hd)`) and written in place at `input_pos`, so tensor
+shapes never change during decoding. Two ways to read it:
+- prefix (default, best in eager mode): attend over cache[:, :, :end] where end = last position + 1,
+  so step p costs O(p), not O(L);
+- masked: attend over the whole static cache with a boolean mask (fixed shapes for torch.compile /
+  CUDA graphs).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from coarse2fine.layers.rope import apply_rope
+
+
+class KVCache(nn.Module):
+    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        super().__init__()
+        shape = (batch, heads, max_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """input_pos [T]; k, v [B, H, T, hd] -> full caches [B, H, L, hd]."""
+        self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+        self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
+        return self.k_cache, self.v_cache
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_head: int, attn_dropout: float = 0.0, resid_dropout: float = 0.0):
+        super().__init__()
+        assert dim % n_head == 0, "dim must be divisible by n_head"
+        self.n_head = n_head
+        self.head_dim = dim // n_head
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.attn_dropout_p = attn_dropout
+        self.resid_dropout = nn.Dropout(resid_dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, causal: bool,
+                input_pos: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                end: int | None = None) -> torch.Tensor:
+        """x [B, T, D]; rope [T, hd/2, 2].
+
+        Without input_pos: plain (causal or full) self-attention over x.
+        With input_pos [T] (cache mode): k/v go into the cache; attend over cache[:, :, :end]
+        (prefix mode, `end` given) or the whole cache under `mask` [T, L] (masked mode).
+        """
+        B, T, D = x.shape
+        q, k, v = self.wqkv(x).split(D, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim)  # [B, T, H, hd]
+        k = k.view(B, T, self.n_head, self.head_dim)
+        v = v.view(B, T, self.n_head, self.head_dim)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
+        dropout = self.attn_dropout_p if self.training else 0.0
+        if input_pos is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
+        else:
+            assert self.kv_cache is not None, "call setup_cache() before cached decoding"
+            kc, vc = self.kv_cache.update(input_pos, k, v)
+            if end is not None:
+                kc, vc = kc[:, :, :end], vc[:, :, :end]
+                if mask is not None:
+                    mask = mask[:, :end]
+            y = F.scaled_dot_product_attention(q, kc.to(q.dtype), vc.to(q.dtype), attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, D)  # [B, T, D]
+        return self.resid_dropout(self.wo(y))

@@ -1,0 +1,165 @@
+"""Sampling policy: temperature / top-k / top-p filters, CFG, the KV-cache decode loop, stage 2.
+
+Models return logits; everything that decides which token comes next lives here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from coarse2fine.config import UserError
+from coarse2fine.losses import restrict_to_cluster
+
+
+@dataclass
+class StageSampling:
+    """Per-stage knobs. top_k 0 and top_p 1.0 disable the filters; cfg_scale 1.0 disables CFG.
+    cfg_interval -1: CFG at every step; n >= 0: CFG only for token positions < n."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cfg_scale: float = 1.0
+    cfg_interval: int = -1
+
+    def validate(self, vocab: int, name: str) -> None:
+        if not self.temperature > 0:
+            raise UserError(f"{name} temperature must be > 0 (got {self.temperature}); use e.g. 1.0")
+        if self.top_k < 0 or self.top_k > vocab:
+            raise UserError(f"{name} top-k must be in 0..{vocab} (vocabulary size; 0 = all), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"{name} top-p must be in (0, 1], got {self.top_p}")
+        if self.cfg_scale < 0:
+            raise UserError(f"{name} cfg scale must be >= 0 (1.0 = no guidance), got {self.cfg_scale}")
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.cfg_scale != 1.0
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """logits [..., V] -> logits with filtered entries at -inf. top-k uses topk (no full sort);
+    top-p sorts only the survivors of top-k when top-k is set."""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum <= (1 - top_p)  # the low-probability tail, keeping at least the top token
+        drop_sorted[..., -1:] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits [..., V] -> sampled ids [...]. Uses the exponential-race form of multinomial
+    sampling (argmax p / E, E ~ Exp(1)), which needs no host sync."""
+    logits = filter_logits(logits / max(temperature, 1e-5), top_k, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    e = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return torch.argmax(probs / e, dim=-1)
+
+
+def cfg_combine(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """logits [2B, ...] as [cond; uncond] -> uncond + (cond - uncond) * scale, [B, ...]."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + (cond - uncond) * scale
+
+
+def _cfg_cond(cond: torch.Tensor, num_classes: int, use_cfg: bool) -> torch.Tensor:
+    if not use_cfg:
+        return cond
+    return torch.cat([cond, torch.full_like(cond, num_classes)])
+
+
+def check_labels(cond: torch.Tensor, num_classes: int) -> None:
+    if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= num_classes):
+        raise UserError(f"class labels must be in 0..{num_classes - 1}, got {cond.tolist()[:16]}")
+
+
+@torch.no_grad()
+def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch.Generator | None = None,
+                dtype: torch.dtype = torch.float32, num_tokens: int | None = None,
+                masked_cache: bool = False) -> torch.Tensor:
+    """Autoregressive sampling with a static KV cache. cond [B] -> tokens [B, N].
+
+    CFG doubles the batch ([cond; null]) so both halves run in one forward pass; the head is
+    evaluated for the last position only.
+    """
+    cfg = model.cfg
+    check_labels(cond, cfg.num_classes)
+    opts.validate(cfg.vocab_size, "stage")
+    n = num_tokens or cfg.seq_len
+    B = cond.size(0)
+    x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)
+    model.setup_cache(x_cond.size(0), dtype=dtype, masked=masked_cache)
+    device = cond.device
+    out = torch.empty(B, n, dtype=torch.long, device=device)
+    tok = None
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        for i in range(n):
+            pos = torch.tensor([i], device=device)
+            if i == 0:
+                logits = model(None, x_cond, pos, last_only=True)[:, -1]  # [B', V]
+            else:
+                logits = model(tok.repeat(2, 1) if opts.use_cfg else tok, None, pos, last_only=True)[:, -1]
+            if opts.use_cfg:
+                if opts.cfg_interval < 0 or i < opts.cfg_interval:
+                    logits = cfg_combine(logits, opts.cfg_scale)
+                else:
+                    logits = logits[:B]
+            nxt = sample_logits(logits.float(), opts.temperature, opts.top_k, opts.top_p, generator)
+            out[:, i] = nxt
+            tok = nxt.unsqueeze(1)  # [B, 1]
+    return out
+
+
+@torch.no_grad()
+def generate_fine(model, coarse: torch.Tensor, cond: torch.Tensor, opts: StageSampling,
+                  generator: torch.Generator | None = None, members: torch.Tensor | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Stage 2 in one forward pass: coarse [B, N] (+ cond [B]) -> fine codes [B, N].
+
+    members [C, M]: restrict each position's choice to its cluster (the restricted head)."""
+    cfg = model.cfg
+    check_labels(cond, cfg.num_classes)
+    opts.validate(cfg.vocab_size, "stage-2")
+    x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)
+    x_tok = coarse.repeat(2, 1) if opts.use_cfg else coarse
+    with torch.autocast(coarse.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        logits = model(x_tok, x_cond)[:, 1:]  # [B', N, K]; position 0 is the class token
+    logits = logits.float()
+    if opts.use_cfg:
+        logits = cfg_combine(logits, opts.cfg_scale)
+    if members is None:
+        return sample_logits(logits, opts.temperature, opts.top_k, opts.top_p, generator)
+    sub = restrict_to_cluster(logits, coarse, members)  # [B, N, M]
+    top_k = min(opts.top_k, sub.size(-1))
+    pick = sample_logits(sub, opts.temperature, top_k, opts.top_p, generator)  # [B, N]
+    return members.to(coarse.device)[coarse].gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_naive(model, cond: torch.Tensor, opts: StageSampling, generator: torch.Generator | None = None,
+                   num_tokens: int | None = None) -> torch.Tensor:
+    """No-cache reference sampler: re-runs the full prefix at every step (the speed floor)."""
+    cfg = model.cfg
+    n = num_tokens or cfg.seq_len
+    B = cond.size(0)
+    x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)
+    toks = torch.empty(x_cond.size(0), 0, dtype=torch.long, device=cond.device)
+    out = []
+    for i in range(n):
+        logits = model(toks if i else None, x_cond)[:, -1]
+        if opts.use_cfg:
+            logits = cfg_combine(logits, opts.cfg_scale) if opts.cfg_interval < 0 or i < opts.cfg_interval \
+                else logits[:B]
+        nxt = sample_logits(logits, opts.temperature, opts.top_k, opts.top_p, generator)
+        out.append(nxt)
+        step = nxt.repeat(2) if opts.use_cfg else nxt
+        toks = torch.cat([toks, step.unsqueeze(1)], dim=1)
+    return torch.stack(out, dim=1)

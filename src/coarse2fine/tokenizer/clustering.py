@@ -1,0 +1,171 @@
+"""Codebook clustering: the CoarseMap phi (fine id -> coarse id) of the CTF paper.
+
+k-means runs on the L2-normalised codewords (LlamaGen's lookup normalises them too, so that is the
+geometry in which codes are "close"). Methods:
+- "kmeans": scikit-learn KMeans (Lloyd), seeded, deterministic;
+- "random": the paper's ablation, a seeded random partition into clusters of near-equal size;
+- "balanced": equal cluster sizes (as IAR): k-means centroids, then a capacity-constrained greedy
+  assignment by distance, refined for a few rounds.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coarse2fine.config import UserError
+from coarse2fine.fileio import atomic_save_safetensors
+
+METHODS = ("kmeans", "random", "balanced")
+
+
+@dataclass
+class CoarseMap:
+    """phi [K] (coarse id of each fine code), members [C, M] (-1 padded), sizes [C],
+    centroids [C, D] (mean normalised codeword of each cluster), the codebook fingerprint."""
+
+    phi: torch.Tensor
+    members: torch.Tensor
+    sizes: torch.Tensor
+    centroids: torch.Tensor
+    fingerprint: str
+    method: str
+    seed: int
+
+    @property
+    def num_codes(self) -> int:
+        return int(self.phi.numel())
+
+    @property
+    def num_coarse(self) -> int:
+        return int(self.sizes.numel())
+
+    @classmethod
+    def from_assignment(cls, phi: np.ndarray, codewords: np.ndarray, num_coarse: int, fingerprint: str,
+                        method: str, seed: int) -> "CoarseMap":
+        phi_t = torch.as_tensor(phi, dtype=torch.long)
+        sizes = torch.bincount(phi_t, minlength=num_coarse)
+        m = int(sizes.max())
+        members = torch.full((num_coarse, m), -1, dtype=torch.long)
+        order = torch.argsort(phi_t, stable=True)  # codes grouped by cluster, ascending ids inside
+        starts = torch.cumsum(sizes, 0) - sizes
+        rank = torch.arange(len(order)) - starts[phi_t[order]]
+        members[phi_t[order], rank] = order
+        cw = torch.as_tensor(codewords, dtype=torch.float32)
+        cent = torch.zeros(num_coarse, cw.size(1)).index_add_(0, phi_t, cw)
+        cent /= sizes.clamp(min=1).unsqueeze(1).float()
+        return cls(phi_t, members, sizes, cent, fingerprint, method, seed)
+
+    def coarse_of(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (any shape, fine ids) -> coarse ids, same shape."""
+        return self.phi.to(codes.device)[codes]
+
+    def check_fingerprint(self, fingerprint: str, source: str = "tokenizer") -> None:
+        if fingerprint != self.fingerprint:
+            raise UserError(
+                f"coarse map was built for codebook {self.fingerprint}, but the {source} has codebook "
+                f"{fingerprint}; re-run `coarse2fine cluster` on this tokenizer")
+
+    def stats(self) -> dict[str, float]:
+        s = self.sizes.float()
+        return {"clusters": self.num_coarse, "codes": self.num_codes, "mean_size": s.mean().item(),
+                "min_size": int(s.min()), "max_size": int(s.max()), "std_size": s.std().item(),
+                "empty": int((s == 0).sum())}
+
+    def save(self, path: str | Path) -> None:
+        meta = {"fingerprint": self.fingerprint, "method": self.method, "seed": str(self.seed),
+                "format": "coarse2fine.CoarseMap/1"}
+        atomic_save_safetensors({"phi": self.phi, "members": self.members, "sizes": self.sizes,
+                                 "centroids": self.centroids}, path, metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CoarseMap":
+        from safetensors import SafetensorError, safe_open
+
+        p = Path(path)
+        if p.is_dir():
+            p = p / "coarse_map.safetensors"
+        if not p.is_file():
+            raise UserError(f"coarse map {p} not found; create it with `coarse2fine cluster`")
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+                t = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"cannot read coarse map {p} ({e}); re-run `coarse2fine cluster`") from e
+        if meta.get("format") != "coarse2fine.CoarseMap/1" or set(t) != {"phi", "members", "sizes", "centroids"}:
+            raise UserError(f"{p} is not a coarse2fine coarse map; create one with `coarse2fine cluster`")
+        return cls(t["phi"], t["members"], t["sizes"], t["centroids"], meta["fingerprint"], meta["method"],
+                   int(meta["seed"]))
+
+
+def _kmeans(x: np.ndarray, c: int, seed: int, n_init: int, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=c, n_init=n_init, max_iter=max_iter, random_state=seed, algorithm="lloyd")
+    labels = km.fit_predict(x.astype(np.float64))
+    return labels.astype(np.int64), km.cluster_centers_
+
+
+def _balanced(x: np.ndarray, c: int, seed: int, n_init: int, max_iter: int, rounds: int = 5) -> np.ndarray:
+    """Capacity-constrained assignment: every cluster gets floor(K/C) or ceil(K/C) codes."""
+    k = len(x)
+    _, cent = _kmeans(x, c, seed, n_init, max_iter)
+    base, extra = divmod(k, c)
+    cap = np.full(c, base, dtype=np.int64)
+    cap[:extra] += 1
+    labels = np.zeros(k, dtype=np.int64)
+    for _ in range(rounds):
+        d = ((x[:, None, :] - cent[None, :, :]) ** 2).sum(-1)  # [K, C]
+        order = np.argsort(d, axis=None, kind="stable")
+        labels.fill(-1)
+        left = cap.copy()
+        todo = k
+        for flat in order:
+            i, j = divmod(int(flat), c)
+            if labels[i] < 0 and left[j] > 0:
+                labels[i] = j
+                left[j] -= 1
+                todo -= 1
+                if todo == 0:
+                    break
+        cent = np.stack([x[labels == j].mean(0) for j in range(c)])
+    return labels
+
+
+def cluster_codebook(codewords: torch.Tensor, num_coarse: int, method: str = "kmeans", seed: int = 0,
+                     fingerprint: str = "", n_init: int = 1, max_iter: int = 300) -> CoarseMap:
+    """codewords [K, D] (already L2-normalised) -> CoarseMap with `num_coarse` clusters."""
+    k = codewords.size(0)
+    if method not in METHODS:
+        raise UserError(f"unknown clustering method {method!r}; choose one of {METHODS}")
+    if not 1 <= num_coarse <= k:
+        raise UserError(f"--clusters must be between 1 and the codebook size {k}, got {num_coarse}")
+    x = codewords.detach().double().cpu().numpy()
+    if method == "random":
+        rng = np.random.default_rng(seed)
+        labels = rng.permutation(np.arange(k) % num_coarse)
+    elif method == "kmeans":
+        labels, _ = _kmeans(x, num_coarse, seed, n_init, max_iter)
+        # k-means may leave a cluster empty when codewords coincide; every coarse id must be usable
+        empty = np.setdiff1d(np.arange(num_coarse), labels)
+        if len(empty):
+            raise UserError(f"k-means left {len(empty)} of {num_coarse} clusters empty (the codebook has "
+                            "duplicate codewords); use fewer clusters or --method balanced")
+    else:
+        if k * num_coarse > 64_000_000:
+            raise UserError("balanced clustering of this size needs > 0.5 GB of distances; use --method kmeans")
+        labels = _balanced(x, num_coarse, seed, n_init, max_iter)
+    return CoarseMap.from_assignment(labels, x, num_coarse, fingerprint, method, seed)
+
+
+def default_num_coarse(codebook_size: int) -> int:
+    """The paper's ratio: 16384 codes -> 512 clusters, i.e. ~32 codes per cluster."""
+    return max(1, codebook_size // 32)
+
+
+def describe(cmap: CoarseMap) -> str:
+    return json.dumps(cmap.stats())
