@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from coarse2fine.config import UserError, gpt_config
+from coarse2fine.losses import fine_ce, restrict_to_cluster
+from coarse2fine.models import Transformer
+from coarse2fine.sampling import (StageSampling, cfg_combine, filter_logits, generate_ar, generate_fine,
+                                  generate_naive, sample_logits)
+
+
+def _model(causal=True, vocab=40, **kw):
+    torch.manual_seed(0)
+    m = Transformer(gpt_config("GPT-tiny", vocab_size=vocab, causal=causal, grid=4, **kw)).eval()
+    with torch.no_grad():
+        m.output.weight.normal_(std=0.5)
+    return m
+
+
+def test_top_k_keeps_exactly_k():
+    logits = torch.randn(4, 100)
+    out = filter_logits(logits, top_k=7)
+    assert (out > float("-inf")).sum(-1).tolist() == [7] * 4
+    kept = out > float("-inf")
+    assert torch.equal(kept, logits >= torch.topk(logits, 7).values[:, -1:])
+
+
+def test_top_p_keeps_smallest_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert (filter_logits(logits, top_p=0.7) > float("-inf")).tolist() == [[True, True, False, False]]
+    assert (filter_logits(logits, top_p=0.85) > float("-inf")).tolist() == [[True, True, True, False]]
+    assert (filter_logits(logits, top_p=0.01) > float("-inf")).sum() == 1  # never empty
+
+
+def test_cfg_arithmetic():
+    cond, uncond = torch.tensor([[1.0, 3.0]]), torch.tensor([[2.0, 2.0]])
+    out = cfg_combine(torch.cat([cond, uncond]), 2.0)
+    assert torch.equal(out, uncond + 2.0 * (cond - uncond))  # [[0, 4]]
+    assert torch.equal(cfg_combine(torch.cat([cond, uncond]), 1.0), cond)
+
+
+def test_sampling_frequencies_follow_softmax():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.log(torch.tensor([0.1, 0.2, 0.7])).expand(20000, 3)
+    ids = sample_logits(logits, 1.0, 0, 1.0, g)
+    freq = torch.bincount(ids, minlength=3).float() / 20000
+    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.015)
+
+
+def test_seed_reproduces_and_cache_matches_naive():
+    m = _model()
+    cond = torch.tensor([0, 3, 7])
+    opts = StageSampling(temperature=1.1, top_k=20, top_p=0.95, cfg_scale=2.0)
+    a = generate_ar(m, cond, opts, torch.Generator().manual_seed(5))
+    b = generate_ar(m, cond, opts, torch.Generator().manual_seed(5))
+    c = generate_ar(m, cond, opts, torch.Generator().manual_seed(6))
+    naive = generate_naive(m, cond, opts, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, naive)
+    assert a.shape == (3, 16)
+
+
+def test_cfg_interval_stops_guidance():
+    m = _model()
+    cond = torch.tensor([1, 2])
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    full = generate_ar(m, cond, StageSampling(cfg_scale=3.0), g())
+    first4 = generate_ar(m, cond, StageSampling(cfg_scale=3.0, cfg_interval=4), g())
+    none = generate_ar(m, cond, StageSampling(cfg_scale=1.0), g())
+    assert torch.equal(full[:, :4], first4[:, :4])
+    assert not torch.equal(full, none)
+
+
+def test_restricted_fine_only_picks_cluster_members():
+    vocab, c = 40, 8
+    m = _model(causal=False, vocab=vocab, input_vocab_size=c)
+    phi = torch.arange(vocab) % c
+    members = torch.stack([torch.nonzero(phi == j).squeeze(1) for j in range(c)])  # [C, 5]
+    coarse = torch.randint(0, c, (3, 16))
+    codes = generate_fine(m, coarse, torch.tensor([0, 1, 2]), StageSampling(temperature=1.5),
+                          torch.Generator().manual_seed(0), members=members)
+    assert torch.equal(phi[codes], coarse)
+    # restricted loss: target's rank inside its cluster; logits favouring the target give low loss
+    logits = torch.full((3, 16, vocab), -10.0).scatter(-1, codes.unsqueeze(-1), 10.0)
+    loss, acc = fine_ce(logits, codes, coarse, members)
+    assert loss < 1e-3 and acc == 1.0
+    sub = restrict_to_cluster(logits, coarse, members)
+    assert sub.shape == (3, 16, 5)
+
+
+def test_bad_sampling_inputs_are_clear():
+    m = _model()
+    with pytest.raises(UserError, match="class labels must be in 0..9"):
+        generate_ar(m, torch.tensor([10]), StageSampling())
+    with pytest.raises(UserError, match="temperature must be > 0"):
+        generate_ar(m, torch.tensor([1]), StageSampling(temperature=0))
+    with pytest.raises(UserError, match="top-k must be in 0..40"):
+        generate_ar(m, torch.tensor([1]), StageSampling(top_k=41))
+    with pytest.raises(UserError, match="cfg scale must be >= 0"):
+        generate_ar(m, torch.tensor([1]), StageSampling(cfg_scale=-1))
