@@ -1,0 +1,186 @@
+"""ImageNet-style folder data set: ROOT/<class name>/**/<image file>.
+
+Layout rules (also in `coarse2fine data show --help`):
+- Class ids are the sorted sub-folder names (0, 1, ...); images are found recursively inside each
+  class folder (hidden files and folders, names starting with ".", are ignored).
+- Splits: if every sub-folder of ROOT is named train/val/test, ROOT/<split> is the class root
+  ("val" and "test" stand in for each other when only one exists). Otherwise ROOT itself is the
+  class root and holds only split "train" (all images).
+- Every other file inside a class folder is probed at scan time (header read, PIL verify, size
+  limits); files that fail are skipped and counted in `skipped` with one warning line. Images
+  smaller than MIN_SIDE or larger than MAX_PIXELS (preprocess.py) count as skipped too.
+- A class folder left with no usable image is an error (dropping it silently would shift every
+  later class id); so is a ROOT with no usable image at all.
+- Pixels are decoded lazily in __getitem__. A file that passed the scan but fails to decode later
+  (e.g. a truncated JPEG, which verify cannot detect) is replaced by the next readable image of the
+  same class, with a warning, so a long training run does not die on one bad file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from coarse2fine.config import UserError
+from coarse2fine.data.datasets import ImageDataset, warn_skipped
+from coarse2fine.data.preprocess import UnreadableImage, center_crop_arr, check_dimensions, load_image_file
+
+log = logging.getLogger("coarse2fine.data")
+
+SPLIT_DIRS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": ("train",), "val": ("val", "test"), "test": ("test", "val")}
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def resolve_class_root(root: str | Path, split: str) -> Path:
+    """The directory whose sub-folders are the classes, for `split` (see module docstring)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise UserError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"image folder {root} is not a directory (expected ROOT/<class>/<images>)")
+    if split not in _SPLIT_ALIASES:
+        raise UserError(f"folder data sets have splits train, val, test; got split {split!r}")
+    subdirs = {d.name for d in root.iterdir() if d.is_dir() and _visible(d.name)}
+    if subdirs and subdirs <= set(SPLIT_DIRS):
+        for cand in _SPLIT_ALIASES[split]:
+            if cand in subdirs:
+                return root / cand
+        raise UserError(f"{root} has split folders {', '.join(sorted(subdirs))} but none for split {split!r}")
+    if split != "train":
+        raise UserError(f"{root} is a plain class folder (no train/ val/ test/ sub-folders), so it "
+                        f"only has split 'train'; got split {split!r}")
+    return root
+
+
+def _walk_files(directory: Path) -> list[Path]:
+    """All visible regular files under directory, recursively, in sorted (deterministic) order."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        out += [Path(dirpath) / f for f in sorted(filenames) if _visible(f)]
+    return [p for p in out if p.is_file()]
+
+
+def probe_image(path: Path) -> str | None:
+    """Cheap usability check without decoding pixels; returns None if usable, else a reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                check_dimensions(img.size)
+                img.verify()  # PNG: chunk CRCs over the whole file; other formats: structure
+    except UnreadableImage as e:
+        return str(e)
+    except Image.DecompressionBombError:
+        return "too large (decompression bomb)"
+    except Image.UnidentifiedImageError:
+        return "not an image file"
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        return f"corrupt image ({type(e).__name__}: {e})"
+    return None
+
+
+def scan_folder(class_root: Path, limit_per_class: int | None = None
+                ) -> tuple[list[Path], np.ndarray, list[str], int]:
+    """Probe every file under class_root/<class>/ -> (paths, labels int64 [N], classes, skipped).
+
+    With limit_per_class, probing stops at the first that many usable files of each class.
+    """
+    class_dirs = sorted((d for d in class_root.iterdir() if d.is_dir() and _visible(d.name)),
+                        key=lambda d: d.name)
+    loose = [p for p in class_root.iterdir() if p.is_file() and _visible(p.name)]
+    if not class_dirs:
+        hint = f" (found {len(loose)} files directly inside; move them into {class_root}/<class>/)" if loose else ""
+        raise UserError(f"image folder {class_root} has no class sub-folders{hint}; expected ROOT/<class>/<images>")
+    if loose:
+        log.warning("ignored %d files directly in %s: images must be inside a class sub-folder",
+                    len(loose), class_root)
+    per_class = [(d.name, _walk_files(d)) for d in class_dirs]
+    total = sum(len(f) for _, f in per_class)
+    paths: list[Path] = []
+    labels: list[int] = []
+    skipped, example, empty = 0, None, []
+    with tqdm(total=total, desc=f"scanning {class_root.name or class_root}", unit="file",
+              disable=None if total > 2000 else True, leave=False) as bar:
+        for label, (name, files) in enumerate(per_class):
+            found = 0
+            for path in files:
+                bar.update(1)
+                if limit_per_class is not None and found >= limit_per_class:
+                    continue
+                reason = probe_image(path)
+                if reason is not None:
+                    skipped += 1
+                    example = example or (path, reason)
+                    continue
+                paths.append(path)
+                labels.append(label)
+                found += 1
+            if found == 0:
+                empty.append(name)
+    warn_skipped(skipped, example)
+    if not paths:
+        raise UserError(f"image folder {class_root} has no usable images "
+                        f"({total} files looked at, {skipped} unreadable)")
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise UserError(f"class folder(s) with no usable images in {class_root}: {shown}; "
+                        f"add images or remove those folders")
+    return paths, np.asarray(labels, dtype=np.int64), [name for name, _ in per_class], skipped
+
+
+class FolderDataset(ImageDataset):
+    """Images under ROOT/<class>/ decoded lazily; see the module docstring for the rules.
+
+    Extra attributes: root (Path, the class root used), paths (list[Path], aligned with labels).
+    """
+
+    def __init__(self, root: str | Path, resolution: int, split: str = "train", flip: bool = False,
+                 limit_per_class: int | None = None):
+        class_root = resolve_class_root(root, split)
+        paths, labels, classes, skipped = scan_folder(class_root, limit_per_class)
+        super().__init__(f"folder:{Path(root).expanduser()}", classes, labels, resolution, split,
+                         flip, skipped)
+        self.root = class_root
+        self.paths = paths
+        self._bad: set[int] = set()
+
+    def _load(self, i: int) -> np.ndarray:
+        img = load_image_file(self.paths[i], size=self.resolution)
+        return np.asarray(center_crop_arr(img, self.resolution), dtype=np.uint8)
+
+    def get_raw(self, i: int) -> np.ndarray:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        if i not in self._bad:
+            try:
+                return self._load(i)
+            except UnreadableImage as e:
+                self._mark_bad(i, e)
+        # Fallback (rare): the following images of the same class, wrapping around.
+        same = self.indices_of_class(int(self.labels[i]))
+        for j in np.roll(same, -int(np.searchsorted(same, i))):
+            j = int(j)
+            if j in self._bad:
+                continue
+            try:
+                return self._load(j)
+            except UnreadableImage as e:
+                self._mark_bad(j, e)
+        raise UserError(f"no image of class {self.classes[self.labels[i]]!r} in {self.root} can be decoded")
+
+    def _mark_bad(self, j: int, err: UnreadableImage) -> None:
+        self._bad.add(j)
+        log.warning("image %s passed the scan but cannot be decoded (%s); using another image of "
+                    "class %r in its place", self.paths[j], err, self.classes[self.labels[j]])
