@@ -82,6 +82,8 @@ def probe_image(path: Path) -> str | None:
         return str(e)
     except Image.DecompressionBombError:
         return "too large (decompression bomb)"
+    except PermissionError:
+        return "permission denied"
     except Image.UnidentifiedImageError:
         return "not an image file"
     except (OSError, ValueError, SyntaxError, EOFError) as e:

@@ -184,6 +184,8 @@ def load_image_file(path: str | Path, size: int | None = None) -> Image.Image:
                 return out.copy() if out is img else out
     except Image.DecompressionBombError as e:
         raise UnreadableImage(f"too large ({e})") from None
+    except PermissionError:
+        raise UnreadableImage("permission denied") from None
     except Image.UnidentifiedImageError:
         raise UnreadableImage("not an image file") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
