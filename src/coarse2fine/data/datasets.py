@@ -56,8 +56,12 @@ class ImageDataset(Dataset):
         """Preprocessed image i as uint8 [R, R, 3] (centre-cropped, not flipped, not normalised)."""
         raise NotImplementedError
 
+    def _raw_view(self, i: int) -> np.ndarray:
+        """Like get_raw but may return a read-only view (for __getitem__, which copies anyway)."""
+        return self.get_raw(i)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        raw = self.get_raw(i)
+        raw = self._raw_view(i)
         # torch's global RNG: seeded by torch.manual_seed in the main process and re-seeded per
         # DataLoader worker (base_seed + worker_id), so flips are reproducible under a seed.
         if self.flip and torch.rand(()) < 0.5:
@@ -100,6 +104,8 @@ class ArrayDataset(ImageDataset):
         nbytes = len(images) * self.resolution * self.resolution * 3
         if cache or (cache is None and nbytes <= CACHE_BYTES):
             self._cache = self._preprocess_all()
+            # get_raw returns copies; read-only guards against writes through any other path.
+            self._cache.flags.writeable = False
 
     def _preprocess_one(self, i: int) -> np.ndarray:
         src = self._source[i]
@@ -120,9 +126,12 @@ class ArrayDataset(ImageDataset):
     def cached(self) -> bool:
         return self._cache is not None
 
+    def _raw_view(self, i: int) -> np.ndarray:
+        return self._cache[i] if self._cache is not None else self._preprocess_one(i)
+
     def get_raw(self, i: int) -> np.ndarray:
         if self._cache is not None:
-            return self._cache[i]
+            return self._cache[i].copy()  # a copy: callers may modify it or wrap it with torch
         return self._preprocess_one(i)
 
 

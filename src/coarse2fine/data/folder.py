@@ -150,7 +150,7 @@ class FolderDataset(ImageDataset):
                  limit_per_class: int | None = None):
         class_root = resolve_class_root(root, split)
         paths, labels, classes, skipped = scan_folder(class_root, limit_per_class)
-        super().__init__(f"folder:{Path(root).expanduser()}", classes, labels, resolution, split,
+        super().__init__(f"folder:{Path(root).expanduser().resolve()}", classes, labels, resolution, split,
                          flip, skipped)
         self.root = class_root
         self.paths = paths
