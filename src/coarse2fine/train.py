@@ -147,10 +147,11 @@ def evaluate_tokens(model: nn.Module, batches: StageBatches, device: torch.devic
 def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | Path, out_dir: str | Path,
           coarse_map: str | Path | None = None, heldout_dir: str | Path | None = None,
           restricted: bool = False, resume: bool = False, progress: bool = True,
-          device: str | None = None) -> dict[str, Any]:
+          device: str | None = None, stop_at: int | None = None) -> dict[str, Any]:
     """Train one stage. Writes out_dir/{config.json, model.safetensors, state.pt, metrics.jsonl, tb/}.
 
-    Returns a summary dict (final loss/accuracy, held-out token metrics, wall time)."""
+    stop_at: end this call after that step (checkpoint written); `resume=True` continues the same
+    schedule. Returns a summary dict (final loss/accuracy, held-out token metrics, wall time)."""
     if stage not in STAGES:
         raise UserError(f"unknown stage {stage!r}; choose one of {STAGES}")
     cfg.validate()
@@ -199,6 +200,8 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
         if ema is not None:
             ema.load_state_dict(st["ema"])
         step = st["step"]
+        if info.is_main:
+            _truncate_metrics(out / "metrics.jsonl", step)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump_json(run_meta, out / "config.json")
@@ -212,7 +215,8 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     t0, steps_done, summary = time.time(), 0, {}
     wrapped.train()
     try:
-        while step < cfg.steps:
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        while step < end:
             gidx = global_batch_indices(step, len(batches), cfg.batch_size, cfg.seed)
             ridx = gidx[info.rank * micro * cfg.grad_accum:(info.rank + 1) * micro * cfg.grad_accum]
             loss_sum = acc_sum = 0.0
@@ -249,7 +253,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                     writer.add_scalar("heldout/nll", ev["nll"], step)
                     writer.add_scalar("heldout/acc", ev["acc"], step)
                 log.write(json.dumps({"step": step, "heldout": ev}) + "\n")
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if step % cfg.ckpt_every == 0 or step == end:
                 _save(out, wrapped, ema, opt, sched, step, info)
             summary = rec
     except KeyboardInterrupt:
@@ -281,6 +285,14 @@ def _save(out: Path, wrapped, ema, opt, sched, step: int, info) -> None:
         save_train_state(out / "state.pt", state)
         save_weights(ema.state_dict() if ema is not None else model_sd, out / "model.safetensors")
     distributed.barrier()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint being resumed, so the log matches an uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):

@@ -1,0 +1,64 @@
+"""`coarse2fine redundancy`: the paper's Figure 1(b) on your tokenizer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from coarse2fine.config import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("redundancy", help="swap codes within their clusters and measure how little the image moves "
+                                          "(paper Fig. 1b), for k-means against random clusters")
+    p.add_argument("--tokenizer", required=True, help="tokenizer run directory or LlamaGen VQ .pt")
+    p.add_argument("--vq-preset", default="VQ-16")
+    p.add_argument("--coarse-map", help="k-means CoarseMap to test (default: cluster now with --clusters)")
+    p.add_argument("--clusters", type=int, default=0, help="clusters when clustering here (default K/32)")
+    p.add_argument("--data", default="default", help="data set name (see `coarse2fine data list`)")
+    p.add_argument("--root", help="data root for folder data sets")
+    p.add_argument("--split", default="test")
+    p.add_argument("--n", type=int, default=256, help="images to measure (default 256)")
+    p.add_argument("--show", type=int, default=8, help="images per row in the figure")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory (redundancy.png, redundancy.json)")
+    p.set_defaults(func=cmd_redundancy)
+
+
+def cmd_redundancy(args) -> int:
+    from coarse2fine.analysis import figure, redundancy
+    from coarse2fine.cli.models import load_tokenizer_any
+    from coarse2fine.data import build_dataset
+    from coarse2fine.data.preprocess import save_grid
+    from coarse2fine.fileio import atomic_write_bytes
+    from coarse2fine.tokenizer.clustering import CoarseMap, cluster_codebook, default_num_coarse
+    from coarse2fine.tokenizer.vq import codebook_fingerprint
+
+    vq = load_tokenizer_any(args.tokenizer, args.vq_preset)
+    fp = codebook_fingerprint(vq)
+    if args.coarse_map:
+        km = CoarseMap.load(args.coarse_map)
+        km.check_fingerprint(fp)
+    else:
+        km = cluster_codebook(vq.codebook_normalized(), args.clusters or default_num_coarse(vq.cfg.codebook_size),
+                              "kmeans", args.seed, fp)
+    rnd = cluster_codebook(vq.codebook_normalized(), km.num_coarse, "random", args.seed, fp)
+    ds = build_dataset(args.data, vq.cfg.image_size, split=args.split, root=args.root)
+    if len(ds) == 0:
+        raise UserError(f"data set {args.data} ({args.split}) is empty")
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(ds), generator=g)[: args.n].tolist()
+    images = torch.stack([ds[i][0] for i in idx])
+    stats, rows = redundancy(vq, images, {f"kmeans-{km.num_coarse}": km, f"random-{rnd.num_coarse}": rnd}, args.seed)
+    out = Path(args.out)
+    save_grid(figure(rows, args.show), out / "redundancy.png", nrow=args.show)
+    atomic_write_bytes(out / "redundancy.json", (json.dumps({"n": len(idx), **stats}, indent=1) + "\n").encode())
+    print(f"{len(idx)} images of {args.data}/{args.split}; rows: {', '.join(rows)}")
+    print(f"reconstruction PSNR vs original: {stats['reconstruction']['psnr_vs_original']:.2f} dB")
+    for name, s in stats.items():
+        if name != "reconstruction":
+            print(f"{name:>14}: PSNR vs reconstruction {s['psnr_vs_reconstruction']:.2f} dB "
+                  f"(vs original {s['psnr_vs_original']:.2f} dB, {100 * s['codes_changed']:.0f}% codes changed)")
+    print(f"wrote {out / 'redundancy.png'} and {out / 'redundancy.json'}")
+    return 0
