@@ -40,7 +40,8 @@ def setup(tmp_path_factory):
 
 
 def _cfg(steps, **kw):
-    return TrainConfig(steps=steps, batch_size=8, lr=1e-2, warmup_steps=2, schedule="cosine", precision="fp32",
+    kw = {"lr": 1e-2, **kw}
+    return TrainConfig(steps=steps, batch_size=8, warmup_steps=2, schedule="cosine", precision="fp32",
                        log_every=1, ckpt_every=100, ema_decay=0.9, **kw)
 
 
@@ -70,7 +71,7 @@ def test_resume_reproduces_losses(setup, tmp_path, stage):
 def test_training_learns(setup, tmp_path):
     root, store, heldout = setup
     mcfg = stage_config("GPT-tiny", "baseline", K, C, NCLS, GRID)
-    s = train("baseline", mcfg, _cfg(40), store, tmp_path / "b", heldout_dir=heldout, progress=False)
+    s = train("baseline", mcfg, _cfg(40, lr=0.3), store, tmp_path / "b", heldout_dir=heldout, progress=False)
     losses = _losses(tmp_path / "b")
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
