@@ -1,0 +1,141 @@
+"""Pre-extracted VQ codes: a memory-mapped [N, L] array the transformer trains on.
+
+<dir>/codes.npy   int16 (K <= 32767) or int32 [N, L], L = h*w in raster order. With flip, image i of
+                  the data set gives rows 2i (as is) and 2i+1 (horizontally flipped).
+<dir>/labels.npy  int64 [N]
+<dir>/meta.json   written last; its presence means the extraction is complete.
+<dir>/progress.json  {"args": ..., "done": rows written}: extraction resumes from here.
+
+Resuming: rerunning with the same tokenizer/data/flip continues into the preallocated memmap; any
+other setting is an error rather than a silently mixed array.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from coarse2fine.config import ConfigError, UserError, dump_json, load_json
+from coarse2fine.fileio import atomic_write_bytes
+from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint, load_vq
+
+
+def code_dtype(codebook_size: int) -> np.dtype:
+    return np.dtype(np.int16) if codebook_size <= 32767 else np.dtype(np.int32)
+
+
+def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@torch.no_grad()
+def extract_codes(vq: VQModel | str | Path, dataset, out_dir: str | Path, flip: bool = True,
+                  batch_size: int = 64, tokenizer_dir: str | Path | None = None,
+                  data_info: dict | None = None, progress: bool = True) -> Path:
+    """Encode every image of `dataset` (and its mirror image when flip) into `<out_dir>`; resumable.
+
+    vq: a VQModel or a tokenizer run dir. Returns out_dir. Raises UserError when out_dir holds an
+    extraction with other settings.
+    """
+    out = Path(out_dir)
+    if not isinstance(vq, VQModel):
+        tokenizer_dir = tokenizer_dir or vq
+        vq = load_vq(vq)
+    vq.eval()
+    if dataset.resolution != vq.cfg.image_size:
+        raise UserError(f"data resolution {dataset.resolution} != tokenizer image_size {vq.cfg.image_size}")
+    n_img, per = len(dataset), 2 if flip else 1
+    grid = vq.cfg.grid
+    args: dict[str, Any] = {
+        "tokenizer_fingerprint": codebook_fingerprint(vq), "codebook_size": vq.cfg.codebook_size,
+        "grid": grid, "flip": flip, "dataset": getattr(dataset, "name", "?"),
+        "split": getattr(dataset, "split", "?"), "resolution": dataset.resolution, "count": n_img * per,
+        "data": data_info or {},
+    }
+    progress_path = out / "progress.json"
+    done = 0
+    if progress_path.exists():
+        saved = load_json(progress_path)
+        diff = sorted(k for k in set(args) | set(saved["args"]) if saved["args"].get(k) != args.get(k))
+        if diff:
+            raise UserError(f"{out} holds codes extracted with different settings ({diff}); "
+                            "use another --out or delete that directory")
+        done = int(saved["done"])
+        codes = np.load(out / "codes.npy", mmap_mode="r+")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / "meta.json").exists() or (out / "codes.npy").exists():
+            raise UserError(f"{out} has codes but no progress.json; use another --out or delete it")
+        codes = np.lib.format.open_memmap(out / "codes.npy", mode="w+", dtype=code_dtype(vq.cfg.codebook_size),
+                                          shape=(n_img * per, grid * grid))
+        labels = np.repeat(np.asarray(dataset.labels, dtype=np.int64), per)  # row 2i, 2i+1 <- image i
+        _save_npy_atomic(out / "labels.npy", labels)
+        dump_json({"args": args, "done": 0}, progress_path)
+    device = next(vq.parameters()).device
+    tty = progress and sys.stderr.isatty()
+    first = done // per  # rows are written per whole image, so this is exact
+    bar = tqdm(total=n_img, initial=first, disable=not tty, desc="extract-codes", unit="img")
+    for lo in range(first, n_img, batch_size):
+        hi = min(n_img, lo + batch_size)
+        raw = torch.from_numpy(np.stack([dataset.get_raw(i) for i in range(lo, hi)]))
+        x = raw.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)  # [b,3,R,R] in [-1,1]
+        if flip:
+            # [2b, 3, R, R] ordered (img lo, mirrored lo, img lo+1, ...)
+            x = torch.stack([x, x.flip(-1)], dim=1).reshape(-1, *x.shape[1:])
+        c = vq.encode(x).reshape(x.shape[0], grid * grid)  # [b*per, h, w] -> [b*per, L]
+        codes[lo * per:hi * per] = c.cpu().numpy().astype(codes.dtype)
+        codes.flush()
+        dump_json({"args": args, "done": hi * per}, progress_path)
+        bar.update(hi - lo)
+        if progress and not tty and (lo // batch_size) % 50 == 0:
+            print(f"extract-codes: {hi}/{n_img} images", file=sys.stderr, flush=True)
+    bar.close()
+    del codes
+    meta = {
+        "num_classes": getattr(dataset, "num_classes", int(np.max(dataset.labels)) + 1),
+        "classes": list(getattr(dataset, "classes", [])), "grid": grid,
+        "codebook_size": vq.cfg.codebook_size, "tokenizer_fingerprint": args["tokenizer_fingerprint"],
+        "tokenizer_dir": str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None, "flip": flip,
+        "dataset": args["dataset"], "split": args["split"], "count": n_img * per,
+        "rows_per_image": per, "dtype": str(code_dtype(vq.cfg.codebook_size)), "data": args["data"],
+    }
+    dump_json(meta, out / "meta.json")
+    return out
+
+
+class CodeStore(torch.utils.data.Dataset):
+    """Read side of a code dir: .codes memmap [N, L], .labels int64 [N], .meta dict.
+    store[i] -> (codes LongTensor [L], label int)."""
+
+    def __init__(self, directory: str | Path):
+        d = Path(directory)
+        if not (d / "meta.json").exists():
+            if (d / "progress.json").exists():
+                raise UserError(f"code extraction in {d} is incomplete; rerun the same "
+                                "extract-codes command to finish it")
+            raise ConfigError(f"{d} holds no extracted codes (no meta.json); run extract-codes first")
+        self.dir = d
+        self.meta = load_json(d / "meta.json")
+        self.codes = np.load(d / "codes.npy", mmap_mode="r")
+        self.labels = np.load(d / "labels.npy")
+        n = self.meta["count"]
+        if self.codes.shape != (n, self.meta["grid"] ** 2) or self.labels.shape != (n,):
+            raise ConfigError(f"{d}: codes {self.codes.shape} / labels {self.labels.shape} do not match "
+                              f"meta.json (count {n}, grid {self.meta['grid']}); re-extract the codes")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.codes[i].astype(np.int64)), int(self.labels[i])
+
+    def __repr__(self) -> str:
+        return (f"CodeStore({str(self.dir)!r}, n={len(self)}, grid={self.meta['grid']}, "
+                f"K={self.meta['codebook_size']}, flip={self.meta['flip']})")
