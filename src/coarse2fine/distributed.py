@@ -47,6 +47,11 @@ def setup(device: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, local_rank=local, world_size=world, device=dev)
 
 
+def rank() -> int:
+    """This process's global rank (0 without a process group): for rank-0-only printing."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -24,9 +24,11 @@ from coarse2fine import distributed
 from coarse2fine.checkpoint import load_train_state, load_weights, save_train_state, save_weights
 from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, load_json, to_dict
 from coarse2fine.data.codes import CodeStore
+from coarse2fine.data.tencrop import open_code_store
 from coarse2fine.losses import fine_ce, token_ce
 from coarse2fine.models import STAGES, Transformer, count_params
-from coarse2fine.parallel import no_sync, unwrap, wrap_model
+from coarse2fine.parallel import (full_model_state, full_optim_state, grad_norm_value, is_sharded, load_optim_state,
+                                  no_sync, unwrap, wrap_model, wrap_shadow)
 from coarse2fine.tokenizer.clustering import CoarseMap
 
 
@@ -42,7 +44,7 @@ class StageBatches:
         if cmap is not None:
             fp = store.meta.get("tokenizer_fingerprint")
             if fp:
-                cmap.check_fingerprint(fp, source=f"code store {store.root}")
+                cmap.check_fingerprint(fp, source=f"code store {store.dir}")
             if cmap.num_codes != store.meta["codebook_size"]:
                 raise UserError(f"coarse map has {cmap.num_codes} codes, the code store {store.meta['codebook_size']}")
 
@@ -157,10 +159,10 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     cfg.validate()
     info = distributed.setup(device)
     out = Path(out_dir)
-    store = CodeStore(codes_dir)
+    store = open_code_store(codes_dir)  # extract-codes dir or a sharded ten-crop one
     cmap = CoarseMap.load(coarse_map) if coarse_map else None
     batches = StageBatches(store, stage, cmap)
-    heldout = StageBatches(CodeStore(heldout_dir), stage, cmap) if heldout_dir else None
+    heldout = StageBatches(open_code_store(heldout_dir), stage, cmap) if heldout_dir else None
     members = cmap.members.to(info.device) if (restricted and stage == "fine") else None
     if restricted and stage != "fine":
         raise UserError("--restricted applies to the fine stage only")
@@ -186,19 +188,22 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     if ema is not None:
         ema.load_state_dict(model.state_dict())
         ema.requires_grad_(False)
+    st = load_train_state(out / "state.pt") if resume else None
+    if st is not None:  # full tensors go into the plain modules, before any wrapping or sharding
+        model.load_state_dict(st["model"])
+        if ema is not None:
+            ema.load_state_dict(st["ema"])
     dtype = resolve_dtype(cfg.precision, info.device)
     wrapped = wrap_model(model, info, fsdp=cfg.fsdp)
+    ema = wrap_shadow(ema, info, fsdp=cfg.fsdp) if ema is not None else None
+    sharded = is_sharded(wrapped)  # then every forward is a collective: evaluations run on all ranks
     opt = torch.optim.AdamW(param_groups(wrapped, cfg.weight_decay), lr=cfg.scaled_lr,
                             betas=(cfg.beta1, cfg.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     step = 0
-    if resume:
-        st = load_train_state(out / "state.pt")
-        unwrap(wrapped).load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
+    if st is not None:
+        load_optim_state(wrapped, opt, st["optimizer"])
         sched.load_state_dict(st["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(st["ema"])
         step = st["step"]
         if info.is_main:
             _truncate_metrics(out / "metrics.jsonl", step)
@@ -221,7 +226,9 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
             ridx = gidx[info.rank * micro * cfg.grad_accum:(info.rank + 1) * micro * cfg.grad_accum]
             loss_sum = acc_sum = 0.0
             for m in range(cfg.grad_accum):
-                torch.manual_seed(hash((cfg.seed, step, info.rank, m)) % (2 ** 63))
+                # dropout seed per global micro-batch (its slice of the global batch), not per (rank,
+                # micro-step): N ranks x A micro-steps then equal 1 rank x N*A micro-steps exactly
+                torch.manual_seed(hash((cfg.seed, step, info.rank * cfg.grad_accum + m)) % (2 ** 63))
                 tokens, cond, targets = batches.get(ridx[m * micro:(m + 1) * micro], info.device)
                 with no_sync(wrapped, skip=m < cfg.grad_accum - 1), _autocast(info.device, dtype):
                     loss, acc = stage_loss(wrapped, stage, tokens, cond, targets, members)
@@ -238,7 +245,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
             steps_done += 1
             loss_g = distributed.all_reduce_mean(torch.tensor([loss_sum, acc_sum], device=info.device)).tolist()
             rec = {"step": step, "loss": loss_g[0], "acc": loss_g[1], "lr": sched.get_last_lr()[0],
-                   "grad_norm": float(gnorm) if gnorm is not None else None}
+                   "grad_norm": grad_norm_value(gnorm)}
             if info.is_main:
                 log.write(json.dumps(rec) + "\n")
                 if step % cfg.log_every == 0 or step == cfg.steps:
@@ -247,12 +254,13 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                         writer.add_scalar(f"train/{k}", rec[k], step) if writer else None
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
-            if heldout is not None and cfg.eval_every and step % cfg.eval_every == 0 and info.is_main:
+            if heldout is not None and cfg.eval_every and step % cfg.eval_every == 0 and (info.is_main or sharded):
                 ev = evaluate_tokens(ema or unwrap(wrapped), heldout, info.device, members=members)
                 if writer:
                     writer.add_scalar("heldout/nll", ev["nll"], step)
                     writer.add_scalar("heldout/acc", ev["acc"], step)
-                log.write(json.dumps({"step": step, "heldout": ev}) + "\n")
+                if log:
+                    log.write(json.dumps({"step": step, "heldout": ev}) + "\n")
             if step % cfg.ckpt_every == 0 or step == end:
                 _save(out, wrapped, ema, opt, sched, step, info)
             summary = rec
@@ -269,7 +277,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     summary = {**summary, "stage": stage, "params": count_params(model), "wall_s": wall,
                "steps_this_run": steps_done, "dtype": str(dtype).replace("torch.", ""),
                "tokens_per_s": steps_done * cfg.batch_size * model_cfg.seq_len / max(wall, 1e-9)}
-    if heldout is not None and info.is_main:
+    if heldout is not None and (info.is_main or sharded):
         summary["heldout"] = evaluate_tokens(ema or unwrap(wrapped), heldout, info.device, members=members)
     if info.is_main:
         dump_json(summary, out / "summary.json")
@@ -277,13 +285,16 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
 
 
 def _save(out: Path, wrapped, ema, opt, sched, step: int, info) -> None:
-    """Atomic checkpoint. Release weights: EMA when enabled, else the raw model."""
-    model_sd = unwrap(wrapped).state_dict()
+    """Atomic checkpoint of full tensors (any world size can resume it). Release weights: EMA when
+    enabled, else the raw model. Under FSDP the gathers are collectives: every rank calls this."""
+    model_sd = full_model_state(wrapped)
+    ema_sd = full_model_state(ema) if ema is not None else None
+    optim_sd = full_optim_state(wrapped, opt)
     if info.is_main:
-        state = {"model": model_sd, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "step": step, "ema": ema.state_dict() if ema is not None else None}
+        state = {"model": model_sd, "optimizer": optim_sd, "scheduler": sched.state_dict(),
+                 "step": step, "ema": ema_sd}
         save_train_state(out / "state.pt", state)
-        save_weights(ema.state_dict() if ema is not None else model_sd, out / "model.safetensors")
+        save_weights(ema_sd if ema is not None else model_sd, out / "model.safetensors")
     distributed.barrier()
 
 

@@ -158,11 +158,15 @@ def cmd_train(args) -> int:
     meta = store.meta
     num_coarse = CoarseMap.load(args.coarse_map).num_coarse if args.coarse_map else 0
     mcfg = stage_config(args.preset, args.stage, meta["codebook_size"], num_coarse, meta["num_classes"], meta["grid"])
-    tcfg = TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__})
+    # fields without a flag (e.g. beta1/beta2, min_lr_ratio) keep their TrainConfig defaults
+    tcfg = TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)})
     summary = train(args.stage, mcfg, tcfg, args.codes, args.out, coarse_map=args.coarse_map,
                     heldout_dir=args.heldout, restricted=args.restricted, resume=args.resume,
                     progress=not args.no_progress, device=args.device)
-    print(json.dumps(summary, indent=1))
+    from coarse2fine.distributed import rank
+
+    if rank() == 0:  # under torchrun: one summary, not one per process
+        print(json.dumps(summary, indent=1))
     return 0
 
 
