@@ -1,0 +1,132 @@
+"""Subcommands for ImageNet scale: import-llamagen, extract-codes-imagenet, sample-fid.
+
+The last two run unchanged as one process or under torchrun (`torchrun --nproc_per_node 8 -m
+coarse2fine.cli ...`); both resume when rerun with the same flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "import-llamagen", help="turn LlamaGen release files (vq_ds16_c2i.pt, c2i_B_256.pt, ...) into run directories",
+        description="Writes OUT/tokenizer (from --vq) and OUT/baseline (from --gpt), loadable by every other "
+                    "subcommand: cluster --tokenizer OUT/tokenizer, extract-codes*, sample --baseline OUT/baseline, "
+                    "sample-fid. Files load with weights_only=True and strict key checks.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--vq", help="LlamaGen tokenizer checkpoint, e.g. vq_ds16_c2i.pt")
+    p.add_argument("--vq-preset", default="VQ-16", help="tokenizer architecture of --vq (VQ-16 or VQ-8)")
+    p.add_argument("--tokenizer", help="with --gpt and no --vq: an already imported tokenizer run dir")
+    p.add_argument("--gpt", help="LlamaGen class-to-image checkpoint, e.g. c2i_B_256.pt")
+    p.add_argument("--preset", help="architecture of --gpt: GPT-B, GPT-L, GPT-XL or GPT-XXL (heads are not stored "
+                                    "in the file)")
+    p.add_argument("--image-size", type=int, default=256,
+                   help="resolution the models were trained at (256 for *_256.pt, 384 for *_384.pt); sets the grid")
+    p.add_argument("--ema", action="store_true", help="import the file's 'ema' weights instead of 'model'")
+    p.add_argument("--out", required=True, help="output directory (gets tokenizer/ and baseline/)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser(
+        "extract-codes-imagenet", help="ten-crop code extraction of an ImageNet-style folder, sharded and resumable",
+        description="LlamaGen's augmentation: for each crop range r, ADM centre crop to int(S*r) px, then the four "
+                    "corners and the centre, and the same of the mirrored image (10 code sequences per range). "
+                    "Output: one memory-mapped .npy per shard plus index.json, usable as `train --codes OUT`. "
+                    "Under torchrun the shards are spread over the ranks; a killed run resumes where it stopped "
+                    "when rerun with the same flags (at any number of processes).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--tokenizer", required=True, help="tokenizer run dir (e.g. OUT/tokenizer of import-llamagen)")
+    p.add_argument("--data", required=True,
+                   help="image root: ROOT/<class>/... or ROOT/{train,val}/<class>/...; class ids = sorted folder names")
+    p.add_argument("--split", default="train", help="split folder when ROOT has train/ val/")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--image-size", type=int, default=None, help="crop size S in px (default: the tokenizer's)")
+    p.add_argument("--crop-ranges", type=float, nargs="+", default=[1.1, 1.05],
+                   help="centre-crop margins (LlamaGen extracts 1.1 and 1.05); 10 variants per range")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
+    p.add_argument("--batch-size", type=int, default=16, help="images per encoder batch (x 10 per crop range)")
+    p.add_argument("--workers", type=int, default=8, help="image decoding processes per rank")
+    p.add_argument("--limit-per-class", type=int, default=None, help="only the first N images of each class")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the encoder (LlamaGen extracts in fp32)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser(
+        "sample-fid", help="sample N class-balanced images (default 50,000 = 50 per class) for FID: PNGs + ADM .npz",
+        description="Sample i gets class i mod C. Chunks of --batch-size are seeded from (--seed, chunk), so the "
+                    "images do not depend on the number of processes; rerunning with the same flags only samples "
+                    "what is missing. Writes OUT/samples/*.png (lossless; never JPEG for FID), OUT/samples.npz "
+                    "(arr_0 uint8 NxHxWx3 for the ADM evaluator, plus labels) and OUT/fid_run.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--baseline", help="baseline run dir (e.g. an imported LlamaGen c2i model)")
+    g.add_argument("--coarse", help="CTF stage-1 run dir (needs --fine)")
+    p.add_argument("--fine", help="CTF stage-2 run dir")
+    p.add_argument("--tokenizer", help="tokenizer run dir (default: the one recorded in the runs)")
+    p.add_argument("--num-samples", type=int, default=50_000, help="total images; a multiple of the class count")
+    p.add_argument("--batch-size", type=int, default=64, help="images per sampling batch (part of the seeding)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size-eval", type=int, default=None,
+                   help="resize decoded images (bicubic) to this size, as LlamaGen scores its 384 px models at 256")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast while sampling (LlamaGen's FID runs use bf16)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--no-progress", action="store_true")
+    from coarse2fine.cli.models import add_sampling_flags
+
+    add_sampling_flags(p)
+    p.add_argument("--cfg-interval-llamagen", type=float, default=None,
+                   help="LlamaGen's --cfg-interval C instead of --cfg-interval: guidance on tokens 0..floor(C)+1, "
+                        "the same as --cfg-interval floor(C)+2")
+    p.set_defaults(func=cmd_sample_fid)
+
+
+def cmd_import(args) -> int:
+    from coarse2fine.interop import describe, import_llamagen
+
+    done = import_llamagen(args.out, vq=args.vq, gpt=args.gpt, preset=args.preset, vq_preset=args.vq_preset,
+                           image_size=args.image_size, tokenizer_dir=args.tokenizer, use_ema=args.ema)
+    for name, path in done.items():
+        print(f"wrote {path}: {describe(path)}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from coarse2fine.data.tencrop import extract_tencrop
+
+    res = extract_tencrop(args.tokenizer, args.data, args.out, split=args.split, image_size=args.image_size,
+                          crop_ranges=tuple(args.crop_ranges), shard_size=args.shard_size, batch_size=args.batch_size,
+                          num_workers=args.workers, bf16=args.bf16, limit_per_class=args.limit_per_class,
+                          device=args.device, progress=not args.no_progress)
+    state = "complete" if res["complete"] else "incomplete (rerun the same command to finish)"
+    print(f"{args.out}: {res['images']} images x {res['variants']} variants, {res['shards']} shards, {state}; "
+          f"{res['encoded_this_run']} images encoded by this process in {res['wall_s']:.1f} s")
+    return 0
+
+
+def cmd_sample_fid(args) -> int:
+    from coarse2fine.cli.models import sampling_opts
+    from coarse2fine.config import UserError
+    from coarse2fine.sample_at_scale import sample_fid
+
+    if args.coarse and not args.fine:
+        raise UserError("--coarse needs --fine (the stage-2 run)")
+    if args.fine and not args.coarse:
+        raise UserError("--fine goes with --coarse; for a single model use --baseline")
+    if args.cfg_interval_llamagen is not None:
+        from coarse2fine.interop import cfg_interval_from_llamagen
+
+        if args.cfg_interval != -1:
+            raise UserError("give --cfg-interval or --cfg-interval-llamagen, not both")
+        args.cfg_interval = cfg_interval_from_llamagen(args.cfg_interval_llamagen)
+    s1, s2 = sampling_opts(args, baseline=bool(args.baseline))
+    summary = sample_fid(args.out, baseline=args.baseline, coarse=args.coarse, fine=args.fine,
+                         tokenizer=args.tokenizer, num_samples=args.num_samples, batch_size=args.batch_size,
+                         seed=args.seed, stage1=s1, stage2=s2 if args.coarse else None, bf16=args.bf16,
+                         image_size_eval=args.image_size_eval, device=args.device, progress=not args.no_progress)
+    if summary:  # rank 0
+        print(json.dumps({k: summary[k] for k in ("images", "height", "width", "per_class", "sampled_this_run",
+                                                  "world_size", "wall_s", "images_per_s", "npz")}, indent=1))
+    return 0

@@ -1,0 +1,203 @@
+"""Evaluation sampling at scale: e.g. 50,000 images, exactly 50 per class, over torchrun ranks.
+
+    torchrun --nproc_per_node 8 -m coarse2fine.cli sample-fid --baseline runs/llamagen/baseline --out fid/B
+
+Layout of OUT: `samples/{i:06d}_c{label}.png` (PNG, never JPEG: JPEG artefacts move FID), `samples.npz`
+(ADM evaluator format: arr_0 uint8 [N, H, W, 3] in index order, plus `labels` int64 [N]) and
+`fid_run.json` (the settings and the run summary).
+
+What makes it exact and resumable:
+- sample i has class i mod C, so any N that is a multiple of C gives exactly N / C per class;
+- the N indices are cut into chunks of `batch_size`; chunk j is sampled as one batch with a generator
+  seeded from (seed, j). The images therefore depend on (seed, batch_size) but not on the number of
+  processes, and chunks are handed to ranks round-robin from the list of chunks still missing;
+- every PNG is written under a temporary name and renamed, so a killed run leaves only whole files;
+  a rerun with the same settings samples only the chunks with a missing PNG.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from coarse2fine import distributed
+from coarse2fine.config import UserError, dump_json, load_json
+from coarse2fine.data.preprocess import to_uint8
+from coarse2fine.sampling import StageSampling
+
+
+def class_schedule(num_samples: int, num_classes: int) -> np.ndarray:
+    """labels int64 [N]: sample i gets class i mod C (every batch mixes classes)."""
+    if num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1, got {num_samples}")
+    if num_samples % num_classes:
+        lo = num_samples // num_classes * num_classes
+        raise UserError(f"--num-samples {num_samples} is not a multiple of the {num_classes} classes, so the classes "
+                        f"cannot be equally represented; use {lo or num_classes} or {lo + num_classes}")
+    return np.arange(num_samples, dtype=np.int64) % num_classes
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """Independent 63-bit seed for chunk `chunk` of a run seeded `seed`."""
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def png_name(i: int, label: int) -> str:
+    return f"{i:06d}_c{label}.png"
+
+
+@torch.no_grad()
+def decode_to_uint8(vq, codes: torch.Tensor, size: int | None = None) -> np.ndarray:
+    """codes [B, N] -> uint8 [B, H, W, 3]. With `size`, the decoder output (float, [-1, 1]) is first
+    resized bicubically to size x size, as LlamaGen's --image-size-eval does (384 px models scored at 256)."""
+    x = vq.decode_codes(codes)  # [B, 3, H, W]
+    if size is not None and size != x.shape[-1]:
+        x = F.interpolate(x.float(), size=(size, size), mode="bicubic")
+    return to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()  # [B, 3, H, W] -> [B, H, W, 3]
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    """Whole file or nothing: write a temporary name in the same folder, then rename."""
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def write_adm_npz(png_paths: list[Path], labels: np.ndarray, path: str | Path) -> tuple[int, int, int]:
+    """Stream PNGs into an ADM-evaluator .npz (arr_0 uint8 [N, H, W, 3], labels int64 [N]) without
+    holding all images in memory (50k x 256^2 x 3 bytes is 9.8 GB). Returns (N, H, W)."""
+    first = np.asarray(Image.open(png_paths[0]).convert("RGB"))
+    h, w = first.shape[:2]
+    n = len(png_paths)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (n, h, w, 3)}
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            for p in png_paths:
+                with Image.open(p) as im:
+                    if im.mode != "RGB":
+                        raise UserError(f"{p} is a {im.mode} image, expected RGB; delete it and rerun to resample it")
+                    arr = np.asarray(im)
+                if arr.shape != (h, w, 3):
+                    raise UserError(f"{p} is {arr.shape[1]}x{arr.shape[0]}, the others {w}x{h}; delete it and rerun")
+                f.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+        with zf.open("labels.npy", "w") as f:
+            np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+    os.replace(tmp, path)
+    return n, h, w
+
+
+def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype):
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+
+    if baseline and (coarse or fine):
+        raise UserError("give either --baseline or --coarse/--fine, not both")
+    if baseline:
+        return ARPipeline.from_runs(baseline, tokenizer, device, dtype)
+    if not (coarse and fine):
+        raise UserError("give --baseline RUN, or both --coarse RUN and --fine RUN")
+    return CTFPipeline.from_runs(coarse, fine, tokenizer, device, dtype)
+
+
+def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coarse: str | Path | None = None,
+               fine: str | Path | None = None, tokenizer: str | Path | None = None, num_samples: int = 50_000,
+               batch_size: int = 64, seed: int = 0, stage1: StageSampling | None = None,
+               stage2: StageSampling | None = None, bf16: bool = False, image_size_eval: int | None = None,
+               device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Sample `num_samples` class-balanced images into out_dir (see module docstring); resumable.
+
+    stage1: sampling knobs of the baseline / CTF stage 1; stage2: CTF stage 2 (pipeline defaults when
+    None). Returns the summary also stored in out_dir/fid_run.json."""
+    from coarse2fine.pipeline import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    info = distributed.setup(device)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    pipe = _load_pipeline(baseline, coarse, fine, tokenizer, info.device, dtype)
+    is_ctf = baseline is None
+    s1 = stage1 or (CTF_COARSE_DEFAULT if is_ctf else BASELINE_DEFAULT)
+    s2 = stage2 or CTF_FINE_DEFAULT
+    labels = class_schedule(num_samples, pipe.num_classes)
+    out = Path(out_dir)
+    folder = out / "samples"
+    settings = {"kind": "ctf" if is_ctf else "baseline",
+                "runs": {k: str(Path(v).resolve()) for k, v in
+                         (("baseline", baseline), ("coarse", coarse), ("fine", fine), ("tokenizer", tokenizer)) if v},
+                "num_samples": num_samples, "num_classes": pipe.num_classes, "batch_size": batch_size, "seed": seed,
+                "stage1": vars(s1), "stage2": vars(s2) if is_ctf else None, "bf16": bf16,
+                "image_size_eval": image_size_eval}
+    if info.is_main:
+        _check_or_write_settings(out, settings)
+    distributed.barrier()
+
+    chunks = math.ceil(num_samples / batch_size)
+    have = set(os.listdir(folder))
+    pending = [j for j in range(chunks)
+               if any(png_name(i, int(labels[i])) not in have
+                      for i in range(j * batch_size, min(num_samples, (j + 1) * batch_size)))]
+    distributed.barrier()  # every rank lists the folder before any rank writes to it
+    mine = pending[info.rank::info.world_size]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(mine), disable=not (progress and info.is_main), dynamic_ncols=True, unit="batch",
+               desc=f"sample-fid (rank 0 of {info.world_size})")
+    t0 = time.time()
+    for j in mine:
+        lo, hi = j * batch_size, min(num_samples, (j + 1) * batch_size)
+        cond = torch.from_numpy(labels[lo:hi]).to(info.device)
+        if is_ctf:
+            o = pipe(cond, s1, s2, seed=chunk_seed(seed, j), decode_images=False)
+        else:
+            o = pipe(cond, s1, seed=chunk_seed(seed, j), decode_images=False)
+        images = decode_to_uint8(pipe.vq, o.codes.to(info.device), image_size_eval)
+        for i, img in zip(range(lo, hi), images):
+            _write_png(folder / png_name(i, int(labels[i])), img)
+        bar.update(1)
+    bar.close()
+    wall = time.time() - t0
+    done = torch.tensor([float(sum(min(num_samples, (j + 1) * batch_size) - j * batch_size for j in mine))],
+                        device=info.device)
+    done = float(distributed.all_reduce_mean(done).item() * info.world_size)
+    distributed.barrier()
+    summary: dict[str, Any] = {}
+    if info.is_main:
+        paths = [folder / png_name(i, int(labels[i])) for i in range(num_samples)]
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            raise UserError(f"{len(missing)} samples are missing after sampling (e.g. {missing[0]}); rerun to fill them")
+        n, h, w = write_adm_npz(paths, labels, out / "samples.npz")
+        per_class = np.bincount(labels, minlength=pipe.num_classes)
+        summary = {**settings, "images": n, "height": h, "width": w, "per_class": int(per_class[0]),
+                   "sampled_this_run": int(done), "world_size": info.world_size, "wall_s": wall,
+                   "images_per_s": done / max(wall, 1e-9), "npz": str((out / "samples.npz").resolve())}
+        dump_json({"settings": settings, "summary": summary}, out / "fid_run.json")
+    distributed.barrier()
+    return summary
+
+
+def _check_or_write_settings(out: Path, settings: dict[str, Any]) -> None:
+    """A rerun must use the same settings, or it would mix two sample sets in one folder."""
+    path = out / "fid_run.json"
+    if path.exists():
+        old = load_json(path)["settings"]
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            raise UserError(f"{out} holds samples made with other settings ({', '.join(diff)} differ); use the "
+                            f"same flags to resume, or another --out")
+        return
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    dump_json({"settings": settings, "summary": None}, path)
