@@ -1,0 +1,244 @@
+"""Benchmark helpers: alternating timers, FLOP and byte counts of the transformer passes, the
+machine's matrix-multiply throughput and memory bandwidth, and peak-memory probes.
+
+Counting convention: a multiply-add is 2 FLOPs; only matrix multiplies are counted (linear layers,
+the output head, q.k and p.v in attention). Norms, RoPE, softmax and sampling are not counted: they
+are the overhead an implementation should hide, so FLOP/s = counted FLOPs / wall time is honest.
+The runners that use these helpers live in bench_runs.py.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from coarse2fine.config import GPTConfig
+
+
+# ---- timing --------------------------------------------------------------------------------------
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued device work (CUDA kernels run asynchronously; CPU needs nothing)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> tuple[float, object]:
+    """Run fn once -> (wall seconds including device completion, fn's result)."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def alternate(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+              device: torch.device | str = "cpu", progress: Callable[[str], None] | None = None
+              ) -> dict[str, list[float]]:
+    """Time several functions in rounds A, B, C, A, B, C, ... so slow drifts of a shared machine
+    (other jobs, clocks) hit every candidate alike. Returns name -> seconds per repeat."""
+    for _ in range(warmup):
+        for name, fn in fns.items():
+            timed(fn, device)
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            out[name].append(timed(fn, device)[0])
+            if progress:
+                progress(f"round {r + 1}/{repeats} {name}: {out[name][-1]:.3f} s")
+    return out
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def spread(xs: list[float]) -> float:
+    """(max - min) / median of repeated timings, a noise indicator."""
+    return (max(xs) - min(xs)) / median(xs) if len(xs) > 1 else 0.0
+
+
+# ---- FLOP and byte counts -------------------------------------------------------------------------
+
+def layer_matmul_params(cfg: GPTConfig) -> int:
+    """Weights one token multiplies through in one block: wqkv (3 D^2) + wo (D^2) + SwiGLU (3 D F)."""
+    return 4 * cfg.dim * cfg.dim + 3 * cfg.dim * cfg.ffn_hidden
+
+
+def token_flops(cfg: GPTConfig, context: int, head: bool = True) -> int:
+    """Matmul FLOPs for one token that attends over `context` positions (itself included)."""
+    f = 2 * cfg.n_layer * layer_matmul_params(cfg) + cfg.n_layer * 4 * cfg.dim * context
+    return f + (2 * cfg.dim * cfg.vocab_size if head else 0)
+
+
+def decode_flops(cfg: GPTConfig, rows: int, num_tokens: int) -> int:
+    """The KV-cache loop: step i feeds one token at position i, attends over i + 1 positions and
+    evaluates the head once per row. rows = 2B under CFG."""
+    return rows * sum(token_flops(cfg, i + 1) for i in range(num_tokens))
+
+
+def full_forward_flops(cfg: GPTConfig, rows: int, length: int, causal: bool | None = None,
+                       head_positions: int | None = None) -> int:
+    """One pass over `length` positions (class token included). Causal attention is counted as
+    executed by the kernels (full square), the head at `head_positions` positions (default all)."""
+    del causal  # SDPA computes the full square either way; kept to make call sites self-describing
+    heads = length if head_positions is None else head_positions
+    per_row = length * token_flops(cfg, length, head=False) + heads * 2 * cfg.dim * cfg.vocab_size
+    return rows * per_row
+
+
+def naive_flops(cfg: GPTConfig, rows: int, num_tokens: int) -> int:
+    """The no-cache sampler: step i re-runs i + 1 positions with the head at all of them."""
+    return sum(full_forward_flops(cfg, rows, i + 1) for i in range(num_tokens))
+
+
+def train_flops(cfg: GPTConfig, rows: int, length: int) -> int:
+    """Forward + backward of one training step: backward costs twice the forward (3x in all)."""
+    return 3 * full_forward_flops(cfg, rows, length)
+
+
+def weight_bytes(model: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Bytes of the weights a decode step streams: every parameter except the embedding tables (a
+    step reads B rows of those, not the table). dtype: the compute dtype when weights are cast."""
+    total = 0
+    for name, p in model.named_parameters():
+        if "embedding" in name:
+            continue
+        total += p.numel() * (torch.empty(0, dtype=dtype).element_size() if dtype else p.element_size())
+    return total
+
+
+def decode_bytes(cfg: GPTConfig, model: torch.nn.Module, rows: int, num_tokens: int,
+                 kv_dtype: torch.dtype, w_dtype: torch.dtype | None = None) -> int:
+    """Bytes the KV-cache loop must move at least: all weights once per step, plus at step i the
+    K and V of i + 1 positions read and one position written, per layer and row."""
+    e = torch.empty(0, dtype=kv_dtype).element_size()
+    kv_per_pos = 2 * cfg.n_layer * cfg.dim * e * rows
+    return sum(weight_bytes(model, w_dtype) + kv_per_pos * (i + 2) for i in range(num_tokens))
+
+
+# ---- machine limits ---------------------------------------------------------------------------
+
+def matmul_flops_per_s(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                       size: int | None = None, seconds: float = 0.5) -> float:
+    """Best observed FLOP/s of a square [n, n] @ [n, n] matmul (n = 1024 on CPU, 8192 on GPU),
+    repeated for about `seconds`; what the decode loop's FLOP/s is compared with."""
+    device = torch.device(device)
+    n = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best, spent = float("inf"), 0.0
+    timed(lambda: a @ b, device)  # warm-up: kernel selection, page faults
+    while spent < seconds:
+        dt, _ = timed(lambda: a @ b, device)
+        best, spent = min(best, dt), spent + dt
+    return 2 * n ** 3 / best
+
+
+def copy_bytes_per_s(device: torch.device | str = "cpu", mib: int = 256, seconds: float = 0.5) -> float:
+    """Best observed bytes/s of a large tensor copy (read + write counted), a measured stand-in
+    for memory bandwidth when no datasheet figure is given."""
+    device = torch.device(device)
+    src = torch.ones(mib * 2 ** 20 // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in first
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        dt, _ = timed(lambda: dst.copy_(src), device)
+        best, spent = min(best, dt), spent + dt
+    return 2 * src.numel() * 4 / best
+
+
+# ---- memory --------------------------------------------------------------------------------------
+
+def _rss_hwm_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _rss_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory of a code region: CUDA peak allocated bytes, or on CPU the process's peak
+    resident set (Linux VmHWM, reset on entry) and its rise above the resident set at entry."""
+
+    kind: str = ""
+    peak_bytes: int | None = None
+    rise_bytes: int | None = None
+
+    @property
+    def peak_mib(self) -> float | None:
+        return None if self.peak_bytes is None else self.peak_bytes / 2 ** 20
+
+    @property
+    def rise_mib(self) -> float | None:
+        return None if self.rise_bytes is None else self.rise_bytes / 2 ** 20
+
+
+@contextmanager
+def peak_memory(device: torch.device | str = "cpu"):
+    """with peak_memory(dev) as pm: ...  -> pm.peak_bytes / pm.rise_bytes afterwards."""
+    device = torch.device(device)
+    pm = PeakMemory()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield pm
+        torch.cuda.synchronize(device)
+        pm.kind, pm.peak_bytes = "cuda max allocated", torch.cuda.max_memory_allocated(device)
+        pm.rise_bytes = pm.peak_bytes - start
+        return
+    start = _rss_bytes()
+    try:  # writing 5 to clear_refs resets VmHWM (Linux >= 4.0); without it the peak is lifetime
+        Path("/proc/self/clear_refs").write_text("5")
+        kind = "peak RSS"
+    except OSError:
+        kind = "lifetime peak RSS"
+    yield pm
+    pm.kind, pm.peak_bytes = kind, _rss_hwm_bytes()
+    if pm.peak_bytes is not None and start is not None:
+        pm.rise_bytes = max(0, pm.peak_bytes - start)
+
+
+# ---- describing the machine -----------------------------------------------------------------------
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
+    """What a results file must state: CPU model/cores/threads or GPU name, torch version, load."""
+    device = torch.device(device)
+    info: dict[str, object] = {"torch": torch.__version__, "python": platform.python_version(),
+                               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    try:
+        cpu = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+               if ln.startswith("model name")]
+        info["cpu"] = cpu[0] if cpu else platform.processor()
+        flags = Path("/proc/cpuinfo").read_text()
+        info["cpu_bf16"] = any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    except OSError:
+        info["cpu"] = platform.processor()
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info

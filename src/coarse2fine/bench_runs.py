@@ -1,0 +1,274 @@
+"""The sampling and training benchmarks behind `coarse2fine bench sample|train`.
+
+Models get random weights (speed does not depend on what they learned): the CTF stage-1 model,
+the stage-2 model and the baseline share a backbone preset, the VQ decoder turns codes into images.
+Every timed candidate runs in the same process, in alternating rounds (bench.alternate), and the
+matrix-multiply peak is re-measured inside every round, so a shared machine's load hits the
+candidates and the reference alike. Results are plain dicts (JSON-ready); bench_report.py prints them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from coarse2fine import bench
+from coarse2fine.config import GPTConfig, gpt_config, vq_config
+from coarse2fine.models import Transformer, stage_config
+# the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
+# 1.1 for CTF, top-k off) are imported, not restated, so the bench cannot drift from them
+from coarse2fine.pipeline import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, decode
+from coarse2fine.sampling import generate_ar, generate_fine, generate_naive
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class SampleBench:
+    """One size of the sampling benchmark (see `coarse2fine bench sample --help`)."""
+
+    preset: str = "GPT-small"
+    fine_preset: str = ""  # "" = same as preset (the paper uses GPT-L for every size)
+    vq_preset: str = "VQ-tiny"
+    batch: int = 64
+    grid: int = 0  # 0 = the preset's grid; GPT-B shapes on CPU use 8 (64 tokens), stated in results
+    num_classes: int = 0  # 0 = the preset's
+    codebook_size: int = 0  # 0 = the VQ preset's K
+    num_coarse: int = 0  # 0 = K // 32 (paper: 16384 -> 512)
+    dtype: str = "fp32"
+    weights: str = "autocast"  # "autocast": fp32 weights under autocast; "cast": weights stored in dtype
+    device: str = "cpu"
+    compile_mode: str = ""  # "" = eager; "default" / "reduce-overhead" (CUDA graphs) / "max-autotune"
+    repeats: int = 5
+    warmup: int = 1
+    naive_repeats: int = 1  # 0 skips the no-cache floor
+    decode: bool = True
+    decode_images: int = 0  # 0 = the whole batch; n < batch: time n images, scale by batch / n
+    mem_gbps: float = 0.0  # 0 = measured copy bandwidth (CPU) / not reported (GPU); HBM GB/s on GPU
+    seed: int = 0
+
+
+def _random_model(cfg: GPTConfig, device, wdtype: torch.dtype) -> Transformer:
+    m = Transformer(cfg)
+    with torch.no_grad():  # the zero-initialised head would make every logit equal
+        m.output.weight.normal_(std=0.02)
+    return m.to(device=device, dtype=wdtype).eval()
+
+
+def build_models(sb: SampleBench):
+    """-> dict with the baseline, coarse and fine transformers and the VQ model (random weights)."""
+    device = torch.device(sb.device)
+    vcfg = vq_config(sb.vq_preset)
+    preset = gpt_config(sb.preset)
+    K = sb.codebook_size or vcfg.codebook_size
+    C = sb.num_coarse or max(2, K // 32)
+    g, classes = sb.grid or preset.grid, sb.num_classes or preset.num_classes
+    if vcfg.grid != g:  # the decoder must see the token grid the transformers produce
+        vcfg = vq_config(sb.vq_preset, image_size=g * vcfg.downsample)
+    wdtype = DTYPES[sb.dtype] if sb.weights == "cast" else torch.float32
+    torch.manual_seed(sb.seed)
+    from coarse2fine.tokenizer.vq import VQModel
+
+    return {
+        "baseline": _random_model(stage_config(sb.preset, "baseline", K, C, classes, g), device, wdtype),
+        "coarse": _random_model(stage_config(sb.preset, "coarse", K, C, classes, g), device, wdtype),
+        "fine": _random_model(stage_config(sb.fine_preset or sb.preset, "fine", K, C, classes, g), device, wdtype),
+        "vq": VQModel(vcfg).to(device=device, dtype=wdtype).eval(),
+    }
+
+
+def run_sample_bench(sb: SampleBench, log: Callable[[str], None] | None = None) -> dict:
+    """Time CTF (stage 1, stage 2, decode) against the baseline at one size. Returns a record with
+    medians (s), images/s, the CTF/baseline ratio, decode-loop FLOP/s against the matmul peak,
+    bytes and a bandwidth limit, the naive floor and peak memory."""
+    device, dtype = torch.device(sb.device), DTYPES[sb.dtype]
+    ms = build_models(sb)
+    base, coarse, fine, vq = ms["baseline"], ms["coarse"], ms["fine"], ms["vq"]
+    N, B = base.cfg.seq_len, sb.batch
+    gen = torch.Generator(device=device)
+    labels = torch.arange(B, device=device) % base.cfg.num_classes
+    mode = sb.compile_mode or None
+    state: dict[str, torch.Tensor] = {}
+
+    def run_baseline():
+        state["base_codes"] = generate_ar(base, labels, BASELINE_DEFAULT, gen.manual_seed(sb.seed), dtype,
+                                          compile_mode=mode)
+
+    def run_stage1():
+        state["coarse"] = generate_ar(coarse, labels, CTF_COARSE_DEFAULT, gen.manual_seed(sb.seed), dtype,
+                                      compile_mode=mode)
+
+    def run_stage2():
+        state["codes"] = generate_fine(fine, state["coarse"], labels, CTF_FINE_DEFAULT, gen.manual_seed(sb.seed),
+                                       dtype=dtype)
+
+    n_dec = min(B, sb.decode_images) if sb.decode_images else B
+
+    def run_decode():  # the identical operation for both methods: timed once per round, added to both
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and sb.weights != "cast"):
+            state["images"] = decode(vq, state["codes"][:n_dec])
+
+    peaks: list[float] = []
+
+    def run_peak():
+        peaks.append(bench.matmul_flops_per_s(dtype, device, seconds=0.3))
+
+    fns = {"baseline": run_baseline, "stage1": run_stage1, "stage2": run_stage2}
+    if sb.decode:
+        fns["decode"] = run_decode
+    fns["matmul_peak"] = run_peak
+    mem: dict[str, dict] = {}
+    run_stage1()  # stage 2 and decode need codes before their first timed call
+    for name in ("baseline", "stage1", "stage2", "decode"):
+        if name in fns:
+            with bench.peak_memory(device) as pm:
+                fns[name]()
+            mem[name] = {"kind": pm.kind, "peak_mib": pm.peak_mib, "rise_mib": pm.rise_mib}
+    times = bench.alternate(fns, sb.repeats, sb.warmup, device, log)
+    times.pop("matmul_peak")
+    if sb.decode and n_dec < B:
+        times["decode"] = [t * B / n_dec for t in times["decode"]]
+    dec = times.get("decode", [0.0] * sb.repeats)
+    ctf = [a + b + c for a, b, c in zip(times["stage1"], times["stage2"], dec)]
+    basel = [a + c for a, c in zip(times["baseline"], dec)]
+    med = {k: bench.median(v) for k, v in times.items()}
+    med.update(ctf_total=bench.median(ctf), baseline_total=bench.median(basel),
+               ctf_ar=bench.median([a + b for a, b in zip(times["stage1"], times["stage2"])]))
+    peak = bench.median(peaks)
+
+    rows = 2 * B  # CFG doubles the rows of both AR loops (pipeline defaults)
+    f_base, f_s1 = bench.decode_flops(base.cfg, rows, N), bench.decode_flops(coarse.cfg, rows, N)
+    s2_rows = 2 * B if CTF_FINE_DEFAULT.use_cfg else B
+    f_s2 = bench.full_forward_flops(fine.cfg, s2_rows, N + 1)
+    w_dt = dtype if sb.weights == "autocast" else None
+    by_base = bench.decode_bytes(base.cfg, base, rows, N, dtype, w_dt)
+    by_s1 = bench.decode_bytes(coarse.cfg, coarse, rows, N, dtype, w_dt)
+    bw = sb.mem_gbps * 1e9 if sb.mem_gbps else (bench.copy_bytes_per_s(device) if device.type == "cpu" else 0.0)
+
+    def loop_stats(flops: int, nbytes: int, t: float) -> dict:
+        lim = {"compute_limit_s": flops / peak, "bandwidth_limit_s": nbytes / bw if bw else None}
+        return {"flops": flops, "bytes": nbytes, "time_s": t, "flop_per_s": flops / t,
+                "frac_of_matmul_peak": flops / t / peak, "bytes_per_s": nbytes / t, **lim,
+                "bound_images_per_s": B / max(lim["compute_limit_s"], lim["bandwidth_limit_s"] or 0.0)}
+
+    rec = {"bench": asdict(sb), "tokens": N, "batch": B, "rows_ar": rows,
+           "vocab": {"K": base.cfg.vocab_size, "C": coarse.cfg.vocab_size},
+           "params": {k: sum(p.numel() for p in m.parameters()) for k, m in ms.items()},
+           "fine_preset": sb.fine_preset or sb.preset, "decode_images_timed": n_dec if sb.decode else 0,
+           "times_s": times, "median_s": med, "matmul_peak_flop_per_s": peak, "matmul_peaks": peaks,
+           "mem_bandwidth_bytes_per_s": bw or None,
+           "images_per_s": {"ctf": B / med["ctf_total"], "baseline": B / med["baseline_total"],
+                            "ctf_no_decode": B / med["ctf_ar"], "baseline_no_decode": B / med["baseline"]},
+           "loops": {"baseline": loop_stats(f_base, by_base, med["baseline"]),
+                     "stage1": loop_stats(f_s1, by_s1, med["stage1"])},
+           "stage2": {"flops": f_s2, "flop_per_s": f_s2 / med["stage2"], "frac_of_matmul_peak": f_s2 / med["stage2"] / peak},
+           "memory": mem, "machine": bench.machine_info(device)}
+    rec["ratio_ctf_over_baseline"] = rec["images_per_s"]["ctf"] / rec["images_per_s"]["baseline"]
+    rec["ratio_no_decode"] = rec["images_per_s"]["ctf_no_decode"] / rec["images_per_s"]["baseline_no_decode"]
+    rec["spread"] = {k: bench.spread(v) for k, v in times.items()}
+    if sb.naive_repeats:  # the no-cache floor, alternated with the cached loop it is compared with
+        def run_naive():
+            generate_naive(base, labels, BASELINE_DEFAULT, gen.manual_seed(sb.seed))
+        nt = bench.alternate({"naive": run_naive, "kv_cache": run_baseline}, sb.naive_repeats, 0, device, log)
+        tn, tc = bench.median(nt["naive"]), bench.median(nt["kv_cache"])
+        rec["naive"] = {"time_s": tn, "kv_cache_time_s": tc, "speedup": tn / tc, "repeats": sb.naive_repeats,
+                        "flops": bench.naive_flops(base.cfg, rows, N)}
+    return rec
+
+
+# ---- training -------------------------------------------------------------------------------------
+
+@dataclass
+class TrainBench:
+    """Per-step speed of training (see `coarse2fine bench train --help`)."""
+
+    preset: str = "GPT-small"
+    vq_preset: str = "VQ-tiny"
+    batch: int = 64
+    grid: int = 0
+    codebook_size: int = 0
+    num_coarse: int = 0
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    parts: tuple[str, ...] = ("tokenizer", "coarse", "fine", "baseline")
+    device: str = "cpu"
+    repeats: int = 5
+    warmup: int = 1
+    seed: int = 0
+
+
+def _gpt_step(stage: str, cfg: GPTConfig, batch: int, device, dtype):
+    from coarse2fine.train import param_groups, stage_loss
+
+    model = Transformer(cfg).to(device).train()
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    N, V = cfg.seq_len, cfg.vocab_size
+    inv = cfg.input_vocab_size or V
+    codes = torch.randint(0, V, (batch, N), device=device)
+    inp = torch.randint(0, inv, (batch, N), device=device)
+    cond = torch.randint(0, cfg.num_classes, (batch,), device=device)
+    tokens = inp if stage == "fine" else codes[:, :-1]
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss, _ = stage_loss(model, stage, tokens, cond, codes)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    # the causal stages see [cls, N - 1 tokens], the fine stage [cls, N coarse labels]
+    return model, step, batch * N, bench.train_flops(cfg, batch, N + (1 if stage == "fine" else 0))
+
+
+def _vq_step(preset: str, batch: int, device, dtype):
+    from coarse2fine.tokenizer.vq import VQModel
+
+    model = VQModel(vq_config(preset)).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    x = torch.rand(batch, 3, model.cfg.image_size, model.cfg.image_size, device=device) * 2 - 1
+
+    def step():  # the tokenizer trainer's step: L2 reconstruction + VQ + commitment losses
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            recon, aux = model(x)
+        loss = (recon.float() - x).pow(2).mean() + aux["vq_loss"] + aux["commit_loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return model, step, batch * model.cfg.grid ** 2, None
+
+
+def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) -> list[dict]:
+    """tokens/s (codes per second; images/s for the tokenizer) and peak memory per training step.
+    For each part the dtypes are timed in alternating rounds."""
+    device = torch.device(tb.device)
+    vcfg = vq_config(tb.vq_preset)
+    K = tb.codebook_size or vcfg.codebook_size
+    C = tb.num_coarse or max(2, K // 32)
+    g = tb.grid or gpt_config(tb.preset).grid
+    out = []
+    for part in tb.parts:
+        steps, info, mem = {}, {}, {}
+        for dname in tb.dtypes:
+            torch.manual_seed(tb.seed)
+            if part == "tokenizer":
+                model, step, tokens, flops = _vq_step(tb.vq_preset, tb.batch, device, DTYPES[dname])
+            else:
+                cfg = stage_config(tb.preset, part, K, C, gpt_config(tb.preset).num_classes, g)
+                model, step, tokens, flops = _gpt_step(part, cfg, tb.batch, device, DTYPES[dname])
+            with bench.peak_memory(device) as pm:
+                step()  # the first step allocates gradients and optimizer state: the steady-state peak
+            steps[dname], mem[dname] = step, pm
+            info[dname] = (sum(p.numel() for p in model.parameters()), tokens, flops)
+        times = bench.alternate(steps, tb.repeats, tb.warmup, device, log)
+        for dname, ts in times.items():
+            params, tokens, flops = info[dname]
+            t = bench.median(ts)
+            out.append({"part": part, "dtype": dname, "model": tb.vq_preset if part == "tokenizer" else tb.preset,
+                        "batch": tb.batch, "params": params, "tokens_per_step": tokens, "step_s": t,
+                        "tokens_per_s": tokens / t, "images_per_s": tb.batch / t,
+                        "flop_per_s": flops / t if flops else None, "spread": bench.spread(ts),
+                        "peak_mib": mem[dname].peak_mib, "rise_mib": mem[dname].rise_mib,
+                        "memory_kind": mem[dname].kind, "times_s": ts})
+        del steps
+    return out

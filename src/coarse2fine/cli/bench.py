@@ -1,0 +1,216 @@
+"""`coarse2fine bench sample|train`: speed of CTF against the baseline, and of training steps.
+
+Both write JSON records (--json) and markdown tables (--md) and print the tables. Timings are
+medians over alternating rounds inside one process; the matrix-multiply peak they are compared with
+is measured in the same rounds (see coarse2fine/bench.py for the counting conventions).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="speed benchmarks: sampling (CTF vs baseline) and training steps")
+    bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
+    bsub.required = True
+
+    s = bsub.add_parser("sample", help="images/s of CTF (stage 1, stage 2, decode) vs the baseline, random weights",
+                        description="Time CTF sampling (stage 1 KV-cache loop, stage 2 one pass, VQ decode) against "
+                                    "the baseline AR model with the same backbone, in one process, alternating "
+                                    "rounds, median of --repeats. Also reports the decode loop's FLOP/s as a "
+                                    "fraction of the matmul throughput measured in the same rounds, a bandwidth "
+                                    "bound, the naive no-cache floor and peak memory.")
+    s.add_argument("--preset", nargs="+", default=["GPT-small"],
+                   help=f"backbone preset(s), one row each: {', '.join(GPT_PRESETS)} (default GPT-small)")
+    s.add_argument("--fine-preset", default="", help="stage-2 preset (default: same as --preset; the paper: GPT-L)")
+    s.add_argument("--vq-preset", default="", help=f"tokenizer preset for decode: {', '.join(VQ_PRESETS)} "
+                                                   "(default VQ-tiny for 8x8 grids, else VQ-16)")
+    s.add_argument("--grid", type=int, default=0, help="token grid side (default: the preset's; 8 = 64 tokens)")
+    s.add_argument("--batch", type=int, default=64, help="images per batch (default 64, as the paper)")
+    s.add_argument("--codebook-size", type=int, default=0, help="K (default: the VQ preset's)")
+    s.add_argument("--num-coarse", type=int, default=0, help="C coarse labels (default K/32)")
+    s.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported (default 5)")
+    s.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    s.add_argument("--naive-repeats", type=int, default=1,
+                   help="rounds of the no-cache floor vs the KV-cache loop (default 1; 0 skips it)")
+    s.add_argument("--no-decode", action="store_true", help="leave the VQ decode out")
+    s.add_argument("--decode-images", type=int, default=0,
+                   help="time the decode on this many images and scale to the batch (slow decoders on CPU)")
+    s.add_argument("--weights", choices=["autocast", "cast"], default="autocast",
+                   help="bf16: autocast over fp32 weights (default) or weights cast to bf16 (LlamaGen's way)")
+    s.add_argument("--compile", default="", metavar="MODE",
+                   help="torch.compile the decode step: default, reduce-overhead, max-autotune (default off)")
+    s.add_argument("--cuda-graphs", action="store_true", help="same as --compile reduce-overhead (CUDA graphs)")
+    s.add_argument("--mem-gbps", type=float, default=0.0,
+                   help="memory bandwidth in GB/s for the bandwidth bound (e.g. HBM: A100 2039, H100 3350); "
+                        "default: measured copy bandwidth on CPU, no bound on GPU")
+    _common(s)
+    s.set_defaults(func=cmd_sample)
+
+    t = bsub.add_parser("train", help="tokens/s and peak memory per training step: tokenizer, stages, baseline",
+                        description="Time full training steps (forward, backward, clip, AdamW) with random data for "
+                                    "the tokenizer, the coarse and fine stages and the baseline, fp32 and bf16 "
+                                    "alternating, median of --repeats.")
+    t.add_argument("--preset", default="GPT-small", help="transformer preset (default GPT-small)")
+    t.add_argument("--vq-preset", default="VQ-tiny", help="tokenizer preset (default VQ-tiny)")
+    t.add_argument("--grid", type=int, default=0, help="token grid side (default: the preset's)")
+    t.add_argument("--batch", type=int, default=64, help="sequences (images) per step (default 64)")
+    t.add_argument("--codebook-size", type=int, default=0, help="K (default: the VQ preset's)")
+    t.add_argument("--num-coarse", type=int, default=0, help="C (default K/32)")
+    t.add_argument("--parts", nargs="+", default=["tokenizer", "coarse", "fine", "baseline"],
+                   choices=["tokenizer", "coarse", "fine", "baseline"], help="what to time (default all)")
+    t.add_argument("--repeats", type=int, default=5, help="timed steps per dtype; median reported (default 5)")
+    t.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    _common(t)
+    t.set_defaults(func=cmd_train)
+
+
+def _common(p) -> None:
+    p.add_argument("--dtype", nargs="+", default=None, choices=["fp32", "bf16"],
+                   help="precision(s); sample default fp32 and bf16 on CPU, bf16 on GPU; train default fp32 bf16")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="", help="write the records to this JSON file")
+    p.add_argument("--md", default="", help="write the markdown tables (with command and machine) here")
+    p.add_argument("--quiet", action="store_true", help="no per-round progress lines on stderr")
+
+
+def _setup(args) -> None:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        raise UserError("--repeats must be >= 1")
+
+
+def _log(args):
+    if args.quiet:
+        return None
+    return lambda msg: print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_sample(args) -> int:
+    from coarse2fine.bench_runs import SampleBench, run_sample_bench
+
+    _setup(args)
+    dtypes = args.dtype or (["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"])
+    mode = "reduce-overhead" if args.cuda_graphs else args.compile
+    recs = []
+    for preset in args.preset:
+        if preset not in GPT_PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose from {', '.join(GPT_PRESETS)}")
+        grid = args.grid or GPT_PRESETS[preset].get("grid", 16)
+        vq = args.vq_preset or ("VQ-tiny" if grid == 8 and "grid" in GPT_PRESETS[preset] else "VQ-16")
+        for d in dtypes:
+            sb = SampleBench(preset=preset, fine_preset=args.fine_preset, vq_preset=vq, batch=args.batch,
+                             grid=args.grid, codebook_size=args.codebook_size, num_coarse=args.num_coarse,
+                             dtype=d, weights=args.weights, device=args.device, compile_mode=mode,
+                             repeats=args.repeats, warmup=args.warmup, naive_repeats=args.naive_repeats,
+                             decode=not args.no_decode, decode_images=args.decode_images,
+                             mem_gbps=args.mem_gbps, seed=args.seed)
+            print(f"bench sample {preset} {d} ...", file=sys.stderr, flush=True)
+            recs.append(run_sample_bench(sb, _log(args)))
+    _emit(args, recs, sample_tables(recs))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from coarse2fine.bench_runs import TrainBench, run_train_bench
+
+    _setup(args)
+    tb = TrainBench(preset=args.preset, vq_preset=args.vq_preset, batch=args.batch, grid=args.grid,
+                    codebook_size=args.codebook_size, num_coarse=args.num_coarse,
+                    dtypes=tuple(args.dtype or ["fp32", "bf16"]), parts=tuple(args.parts), device=args.device,
+                    repeats=args.repeats, warmup=args.warmup, seed=args.seed)
+    recs = run_train_bench(tb, _log(args))
+    _emit(args, recs, train_table(recs))
+    return 0
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+def _header(recs_machine: dict) -> str:
+    m = recs_machine
+    dev = m.get("gpu") or m.get("cpu")
+    return (f"Command: `coarse2fine {' '.join(shlex.quote(a) for a in sys.argv[1:])}`\n\n"
+            f"Machine: {dev}, {m.get('cpu_count')} CPUs visible, {m.get('threads')} torch threads, "
+            f"torch {m.get('torch')}, 1-min load average at the end {m.get('load_avg_1m')}; "
+            f"date {time.strftime('%Y-%m-%d %H:%M')}.\n")
+
+
+def _emit(args, recs: list[dict], tables: str) -> None:
+    from coarse2fine.bench import machine_info
+
+    text = _header(machine_info(args.device)) + "\n" + tables
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(recs, indent=1, default=str) + "\n")
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(text)
+
+
+def _g(x: float | None, fmt: str = ".3g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def sample_tables(recs: list[dict]) -> str:
+    """Markdown: throughput (per part and total) and efficiency against the machine's limits."""
+    a = ["| backbone (stage 2) | dtype | tokens | stage 1 s | stage 2 s | decode s | CTF img/s "
+         "| baseline AR s | baseline img/s | CTF / baseline | without decode |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
+    b = ["| backbone | dtype | loop | GFLOP/s | % of matmul peak | matmul peak GFLOP/s | GB/s moved "
+         "| bound img/s (compute, bandwidth) | naive s / KV-cache s | peak mem MiB (rise) |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        sb, m, ips = r["bench"], r["median_s"], r["images_per_s"]
+        name = f"{sb['preset']} ({r['fine_preset']})"
+        a.append(f"| {name} | {sb['dtype']}{'' if sb['weights'] == 'autocast' else ' cast'} | {r['tokens']} "
+                 f"| {m['stage1']:.3f} | {m['stage2']:.3f} | {_g(m.get('decode'), '.3f')} | {ips['ctf']:.2f} "
+                 f"| {m['baseline']:.3f} | {ips['baseline']:.2f} | **{r['ratio_ctf_over_baseline']:.2f}** "
+                 f"| {r['ratio_no_decode']:.2f} |")
+        peak = r["matmul_peak_flop_per_s"]
+        naive = r.get("naive")
+        for loop in ("baseline", "stage1"):
+            s = r["loops"][loop]
+            mem = r["memory"].get(loop, {})
+            nv = (f"{naive['time_s']:.1f} / {naive['kv_cache_time_s']:.2f} = **{naive['speedup']:.1f}x**"
+                  if naive and loop == "baseline" else "")
+            bw = s["bandwidth_limit_s"]
+            a_bound = f"{r['batch'] / s['compute_limit_s']:.0f}, {_g(r['batch'] / bw if bw else None, '.0f')}"
+            b.append(f"| {sb['preset']} | {sb['dtype']} | {loop} | {s['flop_per_s'] / 1e9:.1f} "
+                     f"| **{100 * s['frac_of_matmul_peak']:.0f}%** | {peak / 1e9:.0f} | {s['bytes_per_s'] / 1e9:.2f} "
+                     f"| {a_bound} | {nv} | {_g(mem.get('peak_mib'), '.0f')} ({_g(mem.get('rise_mib'), '.0f')}) |")
+    notes = ["", "Seconds are medians per batch; CTF img/s = batch / (stage 1 + stage 2 + decode), baseline "
+             "img/s = batch / (AR loop + decode); the decode is the same operation for both and timed once per "
+             "round. Both AR loops run 2x batch rows (CFG). '% of matmul peak': counted matmul FLOPs of the "
+             "loop / its wall time / the best square-matmul FLOP/s measured in the same rounds. 'bound img/s': "
+             "batch / (FLOPs / matmul peak) and batch / (weight + KV bytes / memory bandwidth)."]
+    if any(r.get("decode_images_timed") and r["decode_images_timed"] < r["batch"] for r in recs):
+        notes.append("Decode timed on fewer images and scaled to the batch where `decode_images_timed` < batch "
+                     "(see the JSON).")
+    return "\n".join(a) + "\n\n" + "\n".join(b) + "\n" + "\n".join(notes) + "\n"
+
+
+def train_table(recs: list[dict]) -> str:
+    rows = ["| part | model | dtype | batch | step s | tokens/s | images/s | GFLOP/s | peak mem MiB (rise) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        gf = _g(r["flop_per_s"] / 1e9 if r["flop_per_s"] else None, ".1f")
+        rows.append(f"| {r['part']} | {r['model']} | {r['dtype']} | {r['batch']} | {r['step_s']:.3f} "
+                    f"| {r['tokens_per_s']:.0f} | {r['images_per_s']:.1f} | {gf} "
+                    f"| {_g(r['peak_mib'], '.0f')} ({_g(r['rise_mib'], '.0f')}) |")
+    return "\n".join(rows) + ("\n\nOne step = forward, backward, grad clip, AdamW. tokens = codes per step "
+                              "(batch x grid^2). Memory: " + (recs[0]["memory_kind"] if recs else "") +
+                              "; rise = above the resident set before the first step.\n")
