@@ -199,7 +199,7 @@ def count_parameters(model: nn.Module) -> int:
 def load_vq(run_dir: str | Path) -> VQModel:
     """VQModel (eval mode) from a tokenizer run dir: config.json {"kind": "vq", "vq": ...} +
     model.safetensors (EMA weights when training used EMA)."""
-    from coarse2fine.checkpoint import load_strict, load_weights
+    from coarse2fine.checkpoint import load_weights
     from coarse2fine.config import ConfigError, from_dict, load_json
 
     run_dir = Path(run_dir)
@@ -207,19 +207,27 @@ def load_vq(run_dir: str | Path) -> VQModel:
     if cfg.get("kind") != "vq" or "vq" not in cfg:
         raise ConfigError(f"{run_dir} is not a tokenizer run (config.json kind={cfg.get('kind')!r}, "
                           "expected 'vq'); pass the directory written by train-tokenizer")
-    model = VQModel(from_dict(VQConfig, cfg["vq"]))
-    load_strict(model, load_weights(run_dir / "model.safetensors"), str(run_dir / "model.safetensors"))
-    return model.eval()
+    return _from_state_dict(from_dict(VQConfig, cfg["vq"]), load_weights(run_dir / "model.safetensors"),
+                            str(run_dir / "model.safetensors"))
 
 
 def load_llamagen_vq(path: str | Path, preset: str | VQConfig = "VQ-16") -> VQModel:
     """VQModel (eval mode) from a LlamaGen torch.save file (weights under "model", "ema" or
     "state_dict"), loaded with weights_only=True; every missing/unexpected key is named."""
-    from coarse2fine.checkpoint import load_strict, load_torch_file, unwrap_state_dict
+    from coarse2fine.checkpoint import load_torch_file, unwrap_state_dict
     from coarse2fine.config import vq_config
 
     cfg = preset if isinstance(preset, VQConfig) else vq_config(preset)
     sd = unwrap_state_dict(load_torch_file(path), prefer=("model", "ema", "state_dict"), source=str(path))
-    model = VQModel(cfg)
-    load_strict(model, sd, str(path))
+    return _from_state_dict(cfg, sd, str(path))
+
+
+def _from_state_dict(cfg: VQConfig, sd: dict[str, torch.Tensor], source: str) -> VQModel:
+    """Build on the meta device and adopt the file's tensors (as float32): no wasted random init."""
+    from coarse2fine.checkpoint import check_keys
+
+    with torch.device("meta"):
+        model = VQModel(cfg)
+    check_keys(model, sd, source)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
     return model.eval()
