@@ -56,6 +56,15 @@ def register(sub) -> None:
             p.add_argument(flag, type=type(default), default=default, help=f"{h} (default {default})")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("eval-tokens", help="token metrics of a trained stage on held-out codes: stage-1 coarse "
+                                           "accuracy/NLL, stage-2 fine accuracy given the true coarse labels, baseline")
+    p.add_argument("--run", required=True, help="a coarse, fine or baseline run directory")
+    p.add_argument("--codes", required=True, help="held-out code store (e.g. extracted from the test split)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N sequences only")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval_tokens)
+
     p = sub.add_parser("sample", help="sample images from a CTF pair of runs or from a baseline run")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--coarse", help="stage-1 run directory (needs --fine)")
@@ -167,6 +176,24 @@ def cmd_train(args) -> int:
 
     if rank() == 0:  # under torchrun: one summary, not one per process
         print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_eval_tokens(args) -> int:
+    from coarse2fine.data.codes import CodeStore
+    from coarse2fine.tokenizer.clustering import CoarseMap
+    from coarse2fine.train import StageBatches, evaluate_tokens, load_run
+
+    model, meta = load_run(args.run, device=args.device)
+    stage = meta["stage"]
+    cmap = CoarseMap.load(Path(args.run) / "coarse_map.safetensors") if stage != "baseline" else None
+    batches = StageBatches(CodeStore(args.codes), stage, cmap)
+    members = cmap.members.to(args.device) if meta.get("restricted") else None
+    res = evaluate_tokens(model, batches, torch.device(args.device), args.batch_size, members, args.limit)
+    what = {"coarse": "coarse-label", "fine": "fine-code (given the true coarse labels)", "baseline": "fine-code"}[stage]
+    print(f"{stage}: {what} accuracy {res['acc']:.4f}, NLL {res['nll']:.4f} nats/token "
+          f"over {res['count']} held-out sequences")
+    print(json.dumps({"stage": stage, **res}))
     return 0
 
 
