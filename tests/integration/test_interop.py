@@ -263,3 +263,22 @@ def test_sample_fid_balanced_resumable_and_world_size_independent(files, tmp_pat
     assert np.array_equal(np.load(one / "samples.npz")["arr_0"], npz["arr_0"])
     # other settings in the same folder are refused instead of mixing two sample sets
     assert main(_sample_fid_flags(one, out / "baseline")[:-1] + [str(one), "--cfg", "3.0"]) == 2
+
+
+@pytest.mark.slow  # one more torchrun launch
+def test_tencrop_extraction_two_processes_equals_one(files, tmp_path):
+    _, out, _, _ = files
+    imgs = tmp_path / "imgs"
+    _image_folder(imgs, {"b": 3, "a": 4})
+    flags = ["--tokenizer", str(out / "tokenizer"), "--data", str(imgs), "--shard-size", "2", "--batch-size", "2",
+             "--workers", "0", "--crop-ranges", "1.1", "--no-progress", "--device", "cpu"]
+    assert main(["extract-codes-imagenet", *flags, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "coarse2fine.cli", "extract-codes-imagenet", *flags, "--out", str(tmp_path / "two")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    a, b = ShardedCodeStore(tmp_path / "one"), ShardedCodeStore(tmp_path / "two")
+    assert len(a) == len(b) == 7 * 10 and a.meta["classes"] == ["a", "b"]
+    assert np.array_equal(np.asarray(a.codes), np.asarray(b.codes))
+    assert np.array_equal(np.asarray(a.labels), np.asarray(b.labels))
