@@ -39,29 +39,43 @@ class StageSampling:
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """logits [..., V] -> logits with filtered entries at -inf. top-k uses topk (no full sort);
-    top-p sorts only the survivors of top-k when top-k is set."""
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cum <= (1 - top_p)  # the low-probability tail, keeping at least the top token
-        drop_sorted[..., -1:] = False
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+    """logits [..., V] -> logits with filtered entries at -inf.
+
+    top-k uses topk (no full sort). With top-k set, top-p works on the k sorted survivors that
+    topk already returned; only top-p alone sorts the whole vocabulary (64x4096: 23 ms vs 1.8 ms)."""
+    V = logits.size(-1)
+    k = top_k if top_k and top_k < V else 0
+    if top_p >= 1.0:
+        if k:
+            kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return logits
+    if k:
+        vals = torch.topk(logits, k, dim=-1).values  # [..., k], descending
+    else:
+        vals = torch.sort(logits, dim=-1, descending=True).values  # [..., V]
+    p = vals.softmax(-1)
+    # keep a token while the mass of the tokens strictly above it is < top_p (the top token always)
+    keep = (p.cumsum(-1) - p) < top_p
+    thresh = vals.masked_fill(~keep, float("inf")).amin(-1, keepdim=True)  # smallest kept logit
+    return logits.masked_fill(logits < thresh, float("-inf"))
 
 
 def sample_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits [..., V] -> sampled ids [...]. Uses the exponential-race form of multinomial
-    sampling (argmax p / E, E ~ Exp(1)), which needs no host sync."""
+    """logits [..., V] -> sampled ids [...].
+
+    Inverse-CDF sampling: one uniform number per row against the float64 cumulative sum of the
+    probabilities (searchsorted), so it needs no host sync and draws B numbers instead of B*V
+    (drawing B*V exponentials was a third of the CPU decode step)."""
     logits = filter_logits(logits / max(temperature, 1e-5), top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    e = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return torch.argmax(probs / e, dim=-1)
+    probs = torch.softmax(logits.float(), dim=-1)
+    flat = probs.reshape(-1, probs.size(-1))  # [R, V]
+    cdf = flat.double().cumsum(-1)  # float64: the tail of a 16k vocabulary keeps its mass
+    u = torch.rand(flat.size(0), 1, generator=generator, dtype=torch.float64, device=flat.device)
+    # right=True skips zero-probability (filtered) entries; clamp guards u * total rounding up to total
+    ids = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_max_(flat.size(-1) - 1)
+    return ids.reshape(probs.shape[:-1])
 
 
 def cfg_combine(logits: torch.Tensor, scale: float) -> torch.Tensor:
@@ -81,14 +95,31 @@ def check_labels(cond: torch.Tensor, num_classes: int) -> None:
         raise UserError(f"class labels must be in 0..{num_classes - 1}, got {cond.tolist()[:16]}")
 
 
+def _decode_step(model, compile_mode: str | None):
+    """The callable for decode steps: the model itself, or a torch.compile of it kept on the model
+    (compiled once, reused by later calls). mode "reduce-overhead" captures CUDA graphs on GPU."""
+    if not compile_mode:
+        return model
+    cached = model.__dict__.get("_c2f_decode_compiled")
+    if cached is None or cached[0] != compile_mode:
+        # object.__setattr__: an nn.Module attribute would register the compiled wrapper as a
+        # submodule and change the state dict
+        cached = (compile_mode, torch.compile(model, mode=compile_mode, dynamic=False, fullgraph=True))
+        object.__setattr__(model, "_c2f_decode_compiled", cached)
+    return cached[1]
+
+
 @torch.no_grad()
 def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch.Generator | None = None,
                 dtype: torch.dtype = torch.float32, num_tokens: int | None = None,
-                masked_cache: bool = False) -> torch.Tensor:
+                masked_cache: bool = False, compile_mode: str | None = None) -> torch.Tensor:
     """Autoregressive sampling with a static KV cache. cond [B] -> tokens [B, N].
 
     CFG doubles the batch ([cond; null]) so both halves run in one forward pass; the head is
-    evaluated for the last position only.
+    evaluated for the last position only. The cache is allocated once per (batch, dtype) and reused
+    by later calls. The loop never reads a device value on the host (no per-step sync).
+    compile_mode (e.g. "default", "reduce-overhead" = CUDA graphs, "max-autotune"): torch.compile the
+    decode step; implies the masked cache so every step has the same shapes.
     """
     cfg = model.cfg
     check_labels(cond, cfg.num_classes)
@@ -96,17 +127,21 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     n = num_tokens or cfg.seq_len
     B = cond.size(0)
     x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)
-    model.setup_cache(x_cond.size(0), dtype=dtype, masked=masked_cache)
+    model.setup_cache(x_cond.size(0), dtype=dtype, masked=masked_cache or bool(compile_mode))
+    step = _decode_step(model, compile_mode)
     device = cond.device
+    positions = torch.arange(n, device=device)
     out = torch.empty(B, n, dtype=torch.long, device=device)
     tok = None
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         for i in range(n):
-            pos = torch.tensor([i], device=device)
+            pos = positions[i:i + 1]
             if i == 0:
-                logits = model(None, x_cond, pos, last_only=True)[:, -1]  # [B', V]
+                logits = model(None, x_cond, pos, last_only=True, prefix_len=1)[:, -1]  # [B', V]
             else:
-                logits = model(tok.repeat(2, 1) if opts.use_cfg else tok, None, pos, last_only=True)[:, -1]
+                x = tok.repeat(2, 1) if opts.use_cfg else tok  # [B', 1]
+                logits = (step(x, None, pos, last_only=True) if compile_mode
+                          else model(x, None, pos, last_only=True, prefix_len=i + 1))[:, -1]
             if opts.use_cfg:
                 if opts.cfg_interval < 0 or i < opts.cfg_interval:
                     logits = cfg_combine(logits, opts.cfg_scale)

@@ -98,7 +98,8 @@ class Transformer(nn.Module):
         return self.tok_dropout(torch.cat(parts, dim=1))
 
     def forward(self, tokens: torch.Tensor | None, cond: torch.Tensor | None = None,
-                input_pos: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                input_pos: torch.Tensor | None = None, last_only: bool = False,
+                prefix_len: int | None = None) -> torch.Tensor:
         """Logits (float32).
 
         Full pass (input_pos None): sequence = [cls(cond), tokens...] at positions 0..T;
@@ -106,6 +107,8 @@ class Transformer(nn.Module):
         Cached pass: input_pos [T] gives the positions of this chunk; prefill is
         `forward(None, cond, input_pos=tensor([0]))`, a decode step `forward(tok [B,1], None, tensor([p]))`.
         last_only: compute the head for the last position only ([B, 1, V]).
+        prefix_len: input_pos[-1] + 1 when the caller knows it (prefix mode); saves reading
+        input_pos on the host, a device sync per step on GPU.
         """
         h = self.embed(tokens, cond)
         if input_pos is None:
@@ -118,7 +121,7 @@ class Transformer(nn.Module):
                 mask, end = self.causal_mask[input_pos], None  # [T, L], fixed shape
             else:
                 # prefix mode: slice the cache to the filled part; a mask is only needed for T > 1
-                end = int(input_pos[-1]) + 1
+                end = prefix_len if prefix_len is not None else int(input_pos[-1]) + 1
                 mask = self.causal_mask[input_pos] if h.size(1) > 1 else None
             for layer in self.layers:
                 h = layer(h, rope, True, input_pos, mask, end)
