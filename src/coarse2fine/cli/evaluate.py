@@ -1,0 +1,115 @@
+"""`coarse2fine eval` and `coarse2fine train-classifier`: offline image-quality evaluation."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from coarse2fine.fileio import atomic_write_bytes
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    from coarse2fine.eval.classifier import train_classifier
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    train_classifier(args.data, args.resolution, args.out, epochs=args.epochs, batch_size=args.batch_size,
+                     lr=args.lr, width=args.width, seed=args.seed, root=args.root,
+                     limit_per_class=args.limit_per_class)
+    return 0
+
+
+def _json_safe(obj):
+    """NaN/inf are not JSON; write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from coarse2fine.evaluate import evaluate_images, format_table, load_samples
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    images, labels, label_note = load_samples(args.samples)
+    print(f"samples: {len(images)} images {images.shape[1]}x{images.shape[2]} from {args.samples}; {label_note}")
+    result = evaluate_images(
+        images, labels, args.data, split=args.split, classifier_dir=args.classifier, root=args.root,
+        num_samples=args.num_samples, ref_count=args.ref_count, feature_resolution=args.feature_resolution,
+        inception_weights=args.inception_weights, ref_batch=args.ref_batch, cache_dir=args.cache_dir,
+        use_cache=not args.no_cache, batch_size=args.batch_size, kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size, device=args.device)
+    result["samples"] = str(args.samples)
+    result["labels"] = label_note
+    print(format_table(result))
+    if args.json:
+        atomic_write_bytes(Path(args.json), (json.dumps(_json_safe(result), indent=2) + "\n").encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="score generated samples against a data set (offline FD/KID/P&R, classifier IS/accuracy)",
+        description="Score generated images against a data set split. Always offline: Frechet distance, KID "
+                    "and precision/recall (k=3) on EfficientNet-Lite0 features at a fixed resolution "
+                    "(named e.g. FD-EffNetLite0@64; NOT FID, not comparable with published FIDs); with "
+                    "--classifier, an Inception-Score-like score and the accuracy of the class asked for. "
+                    "True FID/IS only with --inception-weights and --ref-batch. Every score is printed with "
+                    "the sample count N and reference count M; compare runs only at equal N and M.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--samples", required=True,
+                   help="folder of PNGs (labels from names like 000012_c3.png) or .npz with arr_0 uint8 "
+                        "NxHxWx3 and optional `labels` (or ADM's arr_1)")
+    p.add_argument("--data", default="default", help="reference data set (see `coarse2fine data list`)")
+    p.add_argument("--root", default=None, help="data root for folder / fashion-mnist data sets")
+    p.add_argument("--split", default="test", help="reference split")
+    p.add_argument("--classifier", default=None, help="run dir from `coarse2fine train-classifier`")
+    p.add_argument("--num-samples", type=int, default=None, help="use the first N samples (default: all)")
+    p.add_argument("--ref-count", type=int, default=None,
+                   help="reference images: a fixed seeded subset of this size (default: the whole split)")
+    p.add_argument("--feature-resolution", type=int, default=64,
+                   help="EfficientNet-Lite0 input size in px; part of the score names")
+    p.add_argument("--inception-weights", default=None,
+                   help="torch-fidelity Inception-v3 weights (weights-inception-2015-12-05-6726825d.pth) "
+                        "for true FID/IS; never downloaded")
+    p.add_argument("--ref-batch", default=None, help="ADM reference batch .npz (arr_0) for true FID")
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID: subset size (capped at N and M)")
+    p.add_argument("--batch-size", type=int, default=32, help="feature extraction batch size")
+    p.add_argument("--cache-dir", default=None,
+                   help="reference statistics cache (default $COARSE2FINE_CACHE or ~/.cache/coarse2fine)")
+    p.add_argument("--no-cache", action="store_true", help="recompute reference features, write no cache")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.set_defaults(func=_eval)
+
+    t = subparsers.add_parser(
+        "train-classifier", help="train the small CNN classifier used by `eval` on a data set",
+        description="Train a small CNN on the data set's train split and report its held-out accuracy on the "
+                    "test split (printed and stored in OUT/config.json). `eval --classifier OUT` then scores "
+                    "samples by class accuracy and an Inception-Score-like score on the data set's own classes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--data", default="default", help="data set name")
+    t.add_argument("--root", default=None, help="data root for folder / fashion-mnist data sets")
+    t.add_argument("--resolution", type=int, default=32, help="image size in px (samples are resized to it)")
+    t.add_argument("--out", required=True, help="output run dir (model.safetensors + config.json)")
+    t.add_argument("--epochs", type=int, default=10, help="training epochs")
+    t.add_argument("--batch-size", type=int, default=128, help="batch size")
+    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, one-cycle cosine)")
+    t.add_argument("--width", type=int, default=32, help="channels of the first stage (then 2x, 4x)")
+    t.add_argument("--limit-per-class", type=int, default=None, help="train on at most this many images per class")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    t.set_defaults(func=_train_classifier)
+
