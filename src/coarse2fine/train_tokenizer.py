@@ -7,6 +7,8 @@ step), so the run needs nothing but the step to continue as if never stopped.
 
 Distributed: one code path. `batch_size` is the global batch; rank r trains on its slice of it, DDP
 averages gradients, rank 0 writes files and its re-seeded codewords are broadcast to the others.
+The usage window (a buffer DDP broadcasts from rank 0) then holds rank 0's codes only, so under
+DDP a code counts as dead when rank 0's share of the batches did not pick it.
 """
 from __future__ import annotations
 
@@ -246,8 +248,10 @@ def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
             ema.update(model, step)
         step += 1
         if step % tc.log_every == 0 or step == end:
-            mse = distributed.all_reduce_mean(diff.detach().pow(2).mean()).item()
-            row = {"step": step, "loss": loss.item(), "rec": rec.item(), "vq": aux["vq_loss"].item(),
+            # averaged over ranks: the numbers describe the global batch
+            mse, lossv, recv = distributed.all_reduce_mean(
+                torch.stack([diff.detach().pow(2).mean(), loss.detach(), rec.detach()])).tolist()
+            row = {"step": step, "loss": lossv, "rec": recv, "vq": aux["vq_loss"].item(),
                    "commit": aux["commit_loss"].item(), "psnr": round(psnr_from_mse(mse), 3),
                    "usage": round(model.quantize.window_usage(), 4), "perplexity": aux["perplexity"].item(),
                    "reseeded": reseeded, "lr": lr_at(step - 1, tc)}

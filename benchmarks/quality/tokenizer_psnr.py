@@ -1,0 +1,86 @@
+"""Tokenizer quality benchmark: train the CPU preset on the embedded data, reconstruct the held-out
+test split, and write benchmarks/results/tokenizer.md (command, machine, wall/CPU time, PSNR, usage).
+
+    .venv/bin/python benchmarks/quality/tokenizer_psnr.py [--steps N] [--preset VQ-tiny] [--out DIR]
+
+Target (issue): PSNR >= 24 dB on the test split with >= 90% of the 4096 codes in use, within
+~10 CPU-minutes on a 2-core CPU. CPU time is the children's user+sys time (getrusage), which other
+processes sharing the cores do not inflate; wall time is reported beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(cmd: list[str]) -> tuple[str, float, float]:
+    """Run a command; return (stdout, wall seconds, CPU seconds of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    wall = time.time() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {shlex.join(cmd)}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc.stdout, wall, cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="VQ-tiny")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the trainer's default)")
+    ap.add_argument("--out", default="runs/bench_tokenizer")
+    ap.add_argument("--results", default="benchmarks/results/tokenizer.md")
+    ap.add_argument("--machine", default="2-core CPU (this dev box)")
+    ap.add_argument("--note", default="", help="extra line for the results file (e.g. load on the machine)")
+    args = ap.parse_args()
+
+    exe = str(Path(sys.executable).parent / "coarse2fine")
+    out = Path(args.out)
+    if (ROOT / out).exists():
+        sys.exit(f"{out} exists; remove it or pass --out")
+    train = [exe, "train-tokenizer", "--data", "default", "--preset", args.preset, "--out", str(out), "--no-progress"]
+    if args.steps:
+        train += ["--steps", str(args.steps)]
+    recon = [exe, "reconstruct", "--tokenizer", str(out), "--data", "default", "--split", "test",
+             "--n", "64", "--out", str(out / "recon.png")]
+    _, wall, cpu = run(train)
+    text, _, _ = run(recon)
+    psnr = float(re.search(r"PSNR ([\d.]+) dB over (\d+)", text).group(1))
+    n_test = int(re.search(r"over (\d+) test images", text).group(1))
+    usage = float(re.search(r"codebook usage ([\d.]+)%", text).group(1))
+    used = re.search(r"\((\d+/\d+) codes\)", text).group(1)
+    import torch  # for the version line only
+
+    ok = psnr >= 24.0 and usage >= 90.0 and cpu <= 600
+    lines = [
+        "# Tokenizer reconstruction (CPU preset, embedded data)", "",
+        f"Command: `.venv/bin/python benchmarks/quality/tokenizer_psnr.py{' --steps ' + str(args.steps) if args.steps else ''}`",
+        "", f"- train: `{shlex.join(train)}`", f"- eval: `{shlex.join(recon)}`", "",
+        f"Machine: {args.machine}, torch {torch.__version__}, Python {platform.python_version()}.", "",
+        "| preset | train wall | train CPU (user+sys) | test PSNR | test codebook usage | target met |",
+        "|---|---|---|---|---|---|",
+        f"| {args.preset} | {wall / 60:.1f} min | {cpu / 60:.1f} CPU-min | {psnr:.2f} dB ({n_test} images) "
+        f"| {usage:.1f}% ({used}) | {'yes' if ok else 'no'} |", "",
+        "Target: >= 24 dB PSNR (uint8, mean per image) and >= 90% of the 4096 codes used on the held-out "
+        "test split, in <= ~10 CPU-minutes.",
+    ]
+    if args.note:
+        lines += ["", args.note]
+    (ROOT / args.results).parent.mkdir(parents=True, exist_ok=True)
+    (ROOT / args.results).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
