@@ -52,6 +52,17 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def reshard(model: nn.Module) -> None:
+    """Free the gathered parameters an FSDP2 forward leaves behind. The root unit keeps its parameters
+    gathered after a forward (it expects a backward), so after an evaluation forward they would stay
+    plain tensors and no longer pair with the trained model's shards. No-op without FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 

@@ -28,7 +28,7 @@ from coarse2fine.data.tencrop import open_code_store
 from coarse2fine.losses import fine_ce, token_ce
 from coarse2fine.models import STAGES, Transformer, count_params
 from coarse2fine.parallel import (full_model_state, full_optim_state, grad_norm_value, is_sharded, load_optim_state,
-                                  no_sync, unwrap, wrap_model, wrap_shadow)
+                                  no_sync, reshard, unwrap, wrap_model, wrap_shadow)
 from coarse2fine.tokenizer.clustering import CoarseMap
 
 
@@ -256,6 +256,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
             if heldout is not None and cfg.eval_every and step % cfg.eval_every == 0 and (info.is_main or sharded):
                 ev = evaluate_tokens(ema or unwrap(wrapped), heldout, info.device, members=members)
+                reshard(ema or wrapped)
                 if writer:
                     writer.add_scalar("heldout/nll", ev["nll"], step)
                     writer.add_scalar("heldout/acc", ev["acc"], step)

@@ -159,14 +159,18 @@ def test_fsdp_two_processes_equal_one_and_resume_unsharded(tmp_path):
     codes = make_store(tmp_path / "codes")
     steps, batch = 3, 8
     run2 = tmp_path / "fsdp"
+    # held-out evaluation mid-run: every rank joins the sharded forward, shards are restored after it
     r = subprocess.run(torchrun_cmd(*train_flags(codes, run2, steps, batch, fsdp=True, ema_decay=0.9,
-                                                 grad_clip=0.5)),
+                                                 grad_clip=0.5, heldout=codes, eval_every=2)),
                        env=run_env(), capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     mcfg = stage_config("GPT-tiny", "baseline", K, 0, NCLS, GRID)
     ref = tmp_path / "ref"
-    train("baseline", mcfg, tcfg(steps, batch, grad_accum=2, ema_decay=0.9, grad_clip=0.5), codes, ref,
-          progress=False)
+    train("baseline", mcfg, tcfg(steps, batch, grad_accum=2, ema_decay=0.9, grad_clip=0.5, eval_every=2), codes, ref,
+          heldout_dir=codes, progress=False)
+    ev = [[json.loads(x)["heldout"]["nll"] for x in (run / "metrics.jsonl").read_text().splitlines() if "heldout" in x]
+          for run in (run2, ref)]
+    assert len(ev[0]) == 1 and ev[0] == pytest.approx(ev[1], abs=1e-5)
     a = torch.load(run2 / "state.pt", weights_only=True)
     b = torch.load(ref / "state.pt", weights_only=True)
     assert a["step"] == b["step"] == steps
@@ -178,7 +182,7 @@ def test_fsdp_two_processes_equal_one_and_resume_unsharded(tmp_path):
     train("baseline", mcfg, more, codes, ref, resume=True, progress=False)
     assert_state_close(torch.load(run2 / "state.pt", weights_only=True)["model"],
                        torch.load(ref / "state.pt", weights_only=True)["model"], "FSDP resumed unsharded")
-    gl = [json.loads(x).get("grad_norm") for x in (run2 / "metrics.jsonl").read_text().splitlines()]
+    gl = [json.loads(x)["grad_norm"] for x in (run2 / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert all(isinstance(g, float) for g in gl)
 
 
