@@ -158,12 +158,12 @@ def cmd_cluster(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from coarse2fine.data.codes import CodeStore
+    from coarse2fine.data.tencrop import open_code_store
     from coarse2fine.models import stage_config
     from coarse2fine.tokenizer.clustering import CoarseMap
     from coarse2fine.train import train
 
-    store = CodeStore(args.codes)
+    store = open_code_store(args.codes)  # extract-codes or extract-codes-imagenet output
     meta = store.meta
     num_coarse = CoarseMap.load(args.coarse_map).num_coarse if args.coarse_map else 0
     mcfg = stage_config(args.preset, args.stage, meta["codebook_size"], num_coarse, meta["num_classes"], meta["grid"])
@@ -180,14 +180,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval_tokens(args) -> int:
-    from coarse2fine.data.codes import CodeStore
+    from coarse2fine.data.tencrop import open_code_store
     from coarse2fine.tokenizer.clustering import CoarseMap
     from coarse2fine.train import StageBatches, evaluate_tokens, load_run
 
     model, meta = load_run(args.run, device=args.device)
     stage = meta["stage"]
     cmap = CoarseMap.load(Path(args.run) / "coarse_map.safetensors") if stage != "baseline" else None
-    batches = StageBatches(CodeStore(args.codes), stage, cmap)
+    batches = StageBatches(open_code_store(args.codes), stage, cmap)
     members = cmap.members.to(args.device) if meta.get("restricted") else None
     res = evaluate_tokens(model, batches, torch.device(args.device), args.batch_size, members, args.limit)
     what = {"coarse": "coarse-label", "fine": "fine-code (given the true coarse labels)", "baseline": "fine-code"}[stage]
