@@ -100,6 +100,10 @@ def cmd_extract(args) -> int:
                           crop_ranges=tuple(args.crop_ranges), shard_size=args.shard_size, batch_size=args.batch_size,
                           num_workers=args.workers, bf16=args.bf16, limit_per_class=args.limit_per_class,
                           device=args.device, progress=not args.no_progress)
+    from coarse2fine.distributed import rank
+
+    if rank() != 0:  # one report per run, not one per process
+        return 0
     state = "complete" if res["complete"] else "incomplete (rerun the same command to finish)"
     print(f"{args.out}: {res['images']} images x {res['variants']} variants, {res['shards']} shards, {state}; "
           f"{res['encoded_this_run']} images encoded by this process in {res['wall_s']:.1f} s")
