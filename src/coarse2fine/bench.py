@@ -39,20 +39,32 @@ def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> tuple
     return time.perf_counter() - t0, out
 
 
+@dataclass
+class Timings:
+    """Seconds per repeat and candidate: wall clock, and CPU time of this process (user + system,
+    all threads). On a shared CPU the wall clock also counts the time other jobs held the cores;
+    the CPU time does not, so efficiency figures use it there (with 1 thread they agree when idle)."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+
+
 def alternate(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-              device: torch.device | str = "cpu", progress: Callable[[str], None] | None = None
-              ) -> dict[str, list[float]]:
+              device: torch.device | str = "cpu", progress: Callable[[str], None] | None = None) -> Timings:
     """Time several functions in rounds A, B, C, A, B, C, ... so slow drifts of a shared machine
-    (other jobs, clocks) hit every candidate alike. Returns name -> seconds per repeat."""
+    (other jobs, clocks) hit every candidate alike."""
     for _ in range(warmup):
-        for name, fn in fns.items():
+        for fn in fns.values():
             timed(fn, device)
-    out: dict[str, list[float]] = {name: [] for name in fns}
+    out = Timings({name: [] for name in fns}, {name: [] for name in fns})
     for r in range(repeats):
         for name, fn in fns.items():
-            out[name].append(timed(fn, device)[0])
+            c0 = time.process_time()
+            wall, _ = timed(fn, device)
+            out.wall[name].append(wall)
+            out.cpu[name].append(time.process_time() - c0)
             if progress:
-                progress(f"round {r + 1}/{repeats} {name}: {out[name][-1]:.3f} s")
+                progress(f"round {r + 1}/{repeats} {name}: {wall:.3f} s wall, {out.cpu[name][-1]:.3f} s cpu")
     return out
 
 
@@ -127,9 +139,10 @@ def decode_bytes(cfg: GPTConfig, model: torch.nn.Module, rows: int, num_tokens: 
 # ---- machine limits ---------------------------------------------------------------------------
 
 def matmul_flops_per_s(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                       size: int | None = None, seconds: float = 0.5) -> float:
+                       size: int | None = None, seconds: float = 0.5, clock: str = "wall") -> float:
     """Best observed FLOP/s of a square [n, n] @ [n, n] matmul (n = 1024 on CPU, 8192 on GPU),
-    repeated for about `seconds`; what the decode loop's FLOP/s is compared with."""
+    repeated for about `seconds`; what the decode loop's FLOP/s is compared with.
+    clock "cpu": per CPU second of this process (see Timings), for shared CPUs."""
     device = torch.device(device)
     n = size or (8192 if device.type == "cuda" else 1024)
     a = torch.randn(n, n, device=device).to(dtype)
@@ -137,9 +150,11 @@ def matmul_flops_per_s(dtype: torch.dtype = torch.float32, device: torch.device 
     best, spent = float("inf"), 0.0
     timed(lambda: a @ b, device)  # warm-up: kernel selection, page faults
     while spent < seconds:
+        c0 = time.process_time()
         dt, _ = timed(lambda: a @ b, device)
-        best, spent = min(best, dt), spent + dt
-    return 2 * n ** 3 / best
+        spent += dt
+        best = min(best, time.process_time() - c0 if clock == "cpu" else dt)
+    return 2 * n ** 3 / max(best, 1e-9)
 
 
 def copy_bytes_per_s(device: torch.device | str = "cpu", mib: int = 256, seconds: float = 0.5) -> float:

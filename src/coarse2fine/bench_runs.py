@@ -109,11 +109,13 @@ def run_sample_bench(sb: SampleBench, log: Callable[[str], None] | None = None) 
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and sb.weights != "cast"):
             state["images"] = decode(vq, state["codes"][:n_dec])
 
-    peaks: list[float] = []
+    peaks: dict[str, list[float]] = {"wall": [], "cpu": []}
 
     def run_peak():
-        peaks.append(bench.matmul_flops_per_s(dtype, device, seconds=0.3))
+        for clock in clocks:
+            peaks[clock].append(bench.matmul_flops_per_s(dtype, device, seconds=0.25, clock=clock))
 
+    clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)
     fns = {"baseline": run_baseline, "stage1": run_stage1, "stage2": run_stage2}
     if sb.decode:
         fns["decode"] = run_decode
@@ -125,56 +127,65 @@ def run_sample_bench(sb: SampleBench, log: Callable[[str], None] | None = None) 
             with bench.peak_memory(device) as pm:
                 fns[name]()
             mem[name] = {"kind": pm.kind, "peak_mib": pm.peak_mib, "rise_mib": pm.rise_mib}
-    times = bench.alternate(fns, sb.repeats, sb.warmup, device, log)
-    times.pop("matmul_peak")
-    if sb.decode and n_dec < B:
-        times["decode"] = [t * B / n_dec for t in times["decode"]]
-    dec = times.get("decode", [0.0] * sb.repeats)
-    ctf = [a + b + c for a, b, c in zip(times["stage1"], times["stage2"], dec)]
-    basel = [a + c for a, c in zip(times["baseline"], dec)]
-    med = {k: bench.median(v) for k, v in times.items()}
-    med.update(ctf_total=bench.median(ctf), baseline_total=bench.median(basel),
-               ctf_ar=bench.median([a + b for a, b in zip(times["stage1"], times["stage2"])]))
-    peak = bench.median(peaks)
+    timings = bench.alternate(fns, sb.repeats, sb.warmup, device, log)
 
     rows = 2 * B  # CFG doubles the rows of both AR loops (pipeline defaults)
-    f_base, f_s1 = bench.decode_flops(base.cfg, rows, N), bench.decode_flops(coarse.cfg, rows, N)
-    s2_rows = 2 * B if CTF_FINE_DEFAULT.use_cfg else B
-    f_s2 = bench.full_forward_flops(fine.cfg, s2_rows, N + 1)
+    flops = {"baseline": bench.decode_flops(base.cfg, rows, N), "stage1": bench.decode_flops(coarse.cfg, rows, N),
+             "stage2": bench.full_forward_flops(fine.cfg, 2 * B if CTF_FINE_DEFAULT.use_cfg else B, N + 1)}
     w_dt = dtype if sb.weights == "autocast" else None
-    by_base = bench.decode_bytes(base.cfg, base, rows, N, dtype, w_dt)
-    by_s1 = bench.decode_bytes(coarse.cfg, coarse, rows, N, dtype, w_dt)
+    nbytes = {"baseline": bench.decode_bytes(base.cfg, base, rows, N, dtype, w_dt),
+              "stage1": bench.decode_bytes(coarse.cfg, coarse, rows, N, dtype, w_dt)}
     bw = sb.mem_gbps * 1e9 if sb.mem_gbps else (bench.copy_bytes_per_s(device) if device.type == "cpu" else 0.0)
-
-    def loop_stats(flops: int, nbytes: int, t: float) -> dict:
-        lim = {"compute_limit_s": flops / peak, "bandwidth_limit_s": nbytes / bw if bw else None}
-        return {"flops": flops, "bytes": nbytes, "time_s": t, "flop_per_s": flops / t,
-                "frac_of_matmul_peak": flops / t / peak, "bytes_per_s": nbytes / t, **lim,
-                "bound_images_per_s": B / max(lim["compute_limit_s"], lim["bandwidth_limit_s"] or 0.0)}
-
     rec = {"bench": asdict(sb), "tokens": N, "batch": B, "rows_ar": rows,
            "vocab": {"K": base.cfg.vocab_size, "C": coarse.cfg.vocab_size},
            "params": {k: sum(p.numel() for p in m.parameters()) for k, m in ms.items()},
            "fine_preset": sb.fine_preset or sb.preset, "decode_images_timed": n_dec if sb.decode else 0,
-           "times_s": times, "median_s": med, "matmul_peak_flop_per_s": peak, "matmul_peaks": peaks,
-           "mem_bandwidth_bytes_per_s": bw or None,
-           "images_per_s": {"ctf": B / med["ctf_total"], "baseline": B / med["baseline_total"],
-                            "ctf_no_decode": B / med["ctf_ar"], "baseline_no_decode": B / med["baseline"]},
-           "loops": {"baseline": loop_stats(f_base, by_base, med["baseline"]),
-                     "stage1": loop_stats(f_s1, by_s1, med["stage1"])},
-           "stage2": {"flops": f_s2, "flop_per_s": f_s2 / med["stage2"], "frac_of_matmul_peak": f_s2 / med["stage2"] / peak},
+           "flops": flops, "bytes": nbytes, "mem_bandwidth_bytes_per_s": bw or None,
            "memory": mem, "machine": bench.machine_info(device)}
-    rec["ratio_ctf_over_baseline"] = rec["images_per_s"]["ctf"] / rec["images_per_s"]["baseline"]
-    rec["ratio_no_decode"] = rec["images_per_s"]["ctf_no_decode"] / rec["images_per_s"]["baseline_no_decode"]
-    rec["spread"] = {k: bench.spread(v) for k, v in times.items()}
+    for clock in clocks:
+        times = dict(getattr(timings, clock))
+        times.pop("matmul_peak")
+        rec[clock] = _summarise(times, bench.median(peaks[clock]), flops, nbytes, bw, B, n_dec if sb.decode else 0)
+        rec[clock]["matmul_peaks"] = peaks[clock]
     if sb.naive_repeats:  # the no-cache floor, alternated with the cached loop it is compared with
         def run_naive():
             generate_naive(base, labels, BASELINE_DEFAULT, gen.manual_seed(sb.seed))
         nt = bench.alternate({"naive": run_naive, "kv_cache": run_baseline}, sb.naive_repeats, 0, device, log)
-        tn, tc = bench.median(nt["naive"]), bench.median(nt["kv_cache"])
-        rec["naive"] = {"time_s": tn, "kv_cache_time_s": tc, "speedup": tn / tc, "repeats": sb.naive_repeats,
-                        "flops": bench.naive_flops(base.cfg, rows, N)}
+        rec["naive"] = {"repeats": sb.naive_repeats, "flops": bench.naive_flops(base.cfg, rows, N)}
+        for clock in clocks:
+            t = getattr(nt, clock)
+            tn, tc = bench.median(t["naive"]), bench.median(t["kv_cache"])
+            rec["naive"][clock] = {"time_s": tn, "kv_cache_time_s": tc, "speedup": tn / tc}
     return rec
+
+
+def _summarise(times: dict[str, list[float]], peak: float, flops: dict, nbytes: dict, bw: float, B: int,
+               n_dec: int) -> dict:
+    """Per-clock medians, images/s, the CTF/baseline ratio and the loops against the machine limits."""
+    if n_dec and n_dec < B:
+        times["decode"] = [t * B / n_dec for t in times["decode"]]
+    dec = times.get("decode", [0.0] * len(times["baseline"]))
+    med = {k: bench.median(v) for k, v in times.items()}
+    med["ctf_total"] = bench.median([a + b + c for a, b, c in zip(times["stage1"], times["stage2"], dec)])
+    med["baseline_total"] = bench.median([a + c for a, c in zip(times["baseline"], dec)])
+    med["ctf_no_decode"] = bench.median([a + b for a, b in zip(times["stage1"], times["stage2"])])
+    ips = {"ctf": B / med["ctf_total"], "baseline": B / med["baseline_total"],
+           "ctf_no_decode": B / med["ctf_no_decode"], "baseline_no_decode": B / med["baseline"]}
+
+    def loop(name: str) -> dict:
+        t = med[name]
+        out = {"flop_per_s": flops[name] / t, "frac_of_matmul_peak": flops[name] / t / peak,
+               "compute_bound_images_per_s": B * peak / flops[name]}
+        if name in nbytes:
+            out["bytes_per_s"] = nbytes[name] / t
+            out["bandwidth_bound_images_per_s"] = B * bw / nbytes[name] if bw else None
+        return out
+
+    return {"times_s": times, "median_s": med, "images_per_s": ips, "matmul_peak_flop_per_s": peak,
+            "ratio_ctf_over_baseline": ips["ctf"] / ips["baseline"],
+            "ratio_no_decode": ips["ctf_no_decode"] / ips["baseline_no_decode"],
+            "spread": {k: bench.spread(v) for k, v in times.items()},
+            "loops": {k: loop(k) for k in ("baseline", "stage1", "stage2")}}
 
 
 # ---- training -------------------------------------------------------------------------------------
@@ -260,8 +271,8 @@ def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) ->
                 step()  # the first step allocates gradients and optimizer state: the steady-state peak
             steps[dname], mem[dname] = step, pm
             info[dname] = (sum(p.numel() for p in model.parameters()), tokens, flops)
-        times = bench.alternate(steps, tb.repeats, tb.warmup, device, log)
-        for dname, ts in times.items():
+        timings = bench.alternate(steps, tb.repeats, tb.warmup, device, log)
+        for dname, ts in timings.wall.items():
             params, tokens, flops = info[dname]
             t = bench.median(ts)
             out.append({"part": part, "dtype": dname, "model": tb.vq_preset if part == "tokenizer" else tb.preset,
@@ -269,6 +280,7 @@ def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) ->
                         "tokens_per_s": tokens / t, "images_per_s": tb.batch / t,
                         "flop_per_s": flops / t if flops else None, "spread": bench.spread(ts),
                         "peak_mib": mem[dname].peak_mib, "rise_mib": mem[dname].rise_mib,
-                        "memory_kind": mem[dname].kind, "times_s": ts})
+                        "memory_kind": mem[dname].kind, "times_s": ts,
+                        "step_cpu_s": bench.median(timings.cpu[dname]) if device.type == "cpu" else None})
         del steps
     return out

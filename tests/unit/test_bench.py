@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from coarse2fine import bench
+from coarse2fine.bench_runs import SampleBench, TrainBench, run_sample_bench, run_train_bench
+from coarse2fine.cli import main
+from coarse2fine.config import gpt_config
+from coarse2fine.models import Transformer
+from coarse2fine.sampling import filter_logits, sample_logits
+
+
+def _tiny(vocab=50, causal=True):
+    torch.manual_seed(0)
+    return Transformer(gpt_config("GPT-tiny", vocab_size=vocab, grid=4, causal=causal)).eval()
+
+
+def test_decode_flop_count_matches_torch_flop_counter():
+    m = _tiny()
+    x, c = torch.randint(0, 50, (3, 16)), torch.tensor([0, 1, 2])
+    m.setup_cache(3)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        m(None, c, torch.tensor([0]), last_only=True)
+        for i in range(1, 16):
+            m(x[:, i - 1:i], None, torch.tensor([i]), last_only=True)
+    assert fc.get_total_flops() == bench.decode_flops(m.cfg, rows=3, num_tokens=16)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_full_forward_flop_count_matches_torch_flop_counter(causal):
+    m = _tiny(causal=causal)
+    x, c = torch.randint(0, 50, (2, 16)), torch.tensor([0, 1])
+    # the math backend decomposes attention into counted matmuls (full square, as we count it)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        m(x, c)
+    assert fc.get_total_flops() == bench.full_forward_flops(m.cfg, rows=2, length=17)
+    assert bench.train_flops(m.cfg, 2, 17) == 3 * fc.get_total_flops()
+
+
+def test_naive_costs_more_than_cache_and_bytes_count_weights():
+    m = _tiny()
+    assert bench.naive_flops(m.cfg, 4, 16) > 5 * bench.decode_flops(m.cfg, 4, 16)
+    n_emb = m.tok_embeddings.weight.numel() + m.cls_embedding.embedding_table.weight.numel()
+    n_params = sum(p.numel() for p in m.parameters())
+    assert bench.weight_bytes(m) == 4 * (n_params - n_emb)
+    assert bench.weight_bytes(m, torch.bfloat16) == 2 * (n_params - n_emb)
+    kv_one_step = 2 * m.cfg.n_layer * m.cfg.dim * 4 * 4  # K and V, fp32, 4 rows, one position
+    assert bench.decode_bytes(m.cfg, m, 4, 1, torch.float32) == bench.weight_bytes(m) + 2 * kv_one_step
+
+
+def test_alternate_interleaves_and_times_every_round():
+    calls = []
+    t = bench.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert len(t.wall["a"]) == len(t.cpu["b"]) == 3 and all(x >= 0 for x in t.wall["a"])
+
+
+def test_matmul_peak_and_memory_probe():
+    assert 1e6 < bench.matmul_flops_per_s(torch.float32, size=128, seconds=0.01) < 1e15
+    with bench.peak_memory("cpu") as pm:
+        x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
+        del x
+    if pm.kind == "peak RSS":  # Linux with a resettable high-water mark
+        assert pm.rise_mib > 50
+
+
+def test_two_level_sampler_follows_softmax_and_respects_filters():
+    g = torch.Generator().manual_seed(0)
+    V, n = 512, 40_000
+    logits = torch.randn(V) * 2
+    p = torch.softmax(logits, -1)
+    freq = torch.bincount(sample_logits(logits.expand(n, V), 1.0, 0, 1.0, g), minlength=V).float() / n
+    assert (freq - p).abs().max() < 5 * (p.max() / n) ** 0.5  # within ~5 sigma of the largest cell
+    ids = sample_logits(logits.expand(5000, V), 1.3, 40, 0.8, g)
+    kept = filter_logits(logits[None] / 1.3, 40, 0.8)[0] > float("-inf")
+    assert kept[ids].all()
+    one_hot = torch.full((6, V), -1e9)
+    one_hot[:, V - 1] = 0.0  # all mass on the last entry of the last block
+    assert sample_logits(one_hot, 1.0, 0, 1.0, g).tolist() == [V - 1] * 6
+
+
+def test_tiny_sample_bench_end_to_end(tmp_path):
+    torch.set_num_threads(1)
+    sb = SampleBench(preset="GPT-tiny", grid=4, batch=2, repeats=1, warmup=0, naive_repeats=1)
+    r = run_sample_bench(sb)
+    w = r["wall"]
+    assert r["tokens"] == 16 and r["rows_ar"] == 4
+    assert set(w["median_s"]) >= {"stage1", "stage2", "decode", "baseline", "ctf_total", "baseline_total"}
+    assert w["ratio_ctf_over_baseline"] == pytest.approx(w["images_per_s"]["ctf"] / w["images_per_s"]["baseline"])
+    assert 0 < r["cpu"]["loops"]["baseline"]["frac_of_matmul_peak"] < 2
+    assert r["naive"]["wall"]["time_s"] > 0
+    out = tmp_path / "s.json"
+    rc = main(["bench", "sample", "--preset", "GPT-tiny", "--grid", "4", "--batch", "2", "--repeats", "1",
+               "--warmup", "0", "--naive-repeats", "0", "--dtype", "fp32", "--quiet", "--json", str(out),
+               "--md", str(tmp_path / "s.md")])
+    assert rc == 0 and json.loads(out.read_text())[0]["bench"]["preset"] == "GPT-tiny"
+    assert "CTF / baseline" in (tmp_path / "s.md").read_text()
+
+
+def test_tiny_train_bench_reports_tokens_per_second():
+    recs = run_train_bench(TrainBench(preset="GPT-tiny", grid=4, batch=2, repeats=1, warmup=0,
+                                      parts=("coarse", "fine"), dtypes=("fp32",)))
+    assert [r["part"] for r in recs] == ["coarse", "fine"]
+    assert all(r["tokens_per_s"] > 0 and r["tokens_per_step"] == 2 * 16 for r in recs)
+
+
+def test_bench_rejects_bad_flags(capsys):
+    assert main(["bench", "sample", "--preset", "GPT-nope", "--quiet"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
