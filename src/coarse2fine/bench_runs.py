@@ -188,6 +188,53 @@ def _summarise(times: dict[str, list[float]], peak: float, flops: dict, nbytes: 
             "loops": {k: loop(k) for k in ("baseline", "stage1", "stage2")}}
 
 
+# ---- analytic bounds ------------------------------------------------------------------------------
+
+def vq_decode_flops(vq_preset: str, grid: int) -> int:
+    """Counted FLOPs (convs, matmuls) of decoding one image's codes, on the meta device (no memory)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from coarse2fine.tokenizer.vq import VQModel
+
+    vcfg = vq_config(vq_preset)
+    with torch.device("meta"):
+        vq = VQModel(vq_config(vq_preset, image_size=grid * vcfg.downsample))
+        with FlopCounterMode(display=False) as fc:
+            vq.decode_codes(torch.zeros(1, grid * grid, dtype=torch.long))
+    return fc.get_total_flops()
+
+
+def bound_record(preset: str, fine_preset: str, batch: int, peak: float, bw: float, grid: int = 0,
+                 vq_preset: str = "VQ-16", codebook_size: int = 0, num_coarse: int = 0,
+                 dtype: str = "bf16") -> dict:
+    """Least seconds per batch of CTF and the baseline on a machine with matmul peak `peak` (FLOP/s)
+    and memory bandwidth `bw` (bytes/s): per-step rooflines for the AR loops, FLOPs / peak for the
+    one-pass stage 2 and the VQ decode. Pipeline defaults (CFG in the AR loops, none in stage 2)."""
+    g = grid or gpt_config(preset).grid
+    K = codebook_size or vq_config(vq_preset).codebook_size
+    C = num_coarse or max(2, K // 32)
+    nc = gpt_config(preset).num_classes
+    e = torch.empty(0, dtype=DTYPES[dtype]).element_size()
+    with torch.device("meta"):
+        base = Transformer(stage_config(preset, "baseline", K, C, nc, g))
+        coarse = Transformer(stage_config(preset, "coarse", K, C, nc, g))
+        fine = Transformer(stage_config(fine_preset or preset, "fine", K, C, nc, g))
+    N, rows = g * g, 2 * batch
+    s2_rows = 2 * batch if CTF_FINE_DEFAULT.use_cfg else batch
+    t = {"baseline": bench.decode_bound_s(base.cfg, bench.weight_bytes(base, DTYPES[dtype]), rows, N, peak, bw, e),
+         "stage1": bench.decode_bound_s(coarse.cfg, bench.weight_bytes(coarse, DTYPES[dtype]), rows, N, peak, bw, e),
+         "stage2": bench.full_forward_flops(fine.cfg, s2_rows, N + 1) / peak,
+         "decode": batch * vq_decode_flops(vq_preset, g) / peak}
+    ctf, basel = t["stage1"] + t["stage2"] + t["decode"], t["baseline"] + t["decode"]
+    return {"preset": preset, "fine_preset": fine_preset or preset, "batch": batch, "tokens": N, "dtype": dtype,
+            "peak_flop_per_s": peak, "bytes_per_s": bw, "bound_s": t,
+            "images_per_s": {"ctf": batch / ctf, "baseline": batch / basel,
+                             "ctf_no_decode": batch / (ctf - t["decode"]),
+                             "baseline_no_decode": batch / t["baseline"]},
+            "ratio_ctf_over_baseline": basel / ctf,
+            "ratio_no_decode": t["baseline"] / (t["stage1"] + t["stage2"])}
+
+
 # ---- training -------------------------------------------------------------------------------------
 
 @dataclass

@@ -110,3 +110,16 @@ def test_tiny_train_bench_reports_tokens_per_second():
 def test_bench_rejects_bad_flags(capsys):
     assert main(["bench", "sample", "--preset", "GPT-nope", "--quiet"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_bound_is_a_per_step_roofline():
+    from coarse2fine.bench_runs import bound_record
+
+    cfg = gpt_config("GPT-tiny", vocab_size=4096)
+    fast_mem = bound_record("GPT-tiny", "", 2, peak=1e12, bw=0.0, vq_preset="VQ-tiny", dtype="fp32")
+    assert fast_mem["bound_s"]["baseline"] == pytest.approx(bench.decode_flops(cfg, 4, 64) / 1e12)
+    slow_mem = bound_record("GPT-tiny", "", 2, peak=1e30, bw=1e6, vq_preset="VQ-tiny", dtype="fp32")
+    with torch.device("meta"):
+        m = Transformer(cfg)
+    assert slow_mem["bound_s"]["baseline"] == pytest.approx(bench.decode_bytes(cfg, m, 4, 64, torch.float32) / 1e6)
+    assert fast_mem["bound_s"]["decode"] > 0 and fast_mem["ratio_ctf_over_baseline"] > 0

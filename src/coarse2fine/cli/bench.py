@@ -55,6 +55,25 @@ def register(sub) -> None:
     _common(s)
     s.set_defaults(func=cmd_sample)
 
+    b = bsub.add_parser("bound", help="least possible seconds per batch of CTF and the baseline on a given machine",
+                        description="Analytic lower bounds (no timing): per-step rooflines of the AR loops "
+                                    "(max of FLOPs / matmul peak and weight + KV bytes / memory bandwidth), FLOPs / "
+                                    "peak for stage 2 and the VQ decode. Give the machine with --peak-tflops and "
+                                    "--mem-gbps (e.g. A100: 312 and 2039), or let it measure this machine.")
+    b.add_argument("--preset", nargs="+", default=["GPT-B", "GPT-L", "GPT-XL"], help="backbones (default B, L, XL)")
+    b.add_argument("--fine-preset", default="GPT-L", help="stage-2 preset (default GPT-L, as the paper)")
+    b.add_argument("--vq-preset", default="VQ-16", help="tokenizer preset for the decode (default VQ-16)")
+    b.add_argument("--grid", type=int, default=0, help="token grid side (default: the preset's, 16)")
+    b.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
+    b.add_argument("--peak-tflops", type=float, default=0.0, help="dense matmul peak, TFLOP/s (default: measured)")
+    b.add_argument("--mem-gbps", type=float, default=0.0, help="memory bandwidth, GB/s (default: measured)")
+    b.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="weight/KV precision (default bf16)")
+    b.add_argument("--device", default="cpu", help="where to measure peak/bandwidth when not given (default cpu)")
+    b.add_argument("--threads", type=int, default=0, help="CPU threads for the measurement (default: torch's)")
+    b.add_argument("--json", default="", help="write the records to this JSON file")
+    b.add_argument("--md", default="", help="write the markdown table here")
+    b.set_defaults(func=cmd_bound)
+
     t = bsub.add_parser("train", help="tokens/s and peak memory per training step: tokenizer, stages, baseline",
                         description="Time full training steps (forward, backward, clip, AdamW) with random data for "
                                     "the tokenizer, the coarse and fine stages and the baseline, fp32 and bf16 "
@@ -124,6 +143,20 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_bound(args) -> int:
+    from coarse2fine import bench
+    from coarse2fine.bench_runs import DTYPES, bound_record
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peak = args.peak_tflops * 1e12 or bench.matmul_flops_per_s(DTYPES[args.dtype], args.device, seconds=1.0)
+    bw = args.mem_gbps * 1e9 or bench.copy_bytes_per_s(args.device)
+    recs = [bound_record(p, args.fine_preset, args.batch, peak, bw, args.grid, args.vq_preset, dtype=args.dtype)
+            for p in args.preset]
+    _emit(args, recs, bound_table(recs), "Computed on")
+    return 0
+
+
 def cmd_train(args) -> int:
     from coarse2fine.bench_runs import TrainBench, run_train_bench
 
@@ -139,19 +172,19 @@ def cmd_train(args) -> int:
 
 # ---- output --------------------------------------------------------------------------------------
 
-def _header(recs_machine: dict) -> str:
+def _header(recs_machine: dict, what: str = "Machine") -> str:
     m = recs_machine
     dev = m.get("gpu") or m.get("cpu")
     return (f"Command: `coarse2fine {' '.join(shlex.quote(a) for a in sys.argv[1:])}`\n\n"
-            f"Machine: {dev}, {m.get('cpu_count')} CPUs visible, {m.get('threads')} torch threads, "
+            f"{what}: {dev}, {m.get('cpu_count')} CPUs visible, {m.get('threads')} torch threads, "
             f"torch {m.get('torch')}, 1-min load average at the end {m.get('load_avg_1m')}; "
             f"date {time.strftime('%Y-%m-%d %H:%M')}.\n")
 
 
-def _emit(args, recs: list[dict], tables: str) -> None:
+def _emit(args, recs: list[dict], tables: str, what: str = "Machine") -> None:
     from coarse2fine.bench import machine_info
 
-    text = _header(machine_info(args.device)) + "\n" + tables
+    text = _header(machine_info(args.device), what) + "\n" + tables
     print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +239,21 @@ def sample_tables(recs: list[dict]) -> str:
         notes.append("Decode timed on fewer images and scaled to the batch where `decode_images_timed` < batch "
                      "(see the JSON).")
     return "\n".join(a) + "\n\n" + "\n".join(b) + "\n" + "\n".join(notes) + "\n"
+
+
+def bound_table(recs: list[dict]) -> str:
+    r0 = recs[0]
+    rows = [f"Machine model: matmul peak {r0['peak_flop_per_s'] / 1e12:.3g} TFLOP/s, memory {r0['bytes_per_s'] / 1e9:.4g} "
+            f"GB/s, {r0['dtype']} weights and KV cache, batch {r0['batch']}, {r0['tokens']} tokens.\n",
+            "| backbone (stage 2) | baseline loop ms | stage 1 ms | stage 2 ms | decode ms | CTF img/s | baseline img/s "
+            "| **CTF / baseline** | w/o decode |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        t, ips = r["bound_s"], r["images_per_s"]
+        rows.append(f"| {r['preset']} ({r['fine_preset']}) | {1e3 * t['baseline']:.1f} | {1e3 * t['stage1']:.1f} "
+                    f"| {1e3 * t['stage2']:.1f} | {1e3 * t['decode']:.1f} | {ips['ctf']:.0f} | {ips['baseline']:.0f} "
+                    f"| **{r['ratio_ctf_over_baseline']:.2f}** | {r['ratio_no_decode']:.2f} |")
+    return "\n".join(rows) + ("\n\nLower bounds, not measurements: each AR step costs at least max(FLOPs / peak, "
+                              "bytes / bandwidth); stage 2 and the decode at least FLOPs / peak.\n")
 
 
 def train_table(recs: list[dict]) -> str:
