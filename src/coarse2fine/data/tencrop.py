@@ -147,7 +147,8 @@ def extract_tencrop(tokenizer_dir: str | Path, image_root: str | Path, out_dir: 
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _plan(out, tok, vq, image_root, split, size, tuple(crop_ranges), shard_size, limit_per_class)
-    distributed.barrier()
+    else:  # rank 0's first scan of a 1.28M-file folder can outlast a collective's timeout: poll instead
+        _wait_for(lambda: (out / "plan.json").exists(), "rank 0 to scan the image folder")
     plan = load_json(out / "plan.json")
     files = load_json(out / "files.json")
     labels = np.load(out / "labels.npy")
@@ -164,12 +165,28 @@ def extract_tencrop(tokenizer_dir: str | Path, image_root: str | Path, out_dir: 
             budget -= n
             if budget <= 0:
                 break
-    distributed.barrier()
-    complete = all((shard_dir / f"{s:05d}.npy").exists() for s in range(plan["shards"]))
+    def all_done() -> bool:
+        return all((shard_dir / f"{s:05d}.npy").exists() for s in range(plan["shards"]))
+
+    # Ranks may finish a whole shard apart (minutes at ImageNet scale, past a collective's timeout):
+    # rank 0 polls for the others' shard files, then writes the index; the others just return.
+    if info.is_main and budget is None:
+        _wait_for(all_done, "the other ranks' shards")
+    complete = all_done()
     if complete and info.is_main:
         _write_index(out, plan, files["classes"])
-    distributed.barrier()
     return {**plan, "complete": complete, "encoded_this_run": encoded, "wall_s": time.time() - t0}
+
+
+def _wait_for(ready, what: str, poll_s: float = 2.0) -> None:
+    """Sleep until ready() is true. A failing rank ends the whole torchrun job, so this cannot hang
+    on a crash; it only waits on slower ranks."""
+    t0 = next_note = time.time()
+    while not ready():
+        if time.time() >= next_note + 300:
+            next_note = time.time()
+            log.warning("still waiting for %s (%.0f s)", what, next_note - t0)
+        time.sleep(poll_s)
 
 
 def _extract_shard(vq, plan, files, labels, shard_dir: Path, s: int, batch_size: int, num_workers: int,
