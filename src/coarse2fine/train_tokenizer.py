@@ -49,7 +49,9 @@ class TokenizerTrainConfig:
     recon_loss: str = "l2"          # "l1" or "l2" on [-1, 1] pixels
     ema: bool = True
     ema_decay: float = 0.999
-    bf16: bool = False              # bfloat16 autocast for the conv stack (quantizer stays float32)
+    # bfloat16 autocast for the conv stack (the quantizer stays float32). None = auto: on for CUDA
+    # and for CPUs with native bf16 (1.4x faster per step on this box's AVX512-BF16), off otherwise
+    bf16: bool | None = None
     flip: bool = True               # random horizontal flips
     seed: int = 0
     reseed_dead: bool = True        # move unused codewords onto recent encoder latents
@@ -129,6 +131,17 @@ class EMA:
         self.shadow[key][rows] = values.float()
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """bf16 autocast pays off on CUDA and on CPUs with native bf16 instructions (else it is emulated)."""
+    if device.type == "cuda":
+        return True
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
 def lr_at(step: int, tc: TokenizerTrainConfig) -> float:
     if step < tc.warmup_steps:
         return tc.lr * (step + 1) / tc.warmup_steps
@@ -184,6 +197,8 @@ def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
         tc = from_dict(TokenizerTrainConfig, {**saved["train"], **({"steps": steps} if steps else {})})
     elif (out / "state.pt").exists():
         raise UserError(f"{out} already holds a tokenizer run; pass --resume to continue it or pick another --out")
+    if tc.bf16 is None:
+        tc.bf16 = bf16_is_fast(info.device)
     if dataset.resolution != vq_cfg.image_size:
         raise UserError(f"data resolution {dataset.resolution} != tokenizer image_size {vq_cfg.image_size}")
 

@@ -210,5 +210,10 @@ def test_load_llamagen_vq_names_missing_and_unexpected_keys(tmp_path):
     with pytest.raises(UserError) as e:
         load_llamagen_vq(tmp_path / "bad.pt", cfg)
     assert "decoder.conv_out.bias" in str(e.value) and "discriminator.head.weight" in str(e.value)
+    good = VQModel(cfg).state_dict()
+    good.pop("quantize.codebook_used")  # a statistic, not a weight: files without it still load
+    torch.save({"state_dict": good}, tmp_path / "no_usage.pt")
+    vq = load_llamagen_vq(tmp_path / "no_usage.pt", cfg)
+    assert torch.equal(vq.quantize.embedding.weight, good["quantize.embedding.weight"])
     with pytest.raises(UserError, match="not found"):
         load_llamagen_vq(tmp_path / "missing.pt", cfg)

@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an EMA of the weights and export it (default on)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast for the conv stack (default off)")
+                   help="bfloat16 autocast for the conv stack (default: on for CUDA and CPUs with native bf16)")
     p.add_argument("--reseed-dead", action=argparse.BooleanOptionalAction, default=None,
                    help="move unused codewords onto recent encoder outputs (default on)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -228,6 +228,9 @@ def _from_state_dict(cfg: VQConfig, sd: dict[str, torch.Tensor], source: str) ->
 
     with torch.device("meta"):
         model = VQModel(cfg)
+    if "quantize.codebook_used" not in sd:
+        # a usage statistic, not a weight (absent when LlamaGen ran with codebook_show_usage=False)
+        sd = {**sd, "quantize.codebook_used": torch.full((USAGE_WINDOW,), -1.0)}
     check_keys(model, sd, source)
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
     return model.eval()
