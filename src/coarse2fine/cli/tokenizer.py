@@ -15,9 +15,9 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=sorted(VQ_PRESETS),
                    help="tokenizer architecture (default VQ-tiny: 32x32 -> 8x8 codes, K=4096)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
-    p.add_argument("--steps", type=int, help="total optimisation steps (default 4000)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default 64)")
-    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default 1e-3)")
+    p.add_argument("--steps", type=int, help="total optimisation steps (default 1200)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 32)")
+    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3)")
     p.add_argument("--recon-loss", choices=["l1", "l2"], help="pixel reconstruction loss (default l2)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an EMA of the weights and export it (default on)")
