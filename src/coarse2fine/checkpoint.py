@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import argparse
+import pickle
 import random
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,12 +25,19 @@ WRAPPER_KEYS = ("model", "ema", "state_dict", "module")
 
 
 def load_torch_file(path: str | Path) -> Any:
-    """torch.load with weights_only=True and a one-line error for a missing or corrupt file."""
+    """torch.load with weights_only=True and a one-line error for a missing or corrupt file.
+
+    argparse.Namespace is allowed: LlamaGen's training checkpoints pickle their `args` beside the
+    weights. Any other object is refused (weights_only), with the reason in one line."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint {p} not found; check the path")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{p} holds objects other than tensors and plain values, so it is not loaded "
+                        f"(weights_only); first error: {str(e).splitlines()[0][:200]}") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                         "the file is corrupt or not a PyTorch checkpoint") from e

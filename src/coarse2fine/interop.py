@@ -12,9 +12,7 @@ the tokenizer's downsampling, the vocabulary and class count from the tensors th
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import pickle
 import re
 import shutil
 from pathlib import Path
@@ -35,13 +33,8 @@ DERIVED_GPT_KEYS = ("freqs_cis",)
 
 
 def read_llamagen_file(path: str | Path, source: str) -> dict[str, Any]:
-    """torch.load(weights_only=True) of a LlamaGen .pt; allows argparse.Namespace ("args")."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = load_torch_file(path)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{source} {path} holds objects other than tensors and plain values, so it is not "
-                        f"loaded (weights_only); first error: {str(e).splitlines()[0][:200]}") from e
+    """torch.load(weights_only=True) of a LlamaGen .pt (argparse.Namespace "args" allowed)."""
+    obj = load_torch_file(path)
     if not isinstance(obj, dict):
         raise UserError(f"{source} {path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
