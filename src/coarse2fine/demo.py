@@ -23,8 +23,8 @@ class DemoPlan:
     data: str = "default"
     resolution: int = 32
     vq_preset: str = "VQ-tiny"
-    vq_steps: int = 2500
-    vq_batch: int = 64
+    vq_steps: int = 1200
+    vq_batch: int = 32
     gpt_preset: str = "GPT-small"
     steps: int = 700
     batch_size: int = 64
@@ -60,7 +60,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     from coarse2fine.data.codes import extract_codes
     from coarse2fine.data.preprocess import save_grid
     from coarse2fine.models import stage_config
-    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
     from coarse2fine.sampling import StageSampling
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint, load_vq
@@ -140,9 +140,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     grid = side_by_side(o_ctf.images.numpy(), o_base.images.numpy(), labels.numpy(), plan.per_class)
     save_grid(grid, out / "samples_ctf_vs_baseline.png", nrow=2 * plan.per_class + 1)
     for name, o in (("ctf", o_ctf), ("baseline", o_base)):
-        from coarse2fine.cli.models import write_samples
-
-        write_samples(o.images, o.labels, out / f"samples_{name}", nrow=plan.per_class)
+        save_samples(o.images, o.labels, out / f"samples_{name}", nrow=plan.per_class)
     report["sampling"] = {"ctf": o_ctf.timings, "baseline": o_base.timings, "images": len(labels)}
     times["sample"] = time.time() - t
     times["total"] = time.time() - t_all

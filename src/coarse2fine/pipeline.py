@@ -151,3 +151,25 @@ class ARPipeline:
             images = decode(self.vq, codes)
             t["decode_s"] = time.perf_counter() - t0
         return SampleOutput(images, codes.cpu(), labels.cpu(), None, t)
+
+
+def save_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, nrow: int = 8) -> None:
+    """PNGs named {index:06d}_c{label}.png, grid.png, and samples.npz (arr_0 uint8 [N, H, W, 3] as
+    the ADM evaluator reads it, plus labels int64 [N])."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from coarse2fine.data.preprocess import save_grid
+    from coarse2fine.fileio import atomic_write_bytes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    arr = images.numpy()
+    for i, (img, lab) in enumerate(zip(arr, labels.tolist())):
+        Image.fromarray(img).save(out / f"{i:06d}_c{lab}.png")
+    save_grid(arr, out / "grid.png", nrow=nrow)
+    buf = io.BytesIO()
+    np.savez(buf, arr_0=arr, labels=labels.numpy())
+    atomic_write_bytes(out / "samples.npz", buf.getvalue())

@@ -213,26 +213,8 @@ def parse_classes(spec: str | None, num_classes: int, per_class: int) -> torch.T
     return torch.tensor(ids).repeat_interleave(per_class)
 
 
-def write_samples(images: torch.Tensor, labels: torch.Tensor, out: Path, nrow: int) -> None:
-    """PNGs named {index:06d}_c{label}.png, grid.png and samples.npz (arr_0 uint8 NxHxWx3, labels)."""
-    from PIL import Image
-
-    from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.fileio import atomic_write_bytes
-    import io
-
-    out.mkdir(parents=True, exist_ok=True)
-    arr = images.numpy()
-    for i, (img, lab) in enumerate(zip(arr, labels.tolist())):
-        Image.fromarray(img).save(out / f"{i:06d}_c{lab}.png")
-    save_grid(arr, out / "grid.png", nrow=nrow)
-    buf = io.BytesIO()
-    np.savez(buf, arr_0=arr, labels=labels.numpy())
-    atomic_write_bytes(out / "samples.npz", buf.getvalue())
-
-
 def cmd_sample(args) -> int:
-    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
 
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     if args.coarse:
@@ -251,7 +233,7 @@ def cmd_sample(args) -> int:
         for k, v in o.timings.items():
             timings[k] = timings.get(k, 0.0) + v
     out = Path(args.out)
-    write_samples(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8)
+    save_samples(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8)
     total = sum(timings.values())
     print(f"wrote {len(labels)} images to {out} (grid.png, samples.npz); "
           + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()) + f"; {len(labels) / max(total, 1e-9):.1f} images/s")
