@@ -200,8 +200,11 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
     m = ref["count"]
     fake = extract_features(extractor, images, batch_size=batch_size, desc="samples")
     tag = extractor.name
-    mu, sigma = M.feature_stats(fake)
-    rows.append(_row(f"FD-{tag}", M.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), n, m,
+    if max(n, m) <= fake.shape[1]:  # small sets: exact low-rank route from the features
+        fd = M.frechet_distance_from_features(fake, ref["features"])
+    else:
+        fd = M.frechet_distance(*M.feature_stats(fake), ref["mu"], ref["sigma"])
+    rows.append(_row(f"FD-{tag}", fd, n, m,
                      note="Frechet distance on EfficientNet-Lite0 features (not FID)"))
     kid, kid_std = M.kernel_distance(ref["features"], fake, subsets=kid_subsets, subset_size=kid_subset_size)
     rows.append(_row(f"KID-{tag}", kid, n, m, kid_std,
@@ -210,6 +213,9 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
     rows.append(_row(f"Precision-{tag}", prec, n, m, note=f"k={pr_k}"))
     rows.append(_row(f"Recall-{tag}", rec, n, m, note=f"k={pr_k}"))
 
+    if min(n, m) < 1000:
+        notes.append(f"N={n}, M={m}: FD and precision/recall are strongly biased below ~1000 images per side; "
+                     "compare runs only at equal N and M")
     per_class, clf_info = None, None
     if classifier_dir is None:
         notes.append("classifier scores skipped: no --classifier (make one with `coarse2fine train-classifier`)")

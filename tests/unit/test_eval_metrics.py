@@ -47,6 +47,15 @@ def noisy(images: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
     return np.clip(images + rng.normal(0, sigma, images.shape), 0, 255).astype(np.uint8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a shared 2-core box, 2 intra-op threads spin against other processes (measured 8 vs 107 img/s).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def extractor():
     return EffNetLite0Features(64)
@@ -78,12 +87,15 @@ def test_set_against_itself_gives_zero_fd_and_kid(feats):
     a = feats["a"]
     assert M.frechet_distance_from_features(a, a) < 1e-6
     kid_noise, _ = M.kernel_distance(a, feats["noise"], subsets=20, subset_size=64)
-    # unbiased MMD^2: ~0 (either sign) for the same set and for two draws of one distribution
+    # Unbiased MMD^2 is ~0 for two draws of one distribution. For the very same rows it is slightly
+    # negative, about -(2/m)(E k(x,x) - E k(x,x')), since the cross term includes every k(x,x).
     kid_self, _ = M.kernel_distance(a, a, subsets=20, subset_size=64)
     kid_same, _ = M.kernel_distance(a, feats["b"], subsets=20, subset_size=64)
-    assert abs(kid_self) < 0.05 * kid_noise and abs(kid_same) < 0.05 * kid_noise, (kid_self, kid_same, kid_noise)
-    # two draws of the same distribution are far closer than data vs noise
-    assert M.frechet_distance_from_features(a, feats["b"]) < 0.3 * M.frechet_distance_from_features(a, feats["noise"])
+    assert kid_noise > 1.0
+    assert abs(kid_same) < 0.05 * kid_noise and abs(kid_self) < 0.15 * kid_noise, (kid_self, kid_same, kid_noise)
+    # two draws of one distribution are closer than data vs noise (at N=100 in 1280-d most of the
+    # former is small-sample bias, hence the loose factor)
+    assert M.frechet_distance_from_features(a, feats["b"]) < 0.5 * M.frechet_distance_from_features(a, feats["noise"])
 
 
 def test_fd_grows_monotonically_with_corruption(extractor, feats):
@@ -98,13 +110,32 @@ def test_fd_grows_monotonically_with_corruption(extractor, feats):
 
 
 def test_fd_matches_torchmetrics_with_the_extractor_offline(extractor, feats):
+    """torchmetrics accepts the extractor as `feature=` and runs offline; both agree. (The first 128
+    features only: torchmetrics' general eigen-solve on 1280 x 1280 takes seconds.)"""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    tm = FrechetInceptionDistance(feature=extractor, normalize=False)
+    class First128(torch.nn.Module):
+        num_features = 128
+
+        def __init__(self):
+            super().__init__()
+            self.inner = extractor
+
+        def forward(self, x):
+            return self.inner(x)[:, :128]
+
+    fake = blur(feats["b_img"], 2)
+    tm = FrechetInceptionDistance(feature=First128(), normalize=False)
     tm.update(torch.from_numpy(feats["a_img"]), real=True)
-    tm.update(torch.from_numpy(blur(feats["b_img"], 2)), real=False)
-    ours = M.frechet_distance_from_features(feats["a"], extract_features(extractor, blur(feats["b_img"], 2)))
+    tm.update(torch.from_numpy(fake), real=False)
+    ours = M.frechet_distance_from_features(feats["a"][:, :128], extract_features(extractor, fake)[:, :128])
     assert float(tm.compute()) == pytest.approx(ours, rel=1e-3)
+
+
+def test_fd_low_rank_route_equals_eigen_route(feats):
+    a, b = feats["a"][:, :256], feats["b"][:40, :256]  # N < D: the singular-value route is taken
+    eig = M.frechet_distance(*M.feature_stats(a), *M.feature_stats(b))
+    assert M.frechet_distance_from_features(a, b) == pytest.approx(eig, rel=1e-5)
 
 
 def test_kid_matches_torchmetrics_formula():
@@ -119,13 +150,18 @@ def test_kid_matches_torchmetrics_formula():
 
 def test_precision_recall_self_one_disjoint_zero(feats):
     assert M.precision_recall(feats["a"], feats["a"]) == (1.0, 1.0)
-    p, r = M.precision_recall(feats["a"], feats["noise"])
-    assert p < 0.05 and r < 0.05
-    # a mode-dropping generator (one half of the modes) keeps precision but loses recall
-    x = np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32)
-    x[:200, 0] += 30  # two far-apart clusters
-    p, r = M.precision_recall(x, x[:200].copy())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    assert M.precision_recall(x, x + 100.0) == (0.0, 0.0)  # disjoint supports
+    # a mode-dropping generator (one of two far-apart clusters) keeps precision but loses recall
+    x[:150, 0] += 30
+    p, r = M.precision_recall(x, x[:150].copy())
     assert p == 1.0 and r == pytest.approx(0.5, abs=0.05)
+    # real features: another draw of the data is recalled, noise images recall nothing. (Precision of
+    # noise is not ~0 with these features: noise maps to a low-norm blob inside the wide k-NN balls of
+    # the data, 0.19 even at N=1000 -- recall is the score that exposes it.)
+    assert M.precision_recall(feats["a"], feats["b"])[1] > 0.5
+    assert M.precision_recall(feats["a"], feats["noise"])[1] < 0.05
 
 
 def test_inception_score_extremes():
@@ -174,7 +210,7 @@ def test_train_classifier_then_eval_cli(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COARSE2FINE_CACHE", str(tmp_path / "cache"))
     clf = tmp_path / "clf"
     assert main(["train-classifier", "--data", "default", "--resolution", "16", "--out", str(clf),
-                 "--epochs", "1", "--limit-per-class", "20", "--width", "8", "--threads", "2"]) == 0
+                 "--epochs", "1", "--limit-per-class", "20", "--width", "8", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     cfg = json.loads((clf / "config.json").read_text())
     assert "held-out accuracy" in out and 0.0 <= cfg["test"]["accuracy"] <= 1.0
@@ -184,7 +220,7 @@ def test_train_classifier_then_eval_cli(tmp_path, capsys, monkeypatch):
     images, labels = dataset_arrays(test)
     np.savez(tmp_path / "samples.npz", arr_0=images, labels=labels)
     args = ["eval", "--samples", str(tmp_path / "samples.npz"), "--data", "default", "--classifier", str(clf),
-            "--ref-count", "100", "--kid-subsets", "5", "--json", str(tmp_path / "r.json"), "--threads", "2"]
+            "--ref-count", "100", "--kid-subsets", "5", "--json", str(tmp_path / "r.json"), "--threads", "1"]
     assert main(args) == 0
     out = capsys.readouterr().out
     res = json.loads((tmp_path / "r.json").read_text())
