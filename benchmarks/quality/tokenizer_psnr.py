@@ -10,6 +10,7 @@ processes sharing the cores do not inflate; wall time is reported beside it.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import resource
@@ -22,11 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(cmd: list[str]) -> tuple[str, float, float]:
+def run(cmd: list[str], threads: int | None) -> tuple[str, float, float]:
     """Run a command; return (stdout, wall seconds, CPU seconds of the child)."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     wall = time.time() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -43,6 +45,9 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results/tokenizer.md")
     ap.add_argument("--machine", default="2-core CPU (this dev box)")
     ap.add_argument("--note", default="", help="extra line for the results file (e.g. load on the machine)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for the child processes (OMP_NUM_THREADS; default: torch's choice). "
+                         "On a box shared with other jobs, 1 avoids threads spinning while waiting for a core.")
     args = ap.parse_args()
 
     exe = str(Path(sys.executable).parent / "coarse2fine")
@@ -54,8 +59,10 @@ def main() -> None:
         train += ["--steps", str(args.steps)]
     recon = [exe, "reconstruct", "--tokenizer", str(out), "--data", "default", "--split", "test",
              "--n", "64", "--out", str(out / "recon.png")]
-    _, wall, cpu = run(train)
-    text, _, _ = run(recon)
+    load_before = os.getloadavg()[0]
+    _, wall, cpu = run(train, args.threads)
+    load_after = os.getloadavg()[0]
+    text, _, _ = run(recon, args.threads)
     psnr = float(re.search(r"PSNR ([\d.]+) dB over (\d+)", text).group(1))
     n_test = int(re.search(r"over (\d+) test images", text).group(1))
     usage = float(re.search(r"codebook usage ([\d.]+)%", text).group(1))
@@ -65,9 +72,13 @@ def main() -> None:
     ok = psnr >= 24.0 and usage >= 90.0 and cpu <= 600
     lines = [
         "# Tokenizer reconstruction (CPU preset, embedded data)", "",
-        f"Command: `.venv/bin/python benchmarks/quality/tokenizer_psnr.py{' --steps ' + str(args.steps) if args.steps else ''}`",
+        f"Command: `.venv/bin/python benchmarks/quality/tokenizer_psnr.py{' --steps ' + str(args.steps) if args.steps else ''}"
+        f"{' --threads ' + str(args.threads) if args.threads else ''}`",
         "", f"- train: `{shlex.join(train)}`", f"- eval: `{shlex.join(recon)}`", "",
-        f"Machine: {args.machine}, torch {torch.__version__}, Python {platform.python_version()}.", "",
+        f"Machine: {args.machine}, torch {torch.__version__}, Python {platform.python_version()}, "
+        f"{args.threads or torch.get_num_threads()} torch thread(s); "
+        f"1-min load average {load_before:.1f} before / {load_after:.1f} after training "
+        f"(above 2 means other jobs shared the cores and the wall time is pessimistic).", "",
         "| preset | train wall | train CPU (user+sys) | test PSNR | test codebook usage | target met |",
         "|---|---|---|---|---|---|",
         f"| {args.preset} | {wall / 60:.1f} min | {cpu / 60:.1f} CPU-min | {psnr:.2f} dB ({n_test} images) "
