@@ -208,7 +208,8 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
                      note="Frechet distance on EfficientNet-Lite0 features (not FID)"))
     kid, kid_std = M.kernel_distance(ref["features"], fake, subsets=kid_subsets, subset_size=kid_subset_size)
     rows.append(_row(f"KID-{tag}", kid, n, m, kid_std,
-                     note=f"{kid_subsets} subsets of {min(kid_subset_size, n, m)}"))
+                     note=("whole sets (N = M <= subset size)" if min(kid_subset_size, n, m) == n == m
+                           else f"{kid_subsets} subsets of {min(kid_subset_size, n, m)}")))
     prec, rec = M.precision_recall(ref["features"], fake, k=pr_k)
     rows.append(_row(f"Precision-{tag}", prec, n, m, note=f"k={pr_k}"))
     rows.append(_row(f"Recall-{tag}", rec, n, m, note=f"k={pr_k}"))

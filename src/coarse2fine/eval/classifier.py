@@ -24,6 +24,10 @@ from coarse2fine.eval.features import resize_square, to_pixel_float
 from coarse2fine.eval.metrics import class_accuracy, inception_score
 
 
+# The training set is held in memory as float32; beyond this, ask for --limit-per-class.
+MAX_TRAIN_BYTES = 4 << 30
+
+
 def _block(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
@@ -98,6 +102,10 @@ def _load_splits(dataset: str, resolution: int, root: str | None, limit_per_clas
     from coarse2fine.data import build_dataset
 
     train = build_dataset(dataset, resolution, split="train", root=root, limit_per_class=limit_per_class)
+    need = len(train) * 3 * resolution * resolution * 4  # float32 copy held in memory for training
+    if need > MAX_TRAIN_BYTES:
+        raise UserError(f"{len(train)} images at {resolution}px need {need / 2**30:.1f} GiB in memory; "
+                        f"pass --limit-per-class to train on a subset")
     x_tr, y_tr = dataset_arrays(train)
     try:
         test = build_dataset(dataset, resolution, split="test", root=root, limit_per_class=test_limit_per_class)
@@ -112,7 +120,7 @@ def _load_splits(dataset: str, resolution: int, root: str | None, limit_per_clas
     return train, x_tr, y_tr, x_te, y_te, split
 
 
-def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs: int = 6,
+def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs: int = 8,
                      batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 5e-4, width: int = 24,
                      seed: int = 0, root: str | None = None, limit_per_class: int | None = None,
                      test_limit_per_class: int | None = None, shift: int = 0, dropout: float = 0.0,
@@ -122,6 +130,7 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
     AdamW + one-cycle cosine schedule, random horizontal flips (`shift` > 0 adds random translation,
     `dropout` > 0 dropout before the head: both cost accuracy in short runs -- on the embedded default
     at 32 px, 6 epochs, width 24: 88.5% held-out without them, 86.5% with shift 2 + dropout 0.2).
+    Defaults measured there: 8 epochs, 1 thread, 103 CPU-seconds, 88.8% held-out (6 epochs: 87.8%).
     Returns the saved config dict (held-out accuracy under "test").
     """
     from coarse2fine.checkpoint import save_weights

@@ -89,6 +89,8 @@ def kernel_distance(feats_real: np.ndarray, feats_fake: np.ndarray, subsets: int
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")
     dim = real.shape[1]
+    if m == len(real) == len(fake):
+        subsets = 1  # every subset would be the whole of both sets: one computation, std 0
     gen = torch.Generator().manual_seed(seed)
     scores = []
     for _ in range(subsets):
