@@ -32,6 +32,7 @@ from coarse2fine.fileio import atomic_write_bytes
 
 CACHE_VERSION = 1
 LABEL_IN_NAME = re.compile(r"_c(\d+)\.png$", re.IGNORECASE)
+SAMPLE_NAME = re.compile(r"^\d+(_c\d+)?\.png$", re.IGNORECASE)  # 000123.png / 000123_c7.png
 
 
 def default_cache_dir() -> Path:
@@ -44,7 +45,8 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Read generated samples -> (uint8 [N, H, W, 3], int64 labels [N] or None, note on labels).
 
     .npz: `arr_0` images (NHWC uint8, or NHW gray) and labels from `labels` (coarse2fine sampler) or
-    `arr_1` (ADM / guided-diffusion). Folder: *.png sorted by name; a name like 000123_c7.png carries
+    `arr_1` (ADM / guided-diffusion). Folder: *.png sorted by name (only the numbered ones, 000123.png /
+    000123_c7.png, when there are any, so a grid.png beside them is skipped); 000123_c7.png carries
     label 7 -- labels are used only when every file has one.
     """
     p = Path(path)
@@ -52,6 +54,13 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
         files = sorted(f for f in p.iterdir() if f.suffix.lower() == ".png")
         if not files:
             raise UserError(f"no .png files in {p}")
+        numbered = [f for f in files if SAMPLE_NAME.match(f.name)]
+        ignored = ""
+        if numbered and len(numbered) < len(files):
+            # a sample dir also holding grid.png & co: keep the numbered samples only
+            other = next(f.name for f in files if f not in numbered)
+            ignored = f"; ignored {len(files) - len(numbered)} other PNGs (e.g. {other})"
+            files = numbered
         from PIL import Image
 
         imgs = []
@@ -64,9 +73,9 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
         images = np.stack(imgs)
         found = [LABEL_IN_NAME.search(f.name) for f in files]
         if all(found):
-            return images, np.array([int(m.group(1)) for m in found], np.int64), "labels from file names"
+            return images, np.array([int(m.group(1)) for m in found], np.int64), "labels from file names" + ignored
         n_lab = sum(bool(m) for m in found)
-        return images, None, f"labels missing ({n_lab}/{len(files)} file names carry _c<label>)"
+        return images, None, f"labels missing ({n_lab}/{len(files)} file names carry _c<label>){ignored}"
     if not p.is_file():
         raise UserError(f"samples {p} not found (give a folder of PNGs or an .npz with arr_0)")
     try:

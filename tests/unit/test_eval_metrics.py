@@ -187,8 +187,9 @@ def test_load_samples_png_names_and_npz(tmp_path):
     d.mkdir()
     for i, im in enumerate(imgs):
         Image.fromarray(im).save(d / f"{i:06d}_c{i + 4}.png")
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(d / "grid.png")  # as the samplers write it
     x, y, note = load_samples(d)
-    assert np.array_equal(x, imgs) and y.tolist() == [4, 5, 6] and "names" in note
+    assert np.array_equal(x, imgs) and y.tolist() == [4, 5, 6] and "names" in note and "grid.png" in note
     (d / "000003.png").write_bytes((d / "000000_c4.png").read_bytes())  # one unlabelled file
     assert load_samples(d)[1] is None
     np.savez(tmp_path / "s.npz", arr_0=imgs, labels=np.array([1, 2, 3]))
