@@ -36,7 +36,7 @@ def _header(extra: list[str] | None = None) -> list[str]:
 
 def _row(label: str, e: dict | None, extra: list[str] | None = None) -> str:
     if e is None:
-        return f"| {label} | " + " | ".join(["(not run)"] + ["-"] * (len(METRICS) - 1 + len(extra or []))) + " |"
+        return f"| {label} | " + " | ".join(["(not run)"] + ["-"] * (len(METRICS) - 1) + (extra or [])) + " |"
     return f"| {label} | " + " | ".join([_fmt(k, e["metrics"].get(k)) for k in METRICS] + (extra or [])) + " |"
 
 
@@ -150,7 +150,9 @@ def render(db: dict, res: Path) -> None:
         h = _heldout(db, run, p["steps"])
         hc = _heldout(db, run.replace("fine_", "coarse_").split("_restricted")[0].split(f"_{p['big_preset']}")[0],
                       p["steps"])
-        return [f"{h['acc']:.3f}" if h else "-", f"{hc['acc']:.3f}" if hc else "-"]
+        joint = h["nll"] + hc["nll"] if h and hc else None
+        return [f"{h['acc']:.3f}" if h else "-", f"{hc['acc']:.3f}" if hc else "-",
+                f"{joint:.2f}" if joint is not None else "-"]
 
     maps = s.get("maps", {})
     rows = []
@@ -158,15 +160,15 @@ def render(db: dict, res: Path) -> None:
         c = K // d
         e = dflt if c == C else E.get(f"abl/map/kmeans-{c}")
         rows.append((f"{c} clusters (K/{d}, ~{d} codes each)", e, s2acc(f"fine_kmeans-{c}")))
-    table("(a) number of clusters", rows, ["stage-2 acc (true coarse)", "stage-1 acc"])
+    table("(a) number of clusters", rows, ["stage-2 acc (true coarse)", "stage-1 acc", "held-out NLL s1+s2"])
     rows = [("k-means" if m == "kmeans" else m, dflt if m == "kmeans" else E.get(f"abl/map/{m}-{C}"),
              s2acc(f"fine_{m}-{C}") + [_size_range(maps.get(f"{m}-{C}"))]) for m in ("kmeans", "random", "balanced")]
-    table(f"(g) how the {C} clusters are made", rows, ["stage-2 acc (true coarse)", "stage-1 acc", "cluster sizes"])
+    table(f"(g) how the {C} clusters are made", rows, ["stage-2 acc (true coarse)", "stage-1 acc", "held-out NLL s1+s2", "cluster sizes"])
     big_run = f"{fi_run}_{p['big_preset']}"
     big_params = db["runs"].get(big_run, {}).get("params", 0) / 1e6
     rows = [(f"`{p['preset']}` ({db['runs'].get(fi_run, {}).get('params', 0) / 1e6:.2f}M)", dflt, s2acc(fi_run)),
             (f"`{p['big_preset']}` ({big_params:.2f}M)", E.get(f"abl/s2size/{p['big_preset']}"), s2acc(big_run))]
-    table("(b) stage-2 model size", rows, ["stage-2 acc (true coarse)", "stage-1 acc"])
+    table("(b) stage-2 model size", rows, ["stage-2 acc (true coarse)", "stage-1 acc", "held-out NLL s1+s2"])
     table("(c) CFG scale (stage 1)", [(f"{v}", dflt if v == 2.0 else E.get(f"abl/cfg/{v}"), None)
                                       for v in (1.5, 2.0, 3.0)])
     table("(d) top-k (stage 2)", [(f"{v}", E.get(f"abl/topk/{v}"), None) for v in (1, 32)] + [("all", dflt, None)])

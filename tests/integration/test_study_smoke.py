@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ STUDY = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "study.
 
 
 @pytest.mark.slow
-def test_small_study_writes_every_table_and_resumes(tmp_path):
+def test_small_study_writes_every_table_and_resumes(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("c2f_study", STUDY)
     study = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "c2f_study", study)  # dataclasses look their module up there
     spec.loader.exec_module(study)
     work, res = tmp_path / "work", tmp_path / "res"
     args = ["--small", "--data", "default", "--out", str(work), "--results", str(res)]
