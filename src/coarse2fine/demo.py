@@ -26,7 +26,7 @@ class DemoPlan:
     vq_steps: int = 1200
     vq_batch: int = 32
     gpt_preset: str = "GPT-small"
-    steps: int = 700
+    steps: int = 400
     batch_size: int = 64
     lr: float = 4e-3  # per global batch 256, i.e. 1e-3 at batch 64
     clusters: int = 0  # 0: K / 32 as the paper
