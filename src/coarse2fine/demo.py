@@ -30,6 +30,7 @@ class DemoPlan:
     batch_size: int = 64
     lr: float = 4e-3  # per global batch 256, i.e. 1e-3 at batch 64
     clusters: int = 0  # 0: K / 32 as the paper
+    head: str = "restricted"  # stage-2 head: "restricted" (measured better) or "full" (the paper's)
     per_class: int = 6
     limit_per_class: int | None = None
     seed: int = 0
@@ -125,7 +126,8 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
         else:
             summary = train(stage, mcfg, tcfg, out / "codes_train", run,
                             coarse_map=out / "coarse_map.safetensors" if stage != "baseline" else None,
-                            heldout_dir=out / "codes_test", resume=(run / "state.pt").exists(), progress=progress)
+                            heldout_dir=out / "codes_test", resume=(run / "state.pt").exists(), progress=progress,
+                            restricted=stage == "fine" and plan.head == "restricted")
         report["models"][stage] = summary
         times[stage] = time.time() - t
 
@@ -156,7 +158,8 @@ def render_report(r: dict, classes: list[str]) -> str:
     lines = [
         "# coarse2fine demo report", "",
         f"Data `{p['data']}` at {p['resolution']} px, {len(classes)} classes. Tokenizer {p['vq_preset']} "
-        f"({p['vq_steps']} steps), models {p['gpt_preset']} ({p['steps']} steps, batch {p['batch_size']}).", "",
+        f"({p['vq_steps']} steps), models {p['gpt_preset']} ({p['steps']} steps, batch {p['batch_size']}), "
+        f"stage-2 head {p.get('head', 'full')}.", "",
         "## Tokenizer", "",
         f"- test PSNR {tok['psnr_test_db']:.2f} dB, codebook usage {100 * tok['usage_test']:.1f}% of K={tok['K']}",
         f"- k-means: {r['clusters']['codes']} codes -> {r['clusters']['clusters']} clusters, sizes "

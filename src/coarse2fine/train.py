@@ -165,7 +165,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     heldout = StageBatches(open_code_store(heldout_dir), stage, cmap) if heldout_dir else None
     members = cmap.members.to(info.device) if (restricted and stage == "fine") else None
     if restricted and stage != "fine":
-        raise UserError("--restricted applies to the fine stage only")
+        raise UserError("the cluster-restricted head applies to the fine stage only")
     micro = cfg.batch_size // (info.world_size * cfg.grad_accum)
     if micro * info.world_size * cfg.grad_accum != cfg.batch_size:
         raise UserError(f"global batch {cfg.batch_size} must be divisible by world size {info.world_size} x "
