@@ -27,13 +27,7 @@ from coarse2fine.train import load_run, train
 NCLS, SIZE = 5, 16  # VQ-tiny downsamples by 4: 16 px -> 4x4 codes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core box: extra intra-op threads only add contention (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 class NotAWeight:  # pickled into a file to check that weights_only refuses it
