@@ -127,8 +127,8 @@ class Study:
         from coarse2fine.data import build_dataset
         from coarse2fine.data.codes import CodeStore, extract_codes
         from coarse2fine.eval.classifier import train_classifier
-        from coarse2fine.tokenizer.vq import load_vq
-        from coarse2fine.train_tokenizer import evaluate_reconstruction, train_tokenizer
+        from coarse2fine.checkpoint import load_vq
+        from coarse2fine.training.tokenizer import evaluate_reconstruction, train_tokenizer
 
         p, s = self.plan, self.db["setup"]
         self.train_ds = build_dataset(p.data, p.resolution, "train", limit_per_class=p.limit_per_class)
@@ -195,7 +195,7 @@ class Study:
     def train_to(self, stage: str, step: int, mapname: str | None = None, map_path: Path | None = None,
                  preset: str | None = None, restricted: bool = False) -> str:
         from coarse2fine.models import stage_config
-        from coarse2fine.train import train
+        from coarse2fine.training.loop import train
 
         p = self.plan
         name = self.run_name(stage, mapname, preset, restricted)
@@ -260,7 +260,7 @@ class Study:
     def score(self, key: str, kind: str, runs: tuple[str, ...], n: int, opts: dict, coarse_key: str | None = None,
               keep: str | None = None) -> dict:
         """Sample + evaluate once per key (results.json caches it)."""
-        from coarse2fine.evaluate import evaluate_images
+        from coarse2fine.eval.samples import evaluate_images
 
         if key in self.db["entries"]:
             return self.db["entries"][key]
@@ -362,7 +362,7 @@ def sampling_rows(st: Study, km: str, km_path: Path) -> None:
 def sample_grid(st: Study, per_class: int = 8) -> None:
     """Rows = classes: CTF samples | white | baseline samples, from the final convergence point."""
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.demo import side_by_side
+    from coarse2fine.apps.demo import side_by_side
 
     f = {k: st.work / f"samples_{k}.npz" for k in ("ctf", "baseline")}
     if not all(v.exists() for v in f.values()):
@@ -376,7 +376,7 @@ def sample_grid(st: Study, per_class: int = 8) -> None:
 
 
 def redundancy(st: Study) -> None:
-    from coarse2fine.analysis import figure, redundancy as measure
+    from coarse2fine.eval.analysis import figure, redundancy as measure
     from coarse2fine.data.preprocess import save_grid
     from coarse2fine.tokenizer.clustering import CoarseMap
 

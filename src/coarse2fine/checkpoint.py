@@ -18,7 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from coarse2fine.config import UserError
+from coarse2fine.models import Transformer
+from coarse2fine.tokenizer.vq import USAGE_WINDOW, VQModel
+
+from coarse2fine.config import ConfigError, GPTConfig, UserError, VQConfig, from_dict, load_json, vq_config
 from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save
 
 WRAPPER_KEYS = ("model", "ema", "state_dict", "module")
@@ -147,3 +150,53 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError) as e:
         raise UserError(f"cannot read train state {p} ({str(e).splitlines()[0][:200]}); "
                         "delete it to start fresh or restore the previous one") from e
+
+
+# ---- trained runs ------------------------------------------------------------------------------
+
+def load_run(run_dir: str | Path, expect_stage: str | None = None, device: str | torch.device = "cpu"):
+    """Load a trained stage run directory -> (model in eval mode, run config dict)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} not found")
+    meta = load_json(run / "config.json")
+    if meta.get("kind") != "gpt":
+        raise UserError(f"{run} is a {meta.get('kind')!r} run, not a transformer stage run")
+    if expect_stage and meta["stage"] != expect_stage:
+        raise UserError(f"{run} holds a {meta['stage']} model, but a {expect_stage} model is needed here")
+    cfg = from_dict(GPTConfig, meta["gpt"])
+    model = Transformer(cfg)
+    load_strict(model, load_weights(run / "model.safetensors"), source=str(run / "model.safetensors"))
+    return model.to(device).eval(), meta
+
+
+def load_vq(run_dir: str | Path) -> VQModel:
+    """VQModel (eval mode) from a tokenizer run dir: config.json {"kind": "vq", "vq": ...} +
+    model.safetensors (EMA weights when training used EMA)."""
+    run_dir = Path(run_dir)
+    cfg = load_json(run_dir / "config.json")
+    if cfg.get("kind") != "vq" or "vq" not in cfg:
+        raise ConfigError(f"{run_dir} is not a tokenizer run (config.json kind={cfg.get('kind')!r}, "
+                          "expected 'vq'); pass the directory written by train-tokenizer")
+    return _from_state_dict(from_dict(VQConfig, cfg["vq"]), load_weights(run_dir / "model.safetensors"),
+                            str(run_dir / "model.safetensors"))
+
+
+def load_llamagen_vq(path: str | Path, preset: str | VQConfig = "VQ-16") -> VQModel:
+    """VQModel (eval mode) from a LlamaGen torch.save file (weights under "model", "ema" or
+    "state_dict"), loaded with weights_only=True; every missing/unexpected key is named."""
+    cfg = preset if isinstance(preset, VQConfig) else vq_config(preset)
+    sd = unwrap_state_dict(load_torch_file(path), prefer=("model", "ema", "state_dict"), source=str(path))
+    return _from_state_dict(cfg, sd, str(path))
+
+
+def _from_state_dict(cfg: VQConfig, sd: dict[str, torch.Tensor], source: str) -> VQModel:
+    """Build on the meta device and adopt the file's tensors (as float32): no wasted random init."""
+    with torch.device("meta"):
+        model = VQModel(cfg)
+    if "quantize.codebook_used" not in sd:
+        # a usage statistic, not a weight (absent when LlamaGen ran with codebook_show_usage=False)
+        sd = {**sd, "quantize.codebook_used": torch.full((USAGE_WINDOW,), -1.0)}
+    check_keys(model, sd, source)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
+    return model.eval()

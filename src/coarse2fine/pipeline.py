@@ -16,8 +16,9 @@ from coarse2fine.config import UserError
 from coarse2fine.data.preprocess import to_uint8
 from coarse2fine.sampling import StageSampling, check_labels, generate_ar, generate_fine
 from coarse2fine.tokenizer.clustering import CoarseMap
-from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint, load_vq
-from coarse2fine.train import load_run
+from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
+from coarse2fine.checkpoint import load_vq
+from coarse2fine.checkpoint import load_run
 
 # Paper defaults (Sec. 5.1): cfg 2.0, temperature 1.1 in both stages, top-k all.
 CTF_COARSE_DEFAULT = StageSampling(temperature=1.1, cfg_scale=2.0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from coarse2fine.cli import main
-from coarse2fine.demo import DemoPlan, run_demo
+from coarse2fine.apps.demo import DemoPlan, run_demo
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 
 from coarse2fine.config import TrainConfig
 from coarse2fine.models import stage_config
-from coarse2fine.train import global_batch_indices, train
+from coarse2fine.training.loop import global_batch_indices, train
 
 K, GRID, NCLS = 64, 4, 3
 ATOL = 1e-5
@@ -198,8 +198,9 @@ def test_tokenizer_two_processes_equal_one(tmp_path):
     only in their thread count differ by as much as 1 vs 2 processes."""
     from coarse2fine.config import vq_config
     from coarse2fine.data import build_dataset
-    from coarse2fine.tokenizer.vq import VQModel, load_vq
-    from coarse2fine.train_tokenizer import train_tokenizer
+    from coarse2fine.tokenizer.vq import VQModel
+    from coarse2fine.checkpoint import load_vq
+    from coarse2fine.training.tokenizer import train_tokenizer
 
     flags = ["--preset", "VQ-tiny", "--steps", 2, "--batch-size", 4, "--lr", 0.5, "--no-reseed-dead", "--no-ema",
              "--no-bf16", "--limit-per-class", 2, "--device", "cpu", "--no-progress"]

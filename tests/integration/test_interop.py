@@ -17,12 +17,14 @@ from PIL import Image
 from coarse2fine.cli import main
 from coarse2fine.config import TrainConfig, gpt_config, vq_config
 from coarse2fine.data.tencrop import ShardedCodeStore, extract_tencrop, image_variants, ten_crop
-from coarse2fine.interop import cfg_interval_from_llamagen
+from coarse2fine.apps.llamagen import cfg_interval_from_llamagen
 from coarse2fine.models import Transformer, stage_config
 from coarse2fine.pipeline import ARPipeline
 from coarse2fine.sampling import StageSampling, filter_logits
-from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint, load_vq
-from coarse2fine.train import load_run, train
+from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
+from coarse2fine.checkpoint import load_vq
+from coarse2fine.checkpoint import load_run
+from coarse2fine.training.loop import train
 
 NCLS, SIZE = 5, 16  # VQ-tiny downsamples by 4: 16 px -> 4x4 codes
 

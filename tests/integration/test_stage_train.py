@@ -8,7 +8,8 @@ import torch
 from coarse2fine.config import TrainConfig, UserError
 from coarse2fine.models import stage_config
 from coarse2fine.tokenizer.clustering import cluster_codebook
-from coarse2fine.train import load_run, train
+from coarse2fine.checkpoint import load_run
+from coarse2fine.training.loop import train
 
 K, C, GRID, NCLS = 64, 8, 4, 3
 

@@ -12,8 +12,9 @@ from coarse2fine.checkpoint import load_weights
 from coarse2fine.cli import main
 from coarse2fine.config import UserError, VQConfig
 from coarse2fine.data.codes import CodeStore, extract_codes
-from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint, load_vq
-from coarse2fine.train_tokenizer import evaluate_reconstruction, train_tokenizer
+from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
+from coarse2fine.checkpoint import load_vq
+from coarse2fine.training.tokenizer import evaluate_reconstruction, train_tokenizer
 
 
 class Interrupted(Exception):

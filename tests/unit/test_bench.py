@@ -5,8 +5,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from coarse2fine import bench
-from coarse2fine.bench_runs import SampleBench, TrainBench, run_sample_bench, run_train_bench
+from coarse2fine.bench import speed as bench
+from coarse2fine.bench.runs import SampleBench, TrainBench, run_sample_bench, run_train_bench
 from coarse2fine.cli import main
 from coarse2fine.config import gpt_config
 from coarse2fine.models import Transformer
@@ -113,7 +113,7 @@ def test_bench_rejects_bad_flags(capsys):
 
 
 def test_bound_is_a_per_step_roofline():
-    from coarse2fine.bench_runs import bound_record
+    from coarse2fine.bench.runs import bound_record
 
     cfg = gpt_config("GPT-tiny", vocab_size=4096)
     fast_mem = bound_record("GPT-tiny", "", 2, peak=1e12, bw=0.0, vq_preset="VQ-tiny", dtype="fp32")

@@ -180,7 +180,7 @@ def test_class_accuracy_per_class():
 
 
 def test_load_samples_png_names_and_npz(tmp_path):
-    from coarse2fine.evaluate import load_samples
+    from coarse2fine.eval.samples import load_samples
 
     imgs = shapes(3, seed=0, res=16)
     d = tmp_path / "png"
@@ -238,7 +238,7 @@ def test_train_classifier_then_eval_cli(tmp_path, capsys, monkeypatch):
 
 def test_true_fid_needs_both_files_and_rejects_wrong_weights(tmp_path):
     from coarse2fine.eval.inception import check_weights_file
-    from coarse2fine.evaluate import evaluate_images
+    from coarse2fine.eval.samples import evaluate_images
 
     torch.save({"conv.weight": torch.zeros(2, 2)}, tmp_path / "not_inception.pth")
     with pytest.raises(UserError, match="not torch-fidelity's FID Inception-v3"):
@@ -255,7 +255,7 @@ def test_true_fid_path_runs_with_a_user_weights_file(tmp_path):
     """The Inception path end to end with a randomly initialised weights file in torch-fidelity's format
     (the real file is never downloaded): the reference batch against itself gives FID ~0."""
     from coarse2fine.eval import inception
-    from coarse2fine.evaluate import evaluate_images
+    from coarse2fine.eval.samples import evaluate_images
 
     cls = inception._import_fidelity_inception()
     with pytest.MonkeyPatch.context() as mp:  # build the module without its weights to get a state dict of the format

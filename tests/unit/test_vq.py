@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from coarse2fine.config import UserError, VQConfig, vq_config
-from coarse2fine.tokenizer.vq import (VectorQuantizer, VQModel, codebook_fingerprint, count_parameters,
-                                      load_llamagen_vq)
+from coarse2fine.checkpoint import load_llamagen_vq
+from coarse2fine.tokenizer.vq import VectorQuantizer, VQModel, codebook_fingerprint, count_parameters
 
 
 def expected_params(ch: int, ch_mult: tuple[int, ...], nrb: int, z: int, k: int, d: int) -> int:

@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def cmd_redundancy(args) -> int:
-    from coarse2fine.analysis import figure, redundancy
+    from coarse2fine.eval.analysis import figure, redundancy
     from coarse2fine.cli.models import load_tokenizer_any
     from coarse2fine.data import build_dataset
     from coarse2fine.data.preprocess import save_grid

@@ -119,7 +119,7 @@ def _log(args):
 
 
 def cmd_sample(args) -> int:
-    from coarse2fine.bench_runs import SampleBench, run_sample_bench
+    from coarse2fine.bench.runs import SampleBench, run_sample_bench
 
     _setup(args)
     dtypes = args.dtype or (["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"])
@@ -144,8 +144,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_bound(args) -> int:
-    from coarse2fine import bench
-    from coarse2fine.bench_runs import DTYPES, bound_record
+    from coarse2fine.bench import speed as bench
+    from coarse2fine.bench.runs import DTYPES, bound_record
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,7 +158,7 @@ def cmd_bound(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from coarse2fine.bench_runs import TrainBench, run_train_bench
+    from coarse2fine.bench.runs import TrainBench, run_train_bench
 
     _setup(args)
     tb = TrainBench(preset=args.preset, vq_preset=args.vq_preset, batch=args.batch, grid=args.grid,
@@ -182,7 +182,7 @@ def _header(recs_machine: dict, what: str = "Machine") -> str:
 
 
 def _emit(args, recs: list[dict], tables: str, what: str = "Machine") -> None:
-    from coarse2fine.bench import machine_info
+    from coarse2fine.bench.speed import machine_info
 
     text = _header(machine_info(args.device), what) + "\n" + tables
     print(text)

@@ -1,7 +1,7 @@
 """`coarse2fine demo`: the README's main job."""
 from __future__ import annotations
 
-from coarse2fine.demo import DemoPlan, run_demo
+from coarse2fine.apps.demo import DemoPlan, run_demo
 
 
 def register(sub) -> None:

@@ -34,7 +34,7 @@ def _json_safe(obj):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from coarse2fine.evaluate import evaluate_images, format_table, load_samples
+    from coarse2fine.eval.samples import evaluate_images, format_table, load_samples
 
     if args.threads:
         import torch

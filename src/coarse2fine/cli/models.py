@@ -130,7 +130,7 @@ def cmd_presets(args) -> int:
 
 def load_tokenizer_any(path: str, preset: str):
     """A tokenizer run directory, or a LlamaGen .pt file."""
-    from coarse2fine.tokenizer.vq import load_llamagen_vq, load_vq
+    from coarse2fine.checkpoint import load_llamagen_vq, load_vq
 
     p = Path(path)
     if p.is_dir():
@@ -163,7 +163,7 @@ def cmd_train(args) -> int:
     from coarse2fine.data.tencrop import open_code_store
     from coarse2fine.models import stage_config
     from coarse2fine.tokenizer.clustering import CoarseMap
-    from coarse2fine.train import train
+    from coarse2fine.training.loop import train
 
     store = open_code_store(args.codes)  # extract-codes or extract-codes-imagenet output
     meta = store.meta
@@ -185,7 +185,8 @@ def cmd_train(args) -> int:
 def cmd_eval_tokens(args) -> int:
     from coarse2fine.data.tencrop import open_code_store
     from coarse2fine.tokenizer.clustering import CoarseMap
-    from coarse2fine.train import StageBatches, evaluate_tokens, load_run
+    from coarse2fine.checkpoint import load_run
+    from coarse2fine.stages import StageBatches, evaluate_tokens
 
     model, meta = load_run(args.run, device=args.device)
     stage = meta["stage"]

@@ -84,7 +84,7 @@ def register(sub) -> None:
 
 
 def cmd_import(args) -> int:
-    from coarse2fine.interop import describe, import_llamagen
+    from coarse2fine.apps.llamagen import describe, import_llamagen
 
     done = import_llamagen(args.out, vq=args.vq, gpt=args.gpt, preset=args.preset, vq_preset=args.vq_preset,
                            image_size=args.image_size, tokenizer_dir=args.tokenizer, use_ema=args.ema)
@@ -113,14 +113,14 @@ def cmd_extract(args) -> int:
 def cmd_sample_fid(args) -> int:
     from coarse2fine.cli.models import sampling_opts
     from coarse2fine.config import UserError
-    from coarse2fine.sample_at_scale import sample_fid
+    from coarse2fine.apps.sample_fid import sample_fid
 
     if args.coarse and not args.fine:
         raise UserError("--coarse needs --fine (the stage-2 run)")
     if args.fine and not args.coarse:
         raise UserError("--fine goes with --coarse; for a single model use --baseline")
     if args.cfg_interval_llamagen is not None:
-        from coarse2fine.interop import cfg_interval_from_llamagen
+        from coarse2fine.apps.llamagen import cfg_interval_from_llamagen
 
         if args.cfg_interval != -1:
             raise UserError("give --cfg-interval or --cfg-interval-llamagen, not both")

@@ -79,7 +79,7 @@ def _device(name: str | None):
 
 
 def _load_tokenizer(args):
-    from coarse2fine.tokenizer.vq import load_llamagen_vq, load_vq
+    from coarse2fine.checkpoint import load_llamagen_vq, load_vq
 
     path = Path(args.tokenizer)
     if path.is_file():
@@ -102,7 +102,7 @@ def _dataset(args, resolution: int, split: str):
 
 def cmd_train(args) -> int:
     from coarse2fine.config import load_json, to_dict, vq_config
-    from coarse2fine.train_tokenizer import train_tokenizer
+    from coarse2fine.training.tokenizer import train_tokenizer
 
     out = Path(args.out)
     vq_cfg = vq_config(args.preset or "VQ-tiny")
@@ -129,7 +129,7 @@ def cmd_reconstruct(args) -> int:
     import torch
 
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.train_tokenizer import evaluate_reconstruction
+    from coarse2fine.training.tokenizer import evaluate_reconstruction
 
     vq = _load_tokenizer(args)
     ds, _ = _dataset(args, vq.cfg.image_size, args.split)

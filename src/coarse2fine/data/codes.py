@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from coarse2fine.config import ConfigError, UserError, dump_json, load_json
 from coarse2fine.fileio import atomic_write_bytes
-from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint, load_vq
+from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
+from coarse2fine.checkpoint import load_vq
 
 
 def code_dtype(codebook_size: int) -> np.dtype:

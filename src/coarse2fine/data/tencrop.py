@@ -131,7 +131,7 @@ def extract_tencrop(tokenizer_dir: str | Path, image_root: str | Path, out_dir: 
     batch_size: images per encoder batch (x V crops). stop_after_images: end this call early once
     this rank has encoded that many images (progress kept, as after a kill). Returns the plan (all
     ranks) plus "complete": whether index.json was written."""
-    from coarse2fine.tokenizer.vq import load_vq
+    from coarse2fine.checkpoint import load_vq
 
     if not crop_ranges or any(r < 1.0 for r in crop_ranges):
         raise UserError(f"crop ranges must be >= 1.0 (1.0 = no margin), got {list(crop_ranges)}")

@@ -5,7 +5,7 @@
   class_accuracy -- numpy/torch only.
 - `classifier`: ClassifierNet, train_classifier, load_classifier, predict_probs.
 - `inception`: true FID/IS with a user-supplied torch-fidelity weights file (never downloaded).
-The end-to-end entry point is `coarse2fine.evaluate.evaluate_images`.
+The end-to-end entry point is `coarse2fine.eval.samples.evaluate_images`.
 """
 from coarse2fine.eval.classifier import ClassifierNet, load_classifier, predict_probs, train_classifier
 from coarse2fine.eval.features import DEFAULT_FEATURE_RESOLUTION, EffNetLite0Features, extract_features

@@ -21,49 +21,14 @@ import torch
 from torch import nn
 
 from coarse2fine import distributed
-from coarse2fine.checkpoint import load_train_state, load_weights, save_train_state, save_weights
+from coarse2fine.checkpoint import load_train_state, save_train_state, save_weights
 from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, load_json, to_dict
-from coarse2fine.data.codes import CodeStore
 from coarse2fine.data.tencrop import open_code_store
-from coarse2fine.losses import fine_ce, token_ce
+from coarse2fine.stages import StageBatches, evaluate_tokens, stage_loss
 from coarse2fine.models import STAGES, Transformer, count_params
 from coarse2fine.parallel import (full_model_state, full_optim_state, grad_norm_value, is_sharded, load_optim_state,
                                   no_sync, reshard, unwrap, wrap_model, wrap_shadow)
 from coarse2fine.tokenizer.clustering import CoarseMap
-
-
-# ---- data -------------------------------------------------------------------------------------
-
-class StageBatches:
-    """Turns a code store into (tokens, cond, targets) batches for one stage."""
-
-    def __init__(self, store: CodeStore, stage: str, cmap: CoarseMap | None):
-        self.store, self.stage, self.cmap = store, stage, cmap
-        if stage != "baseline" and cmap is None:
-            raise UserError(f"stage {stage} needs a coarse map (--coarse-map); create it with `coarse2fine cluster`")
-        if cmap is not None:
-            fp = store.meta.get("tokenizer_fingerprint")
-            if fp:
-                cmap.check_fingerprint(fp, source=f"code store {store.dir}")
-            if cmap.num_codes != store.meta["codebook_size"]:
-                raise UserError(f"coarse map has {cmap.num_codes} codes, the code store {store.meta['codebook_size']}")
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def get(self, idx: np.ndarray, device: torch.device):
-        """idx [b] -> tokens_in [b, T], cond [b], targets [b, N] (see model.forward for the layout)."""
-        order = np.argsort(idx)  # sorted reads are friendlier to the memory map
-        codes = torch.from_numpy(np.asarray(self.store.codes[idx[order]], dtype=np.int64))
-        labels = torch.from_numpy(np.asarray(self.store.labels[idx[order]], dtype=np.int64))
-        inv = torch.from_numpy(np.argsort(order))
-        codes, labels = codes[inv].to(device), labels[inv].to(device)  # [b, N], [b]
-        if self.stage == "baseline":
-            return codes[:, :-1], labels, codes
-        coarse = self.cmap.coarse_of(codes)
-        if self.stage == "coarse":
-            return coarse[:, :-1], labels, coarse
-        return coarse, labels, codes  # fine: all coarse labels in, all fine codes out
 
 
 def global_batch_indices(step: int, n: int, batch: int, seed: int) -> np.ndarray:
@@ -77,13 +42,6 @@ def global_batch_indices(step: int, n: int, batch: int, seed: int) -> np.ndarray
 
 
 # ---- model helpers -------------------------------------------------------------------------------
-
-def stage_loss(model: nn.Module, stage: str, tokens, cond, targets, members=None):
-    logits = model(tokens, cond)
-    if stage == "fine":
-        return fine_ce(logits[:, 1:], targets, tokens, members)  # drop the class position
-    return token_ce(logits, targets)
-
 
 def param_groups(model: nn.Module, weight_decay: float):
     """Weight decay on >= 2-D weights (matrices, embeddings) only, as LlamaGen."""
@@ -124,24 +82,6 @@ def _cpu_has_bf16() -> bool:
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p.detach().to(e.dtype), 1 - decay)
-
-
-@torch.no_grad()
-def evaluate_tokens(model: nn.Module, batches: StageBatches, device: torch.device, batch_size: int = 256,
-                    members=None, max_seqs: int | None = None) -> dict[str, float]:
-    """Mean NLL (nats/token) and token accuracy over a held-out code store, eval mode."""
-    was = model.training
-    model.eval()
-    n = len(batches) if max_seqs is None else min(len(batches), max_seqs)
-    tot_loss = tot_acc = 0.0
-    for s in range(0, n, batch_size):
-        idx = np.arange(s, min(n, s + batch_size))
-        tokens, cond, targets = batches.get(idx, device)
-        loss, acc = stage_loss(model, batches.stage, tokens, cond, targets, members)
-        tot_loss += loss.item() * len(idx)
-        tot_acc += acc.item() * len(idx)
-    model.train(was)
-    return {"nll": tot_loss / n, "acc": tot_acc / n, "count": n}
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -323,23 +263,3 @@ def _progress(total: int, initial: int, enabled: bool, stage: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=f"train {stage}", dynamic_ncols=True)
-
-
-# ---- loading trained runs -------------------------------------------------------------------------
-
-def load_run(run_dir: str | Path, expect_stage: str | None = None, device: str | torch.device = "cpu"):
-    """Load a trained stage run directory -> (model in eval mode, run config dict)."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise UserError(f"run directory {run} not found")
-    meta = load_json(run / "config.json")
-    if meta.get("kind") != "gpt":
-        raise UserError(f"{run} is a {meta.get('kind')!r} run, not a transformer stage run")
-    if expect_stage and meta["stage"] != expect_stage:
-        raise UserError(f"{run} holds a {meta['stage']} model, but a {expect_stage} model is needed here")
-    cfg = from_dict(GPTConfig, meta["gpt"])
-    model = Transformer(cfg)
-    from coarse2fine.checkpoint import load_strict
-
-    load_strict(model, load_weights(run / "model.safetensors"), source=str(run / "model.safetensors"))
-    return model.to(device).eval(), meta

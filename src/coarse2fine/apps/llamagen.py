@@ -24,7 +24,8 @@ from coarse2fine.checkpoint import check_keys, load_strict, load_torch_file, sav
 from coarse2fine.config import (GPT_PRESETS, VQ_PRESETS, UserError, VQConfig, dump_json, from_dict, gpt_config,
                                 load_json, to_dict, vq_config)
 from coarse2fine.models import Transformer
-from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint, load_vq
+from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
+from coarse2fine.checkpoint import load_vq
 
 # LlamaGen's FID settings per model size (llamagen-compat.md); recorded in the imported run.
 LLAMAGEN_FID_CFG = {"GPT-B": 2.0, "GPT-L": 2.0, "GPT-XL": 1.75}

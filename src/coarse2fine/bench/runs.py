@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from coarse2fine import bench
+from coarse2fine.bench import speed as bench
 from coarse2fine.config import GPTConfig, gpt_config, vq_config
 from coarse2fine.models import Transformer, stage_config
 # the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
@@ -256,7 +256,8 @@ class TrainBench:
 
 
 def _gpt_step(stage: str, cfg: GPTConfig, batch: int, device, dtype):
-    from coarse2fine.train import param_groups, stage_loss
+    from coarse2fine.stages import stage_loss
+    from coarse2fine.training.loop import param_groups
 
     model = Transformer(cfg).to(device).train()
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))

@@ -64,9 +64,10 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
     from coarse2fine.sampling import StageSampling
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
-    from coarse2fine.tokenizer.vq import codebook_fingerprint, load_vq
-    from coarse2fine.train import train
-    from coarse2fine.train_tokenizer import evaluate_reconstruction, train_tokenizer
+    from coarse2fine.tokenizer.vq import codebook_fingerprint
+    from coarse2fine.checkpoint import load_vq
+    from coarse2fine.training.loop import train
+    from coarse2fine.training.tokenizer import evaluate_reconstruction, train_tokenizer
 
     out = Path(out)
     if (out / "report.md").exists():

@@ -1,0 +1,1 @@
+"""Workflows built on the library: the demo, FID sampling at scale, LlamaGen import."""

@@ -1,0 +1,1 @@
+"""Benchmarks: sampling/training speed, FLOP counts, roofline bounds, benchmark runners."""

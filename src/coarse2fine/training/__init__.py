@@ -1,0 +1,1 @@
+"""Training loops: the transformer stages and the VQ tokenizer, with their shared helpers."""
