@@ -1,4 +1,5 @@
-"""Process-group setup and rank helpers. The only module that reads torchrun's environment.
+"""Process-group setup, rank helpers and the CPU thread policy. The only module that reads torchrun's
+environment.
 
 world_size == 1 is the ordinary case of the same code: no process group is created then.
 """
@@ -68,3 +69,22 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
     return t
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op thread count for this process and return it.
+
+    threads: an explicit count (>= 1) wins. None: respect OMP_NUM_THREADS when the user set it, else
+    use the cores this process may run on (sched_getaffinity), capped at 8 because the small matmuls
+    of CPU-size models stop scaling there. The `--threads` flag of every heavy subcommand calls this.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        n = threads
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) >= 1:
+        n = int(os.environ["OMP_NUM_THREADS"])
+    else:
+        n = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    torch.set_num_threads(n)
+    return n
