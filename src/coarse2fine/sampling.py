@@ -197,6 +197,44 @@ def generate_fine(model, coarse: torch.Tensor, cond: torch.Tensor, opts: StageSa
     return members.to(coarse.device)[coarse].gather(-1, pick.unsqueeze(-1)).squeeze(-1)
 
 
+# Stage-2 decodings. "network": the stage-2 transformer (the paper). The two others need no stage-2
+# network and show what it is worth: "random-member" draws a uniformly random member of each predicted
+# cluster (the decoding of MASC, arXiv 2510.04220); "centroid-member" takes the member whose codeword is
+# nearest the cluster centroid (deterministic).
+FINE_DECODINGS = ("network", "random-member", "centroid-member")
+
+
+def check_fine_decoding(name: str) -> None:
+    if name not in FINE_DECODINGS:
+        raise UserError(f"unknown stage-2 decoding {name!r}; choose one of {', '.join(FINE_DECODINGS)}")
+
+
+@torch.no_grad()
+def random_member(coarse: torch.Tensor, members: torch.Tensor, sizes: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """coarse [B, N] -> fine codes [B, N], each a uniformly random member of its cluster.
+
+    members [C, M] (-1 padded, real members first), sizes [C]. Empty clusters cannot be drawn by a
+    trained stage 1 (their label never occurs in the data); they map to code 0 rather than to -1."""
+    size = sizes.to(coarse.device)[coarse]  # [B, N]
+    u = torch.rand(coarse.shape, generator=generator, device=coarse.device)
+    rank = (u * size).long().clamp(max=members.size(1) - 1)  # [B, N], < size where size > 0
+    codes = members.to(coarse.device)[coarse].gather(-1, rank.unsqueeze(-1)).squeeze(-1)
+    return codes.clamp(min=0)
+
+
+def centroid_members(members: torch.Tensor, centroids: torch.Tensor, codewords: torch.Tensor) -> torch.Tensor:
+    """The member of each cluster whose codeword is nearest its centroid.
+
+    members [C, M] (-1 padded), centroids [C, D], codewords [K, D] as clustered (VQ lookup geometry:
+    `vq.quantize.codebook()`) -> codes [C] (0 for empty clusters)."""
+    vec = codewords.float()[members.clamp(min=0)]  # [C, M, D]
+    dist = (vec - centroids.float().unsqueeze(1)).square().sum(-1)  # [C, M]
+    dist = dist.masked_fill(members < 0, float("inf"))
+    best = members.gather(1, dist.argmin(1, keepdim=True)).squeeze(1)  # [C]
+    return best.clamp(min=0)
+
+
 @torch.no_grad()
 def generate_naive(model, cond: torch.Tensor, opts: StageSampling, generator: torch.Generator | None = None,
                    num_tokens: int | None = None) -> torch.Tensor:

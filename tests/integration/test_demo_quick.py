@@ -58,3 +58,30 @@ def test_cluster_cli_and_redundancy(demo, capsys):
     assert main(["redundancy", "--tokenizer", str(out / "tokenizer"), "--coarse-map", str(out / "cm64"),
                  "--n", "16", "--out", str(out / "red")]) == 0
     assert (out / "red" / "redundancy.png").is_file()
+
+
+def test_ctf_decodings_without_stage2_network(demo, capsys):
+    """The peer decodings (random member as MASC, centroid member) sample from stage 1 alone; the codes
+    stay inside the predicted clusters; redraw keeps the coarse maps and changes the details."""
+    from coarse2fine.pipeline import CTFPipeline
+
+    out, _ = demo
+    labels = torch.arange(4)
+    net = CTFPipeline.from_runs(out / "coarse", out / "fine")
+    alone = CTFPipeline.from_runs(out / "coarse")
+    assert alone.decodings == ("random-member", "centroid-member")
+    ref = net(labels, seed=5)
+    for how in ("random-member", "centroid-member"):
+        o = alone(labels, seed=5, fine_decoding=how)
+        assert torch.equal(o.coarse, ref.coarse)  # stage 1 draws the same maps for the same seed
+        assert torch.equal(alone.cmap.phi[o.codes], o.coarse)
+        assert o.images.shape == ref.images.shape
+    r1 = net.redraw(ref.coarse, labels, seed=6)
+    r2 = net.redraw(ref.coarse, labels, seed=7)
+    assert torch.equal(r1.coarse, ref.coarse) and not torch.equal(r1.codes, r2.codes)
+    assert main(["sample", "--coarse", str(out / "coarse"), "--fine-decoding", "centroid-member",
+                 "--per-class", "1", "--out", str(out / "s_centroid")]) == 0
+    assert main(["sample", "--coarse", str(out / "coarse"), "--out", str(out / "s_x")]) == 2
+    assert "--fine-decoding" in capsys.readouterr().err
+    assert main(["sample", "--baseline", str(out / "baseline"), "--fine-decoding", "random-member",
+                 "--out", str(out / "s_y")]) == 2

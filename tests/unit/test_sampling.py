@@ -97,3 +97,51 @@ def test_bad_sampling_inputs_are_clear():
         generate_ar(m, torch.tensor([1]), StageSampling(top_k=41))
     with pytest.raises(UserError, match="cfg scale must be >= 0"):
         generate_ar(m, torch.tensor([1]), StageSampling(cfg_scale=-1))
+
+
+# ---- stage-2 decodings without a network (MASC's random member, the centroid member) ------------------
+
+def _toy_map(k=60, c=7, d=4, seed=0):
+    from coarse2fine.tokenizer.clustering import CoarseMap
+
+    g = torch.Generator().manual_seed(seed)
+    codewords = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=-1)
+    phi = torch.randint(0, c, (k,), generator=g)
+    phi[:c] = torch.arange(c)  # no empty cluster
+    return CoarseMap.from_assignment(phi.numpy(), codewords.numpy(), c, "fp", "kmeans", 0), codewords
+
+
+def test_random_member_draws_members_of_the_cluster_uniformly():
+    from coarse2fine.sampling import random_member
+
+    cmap, _ = _toy_map()
+    coarse = torch.randint(0, cmap.num_coarse, (64, 16), generator=torch.Generator().manual_seed(1))
+    codes = random_member(coarse, cmap.members, cmap.sizes, torch.Generator().manual_seed(2))
+    assert torch.equal(cmap.phi[codes], coarse)  # every code is a member of its position's cluster
+    again = random_member(coarse, cmap.members, cmap.sizes, torch.Generator().manual_seed(2))
+    assert torch.equal(codes, again)
+    # uniform over the members of one cluster: every member drawn, frequencies near 1/size
+    big = int(cmap.sizes.argmax())
+    many = random_member(torch.full((200, 100), big), cmap.members, cmap.sizes, torch.Generator().manual_seed(3))
+    counts = torch.bincount(many.flatten(), minlength=cmap.num_codes)[cmap.members[big, :cmap.sizes[big]]]
+    expect = many.numel() / int(cmap.sizes[big])
+    assert (counts > 0).all() and ((counts - expect).abs() < 0.15 * expect).all()
+
+
+def test_centroid_member_is_the_nearest_member():
+    from coarse2fine.sampling import centroid_members
+
+    cmap, codewords = _toy_map()
+    best = centroid_members(cmap.members, cmap.centroids, codewords)
+    assert torch.equal(cmap.phi[best], torch.arange(cmap.num_coarse))
+    for c in range(cmap.num_coarse):
+        mem = cmap.members[c, :cmap.sizes[c]]
+        dist = (codewords[mem] - cmap.centroids[c]).norm(dim=-1)
+        assert int(best[c]) == int(mem[dist.argmin()])
+
+
+def test_unknown_decoding_is_a_one_line_error():
+    from coarse2fine.sampling import check_fine_decoding
+
+    with pytest.raises(UserError, match="random-member"):
+        check_fine_decoding("nearest")

@@ -71,7 +71,11 @@ def register(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--coarse", help="stage-1 run directory (needs --fine)")
     g.add_argument("--baseline", help="baseline run directory")
-    p.add_argument("--fine", help="stage-2 run directory")
+    p.add_argument("--fine", help="stage-2 run directory (needed by --fine-decoding network)")
+    p.add_argument("--fine-decoding", default="network", choices=["network", "random-member", "centroid-member"],
+                   help="CTF stage 2: 'network' (the stage-2 model, default), 'random-member' (a random member of "
+                        "each predicted cluster, as MASC) or 'centroid-member' (the member nearest the cluster "
+                        "centroid); the last two need no --fine")
     p.add_argument("--tokenizer", help="tokenizer run directory (default: the one the runs were trained with)")
     p.add_argument("--classes", help="comma-separated class ids (default: every class)")
     p.add_argument("--per-class", type=int, default=4, help="images per class (default 4)")
@@ -222,17 +226,22 @@ def cmd_sample(args) -> int:
 
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     if args.coarse:
-        if not args.fine:
-            raise UserError("--coarse needs --fine (the stage-2 run)")
+        if not args.fine and args.fine_decoding == "network":
+            raise UserError("--coarse needs --fine (the stage-2 run), or --fine-decoding random-member|centroid-member")
+        if args.fine and args.fine_decoding != "network":
+            raise UserError(f"--fine-decoding {args.fine_decoding} uses no stage-2 model; drop --fine")
         pipe = CTFPipeline.from_runs(args.coarse, args.fine, args.tokenizer, args.device, dtype)
     else:
+        if args.fine_decoding != "network":
+            raise UserError("--fine-decoding applies to CTF sampling (--coarse) only; drop it with --baseline")
         pipe = ARPipeline.from_runs(args.baseline, args.tokenizer, args.device, dtype)
     labels = parse_classes(args.classes, pipe.num_classes, args.per_class)
     s1, s2 = sampling_opts(args, baseline=bool(args.baseline))
     images, timings = [], {}
     for b in range(0, len(labels), args.batch_size):
         chunk = labels[b:b + args.batch_size]
-        o = pipe(chunk, s1, s2, seed=args.seed + b) if args.coarse else pipe(chunk, s1, seed=args.seed + b)
+        o = (pipe(chunk, s1, s2, seed=args.seed + b, fine_decoding=args.fine_decoding) if args.coarse
+             else pipe(chunk, s1, seed=args.seed + b))
         images.append(o.images)
         for k, v in o.timings.items():
             timings[k] = timings.get(k, 0.0) + v
