@@ -90,12 +90,13 @@ def log(msg: str) -> None:
 
 
 class Study:
-    def __init__(self, plan: Plan, work: Path, results: Path, tokenizer: Path | None, command: str):
+    def __init__(self, plan: Plan, work: Path, results: Path, tokenizer: Path | None, command: str,
+                 db_name: str = "results.json"):
         self.plan, self.work, self.res = plan, work, results
         self.tok_dir = tokenizer or work / "tokenizer"
         self.work.mkdir(parents=True, exist_ok=True)
         self.res.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.res / "results.json"
+        self.db_path = self.res / db_name
         plan_d = json.loads(json.dumps(asdict(plan)))
         wplan = work / "plan.json"
         if wplan.exists() and json.loads(wplan.read_text()) != plan_d:

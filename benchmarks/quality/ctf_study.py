@@ -1,0 +1,234 @@
+"""CTF study, trained far enough to mean something (issue 12): seeds, compute, peer methods.
+
+    .venv/bin/python benchmarks/quality/ctf_study.py --phases setup
+    .venv/bin/python benchmarks/quality/ctf_study.py --phases headline --seeds 0      # one process per core,
+    .venv/bin/python benchmarks/quality/ctf_study.py --phases headline --seeds 1,2    # side by side
+    .venv/bin/python benchmarks/quality/ctf_study.py --phases peers --seeds 0
+    .venv/bin/python benchmarks/quality/ctf_study.py --report                         # re-render only
+
+Builds on study.py's setup, sampling and scoring (same tokenizer recipe, classifier, metrics), with:
+- a 10x longer schedule (3000 steps of batch 64 = 3.2 epochs of Fashion-MNIST; study.py trained 300);
+- seeds: the headline (baseline, stage 1, stage 2) trains once per seed; every score is reported as
+  mean and standard deviation over the seeds; the model seed sets initialisation, data order and dropout,
+  while tokenizer, codes, coarse map, classifier and sampling noise are shared;
+- compute: every checkpoint records the training CPU-seconds (this process's own, one thread) and
+  analytic training FLOPs (bench.speed.train_flops), so convergence is plotted against steps AND compute
+  (CTF trains two networks);
+- peer methods on the library's own code paths: stage 1 + a random member of each cluster (MASC's
+  decoding) or the member nearest the centroid, i.e. no stage-2 network (`sample --fine-decoding`); random
+  clusters; cluster counts K/128, K/32, K/8; the IAR recipe (baseline + cluster-level loss on balanced
+  clusters, `train --cluster-loss-weight`) when the installed library has it.
+Each process writes its own results_<tag>.json in the results dir (so processes never race on one
+file); the report merges all of them. Everything resumes: finished runs and scores are reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ctf_study_report  # noqa: E402
+import study  # noqa: E402  (setup, sampling, scoring)
+from study import AR_OPTS, CTF_OPTS, Plan, log  # noqa: E402
+
+from coarse2fine.config import TrainConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADLINE_STEPS = 3000
+HEADLINE_CHECKPOINTS = [300, 750, 1500, 3000]
+SEEDS = [0, 1, 2]
+IAR_WEIGHT = 1.0  # weight of IAR's cluster-level cross-entropy beside the token cross-entropy
+
+
+def make_plan(data: str, small: bool, steps: int | None) -> Plan:
+    p = Plan.for_data(data, small)
+    if not small:
+        p.steps, p.checkpoints = HEADLINE_STEPS, list(HEADLINE_CHECKPOINTS)
+    if steps:
+        p.checkpoints = sorted({max(1, round(c * steps / p.steps)) for c in p.checkpoints})
+        p.steps = steps
+    return p
+
+
+class SeededStudy(study.Study):
+    """study.Study with a model seed per run and compute accounting per checkpoint."""
+
+    def save(self) -> None:
+        inv = self.db["invocations"][-1]
+        inv["wall_s"], inv["cpu_s"] = time.time() - self.t0, time.process_time() - self.c0
+        from coarse2fine.config import dump_json
+
+        dump_json(self.db, self.db_path)
+        ctf_study_report.render_dir(self.res)
+
+    def train_seeded(self, stage: str, step: int, seed: int, mapname: str | None = None,
+                     map_path: Path | None = None, cluster_loss: float = 0.0, tag: str = "") -> str:
+        from coarse2fine.bench.speed import train_flops
+        from coarse2fine.models import stage_config
+        from coarse2fine.training.loop import train
+
+        p = self.plan
+        name = (stage if stage == "baseline" else f"{stage}_{mapname}") + tag + f"_s{seed}"
+        run = self.work / "runs" / name
+        other = ctf_study_report.merge(self.res)["runs"].get(name)  # another process may have trained it
+        if name not in self.db["runs"] and other is not None:
+            self.db["runs"][name] = json.loads(json.dumps(other))
+        r = self.db["runs"].setdefault(name, {"stage": stage, "seed": seed, "map": mapname, "heldout": {},
+                                              "cpu_s": {}, "wall_s": {}, "flops": {}})
+        if str(step) in r["heldout"]:
+            return name
+        c = int(mapname.split("-")[1]) if mapname else 1
+        mcfg = stage_config(p.preset, stage, self.meta["codebook_size"], c, self.meta["num_classes"], self.meta["grid"])
+        tkw = dict(steps=p.steps, batch_size=p.batch, lr=p.lr, warmup_steps=max(1, p.steps // 20),
+                   schedule="cosine", seed=seed, log_every=max(1, p.steps // 10), ckpt_every=max(1, p.steps // 10),
+                   ema_decay=0.0)
+        if cluster_loss:
+            tkw["cluster_loss_weight"] = cluster_loss
+        tcfg = TrainConfig(**tkw)
+        prev = max((int(k) for k in r["heldout"]), default=0)
+        log(f"train {name}: step {prev} -> {step} of {p.steps}")
+        c0, t0 = time.process_time(), time.time()
+        summ = train(stage, mcfg, tcfg, self.work / "codes_train", run, coarse_map=map_path,
+                     heldout_dir=self.work / "codes_test", restricted=stage == "fine",
+                     resume=(run / "state.pt").exists(), progress=False, stop_at=step)
+        cpu, wall = time.process_time() - c0, time.time() - t0
+        r["params"] = summ["params"]
+        r["dtype"] = summ["dtype"]
+        r["heldout"][str(step)] = summ["heldout"]
+        r["cpu_s"][str(step)] = r["cpu_s"].get(str(prev), 0.0) + cpu
+        r["wall_s"][str(step)] = r["wall_s"].get(str(prev), 0.0) + wall
+        r["flops"][str(step)] = step * train_flops(mcfg, p.batch, mcfg.seq_len)
+        r["loss"] = summ["loss"]
+        log(f"  {name}@{step}: loss {summ['loss']:.3f}, held-out NLL {summ['heldout']['nll']:.3f} "
+            f"acc {summ['heldout']['acc']:.3f} ({wall:.0f} s wall, {cpu:.0f} s CPU)")
+        self.save()
+        return name
+
+
+def headline(st: SeededStudy, seeds: list[int]) -> None:
+    p = st.plan
+    km, km_path = st.cmap("kmeans", 32)
+    for seed in seeds:
+        for k in p.checkpoints:
+            log(f"== headline seed {seed}, checkpoint {k}/{p.steps}")
+            co = st.train_seeded("coarse", k, seed, km, km_path)
+            fi = st.train_seeded("fine", k, seed, km, km_path)
+            ba = st.train_seeded("baseline", k, seed)
+            last = k == p.checkpoints[-1] and seed == seeds[0]
+            st.score(f"head/ctf/{k}/s{seed}", "ctf", (co, fi), p.n_head, CTF_OPTS,
+                     keep=f"ctf_s{seed}" if last else None)
+            st.score(f"head/baseline/{k}/s{seed}", "ar", (ba,), p.n_head, AR_OPTS,
+                     keep=f"baseline_s{seed}" if last else None)
+            if last:
+                grid(st, f"s{seed}")
+
+
+def grid(st: SeededStudy, tag: str, per_class: int = 8) -> None:
+    """Rows = classes: CTF samples | white | baseline samples, from the kept final samples."""
+    import numpy as np
+
+    from coarse2fine.apps.demo import side_by_side
+    from coarse2fine.data.preprocess import save_grid
+
+    f = {k: st.work / f"samples_{k}_{tag}.npz" for k in ("ctf", "baseline")}
+    if not all(v.exists() for v in f.values()):
+        return
+    z = {k: np.load(v) for k, v in f.items()}
+    lab = z["ctf"]["labels"]
+    n = min(per_class, min(int((lab == c).sum()) for c in np.unique(lab)))
+    take = np.concatenate([np.flatnonzero(lab == c)[:n] for c in np.unique(lab)])
+    rows = side_by_side(z["ctf"]["arr_0"][take], z["baseline"]["arr_0"][take], lab[take], n)
+    save_grid(rows, st.res / "samples_ctf_vs_baseline.png", nrow=2 * n + 1)
+
+
+def peers(st: SeededStudy, seed: int) -> None:
+    """Peer methods at the headline length, one seed (the spread comes from the headline)."""
+    import dataclasses
+
+    p, final = st.plan, st.plan.steps
+    km, km_path = st.cmap("kmeans", 32)
+    co = st.train_seeded("coarse", final, seed, km, km_path)
+    for how in ("random-member", "centroid-member"):
+        st.score(f"peer/{how}/s{seed}", "ctf-nonet", (co,), p.n_head, {**CTF_OPTS, "fine_decoding": how})
+    maps = [("random", 32), ("kmeans", 128), ("kmeans", 8)]
+    for method, d in maps:
+        name, path = st.cmap(method, d)
+        c1 = st.train_seeded("coarse", final, seed, name, path)
+        f1 = st.train_seeded("fine", final, seed, name, path)
+        st.score(f"peer/map/{name}/s{seed}", "ctf", (c1, f1), p.n_head, CTF_OPTS)
+    if "cluster_loss_weight" in {f.name for f in dataclasses.fields(TrainConfig)}:
+        name, path = st.cmap("balanced", 32)
+        iar = st.train_seeded("baseline", final, seed, name, path, cluster_loss=IAR_WEIGHT, tag="_iar")
+        st.score(f"peer/iar/s{seed}", "ar", (iar,), p.n_head, AR_OPTS)
+    else:
+        log("IAR row skipped: this library has no TrainConfig.cluster_loss_weight")
+
+
+def _sample_nonet(self: SeededStudy, kind, runs, n, opts, coarse_key=None):
+    """Study.sample for the decodings without a stage-2 network (pipeline.redraw on stage-1 maps)."""
+    from coarse2fine.pipeline import CTFPipeline
+    from coarse2fine.sampling import StageSampling
+
+    if kind != "ctf-nonet":
+        return _orig_sample(self, kind, runs, n, opts, coarse_key)
+    pipe = CTFPipeline.from_runs(self.work / "runs" / runs[0])
+    s1 = StageSampling(**opts["s1"])
+    labels = self.labels(n)
+    t = time.time()
+    images = []
+    for i, lo in enumerate(range(0, len(labels), 250)):
+        lab = labels[lo:lo + 250]
+        out = pipe(lab, s1, seed=self.plan.seed * 1000 + i, fine_decoding=opts["fine_decoding"])
+        images.append(out.images)
+    return torch.cat(images).numpy(), labels.numpy(), time.time() - t
+
+
+_orig_sample = study.Study.sample
+SeededStudy.sample = _sample_nonet
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="fashion-mnist", help="fashion-mnist | twemoji | default")
+    ap.add_argument("--small", action="store_true", help="a few-minute smoke run (nothing meaningful expected)")
+    ap.add_argument("--out", help="work dir for runs (default /work/c2f_ctf_study_<data>[_small])")
+    ap.add_argument("--results", help="results dir (default benchmarks/results/ctf_study_<data>[_small])")
+    ap.add_argument("--tokenizer", help="reuse this tokenizer run dir instead of training one")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: run processes side by side)")
+    ap.add_argument("--steps", type=int, help="override the schedule length (checkpoints scale with it)")
+    ap.add_argument("--seeds", default="0,1,2", help="model seeds this process trains (comma list)")
+    ap.add_argument("--phases", default="setup,headline,peers", help="comma list of setup, headline, peers")
+    ap.add_argument("--report", action="store_true", help="only re-render the report from the results dir")
+    args = ap.parse_args(argv)
+    tag = f"{args.data.replace('-', '')}{'_small' if args.small else ''}"
+    results = Path(args.results or ROOT / "benchmarks" / "results" / f"ctf_study_{tag}")
+    if args.report:
+        ctf_study_report.render_dir(results)
+        return 0
+    torch.set_num_threads(args.threads)
+    plan = make_plan(args.data, args.small, args.steps)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    work = Path(args.out or f"/work/c2f_ctf_study_{tag}")
+    cmd = ".venv/bin/python benchmarks/quality/ctf_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    phases = args.phases.split(",")
+    db_name = "results_setup.json" if phases == ["setup"] else f"results_{'_'.join(phases)}_s{'-'.join(map(str, seeds))}.json"
+    st = SeededStudy(plan, work, results, Path(args.tokenizer) if args.tokenizer else None, cmd, db_name=db_name)
+    log(f"plan: steps {plan.steps}, checkpoints {plan.checkpoints}, seeds {seeds}, phases {phases}; work {work}")
+    st.setup()
+    if "headline" in phases:
+        headline(st, seeds)
+    if "peers" in phases:
+        peers(st, seeds[0])
+    st.save()
+    log(f"done in {(time.time() - st.t0) / 60:.1f} min; report {results / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

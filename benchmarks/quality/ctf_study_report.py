@@ -1,0 +1,309 @@
+"""report.md and plots for ctf_study.py, rendered from every results_*.json in the results dir.
+
+Each study process writes its own results file; this merges them (runs and entries have distinct keys
+per seed), so a partial study renders what it has so far.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ["FD", "KID", "Precision", "Recall", "ClassAcc", "IS"]
+LOWER_BETTER = {"FD", "KID", "NLL"}
+PAPER_TABLE1 = [("B", 5.46, 193.61, 4.15, 254.99), ("L", 3.80, 248.28, 2.97, 291.53),
+                ("XL", 3.39, 227.08, 2.76, 299.69)]
+
+
+def merge(res: Path) -> dict:
+    db: dict = {"runs": {}, "entries": {}, "invocations": [], "setup": {}, "plan": None, "metric_names": {}}
+    for f in sorted(res.glob("results_*.json")):
+        d = json.loads(f.read_text())
+        db["plan"] = db["plan"] or d.get("plan")
+        db["setup"].update({k: v for k, v in d.get("setup", {}).items() if k not in db["setup"] or k == "maps"})
+        db["runs"].update(d.get("runs", {}))
+        db["entries"].update(d.get("entries", {}))
+        db["invocations"] += d.get("invocations", [])
+        db["metric_names"].update(d.get("metric_names", {}))
+    return db
+
+
+def _ms(vals: list[float]) -> tuple[float, float, int]:
+    a = np.array([v for v in vals if v is not None and not math.isnan(v)], dtype=float)
+    if not len(a):
+        return float("nan"), float("nan"), 0
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan"), len(a)
+
+
+def _fmt(v: float, k: str = "") -> str:
+    if v is None or math.isnan(v):
+        return "-"
+    if k == "KID":
+        return f"{v:.3g}"
+    if k in ("Precision", "Recall", "ClassAcc", "acc"):
+        return f"{v:.3f}"
+    return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+
+
+def _pm(m: float, s: float, n: int, k: str) -> str:
+    if n == 0:
+        return "-"
+    return _fmt(m, k) + ("" if n < 2 or math.isnan(s) else f" ± {_fmt(s, k)}")
+
+
+def seeds_of(db: dict) -> list[int]:
+    return sorted({r["seed"] for r in db["runs"].values() if r.get("stage") == "baseline" and not r.get("map")})
+
+
+def nll(db: dict, kind: str, step: int, seed: int, mapname: str) -> float | None:
+    """Held-out NLL of the fine codes (nats/token). CTF: NLL(coarse) + NLL(fine | true coarse) with the
+    cluster-restricted head, which is the exact joint NLL of the fine code."""
+    if kind == "baseline":
+        h = db["runs"].get(f"baseline_s{seed}", {}).get("heldout", {}).get(str(step))
+        return h["nll"] if h else None
+    a = db["runs"].get(f"coarse_{mapname}_s{seed}", {}).get("heldout", {}).get(str(step))
+    b = db["runs"].get(f"fine_{mapname}_s{seed}", {}).get("heldout", {}).get(str(step))
+    return a["nll"] + b["nll"] if a and b else None
+
+
+def compute(db: dict, kind: str, step: int, seed: int, mapname: str, what: str) -> float | None:
+    """Training compute to reach `step`: what = "cpu_s" (CPU-seconds, one thread) or "flops"."""
+    names = [f"baseline_s{seed}"] if kind == "baseline" else [f"coarse_{mapname}_s{seed}", f"fine_{mapname}_s{seed}"]
+    vals = [db["runs"].get(n, {}).get(what, {}).get(str(step)) for n in names]
+    return None if any(v is None for v in vals) else float(sum(vals))
+
+
+def metric(db: dict, kind: str, step: int, seed: int, m: str) -> float | None:
+    e = db["entries"].get(f"head/{kind}/{step}/s{seed}")
+    return e["metrics"].get(m) if e else None
+
+
+def render_dir(res: Path) -> None:
+    db = merge(res)
+    if not db["plan"]:
+        return
+    p, s = db["plan"], db["setup"]
+    K = s.get("tokenizer", {}).get("K", 4096)
+    km = f"kmeans-{K // 32}"
+    seeds = seeds_of(db)
+    last = p["steps"]
+    L = [f"# CTF vs the AR baseline on `{p['data']}`, trained {p['steps']} steps, {len(seeds)} seed(s)", ""]
+    L += _provenance(db)
+    L += _setup(db, km)
+    # ---- headline ------------------------------------------------------------------------------------
+    L += ["## Headline: same backbone, batch, schedule, tokenizer and data; mean ± std over seeds", ""]
+    cols = METRICS + ["NLL"]
+    L += ["| model | seeds | " + " | ".join(["FD ↓", "KID ↓", "Prec ↑", "Rec ↑", "ClassAcc ↑", "IS-clf ↑",
+                                             "held-out NLL ↓"]) + " | train CPU-s | train TFLOP |",
+          "|---" * (len(cols) + 4) + "|"]
+    stats = {}
+    for label, kind in (("AR baseline (LlamaGen-style)", "baseline"), ("CTF (stage 1 + stage 2)", "ctf")):
+        row = {}
+        for m in cols:
+            vals = [nll(db, kind, last, sd, km) if m == "NLL" else metric(db, kind, last, sd, m) for sd in seeds]
+            row[m] = _ms([v for v in vals if v is not None])
+        cpu = _ms([compute(db, kind, last, sd, km, "cpu_s") for sd in seeds])
+        fl = _ms([compute(db, kind, last, sd, km, "flops") for sd in seeds])
+        stats[kind] = row
+        L.append(f"| {label} | {row['FD'][2]} | " + " | ".join(_pm(*row[m], m) for m in cols)
+                 + f" | {_fmt(cpu[0])} | {_fmt(fl[0] / 1e12) if fl[2] else '-'} |")
+    L += ["", _verdict(stats), ""]
+    L += ["Paper, ImageNet 256², Table 1 (FID / IS, Inception-v3, 50k samples), for context only:", "",
+          "| backbone | LlamaGen FID | +CTF FID | LlamaGen IS | +CTF IS |", "|---|---|---|---|---|"]
+    L += [f"| LlamaGen-{b} | {f1} | {f2} | {i1} | {i2} |" for b, f1, i1, f2, i2 in PAPER_TABLE1]
+    L += ["", "![convergence in steps and in training compute](convergence.png)", ""]
+    if (res / "samples_ctf_vs_baseline.png").exists():
+        L += ["![samples: CTF left, baseline right; one row per class](samples_ctf_vs_baseline.png)", ""]
+    # ---- convergence -------------------------------------------------------------------------------------
+    L += ["## Convergence (paper Fig. 2): steps and compute", ""]
+    L += ["| step | model | FD ↓ | ClassAcc ↑ | held-out NLL ↓ | train CPU-s | train TFLOP |", "|---|---|---|---|---|---|---|"]
+    for k in p["checkpoints"]:
+        for kind in ("baseline", "ctf"):
+            fd = _ms([metric(db, kind, k, sd, "FD") for sd in seeds])
+            ca = _ms([metric(db, kind, k, sd, "ClassAcc") for sd in seeds])
+            nl = _ms([nll(db, kind, k, sd, km) for sd in seeds])
+            cpu = _ms([compute(db, kind, k, sd, km, "cpu_s") for sd in seeds])
+            fl = _ms([compute(db, kind, k, sd, km, "flops") for sd in seeds])
+            L.append(f"| {k} | {kind} | {_pm(*fd, 'FD')} | {_pm(*ca, 'ClassAcc')} | {_pm(*nl, 'NLL')} | "
+                     f"{_fmt(cpu[0])} | {_fmt(fl[0] / 1e12) if fl[2] else '-'} |")
+    L += ["", _crossing(db, seeds, km), ""]
+    flat = _flattening(db, seeds)
+    if flat:
+        L += [flat, ""]
+    # ---- peers ---------------------------------------------------------------------------------------------
+    L += _peers(db, km)
+    (res / "report.md").write_text("\n".join(L) + "\n")
+    plot(db, res, seeds, km)
+
+
+def _provenance(db: dict) -> list[str]:
+    inv = db["invocations"]
+    L = ["Commands (each process writes its own results file; later ones resume the same work dir):", ""]
+    L += [f"- `{i['command']}` — started {i['started']}, {i['threads']} torch thread(s), wall "
+          f"{i['wall_s'] / 60:.1f} min, CPU {i['cpu_s'] / 60:.1f} min" for i in inv]
+    machine = inv[-1]["machine"] if inv else "?"
+    L += ["", f"Machine: {machine}. Wall times are inflated when the 2 cores were shared; CPU-seconds are each "
+          "process's own.", ""]
+    return L
+
+
+def _setup(db: dict, km: str) -> list[str]:
+    p, s = db["plan"], db["setup"]
+    L = ["## Setup", ""]
+    if s.get("data"):
+        d = s["data"]
+        L.append(f"- data: {d['train']} train images ({d['train_codes']} code sequences), {d['test']} test images, "
+                 f"{len(d['classes'])} classes")
+    tok = s.get("tokenizer")
+    if tok:
+        L.append(f"- tokenizer: VQ (ch {tok['vq']['ch']}, ch_mult {tok['vq']['ch_mult']}, no attention), K={tok['K']}, "
+                 f"{tok['steps']} steps; test PSNR {tok['psnr_test_db']:.2f} dB, codebook usage "
+                 f"{100 * tok['usage_test']:.1f}%")
+    dtypes = sorted({r.get("dtype", "?") for r in db["runs"].values()})
+    L.append(f"- models: `{p['preset']}` for baseline, stage 1 and stage 2 (bidirectional, cluster-restricted "
+             f"head); {p['steps']} steps, batch {p['batch']}, AdamW lr {p['lr'] * p['batch'] / 256:.1e}, cosine with "
+             f"{max(1, p['steps'] // 20)} warmup steps, no EMA; clusters: k-means K/32 ({km}); training dtype "
+             f"{', '.join(dtypes)}")
+    L.append("- sampling: CTF τ1 1.1, τ2 1.1, CFG 2.0 on stage 1 (paper Sec. 5.1); baseline τ 1.0, CFG 2.0 "
+             f"(LlamaGen); {p['n_head']} class-balanced images per score, the same sampling noise for every model")
+    clf = s.get("classifier")
+    if clf:
+        L.append(f"- classifier for ClassAcc / IS-clf: held-out accuracy {clf['accuracy']:.3f} on {clf['count']} "
+                 f"{clf['split']} images")
+    L.append(f"- FD/KID/precision/recall on EfficientNet-Lite0 features at 64 px against the `{p['ref_split']}` "
+             "split: **not FID**; compare rows of these tables only")
+    return L + [""]
+
+
+def _verdict(stats: dict) -> str:
+    """Which differences exceed the seed spread (|Δmean| > std_a + std_b)."""
+    b, c = stats.get("baseline"), stats.get("ctf")
+    if not b or not c or b["FD"][2] < 2 or c["FD"][2] < 2:
+        return "Fewer than two seeds per model so far: no spread to compare against yet."
+    out = []
+    for m in METRICS + ["NLL"]:
+        (mb, sb, _), (mc, sc, _) = b[m], c[m]
+        if any(math.isnan(x) for x in (mb, sb, mc, sc)):
+            continue
+        if mc == mb:
+            out.append(f"{m}: equal")
+            continue
+        better = (mc < mb) if m in LOWER_BETTER else (mc > mb)
+        beyond = abs(mc - mb) > sb + sc
+        out.append(f"{m}: CTF {'better' if better else 'worse'}" + (" (beyond the seed spread)" if beyond
+                                                                     else " (within the seed spread)"))
+    return "Differences, CTF vs baseline (beyond the spread = |Δ mean| > std_CTF + std_baseline): " + "; ".join(out) + "."
+
+
+def _interp_reach(xs: list[float], ys: list[float], target: float, lower_better: bool) -> float | None:
+    """First x at which the curve reaches target (linear interpolation between checkpoints)."""
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        ok = y <= target if lower_better else y >= target
+        if ok:
+            if i == 0:
+                return x
+            x0, y0 = xs[i - 1], ys[i - 1]
+            return x0 + (x - x0) * (target - y0) / (y - y0) if y != y0 else x
+    return None
+
+
+def _crossing(db: dict, seeds: list[int], km: str) -> str:
+    p = db["plan"]
+    ks = p["checkpoints"]
+    parts = []
+    for m in ("FD", "ClassAcc"):
+        base_final = _ms([metric(db, "baseline", ks[-1], sd, m) for sd in seeds])[0]
+        ys = [_ms([metric(db, "ctf", k, sd, m) for sd in seeds])[0] for k in ks]
+        cpus = [_ms([compute(db, "ctf", k, sd, km, "cpu_s") for sd in seeds])[0] for k in ks]
+        fls = [_ms([compute(db, "ctf", k, sd, km, "flops") for sd in seeds])[0] for k in ks]
+        base_cpu = _ms([compute(db, "baseline", ks[-1], sd, km, "cpu_s") for sd in seeds])[0]
+        base_fl = _ms([compute(db, "baseline", ks[-1], sd, km, "flops") for sd in seeds])[0]
+        if math.isnan(base_final) or any(math.isnan(y) for y in ys):
+            continue
+        step = _interp_reach(ks, ys, base_final, m == "FD")
+        if step is None:
+            parts.append(f"CTF does not reach the baseline's final {m} ({_fmt(base_final, m)}) within {ks[-1]} steps")
+            continue
+        cpu = _interp_reach(cpus, ys, base_final, m == "FD")
+        fl = _interp_reach(fls, ys, base_final, m == "FD")
+        parts.append(f"CTF reaches the baseline's final {m} ({_fmt(base_final, m)}) at step ~{step:.0f} "
+                     f"({step / ks[-1]:.2f}x the steps), {cpu / base_cpu:.2f}x the baseline's training CPU-seconds "
+                     f"and {fl / base_fl:.2f}x its training FLOPs" if cpu and fl else
+                     f"CTF reaches the baseline's final {m} at step ~{step:.0f}")
+    return ("Compute to match (mean curves, linear interpolation between checkpoints): " + "; ".join(parts) + ".") \
+        if parts else ""
+
+
+def _flattening(db: dict, seeds: list[int]) -> str:
+    """The baseline's held-out NLL gain over the last fifth of training (from its eval checkpoints)."""
+    p = db["plan"]
+    ks = p["checkpoints"]
+    if len(ks) < 2:
+        return ""
+    a = _ms([nll(db, "baseline", ks[-2], sd, "") for sd in seeds])[0]
+    b = _ms([nll(db, "baseline", ks[-1], sd, "") for sd in seeds])[0]
+    if math.isnan(a) or math.isnan(b):
+        return ""
+    per_fifth = (a - b) / a * (0.2 * ks[-1]) / (ks[-1] - ks[-2])
+    return (f"Baseline held-out NLL {a:.3f} at step {ks[-2]} -> {b:.3f} at {ks[-1]}: {100 * per_fifth:.2f}% per fifth "
+            f"of training (linear estimate; flattened means < 1%).")
+
+
+def _peers(db: dict, km: str) -> list[str]:
+    E = db["entries"]
+    last = db["plan"]["steps"]
+    rows = [("CTF, stage-2 network (default)", f"head/ctf/{last}/s0"),
+            ("stage 1 + random member of each cluster (MASC decoding, no stage 2)", "peer/random-member/s0"),
+            ("stage 1 + member nearest the centroid (no stage 2)", "peer/centroid-member/s0"),
+            ("IAR: baseline + cluster-level loss, balanced clusters", "peer/iar/s0"),
+            ("AR baseline", f"head/baseline/{last}/s0")]
+    for name in sorted({k.split("/")[2] for k in E if k.startswith("peer/map/")}):
+        rows.insert(-1, (f"CTF with {name.replace('-', ' ')} clusters", f"peer/map/{name}/s0"))
+    if not any(k.startswith("peer/") for k in E):
+        return ["## Peer methods", "", "(not run yet: `ctf_study.py --phases peers --seeds 0`)", ""]
+    L = ["## Peer methods and ablations (seed 0, same schedule; the headline's std gives the noise level)", "",
+         "| method | FD ↓ | KID ↓ | Prec ↑ | Rec ↑ | ClassAcc ↑ | IS-clf ↑ | sampling s / image |", "|---" * 8 + "|"]
+    for label, key in rows:
+        e = E.get(key)
+        if e is None:
+            L.append(f"| {label} | (not run) |" + " - |" * 6)
+            continue
+        L.append(f"| {label} | " + " | ".join(_fmt(e["metrics"].get(m), m) for m in METRICS)
+                 + f" | {e['sample_s'] / e['n']:.4f} |")
+    return L + [""]
+
+
+def plot(db: dict, res: Path, seeds: list[int], km: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = db["plan"]["checkpoints"]
+    panels = [("FD", "FD-EffNetLite0 ↓"), ("ClassAcc", "class accuracy ↑"), ("NLL", "held-out NLL ↓")]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    for row, xkind in enumerate(("steps", "cpu_s")):
+        for ax, (m, title) in zip(axes[row], panels):
+            for kind, color in (("baseline", "tab:blue"), ("ctf", "tab:red")):
+                xs, ys, es = [], [], []
+                for k in ks:
+                    vals = [nll(db, kind, k, sd, km) if m == "NLL" else metric(db, kind, k, sd, m) for sd in seeds]
+                    mean, std, n = _ms([v for v in vals if v is not None])
+                    x = k if xkind == "steps" else _ms([compute(db, kind, k, sd, km, "cpu_s") for sd in seeds])[0]
+                    if n and not math.isnan(x):
+                        xs.append(x / (1 if xkind == "steps" else 60))
+                        ys.append(mean)
+                        es.append(0 if math.isnan(std) else std)
+                if xs:
+                    ax.errorbar(xs, ys, yerr=es, fmt="o-", color=color, capsize=3,
+                                label="CTF (stage 1 + stage 2)" if kind == "ctf" else "AR baseline")
+            ax.set_title(title)
+            ax.set_xlabel("training step" if xkind == "steps" else "training compute (CPU-minutes, 1 thread)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(f"{db['plan']['data']}: CTF vs baseline, mean ± std over {len(seeds)} seed(s)")
+    fig.tight_layout()
+    fig.savefig(res / "convergence.png", dpi=90)
+    plt.close(fig)
