@@ -125,12 +125,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.conv_blocks:
-            for j, res in enumerate(level.res):
-                h = res(h)
-                if len(level.attn) > 0:
-                    h = level.attn[j](h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
+            h = _run_level(level, h, "downsample")
         for block in self.mid:
             h = block(h)
         return self.conv_out(swish(self.norm_out(h)))
@@ -171,10 +166,15 @@ class Decoder(nn.Module):
         for block in self.mid:
             h = block(h)
         for level in self.conv_blocks:
-            for j, res in enumerate(level.res):
-                h = res(h)
-                if len(level.attn) > 0:
-                    h = level.attn[j](h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
+            h = _run_level(level, h, "upsample")
         return self.conv_out(swish(self.norm_out(h)))
+
+
+def _run_level(level: nn.Module, h: torch.Tensor, resample: str) -> torch.Tensor:
+    """One resolution level of the encoder or decoder: res blocks (each followed by its attention block
+    where the level has them), then the level's "downsample" / "upsample" module if it has one."""
+    for j, res in enumerate(level.res):
+        h = res(h)
+        if len(level.attn) > 0:
+            h = level.attn[j](h)
+    return getattr(level, resample)(h) if hasattr(level, resample) else h
