@@ -1,10 +1,10 @@
 """Checkpoints: one release format for every run kind, train state, foreign (LlamaGen) files.
 
 - Release (format_version 1): `<dir>/model.safetensors` + `<dir>/config.json` holding
-  {"format": "coarse2fine", "format_version": 1, "kind": "vq" | "gpt" | "classifier", ...}; the
-  resolved config travels with the weights. Runs written before the version field read as version 0.
-  A run that depends on a tokenizer records it under "tokenizer": {"fingerprint", "path"}, the path
-  relative to the run dir, so a copied runs/ tree keeps working (`run_tokenizer`).
+  {"format": "coarse2fine", "format_version": 1, "kind": "vq" | "gpt" | "classifier" | "coarse_map",
+  ...}; the resolved config travels with the weights. Runs written before the version field read as
+  version 0. A run that depends on a tokenizer records it under "tokenizer": {"fingerprint", "path"},
+  the path relative to the run dir, so a copied runs/ tree keeps working (`load_run_tokenizer`).
 - Train state: `<dir>/state.pt` (model, EMA, optimizer, scheduler, step, RNG, data position),
   written atomically, loaded with weights_only=True and checked against the run's config.json.
 - Foreign: LlamaGen `.pt` dicts ("model" / "ema" / "state_dict" / "module" or bare), loaded with
@@ -235,6 +235,9 @@ def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, A
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run directory {run} not found")
+    if (run / "model_index.json").is_file():
+        raise UserError(f"{run} is an exported pipeline folder, not a run; load it with "
+                        "CTFPipeline.from_pretrained / ARPipeline.from_pretrained")
     meta = load_json(run / "config.json")
     if meta.get("format", FORMAT) != FORMAT:
         raise UserError(f"{run}/config.json is not a coarse2fine run (format {meta.get('format')!r})")

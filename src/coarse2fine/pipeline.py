@@ -292,6 +292,8 @@ def model_card(name: str, pipe, runs: dict[str, Path], tok_meta: dict, defaults:
     if "baseline" not in runs:
         lines += [f"Coarse-to-fine token prediction: the {vq.codebook_size} codes are grouped into "
                   f"{pipe.cmap.num_coarse} clusters ({pipe.cmap.method}, coarse_map/).", ""]
+    if "baseline" not in runs and pipe.restricted:
+        what["stage2"] += "; each position scores only the members of its coarse cluster"
     lines += [f"- `{k}/`: {what[k]}, {count_params(m) / 1e6:.2f}M parameters (from run `{runs[k].name}`)"
               for k, m in models.items()]
     lines += ["- `tokenizer/`: VQ autoencoder (decodes codes to images)", "", "## Training data", "",

@@ -3,7 +3,9 @@
 <dir>/codes.npy   int16 (K <= 32767) or int32 [N, L], L = h*w in raster order. With flip, image i of
                   the data set gives rows 2i (as is) and 2i+1 (horizontally flipped).
 <dir>/labels.npy  int64 [N]
-<dir>/meta.json   written last; its presence means the extraction is complete.
+<dir>/meta.json   written last; its presence means the extraction is complete. Records the tokenizer
+                  by codebook fingerprint and by "tokenizer_path", relative to <dir> (a copied tree
+                  of tokenizer, codes and runs keeps working).
 <dir>/progress.json  {"args": ..., "done": rows written}: extraction resumes from here.
 
 Resuming: rerunning with the same tokenizer/data/flip continues into the preallocated memmap; any
