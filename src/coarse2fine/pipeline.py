@@ -55,7 +55,7 @@ def _index_component(folder: str | Path, pipeline: str) -> dict[str, Path]:
         raise UserError(f"{root} was exported in format_version {index['format_version']}; this coarse2fine reads "
                         f"up to {FORMAT_VERSION}: upgrade coarse2fine")
     if index.get("_class_name") != pipeline:
-        raise UserError(f"{root} holds a {index.get('_class_name')}, not a {pipeline}; load it with "
+        raise UserError(f"{root} is a {index.get('_class_name')} export, not a {pipeline} one; load it with "
                         f"{index.get('_class_name')}.from_pretrained")
     return {name: root / sub for name, sub in index["components"].items()}
 

@@ -1,6 +1,7 @@
 """One release format: runs relocate, exports load in a fresh process, every model/tokenizer/codes
 pairing is fingerprint-checked, bad checkpoint files fail in one line, save -> load is bit-exact."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_export_loads_in_a_fresh_process(runs, tmp_path, capsys):
             "torch.save({'ctf': c.codes, 'base': b.codes}, sys.argv[3])")
     shutil.move(str(ctf), tmp_path / "moved_ctf")  # the folder is self-contained: it may move too
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "moved_ctf"), str(base), str(tmp_path / "c.pt")],
-                   check=True, env={"OMP_NUM_THREADS": "1", "PATH": "", "PYTHONPATH": ":".join(sys.path)})
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
     got = torch.load(tmp_path / "c.pt")
     want_c = CTFPipeline.from_runs(runs / "coarse", runs / "fine")(torch.tensor([0, 1, 2]), seed=3, decode_images=False)
     want_b = ARPipeline.from_runs(runs / "baseline")(torch.tensor([0, 1, 2]), seed=3, decode_images=False)
@@ -125,7 +126,7 @@ def test_export_loads_in_a_fresh_process(runs, tmp_path, capsys):
     _one_line_error(capsys, ["export", "--baseline", str(runs / "baseline"), "--out", str(base)], "not empty")
     with pytest.raises(UserError, match="never downloads"):
         CTFPipeline.from_pretrained(tmp_path / "no-such-model")
-    with pytest.raises(UserError, match="holds a ARPipeline"):
+    with pytest.raises(UserError, match="is a ARPipeline export, not a CTFPipeline one"):
         CTFPipeline.from_pretrained(base)
     _one_line_error(capsys, ["export", "--baseline", str(runs / "baseline"), "--tokenizer", str(runs / "tok_other"),
                              "--out", str(tmp_path / "x")], "fingerprint")
