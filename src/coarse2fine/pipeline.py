@@ -11,6 +11,8 @@ trained on. Nothing is ever downloaded: from_pretrained reads a local folder onl
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 
 from coarse2fine.config import UserError
 from coarse2fine.data.preprocess import to_uint8
+from coarse2fine.fileio import atomic_write_bytes
 from coarse2fine.sampling import StageSampling, check_labels, generate_ar, generate_fine
 from coarse2fine.tokenizer.clustering import CoarseMap
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
@@ -202,7 +205,6 @@ def save_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, nr
     from PIL import Image
 
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.fileio import atomic_write_bytes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,11 +224,6 @@ def export_pipeline(out: str | Path, coarse=None, fine=None, baseline=None, toke
     {..., tokenizer/, baseline/}; each component holds config.json + *.safetensors. The runs are
     loaded (and fingerprint-checked) first, the folder is written beside `out` and renamed into
     place only after it loads back, so a failed export leaves nothing behind. Returns `out`."""
-    import os
-    import shutil
-
-    from coarse2fine.fileio import atomic_write_bytes
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} is not empty; export writes a fresh folder: choose another --out or remove it")
