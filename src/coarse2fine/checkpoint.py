@@ -1,16 +1,22 @@
-"""Checkpoints: release weights (safetensors + config.json), train state, foreign (LlamaGen) files.
+"""Checkpoints: one release format for every run kind, train state, foreign (LlamaGen) files.
 
-- Release: `<dir>/model.safetensors` + `<dir>/config.json` (the resolved config travels with it).
+- Release (format_version 1): `<dir>/model.safetensors` + `<dir>/config.json` holding
+  {"format": "coarse2fine", "format_version": 1, "kind": "vq" | "gpt" | "classifier" | "coarse_map",
+  ...}; the resolved config travels with the weights. Runs written before the version field read as
+  version 0. A run that depends on a tokenizer records it under "tokenizer": {"fingerprint", "path"},
+  the path relative to the run dir, so a copied runs/ tree keeps working (`load_run_tokenizer`).
 - Train state: `<dir>/state.pt` (model, EMA, optimizer, scheduler, step, RNG, data position),
-  written atomically, loaded with weights_only=True.
+  written atomically, loaded with weights_only=True and checked against the run's config.json.
 - Foreign: LlamaGen `.pt` dicts ("model" / "ema" / "state_dict" / "module" or bare), loaded with
   weights_only=True and checked key by key: every missing or unexpected key is named.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,31 +25,48 @@ import torch
 from torch import nn
 
 from coarse2fine.models import Transformer
-from coarse2fine.tokenizer.vq import USAGE_WINDOW, VQModel
+from coarse2fine.tokenizer.vq import USAGE_WINDOW, VQModel, codebook_fingerprint
 
-from coarse2fine.config import ConfigError, GPTConfig, UserError, VQConfig, from_dict, load_json, vq_config
+from coarse2fine.config import ConfigError, GPTConfig, UserError, VQConfig, dump_json, from_dict, load_json, vq_config
 from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save
 
+FORMAT, FORMAT_VERSION = "coarse2fine", 1
+RUN_KINDS = ("vq", "gpt", "classifier", "coarse_map")
 WRAPPER_KEYS = ("model", "ema", "state_dict", "module")
 
 
-def load_torch_file(path: str | Path) -> Any:
-    """torch.load with weights_only=True and a one-line error for a missing or corrupt file.
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's text (EOFError from a 0-byte file has none)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(e).__name__
 
-    argparse.Namespace is allowed: LlamaGen's training checkpoints pickle their `args` beside the
-    weights. Any other object is refused (weights_only), with the reason in one line."""
-    p = Path(path)
+
+def _safe_torch_load(p: Path, what: str, fix: str) -> Any:
+    """torch.load(weights_only=True) with every failure as one line. torch's own refusal text
+    suggests weights_only=False (arbitrary code execution); that hint is never passed on."""
     if not p.is_file():
-        raise UserError(f"checkpoint {p} not found; check the path")
+        raise UserError(f"{what} {p} not found; check the path")
+    if p.stat().st_size == 0:
+        raise UserError(f"{what} {p} is empty (0 bytes), e.g. from an interrupted copy; {fix}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UserError(f"{p} holds objects other than tensors and plain values, so it is not loaded "
-                        f"(weights_only); first error: {str(e).splitlines()[0][:200]}") from e
+        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+        names = f" ({', '.join(found)})" if found else ""
+        raise UserError(f"{p} holds objects other than tensors and plain values{names}, so it is refused for "
+                        f"safety and not loaded (weights_only); {fix}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"cannot read checkpoint {p} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                        "the file is corrupt or not a PyTorch checkpoint") from e
+        raise UserError(f"cannot read {what} {p} ({type(e).__name__}: {_first_line(e)}); the file is corrupt or "
+                        f"not a PyTorch checkpoint; {fix}") from None
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """torch.load with weights_only=True and a one-line error for a missing, empty or corrupt file.
+
+    argparse.Namespace is allowed: LlamaGen's training checkpoints pickle their `args` beside the
+    weights. Any other object is refused (weights_only), with the reason in one line."""
+    return _safe_torch_load(Path(path), "checkpoint", "use the original release file")
 
 
 def unwrap_state_dict(obj: Any, prefer: Iterable[str] = WRAPPER_KEYS, source: str = "checkpoint"
@@ -106,6 +129,8 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"weights file {p} not found; is the run directory complete?")
+    if p.stat().st_size == 0:
+        raise UserError(f"weights file {p} is empty (0 bytes), e.g. from an interrupted copy; copy the run again")
     try:
         return load_file(str(p))
     except (SafetensorError, OSError) as e:
@@ -142,31 +167,105 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
+    """state.pt -> dict, refused in one line when it is missing, empty, corrupt, holds objects other
+    than tensors, or holds the weights of another model than the run's config.json describes."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"no train state at {p}; nothing to resume (drop --resume to start fresh)")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"cannot read train state {p} ({str(e).splitlines()[0][:200]}); "
-                        "delete it to start fresh or restore the previous one") from e
+    fix = "delete it to start fresh or restore the previous one"
+    st = _safe_torch_load(p, "train state", fix)
+    if not isinstance(st, dict) or not isinstance(st.get("model"), dict) or "step" not in st:
+        raise UserError(f"{p} is not a coarse2fine train state (no model weights and step); {fix}")
+    if (p.parent / "config.json").is_file():
+        skeleton = _skeleton(read_run_config(p.parent))
+        if skeleton is not None:
+            _check_same_shapes(skeleton, st["model"], p, fix)
+    return st
 
 
-# ---- trained runs ------------------------------------------------------------------------------
+def _skeleton(meta: dict) -> nn.Module | None:
+    """The run's model on the meta device (shapes only, no memory), or None for other kinds."""
+    with torch.device("meta"):
+        if meta.get("kind") == "gpt":
+            return Transformer(from_dict(GPTConfig, meta["gpt"]))
+        if meta.get("kind") == "vq":
+            return VQModel(from_dict(VQConfig, meta["vq"]))
+    return None
+
+
+def _check_same_shapes(model: nn.Module, sd: dict, p: Path, fix: str) -> None:
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    bad = sorted(k for k in own.keys() | got.keys() if own.get(k) != got.get(k))
+    if bad:
+        raise UserError(f"{p} holds another model than {p.parent / 'config.json'} describes ({len(bad)} keys differ, "
+                        f"e.g. {bad[:3]}): it is another preset's or run's state; {fix}")
+
+
+# ---- release runs: config.json + model.safetensors ---------------------------------------------
+
+def save_run(run_dir: str | Path, kind: str, meta: dict[str, Any],
+             weights: nn.Module | dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Write a release run: model.safetensors first, then config.json (its presence means complete).
+    Returns the config as written."""
+    save_run_weights(run_dir, weights)
+    return write_run_config(run_dir, kind, meta)
+
+
+def write_run_config(run_dir: str | Path, kind: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """config.json = {"format", "format_version", "kind"} + meta (atomic)."""
+    if kind not in RUN_KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; one of {RUN_KINDS}")
+    skip = ("format", "format_version", "kind")
+    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
+           **{k: v for k, v in meta.items() if k not in skip}}
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    dump_json(cfg, Path(run_dir) / "config.json")
+    return cfg
+
+
+def save_run_weights(run_dir: str | Path, weights: nn.Module | dict[str, torch.Tensor]) -> None:
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    save_weights(weights, Path(run_dir) / "model.safetensors")
+
+
+def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """config.json of a run dir, checked: a coarse2fine run, a version this code reads (runs without
+    format_version are version 0), and of `kind` when given."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} not found")
+    if (run / "model_index.json").is_file():
+        raise UserError(f"{run} is an exported pipeline folder, not a run; load it with "
+                        "CTFPipeline.from_pretrained / ARPipeline.from_pretrained")
+    meta = load_json(run / "config.json")
+    if meta.get("format", FORMAT) != FORMAT:
+        raise UserError(f"{run}/config.json is not a coarse2fine run (format {meta.get('format')!r})")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"{run} was written in format_version {version!r}; this coarse2fine reads versions up to "
+                        f"{FORMAT_VERSION}: upgrade coarse2fine")
+    if kind is not None and meta.get("kind") != kind:
+        raise UserError(f"{run} is a {meta.get('kind')!r} run, not a {kind!r} run")
+    return {**meta, "format_version": version}
+
+
+def load_run_weights(run_dir: str | Path, model: nn.Module) -> nn.Module:
+    """Strictly load <run_dir>/model.safetensors into `model` (every key mismatch named)."""
+    p = Path(run_dir) / "model.safetensors"
+    load_strict(model, load_weights(p), source=str(p))
+    return model
+
 
 def load_run(run_dir: str | Path, expect_stage: str | None = None, device: str | torch.device = "cpu"):
     """Load a trained stage run directory -> (model in eval mode, run config dict)."""
     run = Path(run_dir)
-    if not run.is_dir():
-        raise UserError(f"run directory {run} not found")
-    meta = load_json(run / "config.json")
+    meta = read_run_config(run)
     if meta.get("kind") != "gpt":
         raise UserError(f"{run} is a {meta.get('kind')!r} run, not a transformer stage run")
     if expect_stage and meta["stage"] != expect_stage:
         raise UserError(f"{run} holds a {meta['stage']} model, but a {expect_stage} model is needed here")
-    cfg = from_dict(GPTConfig, meta["gpt"])
-    model = Transformer(cfg)
-    load_strict(model, load_weights(run / "model.safetensors"), source=str(run / "model.safetensors"))
+    model = load_run_weights(run, Transformer(from_dict(GPTConfig, meta["gpt"])))
     return model.to(device).eval(), meta
 
 
@@ -174,12 +273,86 @@ def load_vq(run_dir: str | Path) -> VQModel:
     """VQModel (eval mode) from a tokenizer run dir: config.json {"kind": "vq", "vq": ...} +
     model.safetensors (EMA weights when training used EMA)."""
     run_dir = Path(run_dir)
-    cfg = load_json(run_dir / "config.json")
+    cfg = read_run_config(run_dir)
     if cfg.get("kind") != "vq" or "vq" not in cfg:
         raise ConfigError(f"{run_dir} is not a tokenizer run (config.json kind={cfg.get('kind')!r}, "
                           "expected 'vq'); pass the directory written by train-tokenizer")
     return _from_state_dict(from_dict(VQConfig, cfg["vq"]), load_weights(run_dir / "model.safetensors"),
                             str(run_dir / "model.safetensors"))
+
+
+# ---- the tokenizer a run or code store depends on ------------------------------------------------
+
+def tokenizer_ref(fingerprint: str | None, tokenizer_dir: str | Path | None, run_dir: str | Path) -> dict:
+    """{"fingerprint", "path"}: path relative to run_dir, so a copied tree of runs keeps working."""
+    path = None
+    if tokenizer_dir:
+        try:
+            path = os.path.relpath(Path(tokenizer_dir).resolve(), Path(run_dir).resolve())
+        except ValueError:  # another drive (Windows): no relative path exists
+            path = str(Path(tokenizer_dir).resolve())
+    return {"fingerprint": fingerprint, "path": path}
+
+
+def store_tokenizer_dir(store_meta: dict, store_dir: str | Path) -> Path | None:
+    """The tokenizer a code store was extracted with: "tokenizer_path" (relative to the store), or
+    the absolute "tokenizer_dir" older stores recorded."""
+    if store_meta.get("tokenizer_path"):
+        return Path(store_dir) / store_meta["tokenizer_path"]
+    return Path(store_meta["tokenizer_dir"]) if store_meta.get("tokenizer_dir") else None
+
+
+def run_fingerprint(meta: dict) -> str | None:
+    """The codebook fingerprint a run was trained on (None when it was never recorded)."""
+    return (meta.get("tokenizer") or {}).get("fingerprint") or (meta.get("codes") or {}).get("tokenizer_fingerprint")
+
+
+def find_run_tokenizer(meta: dict, run_dir: str | Path, override: str | Path | None = None) -> Path:
+    """Tokenizer dir of a run: `override`, else the recorded relative path, else (version-0 runs)
+    the absolute path they recorded. Not found -> one line naming the fingerprint and --tokenizer."""
+    if override is not None:
+        if not Path(override).is_dir():
+            raise UserError(f"--tokenizer {override} is not a directory; pass a tokenizer run dir")
+        return Path(override)
+    tried = []
+    if (meta.get("tokenizer") or {}).get("path"):
+        tried.append(Path(run_dir) / meta["tokenizer"]["path"])
+    if meta.get("format_version", 0) == 0 and (meta.get("codes") or {}).get("tokenizer_dir"):
+        tried.append(Path(meta["codes"]["tokenizer_dir"]))
+    for cand in tried:
+        if (cand / "config.json").is_file():
+            return cand
+    where = f" (not at {', '.join(map(str, tried))})" if tried else " (the run does not record where)"
+    raise UserError(f"cannot find the tokenizer of {run_dir}{where}; it needs the tokenizer with codebook "
+                    f"fingerprint {run_fingerprint(meta) or 'unknown'}: pass --tokenizer DIR")
+
+
+def check_run_tokenizer(vq: VQModel, meta: dict, run_dir: str | Path, tok_dir: str | Path) -> None:
+    """Refuse a tokenizer whose codebook is not the one the run was trained on."""
+    want, got = run_fingerprint(meta), codebook_fingerprint(vq)
+    if want and want != got:
+        raise UserError(f"tokenizer {tok_dir} has codebook fingerprint {got}, but {run_dir} was trained on codes of "
+                        f"fingerprint {want}; pass --tokenizer DIR with the tokenizer the run was trained with")
+
+
+def load_run_tokenizer(meta: dict, run_dir: str | Path, override: str | Path | None = None) -> VQModel:
+    """The run's tokenizer (found as find_run_tokenizer does), fingerprint-checked."""
+    tok = find_run_tokenizer(meta, run_dir, override)
+    vq = load_vq(tok)
+    check_run_tokenizer(vq, meta, run_dir, tok)
+    return vq
+
+
+def check_run_codes(meta: dict, run_dir: str | Path, store_meta: dict, store_dir: str | Path) -> None:
+    """Refuse a code store extracted with another tokenizer than the run was trained on."""
+    want, got = run_fingerprint(meta), store_meta.get("tokenizer_fingerprint")
+    if want and got and want != got:
+        raise UserError(f"code store {store_dir} holds codes of tokenizer {got}, but {run_dir} was trained on "
+                        f"codes of tokenizer {want}; extract the codes with the run's tokenizer")
+    k = (meta.get("codes") or {}).get("codebook_size")
+    if k and store_meta.get("codebook_size") and k != store_meta["codebook_size"]:
+        raise UserError(f"code store {store_dir} has {store_meta['codebook_size']} codes, {run_dir} was trained on "
+                        f"{k}; extract the codes with the run's tokenizer")
 
 
 def load_llamagen_vq(path: str | Path, preset: str | VQConfig = "VQ-16") -> VQModel:

@@ -1,25 +1,33 @@
-"""Sampling pipelines loaded from run directories: CTF (stage 1 + stage 2 + VQ decode) and the
-plain AR baseline (LlamaGen), with the same knobs and outputs.
+"""Sampling pipelines loaded from run directories or from an exported folder: CTF (stage 1 +
+stage 2 + VQ decode) and the plain AR baseline (LlamaGen), with the same knobs and outputs.
 
     pipe = CTFPipeline.from_runs("runs/coarse", "runs/fine")       # tokenizer found via the runs
+    pipe = CTFPipeline.from_pretrained("ctf-export")               # a `coarse2fine export` folder
     out = pipe(torch.tensor([0, 1, 2]), seed=0)                     # out.images: uint8 [B, H, W, 3]
+
+Every path that pairs a model with a tokenizer checks the codebook fingerprint the model was
+trained on. Nothing is ever downloaded: from_pretrained reads a local folder only.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from coarse2fine.config import UserError
 from coarse2fine.data.preprocess import to_uint8
+from coarse2fine.fileio import atomic_write_bytes
 from coarse2fine.sampling import (FINE_DECODINGS, StageSampling, centroid_members, check_fine_decoding, check_labels,
                                   generate_ar, generate_fine, random_member)
 from coarse2fine.tokenizer.clustering import CoarseMap
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
-from coarse2fine.checkpoint import load_vq
-from coarse2fine.checkpoint import load_run
+from coarse2fine.checkpoint import (FORMAT, FORMAT_VERSION, find_run_tokenizer, load_run, load_run_tokenizer, load_weights,
+                                    read_run_config, run_fingerprint, save_run, tokenizer_ref, write_run_config)
 
 # Paper defaults (Sec. 5.1): cfg 2.0, temperature 1.1 in both stages, top-k all.
 CTF_COARSE_DEFAULT = StageSampling(temperature=1.1, cfg_scale=2.0)
@@ -36,13 +44,24 @@ class SampleOutput:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part
 
 
-def _tokenizer_dir(meta: dict, override: str | Path | None) -> Path:
-    if override is not None:
-        return Path(override)
-    tok = meta.get("codes", {}).get("tokenizer_dir")
-    if not tok:
-        raise UserError("the run does not record its tokenizer; pass --tokenizer")
-    return Path(tok)
+def _index_component(folder: str | Path, pipeline: str) -> dict[str, Path]:
+    """model_index.json of an exported folder -> {component: its sub-folder}, checked."""
+    from coarse2fine.config import load_json
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"{root} does not exist; from_pretrained loads a local folder written by `coarse2fine "
+                        "export` and never downloads anything")
+    index = load_json(root / "model_index.json")
+    if index.get("format") != FORMAT or not isinstance(index.get("format_version"), int):
+        raise UserError(f"{root}/model_index.json is not a coarse2fine export; write one with `coarse2fine export`")
+    if index["format_version"] > FORMAT_VERSION:
+        raise UserError(f"{root} was exported in format_version {index['format_version']}; this coarse2fine reads "
+                        f"up to {FORMAT_VERSION}: upgrade coarse2fine")
+    if index.get("_class_name") != pipeline:
+        raise UserError(f"{root} is a {index.get('_class_name')} export, not a {pipeline} one; load it with "
+                        f"{index.get('_class_name')}.from_pretrained")
+    return {name: root / sub for name, sub in index["components"].items()}
 
 
 def _sync(device: torch.device) -> None:
@@ -92,17 +111,35 @@ class CTFPipeline:
 
     @classmethod
     def from_runs(cls, coarse_dir, fine_dir=None, tokenizer_dir=None, device="cpu", dtype=torch.float32):
-        """fine_dir None: stage 1 only, for the decodings without a stage-2 network."""
+        """Stage runs (each with its coarse_map.safetensors); the tokenizer is the one the runs record
+        (relative path first) unless `tokenizer_dir` is given, and must have their fingerprint.
+        fine_dir None: stage 1 only, for the decodings without a stage-2 network."""
+        return cls._load(coarse_dir, fine_dir, Path(coarse_dir) / "coarse_map.safetensors",
+                         Path(fine_dir) / "coarse_map.safetensors" if fine_dir is not None else None,
+                         tokenizer_dir, device, dtype)
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu", dtype=torch.float32):
+        """A folder written by `coarse2fine export --coarse R1 --fine R2` (never downloads)."""
+        parts = _index_component(folder, cls.__name__)
+        cmap = parts["coarse_map"] / "coarse_map.safetensors"
+        return cls._load(parts["stage1"], parts["stage2"], cmap, cmap, parts["tokenizer"], device, dtype)
+
+    @classmethod
+    def _load(cls, coarse_dir, fine_dir, coarse_map, fine_map, tokenizer_dir, device, dtype):
         coarse_model, cmeta = load_run(coarse_dir, "coarse", device)
-        cmap = CoarseMap.load(Path(coarse_dir) / "coarse_map.safetensors")
+        cmap = CoarseMap.load(coarse_map)
         fine_model, restricted = None, False
         if fine_dir is not None:
             fine_model, fmeta = load_run(fine_dir, "fine", device)
-            fine_map = CoarseMap.load(Path(fine_dir) / "coarse_map.safetensors")
-            if not torch.equal(cmap.phi, fine_map.phi):
+            fmap = CoarseMap.load(fine_map)
+            if not torch.equal(cmap.phi, fmap.phi):
                 raise UserError(f"{coarse_dir} and {fine_dir} were trained on different coarse maps; retrain one of them")
+            if run_fingerprint(cmeta) and run_fingerprint(fmeta) and run_fingerprint(cmeta) != run_fingerprint(fmeta):
+                raise UserError(f"{coarse_dir} and {fine_dir} were trained on codes of different tokenizers "
+                                f"({run_fingerprint(cmeta)} vs {run_fingerprint(fmeta)}); retrain one of them")
             restricted = bool(fmeta.get("restricted"))
-        vq = load_vq(_tokenizer_dir(cmeta, tokenizer_dir))
+        vq = load_run_tokenizer(cmeta, coarse_dir, tokenizer_dir)
         return cls(vq, coarse_model, fine_model, cmap, restricted=restricted, device=device, dtype=dtype)
 
     @property
@@ -186,8 +223,15 @@ class ARPipeline:
 
     @classmethod
     def from_runs(cls, baseline_dir, tokenizer_dir=None, device="cpu", dtype=torch.float32):
+        """A baseline run; the tokenizer as in CTFPipeline.from_runs, fingerprint-checked."""
         model, meta = load_run(baseline_dir, "baseline", device)
-        return cls(load_vq(_tokenizer_dir(meta, tokenizer_dir)), model, device, dtype)
+        return cls(load_run_tokenizer(meta, baseline_dir, tokenizer_dir), model, device, dtype)
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu", dtype=torch.float32):
+        """A folder written by `coarse2fine export --baseline R` (never downloads)."""
+        parts = _index_component(folder, cls.__name__)
+        return cls.from_runs(parts["baseline"], parts["tokenizer"], device, dtype)
 
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor, opts: StageSampling = BASELINE_DEFAULT, seed: int | None = 0,
@@ -216,7 +260,6 @@ def save_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, nr
     from PIL import Image
 
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.fileio import atomic_write_bytes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,3 +270,119 @@ def save_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, nr
     buf = io.BytesIO()
     np.savez(buf, arr_0=arr, labels=labels.numpy())
     atomic_write_bytes(out / "samples.npz", buf.getvalue())
+
+
+# ---- export: one self-contained folder in the Hugging Face layout ---------------------------------
+
+def export_pipeline(out: str | Path, coarse=None, fine=None, baseline=None, tokenizer=None) -> Path:
+    """Write `out`/{model_index.json, README.md, tokenizer/, coarse_map/, stage1/, stage2/} (CTF) or
+    {..., tokenizer/, baseline/}; each component holds config.json + *.safetensors. The runs are
+    loaded (and fingerprint-checked) first, the folder is written beside `out` and renamed into
+    place only after it loads back, so a failed export leaves nothing behind. Returns `out`."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} is not empty; export writes a fresh folder: choose another --out or remove it")
+    if bool(baseline) == bool(coarse or fine) or (not baseline and not (coarse and fine)):
+        raise UserError("give --baseline RUN, or both --coarse RUN and --fine RUN")
+    runs = {"baseline": Path(baseline)} if baseline else {"stage1": Path(coarse), "stage2": Path(fine)}
+    pipe = (ARPipeline.from_runs(baseline, tokenizer) if baseline else CTFPipeline.from_runs(coarse, fine, tokenizer))
+    first = next(iter(runs.values()))
+    tok_src = find_run_tokenizer(read_run_config(first), first, tokenizer)
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by an export that crashed
+    try:
+        fp = codebook_fingerprint(pipe.vq)
+        save_run(tmp / "tokenizer", "vq", {**read_run_config(tok_src, "vq"), "fingerprint": fp},
+                 load_weights(tok_src / "model.safetensors"))
+        metas = {}
+        for name, src in runs.items():
+            meta = read_run_config(src, "gpt")
+            # local absolute paths mean nothing in a release folder
+            meta["codes"] = {k: v for k, v in (meta.get("codes") or {}).items()
+                             if k not in ("dir", "tokenizer_dir", "tokenizer_path")}
+            meta["tokenizer"] = tokenizer_ref(fp, tmp / "tokenizer", tmp / name)
+            metas[name] = save_run(tmp / name, "gpt", meta, load_weights(src / "model.safetensors"))
+        components = {"tokenizer": "tokenizer", **{name: name for name in runs}}
+        if not baseline:
+            pipe.cmap.save(tmp / "coarse_map" / "coarse_map.safetensors")
+            write_run_config(tmp / "coarse_map", "coarse_map", {"fingerprint": pipe.cmap.fingerprint,
+                                                               "method": pipe.cmap.method, **pipe.cmap.stats()})
+            components["coarse_map"] = "coarse_map"
+        defaults = ({"stage1": asdict(BASELINE_DEFAULT)} if baseline else
+                    {"stage1": asdict(CTF_COARSE_DEFAULT), "stage2": asdict(CTF_FINE_DEFAULT)})
+        cls_name = type(pipe).__name__
+        index = {"_class_name": cls_name, "format": FORMAT, "format_version": FORMAT_VERSION,
+                 "components": dict(sorted(components.items())), "sampling_defaults": defaults}
+        atomic_write_bytes(tmp / "model_index.json", (json.dumps(index, indent=1) + "\n").encode())
+        card = model_card(out.name, pipe, runs, read_run_config(tok_src, "vq"), defaults)
+        atomic_write_bytes(tmp / "README.md", card.encode())
+        type(pipe).from_pretrained(tmp)  # what users will do: it must load before it is published
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def model_card(name: str, pipe, runs: dict[str, Path], tok_meta: dict, defaults: dict) -> str:
+    """README.md of an exported folder: what it is, its training data, the scores measured in the
+    runs (summary.json held-out metrics, eval*.json reports), sampling defaults, how to load it."""
+    from coarse2fine.models import count_params
+
+    vq, cls_name = pipe.vq.cfg, type(pipe).__name__
+    models = {"baseline": pipe.model} if "baseline" in runs else {"stage1": pipe.coarse_model, "stage2": pipe.fine_model}
+    what = {"stage1": "causal transformer: class -> one coarse label per position (KV cache, CFG)",
+            "stage2": "full-attention transformer: class + all coarse labels -> all fine codes in one step",
+            "baseline": "causal transformer over the fine codes (LlamaGen-style next-token model)"}
+    lines = [f"# {name}", "",
+             f"A class-conditional image generator ({cls_name}) exported by `coarse2fine export`. "
+             f"Tokenizer: VQ with K={vq.codebook_size} codes, {vq.image_size} px images -> {vq.grid}x{vq.grid} codes.",
+             ""]
+    if "baseline" not in runs:
+        lines += [f"Coarse-to-fine token prediction: the {vq.codebook_size} codes are grouped into "
+                  f"{pipe.cmap.num_coarse} clusters ({pipe.cmap.method}, coarse_map/).", ""]
+    if "baseline" not in runs and pipe.restricted:
+        what["stage2"] += "; each position scores only the members of its coarse cluster"
+    lines += [f"- `{k}/`: {what[k]}, {count_params(m) / 1e6:.2f}M parameters (from run `{runs[k].name}`)"
+              for k, m in models.items()]
+    lines += ["- `tokenizer/`: VQ autoencoder (decodes codes to images)", "", "## Training data", "",
+              "| component | data set | resolution | steps | global batch |", "|---|---|---|---|---|"]
+    td, tt = tok_meta.get("data") or {}, tok_meta.get("train") or {}
+    lines.append(f"| tokenizer | {td.get('name', '?')} ({td.get('split', '?')}) | {td.get('resolution', vq.image_size)} px"
+                 f" | {tt.get('steps', '?')} | {tt.get('batch_size', '?')} |")
+    scores = []
+    for k, run in runs.items():
+        meta = read_run_config(run)
+        c, t = meta.get("codes") or {}, meta.get("train") or {}
+        lines.append(f"| {k} | {c.get('dataset', '?')} ({c.get('split', '?')}, {c.get('count', '?')} code sequences)"
+                     f" | {vq.image_size} px | {t.get('steps', '?')} | {t.get('batch_size', '?')} |")
+        scores += _run_scores(k, run)
+    lines += ["", "## Measured scores", ""] + (scores or ["No scores were found in the runs (no summary.json "
+                                                         "held-out metrics, no eval*.json report)."])
+    lines += ["", "## Sampling defaults", ""]
+    lines += [f"- {k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in defaults.items()]
+    lines += ["", "## Use", "", "Load it (local folder; nothing is downloaded) and sample:", "", "```python",
+              f"from coarse2fine.pipeline import {cls_name}",
+              f'pipe = {cls_name}.from_pretrained("{name}")  # then pipe(torch.tensor([0, 1]), seed=0).images',
+              "```", ""]
+    return "\n".join(lines)
+
+
+def _run_scores(component: str, run: Path) -> list[str]:
+    """Score lines found in a run dir: summary.json (held-out NLL / accuracy) and eval*.json."""
+    from coarse2fine.config import load_json
+
+    out = []
+    if (run / "summary.json").is_file():
+        h = load_json(run / "summary.json").get("heldout") or {}
+        if "nll" in h:
+            out.append(f"- {component}: held-out NLL {h['nll']:.4f} nats/token, token accuracy {h['acc']:.4f} "
+                       f"({h.get('count', '?')} sequences)")
+    for rep in sorted(run.glob("eval*.json")):
+        nums = {k: v for k, v in load_json(rep).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if nums:
+            out.append(f"- {component} ({rep.name}): " + ", ".join(f"{k} {v:.4g}" for k, v in nums.items()))
+    return out

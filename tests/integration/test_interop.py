@@ -74,6 +74,9 @@ def test_import_writes_strictly_loadable_run_dirs(files):
     # grid from --image-size and the tokenizer, classes and vocabulary from the tensors
     assert (g["grid"], g["num_classes"], g["vocab_size"], g["causal"]) == (SIZE // 4, NCLS, 4096, True)
     assert meta["codes"]["tokenizer_fingerprint"] == codebook_fingerprint(vq)
+    # the release format, with the tokenizer found relative to the run (the import stays relocatable)
+    assert (meta["format"], meta["format_version"], meta["kind"]) == ("coarse2fine", 1, "gpt")
+    assert meta["tokenizer"] == {"fingerprint": codebook_fingerprint(vq), "path": "../tokenizer"}
     assert meta["source"]["sha256"] == hashlib.sha256((root / "c2i_B_256.pt").read_bytes()).hexdigest()
 
 
@@ -81,6 +84,7 @@ def _fails(capsys, argv, match):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err, err
+    assert "weights_only=False" not in err, err  # never point users at the unsafe option
 
 
 def test_import_errors_name_the_problem(files, tmp_path, capsys):
@@ -106,7 +110,7 @@ def test_import_errors_name_the_problem(files, tmp_path, capsys):
                            "--preset", "GPT-tiny", "--out", str(tmp_path / "e")], "predicts 512 codes")
     torch.save({"model": gpt_sd, "extra": NotAWeight()}, tmp_path / "evil.pt")
     _fails(capsys, base + ["--tokenizer", str(out / "tokenizer"), "--gpt", str(tmp_path / "evil.pt"),
-                           "--preset", "GPT-tiny", "--out", str(tmp_path / "f")], "not loaded (weights_only)")
+                           "--preset", "GPT-tiny", "--out", str(tmp_path / "f")], "refused for safety")
     # a failed --gpt import leaves no half-written tokenizer behind
     _fails(capsys, base + ["--vq", vq, "--vq-preset", "VQ-tiny", "--gpt", gpt, "--preset", "GPT-B",
                            "--out", str(tmp_path / "g")], "--preset GPT-B")

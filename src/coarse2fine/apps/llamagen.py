@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from coarse2fine.checkpoint import check_keys, load_strict, load_torch_file, save_weights, unwrap_state_dict
-from coarse2fine.config import (GPT_PRESETS, VQ_PRESETS, UserError, VQConfig, dump_json, from_dict, gpt_config,
-                                load_json, to_dict, vq_config)
+from coarse2fine.checkpoint import (check_keys, load_strict, load_torch_file, read_run_config, save_run,
+                                    tokenizer_ref, unwrap_state_dict)
+from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, VQConfig, from_dict, gpt_config, to_dict, vq_config
 from coarse2fine.models import Transformer
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine.checkpoint import load_vq
@@ -99,11 +99,10 @@ def import_vq(path: str | Path, out_dir: str | Path, preset: str = "VQ-16", imag
         check_keys(model, sd, str(path))  # names every missing / unexpected / mis-shaped key
     load_strict(model, sd, str(path))
     out = _fresh_dir(out_dir)
-    save_weights(model, out / "model.safetensors")
-    dump_json({"kind": "vq", "vq": to_dict(cfg),
-               "data": {"name": "imagenet", "resolution": image_size, "note": "LlamaGen release"},
-               "train": {}, "fingerprint": codebook_fingerprint(model),
-               "source": _source(path, where)}, out / "config.json")
+    save_run(out, "vq", {"vq": to_dict(cfg),
+                         "data": {"name": "imagenet", "resolution": image_size, "note": "LlamaGen release"},
+                         "train": {}, "fingerprint": codebook_fingerprint(model), "source": _source(path, where)},
+             model)
     load_vq(out)  # the run dir must load through the normal path; fail here, not at first use
     return out
 
@@ -157,20 +156,18 @@ def import_gpt(path: str | Path, out_dir: str | Path, preset: str, tokenizer_dir
     model = Transformer(cfg)
     load_strict(model, sd, str(path))
     out = _fresh_dir(out_dir)
-    save_weights(model, out / "model.safetensors")
     fp = codebook_fingerprint(vq)
     meta: dict[str, Any] = {
-        "kind": "gpt", "stage": "baseline", "gpt": to_dict(cfg), "train": None, "restricted": False,
-        "coarse_map": None,
-        "codes": {"tokenizer_dir": str(tok_dir), "tokenizer_fingerprint": fp, "codebook_size": cfg.vocab_size,
-                  "grid": grid, "num_classes": cfg.num_classes, "image_size": image_size,
-                  "dataset": "imagenet (LlamaGen release)"},
+        "stage": "baseline", "gpt": to_dict(cfg), "train": None, "restricted": False, "coarse_map": None,
+        "codes": {"tokenizer_fingerprint": fp, "codebook_size": cfg.vocab_size, "grid": grid,
+                  "num_classes": cfg.num_classes, "image_size": image_size, "dataset": "imagenet (LlamaGen release)"},
+        "tokenizer": tokenizer_ref(fp, tok_dir, out),
         "source": {**_source(path, where), "dropped_keys": dropped},
     }
     if preset in LLAMAGEN_FID_CFG:
         meta["llamagen_fid_sampling"] = {"cfg_scale": LLAMAGEN_FID_CFG[preset], "temperature": 1.0,
                                          "top_k": 0, "top_p": 1.0}
-    dump_json(meta, out / "config.json")
+    save_run(out, "gpt", meta, model)
     return out
 
 
@@ -227,7 +224,7 @@ def _fresh_dir(path: str | Path) -> Path:
 
 def describe(run_dir: str | Path) -> str:
     """One line about an imported run dir (for the CLI)."""
-    meta = load_json(Path(run_dir) / "config.json")
+    meta = read_run_config(run_dir)
     if meta["kind"] == "vq":
         c = from_dict(VQConfig, meta["vq"])
         return (f"tokenizer: K={c.codebook_size}, {c.image_size}px -> {c.grid}x{c.grid} codes, "

@@ -189,13 +189,15 @@ def cmd_train(args) -> int:
 def cmd_eval_tokens(args) -> int:
     from coarse2fine.data.tencrop import open_code_store
     from coarse2fine.tokenizer.clustering import CoarseMap
-    from coarse2fine.checkpoint import load_run
+    from coarse2fine.checkpoint import check_run_codes, load_run
     from coarse2fine.stages import StageBatches, evaluate_tokens
 
     model, meta = load_run(args.run, device=args.device)
     stage = meta["stage"]
     cmap = CoarseMap.load(Path(args.run) / "coarse_map.safetensors") if stage != "baseline" else None
-    batches = StageBatches(open_code_store(args.codes), stage, cmap)
+    store = open_code_store(args.codes)
+    check_run_codes(meta, args.run, store.meta, args.codes)  # codes of another tokenizer: garbage metrics
+    batches = StageBatches(store, stage, cmap)
     members = cmap.members.to(args.device) if meta.get("restricted") else None
     res = evaluate_tokens(model, batches, torch.device(args.device), args.batch_size, members, args.limit)
     what = {"coarse": "coarse-label", "fine": "fine-code (given the true coarse labels)", "baseline": "fine-code"}[stage]

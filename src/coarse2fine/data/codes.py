@@ -3,7 +3,9 @@
 <dir>/codes.npy   int16 (K <= 32767) or int32 [N, L], L = h*w in raster order. With flip, image i of
                   the data set gives rows 2i (as is) and 2i+1 (horizontally flipped).
 <dir>/labels.npy  int64 [N]
-<dir>/meta.json   written last; its presence means the extraction is complete.
+<dir>/meta.json   written last; its presence means the extraction is complete. Records the tokenizer
+                  by codebook fingerprint and by "tokenizer_path", relative to <dir> (a copied tree
+                  of tokenizer, codes and runs keeps working).
 <dir>/progress.json  {"args": ..., "done": rows written}: extraction resumes from here.
 
 Resuming: rerunning with the same tokenizer/data/flip continues into the preallocated memmap; any
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from coarse2fine.config import ConfigError, UserError, dump_json, load_json
 from coarse2fine.fileio import atomic_write_bytes
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
-from coarse2fine.checkpoint import load_vq
+from coarse2fine.checkpoint import load_vq, tokenizer_ref
 
 
 def code_dtype(codebook_size: int) -> np.dtype:
@@ -103,7 +105,8 @@ def extract_codes(vq: VQModel | str | Path, dataset, out_dir: str | Path, flip: 
         "num_classes": getattr(dataset, "num_classes", int(np.max(dataset.labels)) + 1),
         "classes": list(getattr(dataset, "classes", [])), "grid": grid,
         "codebook_size": vq.cfg.codebook_size, "tokenizer_fingerprint": args["tokenizer_fingerprint"],
-        "tokenizer_dir": str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None, "flip": flip,
+        # relative to the store, so a copied tree of runs and codes keeps finding its tokenizer
+        "tokenizer_path": tokenizer_ref(None, tokenizer_dir, out)["path"] if tokenizer_dir else None, "flip": flip,
         "dataset": args["dataset"], "split": args["split"], "count": n_img * per,
         "rows_per_image": per, "dtype": str(code_dtype(vq.cfg.codebook_size)), "data": args["data"],
     }

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coarse2fine.config import UserError, dump_json, load_json
+from coarse2fine.config import UserError
 from coarse2fine.eval.features import resize_square, to_pixel_float
 from coarse2fine.eval.metrics import class_accuracy, inception_score
 
@@ -133,7 +133,7 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
     Defaults measured there: 8 epochs, 1 thread, 103 CPU-seconds, 88.8% held-out (6 epochs: 87.8%).
     Returns the saved config dict (held-out accuracy under "test").
     """
-    from coarse2fine.checkpoint import save_weights
+    from coarse2fine.checkpoint import save_run
 
     if epochs < 1 or batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")
@@ -190,9 +190,7 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
                  "per_class": {train_ds.classes[c]: v for c, v in acc["per_class"].items()}},
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out / "model.safetensors")
-    dump_json(config, out / "config.json")
+    config = save_run(out, "classifier", config, model)
     log(f"held-out accuracy on {dataset}/{test_split} ({len(y_te)} images): {acc['accuracy']:.4f} "
         f"(balanced {acc['balanced']:.4f}); trained in {train_seconds:.0f}s; saved to {out}")
     return config
@@ -200,13 +198,12 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
 
 def load_classifier(run_dir: str | Path) -> tuple[ClassifierNet, dict]:
     """Load a `train-classifier` run dir -> (model in eval mode, config dict)."""
-    from coarse2fine.checkpoint import load_strict, load_weights
+    from coarse2fine.checkpoint import load_run_weights, read_run_config
 
     run_dir = Path(run_dir)
-    config = load_json(run_dir / "config.json")
+    config = read_run_config(run_dir)
     if config.get("kind") != "classifier":
         raise UserError(f"{run_dir} holds a {config.get('kind')!r} run, not a classifier "
                         "(make one with `coarse2fine train-classifier`)")
-    model = ClassifierNet(**config["arch"])
-    load_strict(model, load_weights(run_dir / "model.safetensors"), source=str(run_dir / "model.safetensors"))
+    model = load_run_weights(run_dir, ClassifierNet(**config["arch"]))
     return model.eval(), config

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from coarse2fine import distributed
-from coarse2fine.checkpoint import load_train_state, save_train_state, save_weights
+from coarse2fine.checkpoint import (load_train_state, save_run_weights, save_train_state, store_tokenizer_dir,
+                                   tokenizer_ref, write_run_config)
 from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, load_json, to_dict
 from coarse2fine.data.tencrop import open_code_store
 from coarse2fine.stages import StageBatches, evaluate_tokens, stage_loss
@@ -113,7 +114,9 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
 
     run_meta = {"kind": "gpt", "stage": stage, "gpt": to_dict(model_cfg), "train": to_dict(cfg),
                 "codes": {"dir": str(Path(codes_dir).resolve()), **store.meta}, "restricted": restricted,
-                "coarse_map": cmap.stats() | {"fingerprint": cmap.fingerprint, "method": cmap.method} if cmap else None}
+                "coarse_map": cmap.stats() | {"fingerprint": cmap.fingerprint, "method": cmap.method} if cmap else None,
+                "tokenizer": tokenizer_ref(store.meta.get("tokenizer_fingerprint"),
+                                           store_tokenizer_dir(store.meta, codes_dir), out)}
     if out.exists() and (out / "state.pt").exists() and not resume:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if resume:
@@ -149,7 +152,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
             _truncate_metrics(out / "metrics.jsonl", step)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        dump_json(run_meta, out / "config.json")
+        write_run_config(out, "gpt", run_meta)
         if cmap is not None:
             shutil.copyfile(Path(coarse_map) if Path(coarse_map).is_file() else Path(coarse_map) / "coarse_map.safetensors",
                             out / "coarse_map.safetensors")
@@ -235,7 +238,7 @@ def _save(out: Path, wrapped, ema, opt, sched, step: int, info) -> None:
         state = {"model": model_sd, "optimizer": optim_sd, "scheduler": sched.state_dict(),
                  "step": step, "ema": ema_sd}
         save_train_state(out / "state.pt", state)
-        save_weights(ema_sd if ema is not None else model_sd, out / "model.safetensors")
+        save_run_weights(out, ema_sd if ema is not None else model_sd)
     distributed.barrier()
 
 

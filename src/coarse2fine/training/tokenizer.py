@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from coarse2fine import distributed
-from coarse2fine.checkpoint import (load_strict, load_train_state, rng_state, save_train_state,
-                                    save_weights, set_rng_state)
-from coarse2fine.config import ConfigError, UserError, VQConfig, dump_json, from_dict, load_json, to_dict, vq_config
+from coarse2fine.checkpoint import (load_strict, load_train_state, rng_state, save_run_weights, save_train_state,
+                                    set_rng_state, write_run_config)
+from coarse2fine.config import ConfigError, UserError, VQConfig, from_dict, load_json, to_dict, vq_config
 from coarse2fine.data.preprocess import to_uint8
 from coarse2fine.tokenizer.vq import VQModel, codebook_usage
 
@@ -228,7 +228,7 @@ def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
     run_cfg = {"kind": "vq", "vq": to_dict(vq_cfg), "data": data_info, "train": to_dict(tc)}
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        dump_json(run_cfg, out / "config.json")
+        write_run_config(out, "vq", run_cfg)
         _truncate_metrics(out / "metrics.jsonl", start)
 
     def checkpoint(step: int) -> None:
@@ -236,7 +236,7 @@ def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
             return
         save_train_state(out / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                             "ema": ema.shadow if ema else {}, "step": step, "rng": rng_state()})
-        save_weights(ema.shadow if ema else model, out / "model.safetensors")
+        save_run_weights(out, ema.shadow if ema else model)
 
     tty = progress and info.is_main and sys.stderr.isatty()
     bar = tqdm(total=tc.steps, initial=start, disable=not tty, desc="tokenizer", dynamic_ncols=True)
