@@ -54,11 +54,11 @@ def main() -> None:
     out = Path(args.out)
     if (ROOT / out).exists():
         sys.exit(f"{out} exists; remove it or pass --out")
-    train = [exe, "train-tokenizer", "--data", "default", "--preset", args.preset, "--out", str(out), "--no-progress"]
+    train = [exe, "train-tokenizer", "--data", "default", "--vq-preset", args.preset, "--out", str(out), "--no-progress"]
     if args.steps:
         train += ["--steps", str(args.steps)]
     recon = [exe, "reconstruct", "--tokenizer", str(out), "--data", "default", "--split", "test",
-             "--n", "64", "--out", str(out / "recon.png")]
+             "--num-shown", "64", "--out", str(out / "recon.png")]
     load_before = os.getloadavg()[0]
     _, wall, cpu = run(train, args.threads)
     load_after = os.getloadavg()[0]

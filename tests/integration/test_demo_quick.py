@@ -56,5 +56,5 @@ def test_cluster_cli_and_redundancy(demo, capsys):
                  str(out / "cm64")]) == 0
     assert "4096 codes -> 64 clusters" in capsys.readouterr().out
     assert main(["redundancy", "--tokenizer", str(out / "tokenizer"), "--coarse-map", str(out / "cm64"),
-                 "--n", "16", "--out", str(out / "red")]) == 0
+                 "--num-images", "16", "--out", str(out / "red")]) == 0
     assert (out / "red" / "redundancy.png").is_file()
