@@ -38,11 +38,12 @@ def cmd_redundancy(args) -> int:
     from coarse2fine.tokenizer.clustering import CoarseMap, cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint
 
-    vq = load_tokenizer_any(args.tokenizer, args.vq_preset)
-    fp = codebook_fingerprint(vq)
     check_out_file(Path(args.out))
     if args.coarse_map:
         reject_unused(args, ["--clusters"], "applies when clustering here; the --coarse-map has its own count")
+    vq = load_tokenizer_any(args.tokenizer, args.vq_preset)
+    fp = codebook_fingerprint(vq)
+    if args.coarse_map:
         km = CoarseMap.load(args.coarse_map)
         km.check_fingerprint(fp)
     else:

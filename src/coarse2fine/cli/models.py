@@ -222,13 +222,13 @@ def cmd_train(args) -> int:
     from coarse2fine.tokenizer.clustering import CoarseMap
     from coarse2fine.training.loop import train
 
-    store = open_code_store(args.codes)  # extract-codes or extract-codes-imagenet output
-    meta = store.meta
     if args.stage == "baseline":
         reject_unused(args, ["--coarse-map"], "applies to the coarse and fine stages only; drop it with --stage baseline")
     if args.stage != "fine":
         reject_unused(args, ["--head"], f"applies to --stage fine only; drop it with --stage {args.stage}")
     check_out_file(Path(args.out))
+    store = open_code_store(args.codes)  # extract-codes or extract-codes-imagenet output
+    meta = store.meta
     num_coarse = CoarseMap.load(args.coarse_map).num_coarse if args.coarse_map else 0
     mcfg = stage_config(args.preset, args.stage, meta["codebook_size"], num_coarse, meta["num_classes"], meta["grid"])
     # fields without a flag (e.g. beta1/beta2, min_lr_ratio) keep their TrainConfig defaults
