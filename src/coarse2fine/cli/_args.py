@@ -17,7 +17,13 @@ class Parser(argparse.ArgumentParser):
 
     The stock parser prints the whole usage block first, which for the larger subcommands is a dozen
     lines above the one that matters. Subparsers inherit the class (add_subparsers uses type(self)).
+    Prefixes of long flags are not accepted: with them, a retired name such as --batch would still
+    parse as --batch-size, and a future flag could silently change what an abbreviation means.
     """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
