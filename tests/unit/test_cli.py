@@ -239,3 +239,16 @@ def test_help_of_every_subcommand_works(capsys):
             main([*path[1:], "--help"])
         assert e.value.code == 0, path
         assert "usage: coarse2fine" in capsys.readouterr().out
+
+
+def test_readme_commands_parse():
+    """The README's command lines use the current flag names (argparse would reject a retired one)."""
+    import shlex
+
+    lines = [ln.split("  #")[0].strip() for ln in (REPO / "README.md").read_text().splitlines()]
+    cmds = [shlex.split(ln)[1:] for ln in lines if ln.startswith("coarse2fine ")]
+    assert len(cmds) >= 10
+    parser = build_parser()
+    for argv in cmds:
+        args = parser.parse_args(argv)
+        assert callable(args.func), argv
