@@ -252,3 +252,15 @@ def test_readme_commands_parse():
     for argv in cmds:
         args = parser.parse_args(argv)
         assert callable(args.func), argv
+
+
+@pytest.mark.parametrize("field,value", [("cfg_scale", float("nan")), ("cfg_scale", float("inf")),
+                                         ("temperature", float("inf")), ("temperature", float("nan")),
+                                         ("cfg_interval", -4)])
+def test_library_sampling_rejects_non_finite(field, value):
+    """The library checks too (sample-fid and the demo build StageSampling without the CLI converters)."""
+    from coarse2fine.config import UserError
+    from coarse2fine.sampling import StageSampling
+
+    with pytest.raises(UserError):
+        StageSampling(**{field: value}).validate(16, "stage 1")
