@@ -264,3 +264,19 @@ def test_library_sampling_rejects_non_finite(field, value):
 
     with pytest.raises(UserError):
         StageSampling(**{field: value}).validate(16, "stage 1")
+
+
+def test_more_one_line_errors(capsys, tmp_path):
+    """Found by trying every subcommand with odd input; each was a traceback before."""
+    from coarse2fine.cli.models import parse_classes
+    from coarse2fine.config import UserError
+
+    with pytest.raises(UserError, match="names no class"):
+        parse_classes(",", 10, 1)  # torch.cat of nothing
+    _one_line_error(capsys, ["bench", "sample", "--compile", "weird"], "argument --compile")
+    _one_line_error(capsys, ["bench", "bound", "--json", str(tmp_path)], "--json", "is a directory")
+    _one_line_error(capsys, ["eval", "--samples", "s.npz", "--json", str(tmp_path)], "--json", "is a directory")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"")
+    _one_line_error(capsys, ["extract-codes", "--tokenizer", "t", "--out", str(tmp_path / "run")],
+                    "holds other files and no code extraction")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 
 class Parser(argparse.ArgumentParser):
@@ -154,5 +153,15 @@ def reject_unused(args: argparse.Namespace, flags: list[str], why: str) -> None:
             raise UserError(f"{flag} {why}")
 
 
-def print_err(prog: str, message: str) -> None:
-    print(f"coarse2fine {prog}: error: {message}", file=sys.stderr)
+def check_out_path(path, flag: str = "--out", kind: str = "dir") -> None:
+    """Refuse, before any work, an output path of the wrong kind: an existing file where a directory
+    is meant (kind="dir"), or an existing directory where a file is meant (kind="file")."""
+    from pathlib import Path
+
+    from coarse2fine.config import UserError
+
+    p = Path(path)
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {p} is an existing file; give a directory path")
+    if kind == "file" and p.is_dir():
+        raise UserError(f"{flag} {p} is a directory; give a file path")

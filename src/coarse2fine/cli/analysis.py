@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from coarse2fine.cli._args import add_data, add_threads, positive_int, reject_unused
-from coarse2fine.cli.models import add_vq_preset, check_out_file
+from coarse2fine.cli._args import check_out_path
+from coarse2fine.cli.models import add_vq_preset
 from coarse2fine.config import UserError
 
 
@@ -38,7 +39,7 @@ def cmd_redundancy(args) -> int:
     from coarse2fine.tokenizer.clustering import CoarseMap, cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint
 
-    check_out_file(Path(args.out))
+    check_out_path(Path(args.out))
     if args.coarse_map:
         reject_unused(args, ["--clusters"], "applies when clustering here; the --coarse-map has its own count")
     vq = load_tokenizer_any(args.tokenizer, args.vq_preset)

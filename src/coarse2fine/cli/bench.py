@@ -12,9 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
-from coarse2fine.cli._args import add_device, add_threads, nonneg_float, nonneg_int, positive_int
+from coarse2fine.cli._args import add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError
 
 
@@ -48,7 +47,9 @@ def register(sub) -> None:
     s.add_argument("--weights", choices=["autocast", "cast"], default="autocast",
                    help="bf16: autocast over fp32 weights (default) or weights cast to bf16 (LlamaGen's way)")
     s.add_argument("--compile", default="", metavar="MODE",
-                   help="torch.compile the decode step: default, reduce-overhead, max-autotune (default off)")
+                   choices=["", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile the decode step: default, reduce-overhead, max-autotune, "
+                        "max-autotune-no-cudagraphs (default off)")
     s.add_argument("--cuda-graphs", action="store_true", help="same as --compile reduce-overhead (CUDA graphs)")
     s.add_argument("--mem-gbps", type=nonneg_float, default=0.0,
                    help="memory bandwidth in GB/s for the bandwidth bound (e.g. HBM: A100 2039, H100 3350); "
@@ -110,9 +111,16 @@ def _log(args):
     return lambda msg: print(f"  {msg}", file=sys.stderr, flush=True)
 
 
+def _check_outputs(args) -> None:
+    for flag in ("json", "md"):
+        if getattr(args, flag):
+            check_out_path(getattr(args, flag), f"--{flag}", kind="file")
+
+
 def cmd_sample(args) -> int:
     from coarse2fine.bench.runs import SampleBench, run_sample_bench
 
+    _check_outputs(args)
     dtypes = args.dtype or (["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"])
     mode = "reduce-overhead" if args.cuda_graphs else args.compile
     recs = []
@@ -138,6 +146,7 @@ def cmd_bound(args) -> int:
     from coarse2fine.bench import speed as bench
     from coarse2fine.bench.runs import DTYPES, bound_record
 
+    _check_outputs(args)
     peak = args.peak_tflops * 1e12 or bench.matmul_flops_per_s(DTYPES[args.dtype], args.device, seconds=1.0)
     bw = args.mem_gbps * 1e9 or bench.copy_bytes_per_s(args.device)
     recs = [bound_record(p, args.fine_preset, args.batch_size, peak, bw, args.grid, args.vq_preset, dtype=args.dtype)
@@ -149,6 +158,7 @@ def cmd_bound(args) -> int:
 def cmd_train(args) -> int:
     from coarse2fine.bench.runs import TrainBench, run_train_bench
 
+    _check_outputs(args)
     tb = TrainBench(preset=args.preset, vq_preset=args.vq_preset, batch=args.batch_size, grid=args.grid,
                     codebook_size=args.codebook_size, num_coarse=args.num_coarse,
                     dtypes=tuple(args.dtype or ["fp32", "bf16"]), parts=tuple(args.parts), device=args.device,

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coarse2fine.cli._args import positive_int
-from coarse2fine.config import UserError
+from coarse2fine.cli._args import check_out_path, positive_int
 from coarse2fine.data import build_dataset, dataset_availability, list_datasets
 from coarse2fine.data.preprocess import save_grid
 
@@ -75,8 +74,7 @@ def preview_indices(labels: np.ndarray, classes: int, per_class: int) -> list[li
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    if Path(args.out).is_dir():
-        raise UserError(f"--out {args.out} is a directory; give a PNG file path")
+    check_out_path(args.out, kind="file")
     ds = build_dataset(args.name, args.resolution, split=args.split, root=args.data_root,
                        limit_per_class=args.limit_per_class)
     counts = ds.class_counts()

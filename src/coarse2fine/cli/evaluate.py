@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from coarse2fine.cli._args import add_data, add_device, add_threads, positive_float, positive_int
+from coarse2fine.cli._args import add_data, add_device, add_threads, check_out_path, positive_float, positive_int
 from coarse2fine.fileio import atomic_write_bytes
 
 
@@ -33,6 +33,8 @@ def _json_safe(obj):
 def _eval(args: argparse.Namespace) -> int:
     from coarse2fine.eval.samples import evaluate_images, format_table, load_samples
 
+    if args.json:
+        check_out_path(args.json, "--json", kind="file")
     images, labels, label_note = load_samples(args.samples)
     print(f"samples: {len(images)} images {images.shape[1]}x{images.shape[2]} from {args.samples}; {label_note}")
     result = evaluate_images(

@@ -5,11 +5,10 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_interval, nonneg_float, nonneg_int,
-                                   positive_float, positive_int, probability, reject_unused, unit_interval_open)
+from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_interval, check_out_path, nonneg_float,
+                                   nonneg_int, positive_float, positive_int, probability, reject_unused, unit_interval_open)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, TrainConfig, UserError, gpt_config, vq_config
 
 
@@ -189,12 +188,6 @@ def load_tokenizer_any(path: str, vq_preset: str | None):
     raise UserError(f"--tokenizer {p} is neither a run directory nor a .pt file")
 
 
-def check_out_file(out: Path, flag: str = "--out") -> None:
-    """An output directory path must not name an existing file (and vice versa the caller's business)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{flag} {out} is an existing file; give a directory path")
-
-
 def cmd_cluster(args) -> int:
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint
@@ -226,7 +219,7 @@ def cmd_train(args) -> int:
         reject_unused(args, ["--coarse-map"], "applies to the coarse and fine stages only; drop it with --stage baseline")
     if args.stage != "fine":
         reject_unused(args, ["--head"], f"applies to --stage fine only; drop it with --stage {args.stage}")
-    check_out_file(Path(args.out))
+    check_out_path(Path(args.out))
     store = open_code_store(args.codes)  # extract-codes or extract-codes-imagenet output
     meta = store.meta
     num_coarse = CoarseMap.load(args.coarse_map).num_coarse if args.coarse_map else 0
@@ -270,6 +263,8 @@ def parse_classes(spec: str | None, num_classes: int, per_class: int) -> torch.T
             ids = [int(s) for s in spec.split(",") if s.strip()]
         except ValueError as e:
             raise UserError(f"--classes must be comma-separated integers, got {spec!r}") from e
+        if not ids:
+            raise UserError(f"--classes {spec!r} names no class; give e.g. --classes 0,3")
     else:
         ids = list(range(num_classes))
     bad = [i for i in ids if not 0 <= i < num_classes]
@@ -315,7 +310,7 @@ def prepare_sample_dir(out: Path) -> list[Path]:
     make the folder a mixture that `eval --samples` cannot tell apart."""
     from coarse2fine.eval.samples import SAMPLE_NAME
 
-    check_out_file(out)
+    check_out_path(out)
     if not out.is_dir():
         return []
     ours, foreign = [], []

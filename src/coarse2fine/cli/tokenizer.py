@@ -6,7 +6,8 @@ from pathlib import Path
 
 from coarse2fine.cli._args import (add_data, add_device, add_dtype, add_threads, nonneg_int, positive_float,
                                    positive_int)
-from coarse2fine.cli.models import add_vq_preset, check_out_file, load_tokenizer_any
+from coarse2fine.cli._args import check_out_path
+from coarse2fine.cli.models import add_vq_preset, load_tokenizer_any
 from coarse2fine.config import VQ_PRESETS, UserError
 
 
@@ -94,7 +95,7 @@ def cmd_train(args) -> int:
     from coarse2fine.training.tokenizer import train_tokenizer
 
     out = Path(args.out)
-    check_out_file(out)
+    check_out_path(out)
     vq_cfg = vq_config(args.vq_preset or "VQ-tiny")
     if args.resume:
         saved = load_json(out / "config.json")
@@ -124,8 +125,7 @@ def cmd_reconstruct(args) -> int:
 
     vq = _load_tokenizer(args)
     ds, _ = _dataset(args, vq.cfg.image_size, args.split)
-    if Path(args.out).is_dir():
-        raise UserError(f"--out {args.out} is a directory; give a PNG file path")
+    check_out_path(args.out, kind="file")
     res = evaluate_reconstruction(vq, ds, batch_size=args.batch_size, limit=args.num_images, keep=args.num_shown)
     if args.num_shown:
         # pairs side by side: original_i, reconstruction_i; 8 pairs per row
@@ -140,7 +140,10 @@ def cmd_reconstruct(args) -> int:
 def cmd_extract(args) -> int:
     from coarse2fine.data.codes import extract_codes
 
-    check_out_file(Path(args.out))
+    out = Path(args.out)
+    check_out_path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "progress.json").exists():
+        raise UserError(f"--out {out} holds other files and no code extraction; give a new or empty directory")
     vq = _load_tokenizer(args)
     ds, info = _dataset(args, vq.cfg.image_size, args.split)
     out = extract_codes(vq, ds, args.out, flip=not args.no_flip, batch_size=args.batch_size,
