@@ -14,8 +14,10 @@ FOLDER_HELP = """\
 folder layout: ROOT/<class>/**/<image>. Class ids are the sorted sub-folder names.
 If ROOT contains only train/ val/ test/ sub-folders, --split picks one of them ("val" and "test"
 stand in for each other); otherwise ROOT has the single split "train". Unreadable files, images
-with a side under 8 px or over 64 Mpx are skipped and counted; a class folder with no usable image
-is an error. Transparent images are composited on white; grey images become RGB.
+with a side under 8 px or over 64 Mpx, broken links and files reached twice through links are
+skipped and counted; a class folder with no usable image is an error. Symlinked folders are
+followed; a link to ROOT or to a folder above itself (a cycle) is an error. Transparent images are
+composited on white; grey images become RGB.
 """
 
 
