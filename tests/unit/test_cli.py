@@ -280,3 +280,21 @@ def test_more_one_line_errors(capsys, tmp_path):
     (tmp_path / "run" / "model.safetensors").write_bytes(b"")
     _one_line_error(capsys, ["extract-codes", "--tokenizer", "t", "--out", str(tmp_path / "run")],
                     "holds other files and no code extraction")
+
+
+@pytest.mark.parametrize("argv", [["sample", "--baseline", "b", "--out", "o"], ["eval-tokens", "--run", "r", "--codes", "c"],
+                                  ["train", "--stage", "coarse", "--codes", "c", "--out", "o"],
+                                  ["bench", "sample"], ["eval", "--samples", "s"]])
+def test_device_default_is_cuda_when_available(monkeypatch, argv):
+    """sample and eval-tokens used to default to the CPU on a GPU machine while the rest chose CUDA."""
+    from coarse2fine.cli._args import prepare
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("coarse2fine.distributed.configure_threads", lambda n=None: 1)
+    args = build_parser().parse_args(argv)
+    prepare(args)
+    assert args.device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = build_parser().parse_args(argv)
+    prepare(args)
+    assert args.device == "cpu"
