@@ -39,10 +39,10 @@ def run(cmd: list[str], threads: int | None) -> tuple[str, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="VQ-tiny")
+    ap.add_argument("--vq-preset", default="VQ-tiny", help="tokenizer architecture (default VQ-tiny)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the trainer's default)")
-    ap.add_argument("--out", default="runs/bench_tokenizer")
-    ap.add_argument("--results", default="benchmarks/results/tokenizer.md")
+    ap.add_argument("--out", default="runs/bench_tokenizer", help="tokenizer run directory (default runs/bench_tokenizer)")
+    ap.add_argument("--results", default="benchmarks/results/tokenizer.md", help="results file to append to")
     ap.add_argument("--machine", default="2-core CPU (this dev box)")
     ap.add_argument("--note", default="", help="extra line for the results file (e.g. load on the machine)")
     ap.add_argument("--threads", type=int, default=None,
@@ -54,11 +54,11 @@ def main() -> None:
     out = Path(args.out)
     if (ROOT / out).exists():
         sys.exit(f"{out} exists; remove it or pass --out")
-    train = [exe, "train-tokenizer", "--data", "default", "--preset", args.preset, "--out", str(out), "--no-progress"]
+    train = [exe, "train-tokenizer", "--data", "default", "--vq-preset", args.vq_preset, "--out", str(out), "--no-progress"]
     if args.steps:
         train += ["--steps", str(args.steps)]
     recon = [exe, "reconstruct", "--tokenizer", str(out), "--data", "default", "--split", "test",
-             "--n", "64", "--out", str(out / "recon.png")]
+             "--num-shown", "64", "--out", str(out / "recon.png")]
     load_before = os.getloadavg()[0]
     _, wall, cpu = run(train, args.threads)
     load_after = os.getloadavg()[0]
@@ -81,7 +81,7 @@ def main() -> None:
         f"(above 2 means other jobs shared the cores and the wall time is pessimistic).", "",
         "| preset | train wall | train CPU (user+sys) | test PSNR | test codebook usage | target met |",
         "|---|---|---|---|---|---|",
-        f"| {args.preset} | {wall / 60:.1f} min | {cpu / 60:.1f} CPU-min | {psnr:.2f} dB ({n_test} images) "
+        f"| {args.vq_preset} | {wall / 60:.1f} min | {cpu / 60:.1f} CPU-min | {psnr:.2f} dB ({n_test} images) "
         f"| {usage:.1f}% ({used}) | {'yes' if ok else 'no'} |", "",
         "Target: >= 24 dB PSNR (uint8, mean per image) and >= 90% of the 4096 codes used on the held-out "
         "test split, in <= ~10 CPU-minutes.",

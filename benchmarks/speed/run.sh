@@ -18,24 +18,24 @@ c2f() { "$BIN/coarse2fine" "$@"; }
 
 case "$MODE" in
 quick)
-  c2f bench sample --preset GPT-small --repeats 3 --naive-repeats 1 "$@" \
+  c2f bench sample --device cpu --preset GPT-small --repeats 3 --naive-repeats 1 "$@" \
       --json "$OUT/speed_quick.json" --md "$OUT/speed_quick.md"
   ;;
 full)
   # 1 thread: on a CPU shared with other jobs two OpenMP threads stall each other (measured 20x slower
   # small matmuls at load 5 on 2 cores); the matmul peak is measured with the same thread count.
-  c2f bench sample --preset GPT-tiny GPT-small GPT-medium --threads 1 --repeats 5 --naive-repeats 1 "$@" \
+  c2f bench sample --device cpu --preset GPT-tiny GPT-small GPT-medium --threads 1 --repeats 5 --naive-repeats 1 "$@" \
       --json "$OUT/speed_sample_cpu.json" --md "$OUT/speed_sample_cpu.md"
-  c2f bench sample --preset GPT-small --compile default --threads 1 --repeats 5 --naive-repeats 0 "$@" \
+  c2f bench sample --device cpu --preset GPT-small --compile default --threads 1 --repeats 5 --naive-repeats 0 "$@" \
       --json "$OUT/speed_sample_cpu_compile.json" --md "$OUT/speed_sample_cpu_compile.md"
   # GPT-B shapes with random weights, 8x8 tokens (64 instead of 256), K=16384, C=512; the VQ-16
   # decoder (128 px here) is timed on 4 images and scaled to 64 (identical for both methods)
-  c2f bench sample --preset GPT-B --grid 8 --dtype bf16 --threads 1 --repeats 5 --naive-repeats 0 \
+  c2f bench sample --device cpu --preset GPT-B --grid 8 --dtype bf16 --threads 1 --repeats 5 --naive-repeats 0 \
       --decode-images 4 "$@" --json "$OUT/speed_sample_gptb_cpu.json" --md "$OUT/speed_sample_gptb_cpu.md"
-  c2f bench sample --preset GPT-B --fine-preset GPT-L --grid 8 --dtype bf16 --threads 1 --repeats 5 \
+  c2f bench sample --device cpu --preset GPT-B --fine-preset GPT-L --grid 8 --dtype bf16 --threads 1 --repeats 5 \
       --naive-repeats 0 --decode-images 4 "$@" \
       --json "$OUT/speed_sample_gptb_l_cpu.json" --md "$OUT/speed_sample_gptb_l_cpu.md"
-  c2f bench train --preset GPT-small --vq-preset VQ-tiny --threads 1 --repeats 5 "$@" \
+  c2f bench train --device cpu --preset GPT-small --vq-preset VQ-tiny --threads 1 --repeats 5 "$@" \
       --json "$OUT/speed_train_cpu.json" --md "$OUT/speed_train_cpu.md"
   ;;
 gpu)
@@ -48,7 +48,7 @@ gpu)
         --naive-repeats 0 --cuda-graphs "$@" \
         --json "$OUT/speed_sample_gpu_${P}_graphs.json" --md "$OUT/speed_sample_gpu_${P}_graphs.md"
   done
-  c2f bench train --device cuda --preset GPT-B --vq-preset VQ-16 --batch 64 --dtype bf16 fp32 "$@" \
+  c2f bench train --device cuda --preset GPT-B --vq-preset VQ-16 --batch-size 64 --dtype bf16 fp32 "$@" \
       --json "$OUT/speed_train_gpu.json" --md "$OUT/speed_train_gpu.md"
   ;;
 *)

@@ -4,6 +4,7 @@ Models return logits; everything that decides which token comes next lives here.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,14 +25,16 @@ class StageSampling:
     cfg_interval: int = -1
 
     def validate(self, vocab: int, name: str) -> None:
-        if not self.temperature > 0:
-            raise UserError(f"{name} temperature must be > 0 (got {self.temperature}); use e.g. 1.0")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UserError(f"{name} temperature must be > 0 and finite (got {self.temperature}); use e.g. 1.0")
         if self.top_k < 0 or self.top_k > vocab:
             raise UserError(f"{name} top-k must be in 0..{vocab} (vocabulary size; 0 = all), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"{name} top-p must be in (0, 1], got {self.top_p}")
-        if self.cfg_scale < 0:
-            raise UserError(f"{name} cfg scale must be >= 0 (1.0 = no guidance), got {self.cfg_scale}")
+        if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
+            raise UserError(f"{name} cfg scale must be >= 0 and finite (1.0 = no guidance), got {self.cfg_scale}")
+        if self.cfg_interval < -1:
+            raise UserError(f"{name} cfg interval must be -1 (every token) or >= 0, got {self.cfg_interval}")
 
     @property
     def use_cfg(self) -> bool:

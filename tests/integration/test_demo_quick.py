@@ -42,8 +42,9 @@ def test_sample_cli_is_seeded_and_checks_labels(demo, capsys):
     assert np.array_equal(a["arr_0"], b["arr_0"]) and a["labels"].tolist() == [1, 1, 3, 3]
     assert main(["sample", "--baseline", str(out / "baseline"), "--classes", "10", "--out", str(out / "s3")]) == 2
     assert "out of range" in capsys.readouterr().err
-    assert main(["sample", "--baseline", str(out / "baseline"), "--temperature", "0", "--out", str(out / "s3")]) == 2
-    assert "temperature must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused while parsing, naming the flag
+        main(["sample", "--baseline", str(out / "baseline"), "--temperature", "0", "--out", str(out / "s3")])
+    assert e.value.code == 2 and "argument --temperature: must be a finite number > 0" in capsys.readouterr().err
     # a run of the wrong stage is refused by name
     assert main(["sample", "--coarse", str(out / "baseline"), "--fine", str(out / "fine"), "--out", str(out / "s4")]) == 2
     assert "holds a baseline model" in capsys.readouterr().err
@@ -56,7 +57,7 @@ def test_cluster_cli_and_redundancy(demo, capsys):
                  str(out / "cm64")]) == 0
     assert "4096 codes -> 64 clusters" in capsys.readouterr().out
     assert main(["redundancy", "--tokenizer", str(out / "tokenizer"), "--coarse-map", str(out / "cm64"),
-                 "--n", "16", "--out", str(out / "red")]) == 0
+                 "--num-images", "16", "--out", str(out / "red")]) == 0
     assert (out / "red" / "redundancy.png").is_file()
 
 

@@ -53,7 +53,7 @@ def run_env():
 
 def train_flags(codes, out, steps, batch, **extra):
     flags = ["train", "--stage", "baseline", "--codes", codes, "--out", out, "--preset", "GPT-tiny",
-             "--steps", steps, "--batch-size", batch, "--lr", "3e-3", "--precision", "fp32", "--device", "cpu",
+             "--steps", steps, "--batch-size", batch, "--lr", "3e-3", "--dtype", "fp32", "--device", "cpu",
              "--log-every", 1, "--no-progress"]
     for k, v in extra.items():
         flags += [f"--{k.replace('_', '-')}"] + ([] if v is True else [v])
@@ -202,8 +202,8 @@ def test_tokenizer_two_processes_equal_one(tmp_path):
     from coarse2fine.checkpoint import load_vq
     from coarse2fine.training.tokenizer import train_tokenizer
 
-    flags = ["--preset", "VQ-tiny", "--steps", 2, "--batch-size", 4, "--lr", 0.5, "--no-reseed-dead", "--no-ema",
-             "--no-bf16", "--limit-per-class", 2, "--device", "cpu", "--no-progress"]
+    flags = ["--vq-preset", "VQ-tiny", "--steps", 2, "--batch-size", 4, "--lr", 0.5, "--no-reseed-dead", "--no-ema",
+             "--dtype", "fp32", "--limit-per-class", 2, "--device", "cpu", "--no-progress"]
     r = subprocess.run(torchrun_cmd("train-tokenizer", "--out", tmp_path / "two", *flags), env=run_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

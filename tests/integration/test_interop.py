@@ -154,7 +154,7 @@ def test_cluster_extract_and_train_on_imported_tokenizer(files, tmp_path, capsys
     r = extract_tencrop(tok, imgs, codes, shard_size=3, batch_size=2, num_workers=0, progress=False,
                         stop_after_images=4)
     assert not r["complete"] and (codes / "shards" / "00001.partial.npy").exists()
-    assert main(["extract-codes-imagenet", "--tokenizer", str(tok), "--data", str(imgs), "--out", str(codes),
+    assert main(["extract-codes-imagenet", "--tokenizer", str(tok), "--data-root", str(imgs), "--out", str(codes),
                  "--shard-size", "3", "--batch-size", "2", "--workers", "0", "--no-progress"]) == 0
     assert "complete" in capsys.readouterr().out
     store = ShardedCodeStore(codes)
@@ -279,7 +279,7 @@ def test_tencrop_extraction_two_processes_equals_one(files, tmp_path):
     _, out, _, _ = files
     imgs = tmp_path / "imgs"
     _image_folder(imgs, {"b": 3, "a": 4})
-    flags = ["--tokenizer", str(out / "tokenizer"), "--data", str(imgs), "--shard-size", "2", "--batch-size", "2",
+    flags = ["--tokenizer", str(out / "tokenizer"), "--data-root", str(imgs), "--shard-size", "2", "--batch-size", "2",
              "--workers", "0", "--crop-ranges", "1.1", "--no-progress", "--device", "cpu"]
     assert main(["extract-codes-imagenet", *flags, "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}

@@ -17,7 +17,7 @@ from coarse2fine.training.tokenizer import train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-STEPS = ["--steps", "2", "--batch-size", "8", "--precision", "fp32", "--ckpt-every", "2", "--no-progress",
+STEPS = ["--steps", "2", "--batch-size", "8", "--dtype", "fp32", "--ckpt-every", "2", "--no-progress",
          "--device", "cpu"]
 
 

@@ -120,11 +120,11 @@ def test_cli_train_reconstruct_extract(tmp_path, capsys):
     torch.set_num_threads(1)
     tok = tmp_path / "tok"
     common = ["--data", "default", "--limit-per-class", "2"]
-    assert main(["train-tokenizer", "--out", str(tok), "--preset", "VQ-tiny", "--steps", "3", "--batch-size", "8",
+    assert main(["train-tokenizer", "--out", str(tok), "--vq-preset", "VQ-tiny", "--steps", "3", "--batch-size", "8",
                  "--no-ema", "--no-progress", *common]) == 0
     assert json.loads((tok / "config.json").read_text())["train"]["ema"] is False
     png = tmp_path / "recon.png"
-    assert main(["reconstruct", "--tokenizer", str(tok), "--n", "4", "--out", str(png), *common]) == 0
+    assert main(["reconstruct", "--tokenizer", str(tok), "--num-shown", "4", "--out", str(png), *common]) == 0
     out = capsys.readouterr().out
     assert "PSNR" in out and "over 20 test images" in out and "codebook usage" in out
     assert Image.open(png).size[0] > 8 * 32

@@ -262,3 +262,83 @@ def test_cli_list_and_errors(tmp_path: Path, capsys):
     assert main(["data", "show", f"folder:{tmp_path / 'nope'}", "--out", str(tmp_path / "p.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "p.png").exists()
+
+
+# ---- symlinks in image folders (followed; cycles refused; anything left out counted) -------------
+
+def _two_classes(root: Path) -> None:
+    for c in ("a", "b"):
+        for k in range(2):
+            _save(Image.new("RGB", (20, 20), (k * 50, 0, 0)), root / c / f"{k}.png")
+
+
+def test_folder_follows_symlinked_subfolders_and_classes(tmp_path: Path):
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    _two_classes(root)
+    for k in range(3):
+        _save(Image.new("RGB", (20, 20), (0, k * 50, 0)), elsewhere / "more" / f"{k}.png")
+    (root / "a" / "linked").symlink_to(elsewhere / "more", target_is_directory=True)  # inside a class
+    (root / "c").symlink_to(elsewhere / "more", target_is_directory=True)  # a whole class
+    ds = build_dataset("folder", 16, root=str(root))
+    assert ds.classes == ["a", "b", "c"]
+    assert list(ds.class_counts()) == [5, 2, 3] and ds.skipped == 0  # the old scan dropped a/linked silently
+
+
+@pytest.mark.parametrize("where", ["class", "inside"])
+def test_folder_link_cycle_is_refused(tmp_path: Path, where: str):
+    root = tmp_path / "root"
+    _two_classes(root)
+    if where == "class":  # a class linked to the data root would become a class of every image
+        (root / "all").symlink_to(root, target_is_directory=True)
+    else:  # a folder inside a class linked back to the class
+        (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)
+    with pytest.raises(UserError, match="a cycle"):
+        build_dataset("folder", 16, root=str(root))
+
+
+def test_folder_counts_broken_links_and_repeats(tmp_path: Path, caplog):
+    root = tmp_path / "root"
+    _two_classes(root)
+    (root / "a" / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (root / "b" / "again.png").symlink_to(root / "b" / "0.png")  # the same file twice in one class
+    (root / "dead_class").symlink_to(tmp_path / "gone_dir", target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="coarse2fine.data"):
+        ds = build_dataset("folder", 16, root=str(root))
+    assert list(ds.class_counts()) == [2, 2] and ds.skipped == 3
+    assert any("skipped 3" in r.getMessage() for r in caplog.records)
+
+
+# ---- damaged code stores -------------------------------------------------------------------------
+
+def _store(d: Path, n: int = 12, grid: int = 2) -> Path:
+    import json
+
+    d.mkdir(parents=True)
+    np.save(d / "codes.npy", np.zeros((n, grid * grid), np.int16))
+    np.save(d / "labels.npy", np.zeros(n, np.int64))
+    (d / "meta.json").write_text(json.dumps({"num_classes": 2, "grid": grid, "codebook_size": 16, "count": n,
+                                             "flip": False}))
+    return d
+
+
+@pytest.mark.parametrize("damage", ["codes_half", "codes_header", "labels_garbage", "codes_missing"])
+def test_damaged_code_store_is_one_line_error(tmp_path: Path, damage: str, capsys):
+    from coarse2fine.data.codes import CodeStore
+
+    d = _store(tmp_path / "codes")
+    codes = (d / "codes.npy").read_bytes()
+    if damage == "codes_half":
+        (d / "codes.npy").write_bytes(codes[: len(codes) // 2])
+    elif damage == "codes_header":
+        (d / "codes.npy").write_bytes(codes[:40])
+    elif damage == "labels_garbage":
+        (d / "labels.npy").write_bytes(b"not an array")
+    else:
+        (d / "codes.npy").unlink()
+    with pytest.raises(UserError, match="re-extract the codes"):
+        CodeStore(d)
+    # through the CLI: exit 2 and one line, not a numpy traceback
+    rc = main(["train", "--stage", "baseline", "--codes", str(d), "--out", str(tmp_path / "run"), "--preset",
+               "GPT-tiny", "--steps", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "re-extract" in err

@@ -6,15 +6,17 @@ Subcommand modules stay thin: parse flags, call the library, print results. User
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
 
+from coarse2fine.cli._args import Parser, prepare
 from coarse2fine.config import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="coarse2fine",
         description="Autoregressive image generation with coarse-to-fine token prediction (CTF).",
     )
@@ -32,14 +34,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        prepare(args)
         rc = args.func(args)
-    except (UserError, FileNotFoundError, NotADirectoryError) as e:
+    except UserError as e:
         print(f"coarse2fine {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # missing or wrong-kind paths, a full disk, no permission: the user's to fix
+        print(f"coarse2fine {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coarse2fine {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free some space or write to another --out",
+    errno.EDQUOT: "free some space or write to another --out",
+    errno.EACCES: "check the permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.EEXIST: "choose another path",
+    errno.ENOTDIR: "a path component is a file, not a directory",
+    errno.EISDIR: "give a file path, not a directory",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line: what failed, on which path, and the usual fix."""
+    what = e.strerror or str(e)
+    where = f": {e.filename}" if e.filename else ""
+    fix = _OS_FIXES.get(e.errno)
+    return f"{what}{where}" + (f"; {fix}" if fix else "")
 
 
 if __name__ == "__main__":

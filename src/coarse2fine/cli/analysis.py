@@ -6,6 +6,9 @@ from pathlib import Path
 
 import torch
 
+from coarse2fine.cli._args import add_data, add_threads, positive_int, reject_unused
+from coarse2fine.cli._args import check_out_path
+from coarse2fine.cli.models import add_vq_preset
 from coarse2fine.config import UserError
 
 
@@ -13,16 +16,17 @@ def register(sub) -> None:
     p = sub.add_parser("redundancy", help="swap codes within their clusters and measure how little the image moves "
                                           "(paper Fig. 1b), for k-means against random clusters")
     p.add_argument("--tokenizer", required=True, help="tokenizer run directory or LlamaGen VQ .pt")
-    p.add_argument("--vq-preset", default="VQ-16")
+    add_vq_preset(p)
     p.add_argument("--coarse-map", help="k-means CoarseMap to test (default: cluster now with --clusters)")
-    p.add_argument("--clusters", type=int, default=0, help="clusters when clustering here (default K/32)")
-    p.add_argument("--data", default="default", help="data set name (see `coarse2fine data list`)")
-    p.add_argument("--root", help="data root for folder data sets")
-    p.add_argument("--split", default="test")
-    p.add_argument("--n", type=int, default=256, help="images to measure (default 256)")
-    p.add_argument("--show", type=int, default=8, help="images per row in the figure")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clusters", type=positive_int, default=None,
+                   help="clusters when clustering here (default K/32); not with --coarse-map")
+    add_data(p)
+    p.add_argument("--split", default="test", help="data split the images come from (default test)")
+    p.add_argument("--num-images", type=positive_int, default=256, help="images to measure (default 256)")
+    p.add_argument("--show", type=positive_int, default=8, help="images per row in the figure (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image draw, the swaps and the clusterings")
     p.add_argument("--out", required=True, help="output directory (redundancy.png, redundancy.json)")
+    add_threads(p)
     p.set_defaults(func=cmd_redundancy)
 
 
@@ -35,6 +39,9 @@ def cmd_redundancy(args) -> int:
     from coarse2fine.tokenizer.clustering import CoarseMap, cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint
 
+    check_out_path(Path(args.out))
+    if args.coarse_map:
+        reject_unused(args, ["--clusters"], "applies when clustering here; the --coarse-map has its own count")
     vq = load_tokenizer_any(args.tokenizer, args.vq_preset)
     fp = codebook_fingerprint(vq)
     if args.coarse_map:
@@ -44,11 +51,11 @@ def cmd_redundancy(args) -> int:
         km = cluster_codebook(vq.codebook_normalized(), args.clusters or default_num_coarse(vq.cfg.codebook_size),
                               "kmeans", args.seed, fp)
     rnd = cluster_codebook(vq.codebook_normalized(), km.num_coarse, "random", args.seed, fp)
-    ds = build_dataset(args.data, vq.cfg.image_size, split=args.split, root=args.root)
+    ds = build_dataset(args.data, vq.cfg.image_size, split=args.split, root=args.data_root)
     if len(ds) == 0:
         raise UserError(f"data set {args.data} ({args.split}) is empty")
     g = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(len(ds), generator=g)[: args.n].tolist()
+    idx = torch.randperm(len(ds), generator=g)[: args.num_images].tolist()
     images = torch.stack([ds[i][0] for i in idx])
     stats, rows = redundancy(vq, images, {f"kmeans-{km.num_coarse}": km, f"random-{rnd.num_coarse}": rnd}, args.seed)
     out = Path(args.out)

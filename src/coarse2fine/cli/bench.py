@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
+from coarse2fine.cli._args import add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError
 
 
@@ -33,23 +33,25 @@ def register(sub) -> None:
     s.add_argument("--fine-preset", default="", help="stage-2 preset (default: same as --preset; the paper: GPT-L)")
     s.add_argument("--vq-preset", default="", help=f"tokenizer preset for decode: {', '.join(VQ_PRESETS)} "
                                                    "(default VQ-tiny for 8x8 grids, else VQ-16)")
-    s.add_argument("--grid", type=int, default=0, help="token grid side (default: the preset's; 8 = 64 tokens)")
-    s.add_argument("--batch", type=int, default=64, help="images per batch (default 64, as the paper)")
-    s.add_argument("--codebook-size", type=int, default=0, help="K (default: the VQ preset's)")
-    s.add_argument("--num-coarse", type=int, default=0, help="C coarse labels (default K/32)")
-    s.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported (default 5)")
-    s.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    s.add_argument("--naive-repeats", type=int, default=1,
+    s.add_argument("--grid", type=nonneg_int, default=0, help="token grid side (default: the preset's; 8 = 64 tokens)")
+    s.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64, as the paper)")
+    s.add_argument("--codebook-size", type=nonneg_int, default=0, help="K (default: the VQ preset's)")
+    s.add_argument("--num-coarse", type=nonneg_int, default=0, help="C coarse labels (default K/32)")
+    s.add_argument("--repeats", type=positive_int, default=5, help="timed rounds; the median is reported (default 5)")
+    s.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default 1)")
+    s.add_argument("--naive-repeats", type=nonneg_int, default=1,
                    help="rounds of the no-cache floor vs the KV-cache loop (default 1; 0 skips it)")
     s.add_argument("--no-decode", action="store_true", help="leave the VQ decode out")
-    s.add_argument("--decode-images", type=int, default=0,
+    s.add_argument("--decode-images", type=nonneg_int, default=0,
                    help="time the decode on this many images and scale to the batch (slow decoders on CPU)")
     s.add_argument("--weights", choices=["autocast", "cast"], default="autocast",
                    help="bf16: autocast over fp32 weights (default) or weights cast to bf16 (LlamaGen's way)")
     s.add_argument("--compile", default="", metavar="MODE",
-                   help="torch.compile the decode step: default, reduce-overhead, max-autotune (default off)")
+                   choices=["", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile the decode step: default, reduce-overhead, max-autotune, "
+                        "max-autotune-no-cudagraphs (default off)")
     s.add_argument("--cuda-graphs", action="store_true", help="same as --compile reduce-overhead (CUDA graphs)")
-    s.add_argument("--mem-gbps", type=float, default=0.0,
+    s.add_argument("--mem-gbps", type=nonneg_float, default=0.0,
                    help="memory bandwidth in GB/s for the bandwidth bound (e.g. HBM: A100 2039, H100 3350); "
                         "default: measured copy bandwidth on CPU, no bound on GPU")
     _common(s)
@@ -63,13 +65,13 @@ def register(sub) -> None:
     b.add_argument("--preset", nargs="+", default=["GPT-B", "GPT-L", "GPT-XL"], help="backbones (default B, L, XL)")
     b.add_argument("--fine-preset", default="GPT-L", help="stage-2 preset (default GPT-L, as the paper)")
     b.add_argument("--vq-preset", default="VQ-16", help="tokenizer preset for the decode (default VQ-16)")
-    b.add_argument("--grid", type=int, default=0, help="token grid side (default: the preset's, 16)")
-    b.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
-    b.add_argument("--peak-tflops", type=float, default=0.0, help="dense matmul peak, TFLOP/s (default: measured)")
-    b.add_argument("--mem-gbps", type=float, default=0.0, help="memory bandwidth, GB/s (default: measured)")
+    b.add_argument("--grid", type=nonneg_int, default=0, help="token grid side (default: the preset's, 16)")
+    b.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
+    b.add_argument("--peak-tflops", type=nonneg_float, default=0.0, help="dense matmul peak, TFLOP/s (default: measured)")
+    b.add_argument("--mem-gbps", type=nonneg_float, default=0.0, help="memory bandwidth, GB/s (default: measured)")
     b.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="weight/KV precision (default bf16)")
-    b.add_argument("--device", default="cpu", help="where to measure peak/bandwidth when not given (default cpu)")
-    b.add_argument("--threads", type=int, default=0, help="CPU threads for the measurement (default: torch's)")
+    add_device(b)
+    add_threads(b)
     b.add_argument("--json", default="", help="write the records to this JSON file")
     b.add_argument("--md", default="", help="write the markdown table here")
     b.set_defaults(func=cmd_bound)
@@ -80,14 +82,14 @@ def register(sub) -> None:
                                     "alternating, median of --repeats.")
     t.add_argument("--preset", default="GPT-small", help="transformer preset (default GPT-small)")
     t.add_argument("--vq-preset", default="VQ-tiny", help="tokenizer preset (default VQ-tiny)")
-    t.add_argument("--grid", type=int, default=0, help="token grid side (default: the preset's)")
-    t.add_argument("--batch", type=int, default=64, help="sequences (images) per step (default 64)")
-    t.add_argument("--codebook-size", type=int, default=0, help="K (default: the VQ preset's)")
-    t.add_argument("--num-coarse", type=int, default=0, help="C (default K/32)")
+    t.add_argument("--grid", type=nonneg_int, default=0, help="token grid side (default: the preset's)")
+    t.add_argument("--batch-size", type=positive_int, default=64, help="sequences (images) per step (default 64)")
+    t.add_argument("--codebook-size", type=nonneg_int, default=0, help="K (default: the VQ preset's)")
+    t.add_argument("--num-coarse", type=nonneg_int, default=0, help="C (default K/32)")
     t.add_argument("--parts", nargs="+", default=["tokenizer", "coarse", "fine", "baseline"],
                    choices=["tokenizer", "coarse", "fine", "baseline"], help="what to time (default all)")
-    t.add_argument("--repeats", type=int, default=5, help="timed steps per dtype; median reported (default 5)")
-    t.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    t.add_argument("--repeats", type=positive_int, default=5, help="timed steps per dtype; median reported (default 5)")
+    t.add_argument("--warmup", type=nonneg_int, default=1, help="untimed steps first (default 1)")
     _common(t)
     t.set_defaults(func=cmd_train)
 
@@ -95,21 +97,12 @@ def register(sub) -> None:
 def _common(p) -> None:
     p.add_argument("--dtype", nargs="+", default=None, choices=["fp32", "bf16"],
                    help="precision(s); sample default fp32 and bf16 on CPU, bf16 on GPU; train default fp32 bf16")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+    add_threads(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--json", default="", help="write the records to this JSON file")
     p.add_argument("--md", default="", help="write the markdown tables (with command and machine) here")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines on stderr")
-
-
-def _setup(args) -> None:
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.repeats < 1:
-        raise UserError("--repeats must be >= 1")
 
 
 def _log(args):
@@ -118,10 +111,16 @@ def _log(args):
     return lambda msg: print(f"  {msg}", file=sys.stderr, flush=True)
 
 
+def _check_outputs(args) -> None:
+    for flag in ("json", "md"):
+        if getattr(args, flag):
+            check_out_path(getattr(args, flag), f"--{flag}", kind="file")
+
+
 def cmd_sample(args) -> int:
     from coarse2fine.bench.runs import SampleBench, run_sample_bench
 
-    _setup(args)
+    _check_outputs(args)
     dtypes = args.dtype or (["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"])
     mode = "reduce-overhead" if args.cuda_graphs else args.compile
     recs = []
@@ -131,7 +130,7 @@ def cmd_sample(args) -> int:
         grid = args.grid or GPT_PRESETS[preset].get("grid", 16)
         vq = args.vq_preset or ("VQ-tiny" if grid == 8 and "grid" in GPT_PRESETS[preset] else "VQ-16")
         for d in dtypes:
-            sb = SampleBench(preset=preset, fine_preset=args.fine_preset, vq_preset=vq, batch=args.batch,
+            sb = SampleBench(preset=preset, fine_preset=args.fine_preset, vq_preset=vq, batch=args.batch_size,
                              grid=args.grid, codebook_size=args.codebook_size, num_coarse=args.num_coarse,
                              dtype=d, weights=args.weights, device=args.device, compile_mode=mode,
                              repeats=args.repeats, warmup=args.warmup, naive_repeats=args.naive_repeats,
@@ -147,11 +146,10 @@ def cmd_bound(args) -> int:
     from coarse2fine.bench import speed as bench
     from coarse2fine.bench.runs import DTYPES, bound_record
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _check_outputs(args)
     peak = args.peak_tflops * 1e12 or bench.matmul_flops_per_s(DTYPES[args.dtype], args.device, seconds=1.0)
     bw = args.mem_gbps * 1e9 or bench.copy_bytes_per_s(args.device)
-    recs = [bound_record(p, args.fine_preset, args.batch, peak, bw, args.grid, args.vq_preset, dtype=args.dtype)
+    recs = [bound_record(p, args.fine_preset, args.batch_size, peak, bw, args.grid, args.vq_preset, dtype=args.dtype)
             for p in args.preset]
     _emit(args, recs, bound_table(recs), "Computed on")
     return 0
@@ -160,8 +158,8 @@ def cmd_bound(args) -> int:
 def cmd_train(args) -> int:
     from coarse2fine.bench.runs import TrainBench, run_train_bench
 
-    _setup(args)
-    tb = TrainBench(preset=args.preset, vq_preset=args.vq_preset, batch=args.batch, grid=args.grid,
+    _check_outputs(args)
+    tb = TrainBench(preset=args.preset, vq_preset=args.vq_preset, batch=args.batch_size, grid=args.grid,
                     codebook_size=args.codebook_size, num_coarse=args.num_coarse,
                     dtypes=tuple(args.dtype or ["fp32", "bf16"]), parts=tuple(args.parts), device=args.device,
                     repeats=args.repeats, warmup=args.warmup, seed=args.seed)
@@ -186,12 +184,12 @@ def _emit(args, recs: list[dict], tables: str, what: str = "Machine") -> None:
 
     text = _header(machine_info(args.device), what) + "\n" + tables
     print(text)
+    from coarse2fine.fileio import atomic_write_bytes
+
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(recs, indent=1, default=str) + "\n")
+        atomic_write_bytes(Path(args.json), (json.dumps(recs, indent=1, default=str) + "\n").encode())
     if args.md:
-        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.md).write_text(text)
+        atomic_write_bytes(Path(args.md), text.encode())
 
 
 def _g(x: float | None, fmt: str = ".3g") -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coarse2fine.config import UserError
+from coarse2fine.cli._args import check_out_path, positive_int
 from coarse2fine.data import build_dataset, dataset_availability, list_datasets
 from coarse2fine.data.preprocess import save_grid
 
@@ -14,8 +14,10 @@ FOLDER_HELP = """\
 folder layout: ROOT/<class>/**/<image>. Class ids are the sorted sub-folder names.
 If ROOT contains only train/ val/ test/ sub-folders, --split picks one of them ("val" and "test"
 stand in for each other); otherwise ROOT has the single split "train". Unreadable files, images
-with a side under 8 px or over 64 Mpx are skipped and counted; a class folder with no usable image
-is an error. Transparent images are composited on white; grey images become RGB.
+with a side under 8 px or over 64 Mpx, broken links and files reached twice through links are
+skipped and counted; a class folder with no usable image is an error. Symlinked folders are
+followed; a link to ROOT or to a folder above itself (a cycle) is an error. Transparent images are
+composited on white; grey images become RGB.
 """
 
 
@@ -35,16 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     "and write a preview grid (one row per class).",
                         epilog=FOLDER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ps.add_argument("name", help="data set name (see `coarse2fine data list`) or folder:PATH")
-    ps.add_argument("--root", default=None,
+    ps.add_argument("--data-root", default=None,
                     help="data location: folder ROOT for 'folder', IDX directory for 'fashion-mnist', "
                          "csv path for 'mnist5k'")
     ps.add_argument("--split", default="train", help="train, test (built-in) or val (folders); default train")
-    ps.add_argument("--resolution", type=int, default=32, help="preview image size in px (default 32)")
+    ps.add_argument("--resolution", type=positive_int, default=32, help="preview image size in px (default 32)")
     ps.add_argument("--out", default="preview.png", help="PNG file to write (default preview.png)")
-    ps.add_argument("--per-class", type=int, default=8, help="images per row/class in the grid (default 8)")
-    ps.add_argument("--max-classes", type=int, default=20,
+    ps.add_argument("--per-class", type=positive_int, default=8, help="images per row/class in the grid (default 8)")
+    ps.add_argument("--max-classes", type=positive_int, default=20,
                     help="at most this many class rows in the grid (default 20; counts list all)")
-    ps.add_argument("--limit-per-class", type=int, default=None,
+    ps.add_argument("--limit-per-class", type=positive_int, default=None,
                     help="load only the first N images of each class (quick look at a big folder)")
     ps.set_defaults(func=cmd_show)
 
@@ -74,15 +76,13 @@ def preview_indices(labels: np.ndarray, classes: int, per_class: int) -> list[li
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    for flag in ("resolution", "per_class", "max_classes"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
-    ds = build_dataset(args.name, args.resolution, split=args.split, root=args.root,
+    check_out_path(args.out, kind="file")
+    ds = build_dataset(args.name, args.resolution, split=args.split, root=args.data_root,
                        limit_per_class=args.limit_per_class)
     counts = ds.class_counts()
     width = max([len(c) for c in ds.classes] + [5])
     print(f"{ds.name} split={ds.split}: {len(ds)} images, {ds.num_classes} classes, "
-          f"{ds.skipped} skipped (unreadable)")
+          f"{ds.skipped} skipped (unreadable, too small or too large, or links that loop)")
     for c, (cls, n) in enumerate(zip(ds.classes, counts)):
         print(f"  {c:>4}  {cls:<{width}}  {n}")
     shown = min(ds.num_classes, args.max_classes)

@@ -14,8 +14,8 @@ def register(sub) -> None:
     p.add_argument("--vq-steps", type=int, help=f"tokenizer steps (default {d.vq_steps})")
     p.add_argument("--steps", type=int, help=f"steps for each transformer (default {d.steps})")
     p.add_argument("--preset", help=f"transformer preset (default {d.gpt_preset})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=cmd_demo)
 
 

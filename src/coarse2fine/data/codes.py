@@ -114,6 +114,16 @@ def extract_codes(vq: VQModel | str | Path, dataset, out_dir: str | Path, flip: 
     return out
 
 
+def _load_array(path: Path, mmap: bool) -> np.ndarray:
+    """np.load with one-line errors: a missing, truncated or foreign .npy names the file and the fix."""
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing; re-extract the codes")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # numpy: short header/data, bad magic, pickled object
+        raise ConfigError(f"{path} is damaged or not a .npy array ({e}); re-extract the codes") from None
+
+
 class CodeStore(torch.utils.data.Dataset):
     """Read side of a code dir: .codes memmap [N, L], .labels int64 [N], .meta dict.
     store[i] -> (codes LongTensor [L], label int)."""
@@ -127,8 +137,11 @@ class CodeStore(torch.utils.data.Dataset):
             raise ConfigError(f"{d} holds no extracted codes (no meta.json); run extract-codes first")
         self.dir = d
         self.meta = load_json(d / "meta.json")
-        self.codes = np.load(d / "codes.npy", mmap_mode="r")
-        self.labels = np.load(d / "labels.npy")
+        missing = [k for k in ("count", "grid", "codebook_size", "num_classes") if k not in self.meta]
+        if missing:
+            raise ConfigError(f"{d / 'meta.json'} lacks {', '.join(missing)}; re-extract the codes")
+        self.codes = _load_array(d / "codes.npy", mmap=True)
+        self.labels = _load_array(d / "labels.npy", mmap=False)
         n = self.meta["count"]
         if self.codes.shape != (n, self.meta["grid"] ** 2) or self.labels.shape != (n,):
             raise ConfigError(f"{d}: codes {self.codes.shape} / labels {self.labels.shape} do not match "

@@ -2,7 +2,10 @@
 
 Layout rules (also in `coarse2fine data show --help`):
 - Class ids are the sorted sub-folder names (0, 1, ...); images are found recursively inside each
-  class folder (hidden files and folders, names starting with ".", are ignored).
+  class folder (hidden files and folders, names starting with ".", are ignored). Symlinked folders
+  (class folders or folders inside them) are followed; a link that points at the class root or an
+  ancestor of itself is a cycle and an error. Broken links, non-regular files and a file reached a
+  second time through links are skipped and counted.
 - Splits: if every sub-folder of ROOT is named train/val/test, ROOT/<split> is the class root
   ("val" and "test" stand in for each other when only one exists). Otherwise ROOT itself is the
   class root and holds only split "train" (all images).
@@ -61,13 +64,43 @@ def resolve_class_root(root: str | Path, split: str) -> Path:
     return root
 
 
-def _walk_files(directory: Path) -> list[Path]:
-    """All visible regular files under directory, recursively, in sorted (deterministic) order."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(directory):
+def _check_link(link: Path, inside: Path, class_root: Path) -> None:
+    """A symlinked folder is followed unless it points at the class root, an ancestor of it, or an
+    ancestor of where the link sits (`inside`): each of those makes the walk a cycle, and a class
+    linked to the root would silently become a class of every image."""
+    target = link.resolve()
+    if class_root.resolve().is_relative_to(target) or inside.resolve().is_relative_to(target):
+        raise UserError(f"{link} links to {target}, which contains {link.parent} (a cycle: the folder "
+                        f"would include itself); remove or replace that link")
+
+
+def _walk_files(directory: Path, class_root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Visible files under directory, recursively, following symlinked folders, in sorted order
+    -> (files, skipped [(path, reason)]). Broken links and non-regular files are skipped; a file
+    reached twice (through links) is kept once and the repeat counted as skipped."""
+    if directory.is_symlink():
+        _check_link(directory, directory.parent, class_root)
+    out: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        out += [Path(dirpath) / f for f in sorted(filenames) if _visible(f)]
-    return [p for p in out if p.is_file()]
+        for d in dirnames:
+            if (here / d).is_symlink():
+                _check_link(here / d, here, class_root)
+        for f in sorted(x for x in filenames if _visible(x)):
+            path = here / f
+            if not path.is_file():
+                skipped.append((path, "broken link or not a regular file"))
+                continue
+            real = path.resolve()
+            if real in seen:
+                skipped.append((path, f"the same file as {real}, reached twice through links"))
+                continue
+            seen.add(real)
+            out.append(path)
+    return out, skipped
 
 
 def probe_image(path: Path) -> str | None:
@@ -106,11 +139,15 @@ def scan_folder(class_root: Path, limit_per_class: int | None = None
     if loose:
         log.warning("ignored %d files directly in %s: images must be inside a class sub-folder",
                     len(loose), class_root)
-    per_class = [(d.name, _walk_files(d)) for d in class_dirs]
+    walked = [(d.name, _walk_files(d, class_root)) for d in class_dirs]
+    per_class = [(name, files) for name, (files, _) in walked]
+    left_out = [s for _, (_, sk) in walked for s in sk]
+    left_out += [(p, "broken link or not a regular file") for p in class_root.iterdir()
+                 if _visible(p.name) and not p.is_dir() and not p.is_file()]
     total = sum(len(f) for _, f in per_class)
     paths: list[Path] = []
     labels: list[int] = []
-    skipped, example, empty = 0, None, []
+    skipped, example, empty = len(left_out), (left_out[0] if left_out else None), []
     with tqdm(total=total, desc=f"scanning {class_root.name or class_root}", unit="file",
               disable=None if total > 2000 else True, leave=False) as bar:
         for label, (name, files) in enumerate(per_class):

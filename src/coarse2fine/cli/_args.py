@@ -1,0 +1,167 @@
+"""Shared flag vocabulary of the `coarse2fine` command (docs/cli.md): typed number converters, and one
+definition each of --device, --threads, --dtype and the data flags, so that every subcommand spells and
+checks a concept the same way.
+
+Converters raise argparse.ArgumentTypeError, so argparse's one-line error names the flag:
+    coarse2fine sample: error: argument --batch-size: must be an integer >= 1, got '0'
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `coarse2fine CMD: error: MESSAGE; see coarse2fine CMD --help`.
+
+    The stock parser prints the whole usage block first, which for the larger subcommands is a dozen
+    lines above the one that matters. Subparsers inherit the class (add_subparsers uses type(self)).
+    Prefixes of long flags are not accepted: with them, a retired name such as --batch would still
+    parse as --batch-size, and a future flag could silently change what an abbreviation means.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _number(kind, s: str, ok, want: str):
+    try:
+        v = kind(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {want}, got {s!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"must be {want}, got {s!r}")
+    return v
+
+
+def positive_int(s: str) -> int:
+    return _number(int, s, lambda v: v >= 1, "an integer >= 1")
+
+
+def nonneg_int(s: str) -> int:
+    return _number(int, s, lambda v: v >= 0, "an integer >= 0")
+
+
+def finite_float(s: str) -> float:
+    return _number(float, s, math.isfinite, "a finite number")
+
+
+def positive_float(s: str) -> float:
+    return _number(float, s, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+
+
+def nonneg_float(s: str) -> float:
+    return _number(float, s, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def probability(s: str) -> float:
+    """In (0, 1]: top-p, fractions."""
+    return _number(float, s, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def unit_interval_open(s: str) -> float:
+    """In [0, 1): decay rates (EMA)."""
+    return _number(float, s, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def cfg_interval(s: str) -> int:
+    """-1 (every token) or a token count >= 0."""
+    return _number(int, s, lambda v: v >= -1, "-1 (every token) or an integer >= 0")
+
+
+# ---- shared flags ---------------------------------------------------------------------------------
+
+DTYPES = ("auto", "fp32", "bf16")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: $OMP_NUM_THREADS, else the usable cores, at most 8)")
+
+
+def add_dtype(p: argparse.ArgumentParser, default: str, what: str) -> None:
+    p.add_argument("--dtype", choices=DTYPES, default=default,
+                   help=f"{what}: auto (bf16 where it is fast: CUDA, CPUs with native bf16), fp32 or bf16 "
+                        f"(default {default})")
+
+
+def add_data(p: argparse.ArgumentParser, default: str | None = "default", required: bool = False) -> None:
+    """--data NAME and --data-root PATH, the spelling of every subcommand that reads a data set."""
+    p.add_argument("--data", default=default, required=required,
+                   help="data set name: default (the embedded Fashion-MNIST subset), fashion-mnist, folder, ...; "
+                        "see `coarse2fine data list`" + ("" if required else f" (default {default or 'default'})"))
+    p.add_argument("--data-root", default=None,
+                   help="where a file-backed data set lives: the image folder ROOT for 'folder', the IDX "
+                        "directory for 'fashion-mnist'")
+
+
+def default_device() -> str:
+    """The one device default of every subcommand: CUDA when torch sees it, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(name: str | None) -> str:
+    """--device value -> a checked device string; one-line errors for typos and absent CUDA."""
+    import torch
+
+    from coarse2fine.config import UserError
+
+    if name is None:
+        return default_device()
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type not in ("cpu", "mps"):
+        raise UserError(f"--device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return name
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Applied by cli.main before every subcommand: the device default and the thread policy."""
+    if hasattr(args, "device"):
+        args.device = resolve_device(args.device)
+    if hasattr(args, "threads"):
+        from coarse2fine.distributed import configure_threads
+
+        configure_threads(args.threads)
+
+
+def reject_unused(args: argparse.Namespace, flags: list[str], why: str) -> None:
+    """One-line error when any of `flags` (default None = not given) was given: `why` says which mode
+    ignores it and how to drop it. Flags with a real default would be indistinguishable from
+    'not given', so every flag checked here must default to None."""
+    from coarse2fine.config import UserError
+
+    for flag in flags:
+        if getattr(args, flag.lstrip("-").replace("-", "_")) is not None:
+            raise UserError(f"{flag} {why}")
+
+
+def check_out_path(path, flag: str = "--out", kind: str = "dir") -> None:
+    """Refuse, before any work, an output path of the wrong kind: an existing file where a directory
+    is meant (kind="dir"), or an existing directory where a file is meant (kind="file")."""
+    from pathlib import Path
+
+    from coarse2fine.config import UserError
+
+    p = Path(path)
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {p} is an existing file; give a directory path")
+    if kind == "file" and p.is_dir():
+        raise UserError(f"{flag} {p} is a directory; give a file path")

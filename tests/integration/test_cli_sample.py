@@ -1,0 +1,97 @@
+"""`coarse2fine sample`, flag by flag, on the session's tiny runs: every flag does what it says."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from coarse2fine.cli import build_parser, main
+
+
+def _sample(tiny_runs, out, *flags, mode="ctf"):
+    base = (["--coarse", str(tiny_runs["coarse"]), "--fine", str(tiny_runs["fine"])] if mode == "ctf"
+            else ["--baseline", str(tiny_runs["baseline"])])
+    argv = ["sample", *base, "--classes", "0,3", "--per-class", "2", "--device", "cpu", "--threads", "1",
+            "--out", str(out), *flags]
+    assert main(argv) == 0, argv
+    with np.load(out / "samples.npz") as z:
+        return z["arr_0"], z["labels"]
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_runs, tmp_path_factory, one_thread):
+    d = tmp_path_factory.mktemp("ref")
+    return {"ctf": _sample(tiny_runs, d / "ctf"), "baseline": _sample(tiny_runs, d / "b", mode="baseline")}
+
+
+# flag -> (extra argv, mode, expectation): "differs" = other images than the reference run of that mode,
+# "same" = identical images (the flag only changes where/how fast), ("like", argv) = identical to a run
+# with argv instead, or a callable on (images, labels).
+CASES = {
+    "--seed": (["--seed", "7"], "ctf", "differs"),
+    "--batch-size": (["--batch-size", "1"], "ctf", "differs"),  # batch b is seeded with seed + b
+    "--classes": (["--classes", "1"], "ctf", lambda im, lab: lab.tolist() == [1, 1]),
+    "--per-class": (["--per-class", "3"], "ctf", lambda im, lab: lab.tolist() == [0, 0, 0, 3, 3, 3]),
+    "--device": (["--device", "cpu"], "ctf", "same"),
+    "--threads": (["--threads", "2"], "ctf", "same"),
+    "--dtype": (["--dtype", "bf16"], "ctf", lambda im, lab: im.shape == (4, 32, 32, 3)),
+    "--tokenizer": ([], "ctf", "same"),  # filled in by the test: the runs' own tokenizer
+    "--cfg": (["--cfg", "20"], "ctf", "differs"),
+    # guidance on the first 0 tokens = no guidance at all
+    "--cfg-interval": (["--cfg", "20", "--cfg-interval", "0"], "ctf", ("like", ["--cfg", "1.0"])),
+    "--temperature": (["--temperature", "0.3"], "ctf", "differs"),
+    "--top-k": (["--top-k", "1"], "ctf", "differs"),
+    "--top-p": (["--top-p", "0.05"], "ctf", "differs"),
+    "--cfg-2": (["--cfg-2", "20"], "ctf", "differs"),
+    "--temperature-2": (["--temperature-2", "0.3"], "ctf", "differs"),
+    "--top-k-2": (["--top-k-2", "1"], "ctf", "differs"),
+    "--top-p-2": (["--top-p-2", "0.05"], "ctf", "differs"),
+    "--baseline": ([], "baseline", lambda im, lab: lab.tolist() == [0, 0, 3, 3]),
+    "--coarse": ([], "ctf", "same"),
+    "--fine": ([], "ctf", "same"),
+    "--fine-decoding": (["--fine-decoding", "network"], "ctf", "same"),  # the no-network ones: test_demo_quick
+    "--out": ([], "ctf", "same"),
+}
+
+
+def test_table_covers_every_sample_flag():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["sample"]
+    flags = {s for a in sub._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+    assert flags == set(CASES), flags ^ set(CASES)
+
+
+@pytest.mark.parametrize("flag", sorted(CASES))
+def test_sample_flag(tiny_runs, ref, tmp_path, flag):
+    extra, mode, want = CASES[flag]
+    if flag == "--tokenizer":
+        extra = ["--tokenizer", str(tiny_runs["tok"])]
+    images, labels = _sample(tiny_runs, tmp_path / "s", *extra, mode=mode)
+    ref_images, ref_labels = ref[mode]
+    if isinstance(want, tuple):
+        other, _ = _sample(tiny_runs, tmp_path / "other", *want[1], mode=mode)
+        assert np.array_equal(images, other)
+        assert not np.array_equal(images, _sample(tiny_runs, tmp_path / "cfg", "--cfg", "20", mode=mode)[0])
+    elif want == "same":
+        assert np.array_equal(images, ref_images) and np.array_equal(labels, ref_labels)
+    elif want == "differs":
+        assert images.shape == ref_images.shape and np.array_equal(labels, ref_labels)
+        assert not np.array_equal(images, ref_images), f"{flag} changed nothing"
+    else:
+        assert want(images, labels), (images.shape, labels)
+
+
+def test_sample_out_is_written_fresh(tiny_runs, tmp_path, capsys):
+    """Finding 7: a reused --out kept the older, larger run's PNGs, and `eval --samples` scored the mixture."""
+    from coarse2fine.eval.samples import load_samples
+
+    out = tmp_path / "s"
+    _sample(tiny_runs, out, "--per-class", "5")  # 10 images
+    images, labels = _sample(tiny_runs, out)  # 4 images into the same folder
+    assert sorted(f.name for f in out.iterdir()) == [
+        "000000_c0.png", "000001_c0.png", "000002_c3.png", "000003_c3.png", "grid.png", "samples.npz"]
+    loaded, loaded_labels, _ = load_samples(out)
+    assert np.array_equal(loaded, images) and loaded_labels.tolist() == [0, 0, 3, 3]
+    (out / "mine.txt").write_text("keep")
+    assert main(["sample", "--baseline", str(tiny_runs["baseline"]), "--device", "cpu", "--out", str(out)]) == 2
+    assert "did not write" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"

@@ -1,0 +1,300 @@
+"""The `coarse2fine` command as a whole: help everywhere, one flag vocabulary, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coarse2fine.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("coarse2fine",)):
+    """(command path, parser) for the top-level parser and every (nested) subcommand."""
+    yield path, parser
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            helps = {c.dest: c.help for c in a._choices_actions}
+            for name, sub in a.choices.items():
+                assert helps.get(name), f"{' '.join(path)} {name} has no help line"
+                yield from _walk(sub, path + (name,))
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {s: a for a in parser._actions for s in a.option_strings if s.startswith("--")}
+
+
+def test_every_flag_of_every_subcommand_has_help():
+    missing = [f"{' '.join(path)} {a.option_strings or a.dest}" for path, p in _walk(build_parser())
+               for a in p._actions if not isinstance(a, argparse._SubParsersAction) and not (a.help or "").strip()]
+    assert not missing, missing
+
+
+# Old names of one concept, removed in favour of the docs/cli.md vocabulary.
+RETIRED = {"--root": "--data-root", "--batch": "--batch-size", "--precision": "--dtype", "--bf16": "--dtype",
+           "--no-bf16": "--dtype", "--n": "--num-images", "--eval-n": "--num-images", "--limit": "--max-sequences"}
+
+
+def test_one_name_per_concept():
+    for path, p in _walk(build_parser()):
+        flags = _flags(p)
+        assert not set(flags) & set(RETIRED), (path, sorted(set(flags) & set(RETIRED)))
+        # the tokenizer architecture is --vq-preset wherever a tokenizer is read or trained
+        if "--preset" in flags and path[-1] in ("train-tokenizer", "reconstruct", "extract-codes", "cluster",
+                                                "redundancy"):
+            pytest.fail(f"{' '.join(path)} names the tokenizer architecture --preset; use --vq-preset")
+        if "--device" in flags:  # one device default everywhere: cuda when available
+            assert flags["--device"].default is None, path
+        if "--dtype" in flags:  # bench compares named precisions (one or several), so has no 'auto'
+            want = {"fp32", "bf16"} if path[1] == "bench" else {"auto", "fp32", "bf16"}
+            assert set(flags["--dtype"].choices) == want, path
+
+
+HEAVY = ["train", "train-tokenizer", "extract-codes", "extract-codes-imagenet", "reconstruct", "cluster", "sample",
+         "sample-fid", "eval", "eval-tokens", "train-classifier", "redundancy", "bench sample", "bench train",
+         "bench bound"]
+
+
+def test_heavy_subcommands_take_threads():
+    found = {" ".join(path[1:]): _flags(p) for path, p in _walk(build_parser())}
+    for cmd in HEAVY:
+        assert "--threads" in found[cmd], cmd
+        assert found[cmd]["--threads"].default is None, cmd
+
+
+def test_threads_flag_configures_torch(monkeypatch):
+    seen = []
+    monkeypatch.setattr("coarse2fine.distributed.configure_threads", lambda n=None: seen.append(n) or 1)
+    # parses, then fails on the missing run: prepare() has run by then
+    assert main(["eval-tokens", "--run", "/nonexistent", "--codes", "/nonexistent", "--threads", "3",
+                 "--device", "cpu"]) == 2
+    assert seen == [3]
+
+
+def _one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    """argparse errors exit via SystemExit(2); run-time errors return 2. Either way: one stderr line."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, (argv, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+NUMBERS = [  # (argv, text the one line must contain); every one tracebacked or ran on the old code
+    (["train", "--stage", "baseline", "--codes", "c", "--out", "o", "--lr", "-1"], "--lr"),
+    (["train", "--stage", "baseline", "--codes", "c", "--out", "o", "--steps", "0"], "--steps"),
+    (["train", "--stage", "baseline", "--codes", "c", "--out", "o", "--ema-decay", "1"], "--ema-decay"),
+    (["train", "--stage", "baseline", "--codes", "c", "--out", "o", "--grad-clip", "nan"], "--grad-clip"),
+    (["sample", "--baseline", "b", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["sample", "--baseline", "b", "--out", "o", "--cfg", "nan"], "--cfg"),
+    (["sample", "--baseline", "b", "--out", "o", "--cfg", "inf"], "--cfg"),
+    (["sample", "--baseline", "b", "--out", "o", "--temperature", "inf"], "--temperature"),
+    (["sample", "--baseline", "b", "--out", "o", "--top-p", "0"], "--top-p"),
+    (["sample", "--baseline", "b", "--out", "o", "--top-k", "-2"], "--top-k"),
+    (["sample", "--baseline", "b", "--out", "o", "--cfg-interval", "-5"], "--cfg-interval"),
+    (["sample", "--baseline", "b", "--out", "o", "--per-class", "0"], "--per-class"),
+    (["sample-fid", "--baseline", "b", "--out", "o", "--num-samples", "-10"], "--num-samples"),
+    (["train-tokenizer", "--out", "o", "--steps", "0"], "--steps"),
+    (["train-tokenizer", "--out", "o", "--lr", "inf"], "--lr"),
+    (["train-tokenizer", "--out", "o", "--time-budget", "-1"], "--time-budget"),
+    (["reconstruct", "--tokenizer", "t", "--batch-size", "0"], "--batch-size"),
+    (["extract-codes", "--tokenizer", "t", "--out", "o", "--batch-size", "-1"], "--batch-size"),
+    (["extract-codes-imagenet", "--tokenizer", "t", "--data-root", "d", "--out", "o", "--workers", "-1"], "--workers"),
+    (["cluster", "--tokenizer", "t", "--out", "o", "--clusters", "-3"], "--clusters"),
+    (["eval", "--samples", "s", "--num-samples", "0"], "--num-samples"),
+    (["eval", "--samples", "s", "--threads", "0"], "--threads"),
+    (["eval-tokens", "--run", "r", "--codes", "c", "--max-sequences", "0"], "--max-sequences"),
+    (["train-classifier", "--out", "o", "--epochs", "0"], "--epochs"),
+    (["redundancy", "--tokenizer", "t", "--out", "o", "--num-images", "0"], "--num-images"),
+    (["data", "show", "default", "--resolution", "nan"], "--resolution"),
+    (["bench", "sample", "--repeats", "0"], "--repeats"),
+    (["bench", "bound", "--mem-gbps", "-1"], "--mem-gbps"),
+    (["presets", "--vocab", "0"], "--vocab"),
+]
+
+
+@pytest.mark.parametrize("argv,flag", NUMBERS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in NUMBERS])
+def test_bad_numbers_name_the_flag(capsys, argv, flag):
+    _one_line_error(capsys, argv, f"argument {flag}", "must be")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train-tokenizer", "--out", "o", "--preset", "VQ-tiny"],
+    ["data", "show", "default", "--root", "x"],
+    ["eval", "--samples", "s", "--root", "x"],
+    ["bench", "sample", "--batch", "2"],
+    ["sample", "--baseline", "b", "--out", "o", "--bf16"],
+    ["train", "--stage", "coarse", "--codes", "c", "--out", "o", "--precision", "fp32"],
+    ["eval-tokens", "--run", "r", "--codes", "c", "--limit", "3"],
+    ["reconstruct", "--tokenizer", "t", "--n", "4"],
+    ["redundancy", "--tokenizer", "t", "--out", "o", "--n", "4"],
+])
+def test_retired_names_are_rejected(capsys, argv):
+    _one_line_error(capsys, argv, "unrecognized arguments")
+
+
+def test_mode_ignored_flags_are_refused(capsys, tmp_path):
+    for flag, value in [("--cfg-2", "3"), ("--temperature-2", "0.5"), ("--top-k-2", "4"), ("--top-p-2", "0.5"),
+                        ("--fine", "f")]:
+        _one_line_error(capsys, ["sample", "--baseline", "b", "--out", str(tmp_path / "s"), flag, value],
+                        f"{flag} applies to the CTF stage 2 only; drop it with --baseline")
+        _one_line_error(capsys, ["sample-fid", "--baseline", "b", "--out", str(tmp_path / "s"), flag, value],
+                        f"{flag} applies to the CTF stage 2 only")
+    _one_line_error(capsys, ["sample", "--coarse", "c", "--out", str(tmp_path / "s")], "--coarse needs --fine")
+    _one_line_error(capsys, ["train", "--stage", "baseline", "--codes", "c", "--out", "o", "--coarse-map", "m"],
+                    "--coarse-map applies to the coarse and fine stages only")
+    _one_line_error(capsys, ["train", "--stage", "coarse", "--codes", "c", "--out", "o", "--head", "full"],
+                    "--head applies to --stage fine only")
+    _one_line_error(capsys, ["cluster", "--tokenizer", str(tmp_path), "--vq-preset", "VQ-16", "--out", "o"],
+                    "--vq-preset applies to LlamaGen .pt files only")
+    _one_line_error(capsys, ["redundancy", "--tokenizer", "t", "--coarse-map", "m", "--clusters", "4", "--out",
+                             str(tmp_path / "r")], "--clusters applies when clustering here")
+
+
+def test_wrong_kind_paths(capsys, tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    _one_line_error(capsys, ["sample", "--baseline", "b", "--out", str(f)], "is an existing file")
+    _one_line_error(capsys, ["train", "--stage", "baseline", "--codes", str(tmp_path), "--out", str(f)],
+                    "is an existing file")
+    _one_line_error(capsys, ["reconstruct", "--tokenizer", str(tmp_path / "none")], "does not exist")
+    _one_line_error(capsys, ["data", "show", "default", "--out", str(tmp_path)], "is a directory")
+    _one_line_error(capsys, ["eval-tokens", "--run", str(tmp_path / "none"), "--codes", str(tmp_path),
+                             "--device", "cpu"])
+    _one_line_error(capsys, ["eval", "--samples", str(tmp_path / "none.npz"), "--device", "cpu"], "not found")
+
+
+def test_device_errors(capsys):
+    _one_line_error(capsys, ["eval-tokens", "--run", "r", "--codes", "c", "--device", "gpu0"], "is not a device")
+    if not torch.cuda.is_available():
+        _one_line_error(capsys, ["eval-tokens", "--run", "r", "--codes", "c", "--device", "cuda"],
+                        "torch sees no CUDA device")
+
+
+def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "p.png"))
+
+    monkeypatch.setattr("coarse2fine.cli.data.save_grid", full)
+    _one_line_error(capsys, ["data", "show", "default", "--resolution", "8", "--per-class", "1", "--out",
+                             str(tmp_path / "p.png")], "No space left on device", "p.png", "another --out")
+
+
+def test_sample_out_refuses_foreign_files(capsys, tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _one_line_error(capsys, ["sample", "--baseline", "b", "--out", str(out)], "did not write", "notes.txt")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_eval_never_scores_a_mixture(tmp_path):
+    """A folder where an earlier, larger run left PNGs beside a new samples.npz (finding 7: N=39 for 10)."""
+    from PIL import Image
+
+    from coarse2fine.config import UserError
+    from coarse2fine.eval.samples import load_samples
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", arr_0=imgs, labels=np.arange(10))
+    for i in range(39):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"{i:06d}_c{i % 10}.png")
+    with pytest.raises(UserError, match="mixes samples: 39 numbered PNGs but samples.npz holds 10"):
+        load_samples(tmp_path)
+    for i in range(10, 39):
+        (tmp_path / f"{i:06d}_c{i % 10}.png").unlink()
+    images, labels, note = load_samples(tmp_path)  # consistent: read from the npz
+    assert np.array_equal(images, imgs) and labels.tolist() == list(range(10)) and "samples.npz" in note
+
+
+def test_errors_through_the_real_entry_point():
+    """python -m coarse2fine.cli: exit code 2, one stderr line, no traceback (argparse and run-time)."""
+    env = {**os.environ, "PYTHONPATH": os.environ.get("C2F_TEST_SRC", str(REPO / "src")), "OMP_NUM_THREADS": "1"}
+    for argv in (["sample", "--baseline", "b", "--out", "o", "--cfg-2", "3"],):  # one start: torch import costs ~5 s
+        r = subprocess.run([sys.executable, "-m", "coarse2fine.cli", *argv], capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("coarse2fine sample: error: ")
+
+
+def test_help_of_every_subcommand_works(capsys):
+    for path, _ in _walk(build_parser()):
+        with pytest.raises(SystemExit) as e:
+            main([*path[1:], "--help"])
+        assert e.value.code == 0, path
+        assert "usage: coarse2fine" in capsys.readouterr().out
+
+
+def test_readme_commands_parse():
+    """The README's command lines use the current flag names (argparse would reject a retired one)."""
+    import shlex
+
+    lines = [ln.split("  #")[0].strip() for ln in (REPO / "README.md").read_text().splitlines()]
+    cmds = [shlex.split(ln)[1:] for ln in lines if ln.startswith("coarse2fine ")]
+    assert len(cmds) >= 10
+    parser = build_parser()
+    for argv in cmds:
+        args = parser.parse_args(argv)
+        assert callable(args.func), argv
+
+
+@pytest.mark.parametrize("field,value", [("cfg_scale", float("nan")), ("cfg_scale", float("inf")),
+                                         ("temperature", float("inf")), ("temperature", float("nan")),
+                                         ("cfg_interval", -4)])
+def test_library_sampling_rejects_non_finite(field, value):
+    """The library checks too (sample-fid and the demo build StageSampling without the CLI converters)."""
+    from coarse2fine.config import UserError
+    from coarse2fine.sampling import StageSampling
+
+    with pytest.raises(UserError):
+        StageSampling(**{field: value}).validate(16, "stage 1")
+
+
+def test_more_one_line_errors(capsys, tmp_path):
+    """Found by trying every subcommand with odd input; each was a traceback before."""
+    from coarse2fine.cli.models import parse_classes
+    from coarse2fine.config import UserError
+
+    with pytest.raises(UserError, match="names no class"):
+        parse_classes(",", 10, 1)  # torch.cat of nothing
+    _one_line_error(capsys, ["bench", "sample", "--compile", "weird"], "argument --compile")
+    _one_line_error(capsys, ["bench", "bound", "--json", str(tmp_path)], "--json", "is a directory")
+    _one_line_error(capsys, ["eval", "--samples", "s.npz", "--json", str(tmp_path)], "--json", "is a directory")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"")
+    _one_line_error(capsys, ["extract-codes", "--tokenizer", "t", "--out", str(tmp_path / "run")],
+                    "holds other files and no code extraction")
+
+
+@pytest.mark.parametrize("argv", [["sample", "--baseline", "b", "--out", "o"], ["eval-tokens", "--run", "r", "--codes", "c"],
+                                  ["train", "--stage", "coarse", "--codes", "c", "--out", "o"],
+                                  ["bench", "sample"], ["eval", "--samples", "s"]])
+def test_device_default_is_cuda_when_available(monkeypatch, argv):
+    """sample and eval-tokens used to default to the CPU on a GPU machine while the rest chose CUDA."""
+    from coarse2fine.cli._args import prepare
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("coarse2fine.distributed.configure_threads", lambda n=None: 1)
+    args = build_parser().parse_args(argv)
+    prepare(args)
+    assert args.device == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = build_parser().parse_args(argv)
+    prepare(args)
+    assert args.device == "cpu"
