@@ -184,10 +184,12 @@ class TrainConfig:
     precision: str = "auto"  # "auto" | "fp32" | "bf16"
     seed: int = 0
     log_every: int = 50
-    sample_every: int = 0  # 0: a sample grid at the end only
     ckpt_every: int = 500
     eval_every: int = 0
     fsdp: bool = False
+    # IAR (arXiv 2501.00880), baseline stage only: loss = CE_fine + w * CE_cluster, the cluster logit
+    # being the logsumexp of its members' logits; needs a coarse map. 0 = off (plain baseline)
+    cluster_loss_weight: float = 0.0
 
     @property
     def scaled_lr(self) -> float:
@@ -202,3 +204,5 @@ class TrainConfig:
             raise ConfigError("steps, batch size and grad accumulation must be >= 1")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema decay must be in [0, 1), got {self.ema_decay}")
+        if not self.cluster_loss_weight >= 0:
+            raise ConfigError(f"cluster loss weight must be >= 0, got {self.cluster_loss_weight}")

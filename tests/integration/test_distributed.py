@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from coarse2fine.config import TrainConfig
-from coarse2fine.models import stage_config
+from coarse2fine.stages import stage_config
 from coarse2fine.training.loop import global_batch_indices, train
 
 K, GRID, NCLS = 64, 4, 3

@@ -60,7 +60,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     from coarse2fine.data import build_dataset
     from coarse2fine.data.codes import extract_codes
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.models import stage_config
+    from coarse2fine.stages import stage_config
     from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
     from coarse2fine.sampling import StageSampling
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse

@@ -161,7 +161,7 @@ def cmd_cluster(args) -> int:
 
 def cmd_train(args) -> int:
     from coarse2fine.data.tencrop import open_code_store
-    from coarse2fine.models import stage_config
+    from coarse2fine.stages import stage_config
     from coarse2fine.tokenizer.clustering import CoarseMap
     from coarse2fine.training.loop import train
 
