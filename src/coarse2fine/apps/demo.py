@@ -60,7 +60,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     from coarse2fine.data import build_dataset
     from coarse2fine.data.codes import extract_codes
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.stages import stage_config
+    from coarse2fine.stages import STAGE_SPECS, stage_config
     from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
     from coarse2fine.sampling import StageSampling
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
@@ -126,9 +126,9 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
             summary = json.loads((run / "summary.json").read_text())
         else:
             summary = train(stage, mcfg, tcfg, out / "codes_train", run,
-                            coarse_map=out / "coarse_map.safetensors" if stage != "baseline" else None,
+                            coarse_map=out / "coarse_map.safetensors" if STAGE_SPECS[stage].needs_coarse_map else None,
                             heldout_dir=out / "codes_test", resume=(run / "state.pt").exists(), progress=progress,
-                            restricted=stage == "fine" and plan.head == "restricted")
+                            restricted=STAGE_SPECS[stage].restricted_head and plan.head == "restricted")
         report["models"][stage] = summary
         times[stage] = time.time() - t
 

@@ -257,7 +257,7 @@ class TrainBench:
 
 
 def _gpt_step(stage: str, cfg: GPTConfig, batch: int, device, dtype):
-    from coarse2fine.stages import stage_loss
+    from coarse2fine.stages import STAGE_SPECS, stage_loss
     from coarse2fine.training.loop import param_groups
 
     model = Transformer(cfg).to(device).train()
@@ -267,7 +267,8 @@ def _gpt_step(stage: str, cfg: GPTConfig, batch: int, device, dtype):
     codes = torch.randint(0, V, (batch, N), device=device)
     inp = torch.randint(0, inv, (batch, N), device=device)
     cond = torch.randint(0, cfg.num_classes, (batch,), device=device)
-    tokens = inp if stage == "fine" else codes[:, :-1]
+    causal = STAGE_SPECS[stage].causal
+    tokens = codes[:, :-1] if causal else inp
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -277,7 +278,7 @@ def _gpt_step(stage: str, cfg: GPTConfig, batch: int, device, dtype):
         opt.step()
         opt.zero_grad(set_to_none=True)
     # the causal stages see [cls, N - 1 tokens], the fine stage [cls, N coarse labels]
-    return model, step, batch * N, bench.train_flops(cfg, batch, N + (1 if stage == "fine" else 0))
+    return model, step, batch * N, bench.train_flops(cfg, batch, N + (0 if causal else 1))
 
 
 def _vq_step(preset: str, batch: int, device, dtype):

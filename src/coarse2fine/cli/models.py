@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, TrainConfig, UserError, gpt_config, vq_config
+from coarse2fine.stages import STAGE_SPECS
 
 
 def register(sub) -> None:
@@ -27,18 +28,22 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output file (.safetensors) or directory")
     p.set_defaults(func=cmd_cluster)
 
-    p = sub.add_parser("train", help="train a coarse (stage 1), fine (stage 2) or baseline model on extracted codes")
-    p.add_argument("--stage", required=True, choices=["coarse", "fine", "baseline"])
-    p.add_argument("--codes", required=True, help="code store directory (from `coarse2fine extract-codes`)")
+    p = sub.add_parser("train", help="train a coarse (stage 1), fine (stage 2) or baseline model on extracted codes",
+                       description="Train one stage. With --resume, every flag left out takes the run's saved value "
+                                   "(`train --resume --out R` alone continues R); a flag given must equal the run's "
+                                   "value, except a larger --steps, which extends the run (recorded in config.json).")
+    p.add_argument("--stage", choices=list(STAGE_SPECS), help="which model (required unless --resume)")
+    p.add_argument("--codes", help="code store directory (from `coarse2fine extract-codes`; required unless --resume)")
     p.add_argument("--heldout", help="held-out code store for token metrics (e.g. the test split)")
     p.add_argument("--coarse-map", help="CoarseMap from `coarse2fine cluster` (coarse and fine stages)")
-    p.add_argument("--preset", default="GPT-small", help=f"model preset: {', '.join(GPT_PRESETS)}")
-    p.add_argument("--head", choices=["restricted", "full"], default="restricted",
+    p.add_argument("--preset", help=f"model preset (default GPT-small): {', '.join(GPT_PRESETS)}")
+    p.add_argument("--head", choices=["restricted", "full"],
                    help="fine stage: 'restricted' (default) scores only the members of each position's coarse "
                         "cluster; 'full' is the paper's K-way head. The default is measured: on Fashion-MNIST the "
                         "restricted head gave lower held-out NLL and better samples (benchmarks/results/RESULTS.md)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped, "
+                                                         "with its saved settings")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     d = TrainConfig()
@@ -49,13 +54,16 @@ def register(sub) -> None:
                  ("ema_decay", "EMA decay (0 = off), e.g. 0.999"), ("precision", "auto, fp32 or bf16"),
                  ("seed", "seed for init, data order and dropout"), ("log_every", "log interval (steps)"),
                  ("ckpt_every", "checkpoint interval (steps)"), ("eval_every", "held-out eval interval (0 = end only)"),
-                 ("fsdp", "shard with FSDP2 under torchrun (large presets)")]:
+                 ("fsdp", "shard with FSDP2 under torchrun (large presets)"),
+                 ("cluster_loss_weight", "IAR: weight of a cluster-level cross-entropy added to the baseline's loss "
+                                         "(needs --coarse-map; 0 = off)")]:
         default = getattr(d, f)
         flag = "--" + f.replace("_", "-")
+        # default None = "not given": a fresh run takes the TrainConfig default, --resume the run's value
         if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", help=h)
+            p.add_argument(flag, action="store_true", default=None, help=h)
         else:
-            p.add_argument(flag, type=type(default), default=default, help=f"{h} (default {default})")
+            p.add_argument(flag, type=type(default), default=None, help=f"{h} (default {default})")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval-tokens", help="token metrics of a trained stage on held-out codes: stage-1 coarse "
@@ -160,21 +168,33 @@ def cmd_cluster(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from coarse2fine.data.tencrop import open_code_store
-    from coarse2fine.stages import stage_config
-    from coarse2fine.tokenizer.clustering import CoarseMap
-    from coarse2fine.training.loop import train
+    import dataclasses
 
-    store = open_code_store(args.codes)  # extract-codes or extract-codes-imagenet output
-    meta = store.meta
-    num_coarse = CoarseMap.load(args.coarse_map).num_coarse if args.coarse_map else 0
-    mcfg = stage_config(args.preset, args.stage, meta["codebook_size"], num_coarse, meta["num_classes"], meta["grid"])
-    # fields without a flag (e.g. beta1/beta2, min_lr_ratio) keep their TrainConfig defaults
-    tcfg = TrainConfig(**{f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)})
-    summary = train(args.stage, mcfg, tcfg, args.codes, args.out, coarse_map=args.coarse_map,
-                    heldout_dir=args.heldout, restricted=args.stage == "fine" and args.head == "restricted",
-                    resume=args.resume,
-                    progress=not args.no_progress, device=args.device)
+    from coarse2fine.data.tencrop import open_code_store
+    from coarse2fine.stages import stage_config, stage_spec
+    from coarse2fine.tokenizer.clustering import CoarseMap
+    from coarse2fine.training.loop import saved_run, train
+
+    given = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    if args.resume:  # a flag left out takes the run's value; train() refuses a given one that differs
+        kw = saved_run(args.out)
+        kw["cfg"] = dataclasses.replace(kw["cfg"], **given)
+    elif not (args.stage and args.codes):
+        raise UserError("train needs --stage and --codes (only --resume reads them from the run)")
+    else:  # fields without a flag (e.g. beta1/beta2, min_lr_ratio) keep their TrainConfig defaults
+        kw = {"cfg": TrainConfig(**given), "stage": args.stage, "restricted": True}
+    for key, value in (("stage", args.stage), ("codes_dir", args.codes), ("coarse_map", args.coarse_map),
+                       ("heldout_dir", args.heldout)):
+        kw[key] = value if value is not None else kw.get(key)
+    if args.head is not None:
+        kw["restricted"] = args.head == "restricted"
+    kw["restricted"] = kw["restricted"] and stage_spec(kw["stage"]).restricted_head
+    if args.preset is not None or "model_cfg" not in kw:
+        meta = open_code_store(kw["codes_dir"]).meta  # extract-codes or extract-codes-imagenet output
+        num_coarse = CoarseMap.load(kw["coarse_map"]).num_coarse if kw["coarse_map"] else 0
+        kw["model_cfg"] = stage_config(args.preset or "GPT-small", kw["stage"], meta["codebook_size"], num_coarse,
+                                       meta["num_classes"], meta["grid"])
+    summary = train(**kw, out_dir=args.out, resume=args.resume, progress=not args.no_progress, device=args.device)
     from coarse2fine.distributed import rank
 
     if rank() == 0:  # under torchrun: one summary, not one per process
@@ -186,15 +206,16 @@ def cmd_eval_tokens(args) -> int:
     from coarse2fine.data.tencrop import open_code_store
     from coarse2fine.tokenizer.clustering import CoarseMap
     from coarse2fine.checkpoint import load_run
-    from coarse2fine.stages import StageBatches, evaluate_tokens
+    from coarse2fine.stages import StageBatches, evaluate_tokens, stage_spec
 
     model, meta = load_run(args.run, device=args.device)
     stage = meta["stage"]
-    cmap = CoarseMap.load(Path(args.run) / "coarse_map.safetensors") if stage != "baseline" else None
+    spec = stage_spec(stage)
+    cmap = CoarseMap.load(Path(args.run) / "coarse_map.safetensors") if spec.needs_coarse_map else None
     batches = StageBatches(open_code_store(args.codes), stage, cmap)
     members = cmap.members.to(args.device) if meta.get("restricted") else None
     res = evaluate_tokens(model, batches, torch.device(args.device), args.batch_size, members, args.limit)
-    what = {"coarse": "coarse-label", "fine": "fine-code (given the true coarse labels)", "baseline": "fine-code"}[stage]
+    what = spec.target_name
     print(f"{stage}: {what} accuracy {res['acc']:.4f}, NLL {res['nll']:.4f} nats/token "
           f"over {res['count']} held-out sequences")
     print(json.dumps({"stage": stage, **res}))

@@ -101,7 +101,7 @@ def _dataset(args, resolution: int, split: str):
 
 
 def cmd_train(args) -> int:
-    from coarse2fine.config import load_json, to_dict, vq_config
+    from coarse2fine.config import VQConfig, from_dict, load_json, to_dict, vq_config
     from coarse2fine.training.tokenizer import train_tokenizer
 
     out = Path(args.out)
@@ -113,7 +113,7 @@ def cmd_train(args) -> int:
             if getattr(args, flag) is not None and getattr(args, flag) != d.get(key):
                 raise UserError(f"--resume uses the run's data ({key}={d.get(key)!r}); drop --{flag.replace('_', '-')}")
             setattr(args, flag, d.get(key))
-        if args.preset is not None and to_dict(vq_cfg) != saved["vq"]:
+        if args.preset is not None and to_dict(vq_cfg) != to_dict(from_dict(VQConfig, saved["vq"])):
             raise UserError(f"--resume uses the run's saved architecture, which is not {args.preset}; drop --preset")
         vq_cfg = saved["vq"]
     ds, info = _dataset(args, vq_cfg["image_size"] if isinstance(vq_cfg, dict) else vq_cfg.image_size, "train")
