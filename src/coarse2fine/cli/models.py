@@ -31,7 +31,9 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train a coarse (stage 1), fine (stage 2) or baseline model on extracted codes",
                        description="Train one stage. With --resume, every flag left out takes the run's saved value "
                                    "(`train --resume --out R` alone continues R); a flag given must equal the run's "
-                                   "value, except a larger --steps, which extends the run (recorded in config.json).")
+                                   "value, except a larger --steps, which extends the run (recorded in config.json), "
+                                   "and --grad-accum/--fsdp/--log-every/--ckpt-every/--eval-every, which leave the "
+                                   "computation unchanged.")
     p.add_argument("--stage", choices=list(STAGE_SPECS), help="which model (required unless --resume)")
     p.add_argument("--codes", help="code store directory (from `coarse2fine extract-codes`; required unless --resume)")
     p.add_argument("--heldout", help="held-out code store for token metrics (e.g. the test split)")

@@ -211,9 +211,10 @@ def lock_run(run_dir: str | Path, enabled: bool = True):
 
 # ---- resume check ----------------------------------------------------------------------------------
 
-# settings that change how the work is laid out over processes, not the computation: the global batch,
-# data order and dropout seeds are fixed, so a resume may change them (e.g. on another world size)
-LAYOUT_FIELDS = ("grad_accum", "fsdp")
+# settings a resume may change because the computation does not depend on them: how the work is laid
+# out over processes (the global batch, data order and dropout seeds stay fixed, so a run can move to
+# another world size) and how often it logs, evaluates and checkpoints
+FREE_FIELDS = ("grad_accum", "fsdp", "log_every", "ckpt_every", "eval_every")
 
 
 def flag(name: str) -> str:
@@ -234,12 +235,12 @@ def saved_settings(cls, saved: dict[str, Any], source: str):
 def check_resume(saved, asked, step: int, source: str) -> dict[str, Any] | None:
     """Refuse a resume whose settings differ from the run's; both are instances of one dataclass.
 
-    Every differing field is named. Exceptions: LAYOUT_FIELDS, and a `steps` larger than the
+    Every differing field is named. Exceptions: FREE_FIELDS, and a `steps` larger than the
     current `step` (an extension: returned as a history entry {"at_step", "steps_from", "steps_to"}
     for config.json). A `steps` at or below the current step is refused."""
     a, b = to_dict(from_dict(type(saved), to_dict(saved))), to_dict(from_dict(type(saved), to_dict(asked)))
     clash = [f"{flag(k)}: the run has {a[k]!r}, this command asks {b[k]!r}"
-             for k in a if k not in LAYOUT_FIELDS and k != "steps" and a[k] != b[k]]
+             for k in a if k not in FREE_FIELDS and k != "steps" and a[k] != b[k]]
     if clash:
         raise UserError(f"--resume: settings differ from {source}: {'; '.join(clash)}; resume with the run's "
                         "settings (leave those flags out) or start a new --out")
