@@ -117,7 +117,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
                        schedule="cosine", seed=plan.seed, log_every=max(1, plan.steps // 10),
                        ckpt_every=plan.steps, ema_decay=0.0)
     report["models"] = {}
-    for i, stage in enumerate(("coarse", "fine", "baseline")):
+    for i, stage in enumerate(STAGE_SPECS):  # coarse, fine, baseline
         t = time.time()
         run = out / stage
         _log(f"4/6 ({i + 1}/3) training the {stage} model ({plan.gpt_preset}, {plan.steps} steps)")

@@ -51,8 +51,8 @@ class TokenizerTrainConfig:
     recon_loss: str = "l2"          # "l1" or "l2" on [-1, 1] pixels
     ema: bool = True
     ema_decay: float = 0.999
-    # bfloat16 autocast for the conv stack (the quantizer stays float32). None = auto: on for CUDA
-    # and for CPUs with native bf16 (1.4x faster per step on this box's AVX512-BF16), off otherwise
+    # bfloat16 autocast for the conv stack (the quantizer stays float32). None = auto: on where bf16
+    # is native (common.bf16_native: 1.4x faster per step on this box's AVX512-BF16), off otherwise
     bf16: bool | None = None
     flip: bool = True               # random horizontal flips
     seed: int = 0
