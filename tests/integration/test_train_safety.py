@@ -122,6 +122,10 @@ def test_cli_resume_takes_the_runs_settings(data, tmp_path, capsys):
     assert main(["train", "--resume", "--lr", "0.01", *flags]) == 2
     assert "--lr: the run has 0.02, this command asks 0.01" in capsys.readouterr().err
     assert main(["train", "--resume", "--head", "full", *flags]) == 2
+    cw = torch.nn.functional.normalize(torch.randn(K, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    cluster_codebook(cw, C, "random", 1, "fp").save(tmp_path / "other.safetensors")  # same sizes, other codes
+    assert main(["train", "--resume", "--coarse-map", str(tmp_path / "other.safetensors"), *flags]) == 2
+    assert "--coarse-map: not the map the run was trained with" in capsys.readouterr().err
     assert main(["train", "--resume", "--steps", "3", *flags]) == 0  # stage, codes, map, preset, lr from the run
     meta = json.loads((run / "config.json").read_text())
     assert meta["train"]["lr"] == 0.02 and meta["train"]["seed"] == 1 and meta["restricted"] is True

@@ -113,7 +113,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                 "coarse_map": cmap.stats() | {"fingerprint": cmap.fingerprint, "method": cmap.method} if cmap else None}
     run_meta["heldout"] = str(Path(heldout_dir).resolve()) if heldout_dir else None
     with lock_run(out, info.is_main):  # one process per run dir, from the first check to the last write
-        st = _check_run_dir(out, run_meta, cfg, resume)
+        st = _check_run_dir(out, run_meta, cfg, cmap, resume)
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             dump_json(run_meta, out / "config.json")
@@ -124,7 +124,8 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                     stop_at)
 
 
-def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
+def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: CoarseMap | None,
+                   resume: bool) -> dict[str, Any] | None:
     """Refuse a fresh start over a run, or a resume that changes it; -> the train state to resume.
     Adds run_meta["history"]: the run's --steps extensions, this one included."""
     if (out / "state.pt").exists() and not resume:
@@ -137,10 +138,12 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, resume
                         "resume with the same stage/preset or choose another --out")
     if bool(old.get("restricted")) != run_meta["restricted"]:
         raise UserError(f"--head: the run has {'restricted' if old.get('restricted') else 'full'}; resume with it")
-    fp_old, fp_new = ((m or {}).get("fingerprint") for m in (old.get("coarse_map"), run_meta["coarse_map"]))
-    if fp_old != fp_new:
-        raise UserError(f"--coarse-map: the run was trained with map {fp_old}, this command gives {fp_new}; "
-                        "leave --coarse-map out to use the run's copy")
+    copy = out / "coarse_map.safetensors"  # the run's copy of its map, compared code by code
+    same = (not copy.exists() if cmap is None
+            else copy.exists() and torch.equal(CoarseMap.load(copy).phi, cmap.phi))
+    if not same:
+        raise UserError(f"--coarse-map: not the map the run was trained with ({copy if copy.exists() else 'none'}); "
+                        "leave --coarse-map out to use the run's own")
     st = load_train_state(out / "state.pt")
     ext = check_resume(saved_settings(TrainConfig, old.get("train"), f"{out}/config.json"), cfg, st["step"],
                        f"{out}/config.json")
