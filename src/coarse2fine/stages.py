@@ -45,7 +45,7 @@ class StageSpec:
         out_v = self.vocab(self.outputs, codebook_size, num_coarse)
         in_v = self.vocab(self.inputs, codebook_size, num_coarse)
         kw = dict(vocab_size=out_v, causal=self.causal, num_classes=num_classes, grid=grid)
-        if in_v != out_v or self.inputs != self.outputs:
+        if self.inputs != self.outputs:  # else 0: the input embedding shares the output vocabulary
             kw["input_vocab_size"] = in_v
         return gpt_config(preset, **{**kw, **overrides})
 
@@ -63,9 +63,13 @@ class StageSpec:
 
 
 STAGE_SPECS: dict[str, StageSpec] = {
-    "coarse": StageSpec("coarse", "coarse", "coarse", True, True, False, False, "coarse-label"),
-    "fine": StageSpec("fine", "coarse", "fine", False, True, True, False, "fine-code (given the true coarse labels)"),
-    "baseline": StageSpec("baseline", "fine", "fine", True, False, False, True, "fine-code"),
+    "coarse": StageSpec("coarse", inputs="coarse", outputs="coarse", causal=True, needs_coarse_map=True,
+                        restricted_head=False, cluster_loss=False, target_name="coarse-label"),
+    "fine": StageSpec("fine", inputs="coarse", outputs="fine", causal=False, needs_coarse_map=True,
+                      restricted_head=True, cluster_loss=False,
+                      target_name="fine-code (given the true coarse labels)"),
+    "baseline": StageSpec("baseline", inputs="fine", outputs="fine", causal=True, needs_coarse_map=False,
+                          restricted_head=False, cluster_loss=True, target_name="fine-code"),
 }
 
 
