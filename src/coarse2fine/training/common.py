@@ -5,7 +5,6 @@ One home each, so the two trainers cannot drift apart (they used to carry three 
 """
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import functools
 import json
@@ -17,7 +16,7 @@ from typing import Any, Iterable
 
 import torch
 
-from coarse2fine.config import ConfigError, UserError, from_dict, load_json, to_dict
+from coarse2fine.config import ConfigError, UserError, from_dict, to_dict
 from coarse2fine.fileio import atomic_write_bytes
 
 # ---- schedule, EMA, precision, seeding ---------------------------------------------------------
@@ -250,11 +249,3 @@ def check_resume(saved, asked, step: int, source: str) -> dict[str, Any] | None:
         raise UserError(f"--steps {b['steps']}: the run is already at step {step} (of {a['steps']}); pass a "
                         f"larger --steps to extend it, or leave --steps out to finish it")
     return {"at_step": step, "steps_from": a["steps"], "steps_to": b["steps"]}
-
-
-def resume_settings(cls, run_dir: str | Path, given: dict[str, Any]):
-    """The run's saved settings (config.json "train") with the explicitly given ones on top: the CLI's
-    meaning of `--resume` (a flag left out takes the run's value). Changed values are refused later,
-    by check_resume."""
-    saved = saved_settings(cls, load_json(Path(run_dir) / "config.json").get("train"), f"{run_dir}/config.json")
-    return dataclasses.replace(saved, **given)
