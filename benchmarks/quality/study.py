@@ -195,7 +195,7 @@ class Study:
 
     def train_to(self, stage: str, step: int, mapname: str | None = None, map_path: Path | None = None,
                  preset: str | None = None, restricted: bool = False) -> str:
-        from coarse2fine.models import stage_config
+        from coarse2fine.stages import stage_config
         from coarse2fine.training.loop import train
 
         p = self.plan

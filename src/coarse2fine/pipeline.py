@@ -301,6 +301,7 @@ def export_pipeline(out: str | Path, coarse=None, fine=None, baseline=None, toke
             # local absolute paths mean nothing in a release folder
             meta["codes"] = {k: v for k, v in (meta.get("codes") or {}).items()
                              if k not in ("dir", "tokenizer_dir", "tokenizer_path")}
+            meta.pop("heldout", None)  # the held-out store a run was evaluated on (resume only)
             meta["tokenizer"] = tokenizer_ref(fp, tmp / "tokenizer", tmp / name)
             metas[name] = save_run(tmp / name, "gpt", meta, load_weights(src / "model.safetensors"))
         components = {"tokenizer": "tokenizer", **{name: name for name in runs}}

@@ -1,16 +1,91 @@
-"""The CTF method's data side: what each stage (coarse, fine, baseline) reads and predicts, its batches,
-its loss and its held-out evaluation."""
+"""The CTF method's data side, in one place: what each stage (coarse, fine, baseline) reads and
+predicts (STAGE_SPECS), its model config, its batches, its loss and its held-out evaluation.
+
+    stage     input tokens   predicts      attention  coarse map
+    coarse    coarse ids     coarse ids    causal     needed
+    fine      coarse ids     fine codes    full       needed (optional restricted head)
+    baseline  fine codes     fine codes    causal     only for the IAR cluster loss
+
+Causal stages are trained by teacher forcing: the input is the target shifted right behind the
+class token. The full-attention stage reads every input token and predicts at every image position.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from coarse2fine.config import UserError
+from coarse2fine.config import GPTConfig, UserError, gpt_config
 from coarse2fine.data.codes import CodeStore
 from coarse2fine.tokenizer.clustering import CoarseMap
 
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the method. Vocabularies are "fine" (the K codes) or "coarse" (the C clusters)."""
+
+    name: str
+    inputs: str            # vocabulary of the tokens the model reads
+    outputs: str           # vocabulary it predicts
+    causal: bool           # causal (teacher forcing, KV-cache decoding) or full attention (one pass)
+    needs_coarse_map: bool
+    restricted_head: bool  # can score only the members of each position's true cluster (--head restricted)
+    cluster_loss: bool     # can add the IAR cluster-level cross-entropy (--cluster-loss-weight)
+    target_name: str       # what its token accuracy counts, for reports
+
+    def vocab(self, kind: str, codebook_size: int, num_coarse: int) -> int:
+        return codebook_size if kind == "fine" else num_coarse
+
+    def gpt_config(self, preset: str, codebook_size: int, num_coarse: int, num_classes: int, grid: int,
+                   **overrides) -> GPTConfig:
+        """Resolve a preset for this stage: vocabularies and attention direction follow from the stage."""
+        out_v = self.vocab(self.outputs, codebook_size, num_coarse)
+        in_v = self.vocab(self.inputs, codebook_size, num_coarse)
+        kw = dict(vocab_size=out_v, causal=self.causal, num_classes=num_classes, grid=grid)
+        if self.inputs != self.outputs:  # else 0: the input embedding shares the output vocabulary
+            kw["input_vocab_size"] = in_v
+        return gpt_config(preset, **{**kw, **overrides})
+
+    def batch(self, codes: torch.Tensor, coarse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes [B, N] fine ids, coarse [B, N] their cluster ids (None when not needed)
+        -> (tokens [B, N - 1] causal / [B, N] full attention, targets [B, N])."""
+        src = codes if self.inputs == "fine" else coarse
+        tgt = codes if self.outputs == "fine" else coarse
+        return (src[:, :-1] if self.causal else src), tgt
+
+    def logits(self, model: nn.Module, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """-> [B, N, V]: one prediction per image position (full attention drops the class position)."""
+        out = model(tokens, cond)
+        return out if self.causal else out[:, 1:]
+
+
+STAGE_SPECS: dict[str, StageSpec] = {
+    "coarse": StageSpec("coarse", inputs="coarse", outputs="coarse", causal=True, needs_coarse_map=True,
+                        restricted_head=False, cluster_loss=False, target_name="coarse-label"),
+    "fine": StageSpec("fine", inputs="coarse", outputs="fine", causal=False, needs_coarse_map=True,
+                      restricted_head=True, cluster_loss=False,
+                      target_name="fine-code (given the true coarse labels)"),
+    "baseline": StageSpec("baseline", inputs="fine", outputs="fine", causal=True, needs_coarse_map=False,
+                          restricted_head=False, cluster_loss=True, target_name="fine-code"),
+}
+
+
+def stage_spec(stage: str) -> StageSpec:
+    if stage not in STAGE_SPECS:
+        raise UserError(f"unknown stage {stage!r}; choose one of {sorted(STAGE_SPECS)}")
+    return STAGE_SPECS[stage]
+
+
+def stage_config(preset: str, stage: str, codebook_size: int, num_coarse: int, num_classes: int,
+                 grid: int, **overrides) -> GPTConfig:
+    """STAGE_SPECS[stage].gpt_config(...): the model config of `preset` for a stage."""
+    return stage_spec(stage).gpt_config(preset, codebook_size, num_coarse, num_classes, grid, **overrides)
+
+
+# ---- losses ------------------------------------------------------------------------------------
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [B, N, V], targets [B, N] -> (mean cross-entropy, token accuracy), both scalars."""
@@ -31,8 +106,7 @@ def restrict_to_cluster(logits: torch.Tensor, coarse: torch.Tensor, members: tor
 
 
 def fine_ce(logits: torch.Tensor, codes: torch.Tensor, coarse: torch.Tensor | None = None,
-            members: torch.Tensor | None = None, phi: torch.Tensor | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            members: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage-2 loss. Full head (paper): K-way cross-entropy. Restricted head (members given):
     cross-entropy over the members of the true coarse cluster only; the target's rank inside its
     cluster is found through `members`. Returns (loss, fine-token accuracy)."""
@@ -46,12 +120,59 @@ def fine_ce(logits: torch.Tensor, codes: torch.Tensor, coarse: torch.Tensor | No
     return loss, acc
 
 
+def cluster_logits(logits: torch.Tensor, phi: torch.Tensor, num_coarse: int) -> torch.Tensor:
+    """logits [B, N, K] over fine codes, phi [K] (cluster of each code) -> [B, N, C]: the logit of a
+    cluster is the logsumexp of its members' logits (so its softmax is the cluster's total probability).
+    Computed per cluster around the cluster's own maximum: exact in float32, memory O(B N K)."""
+    x = logits.float()
+    idx = phi.to(x.device).expand_as(x)  # [B, N, K]
+    shape = (*x.shape[:-1], num_coarse)
+    top = x.new_full(shape, float("-inf")).scatter_reduce(-1, idx, x, "amax")  # [B, N, C]
+    sums = x.new_zeros(shape).scatter_add(-1, idx, (x - top.gather(-1, idx)).exp())
+    return sums.log() + top  # an empty cluster gets -inf: probability 0
+
+
+@dataclass(frozen=True)
+class ClusterLoss:
+    """IAR's extra term (arXiv 2501.00880): weight * CE(cluster logits, true cluster of the target)."""
+
+    phi: torch.Tensor  # [K] cluster id of each fine code
+    num_coarse: int
+    weight: float
+
+    @classmethod
+    def from_map(cls, cmap: CoarseMap, weight: float, device: torch.device) -> "ClusterLoss":
+        return cls(cmap.phi.to(device), cmap.num_coarse, weight)
+
+    def __call__(self, logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """logits [B, N, K], codes [B, N] -> the weighted cluster cross-entropy (scalar)."""
+        cl = cluster_logits(logits, self.phi, self.num_coarse)  # [B, N, C]
+        target = self.phi.to(codes.device)[codes]  # [B, N]
+        return self.weight * F.cross_entropy(cl.reshape(-1, self.num_coarse), target.reshape(-1))
+
+
+def stage_loss(model: nn.Module, stage: str, tokens, cond, targets, members=None,
+               cluster: ClusterLoss | None = None):
+    """-> (loss, token accuracy) of one batch. members [C, M]: the fine stage's restricted head;
+    cluster: the IAR term added to the baseline's loss."""
+    logits = STAGE_SPECS[stage].logits(model, tokens, cond)  # [B, N, V]
+    if members is not None:  # restricted head: the input tokens are each position's true cluster
+        loss, acc = fine_ce(logits, targets, tokens, members)
+    else:
+        loss, acc = token_ce(logits, targets)
+    if cluster is not None:
+        loss = loss + cluster(logits, targets)
+    return loss, acc
+
+
+# ---- batches and held-out evaluation --------------------------------------------------------------
+
 class StageBatches:
     """Turns a code store into (tokens, cond, targets) batches for one stage."""
 
     def __init__(self, store: CodeStore, stage: str, cmap: CoarseMap | None):
-        self.store, self.stage, self.cmap = store, stage, cmap
-        if stage != "baseline" and cmap is None:
+        self.store, self.stage, self.spec, self.cmap = store, stage, stage_spec(stage), cmap
+        if self.spec.needs_coarse_map and cmap is None:
             raise UserError(f"stage {stage} needs a coarse map (--coarse-map); create it with `coarse2fine cluster`")
         if cmap is not None:
             fp = store.meta.get("tokenizer_fingerprint")
@@ -64,31 +185,22 @@ class StageBatches:
         return len(self.store)
 
     def get(self, idx: np.ndarray, device: torch.device):
-        """idx [b] -> tokens_in [b, T], cond [b], targets [b, N] (see model.forward for the layout)."""
+        """idx [b] -> tokens [b, T], cond [b], targets [b, N] (StageSpec.batch gives the layout)."""
         order = np.argsort(idx)  # sorted reads are friendlier to the memory map
         codes = torch.from_numpy(np.asarray(self.store.codes[idx[order]], dtype=np.int64))
         labels = torch.from_numpy(np.asarray(self.store.labels[idx[order]], dtype=np.int64))
         inv = torch.from_numpy(np.argsort(order))
         codes, labels = codes[inv].to(device), labels[inv].to(device)  # [b, N], [b]
-        if self.stage == "baseline":
-            return codes[:, :-1], labels, codes
-        coarse = self.cmap.coarse_of(codes)
-        if self.stage == "coarse":
-            return coarse[:, :-1], labels, coarse
-        return coarse, labels, codes  # fine: all coarse labels in, all fine codes out
-
-
-def stage_loss(model: nn.Module, stage: str, tokens, cond, targets, members=None):
-    logits = model(tokens, cond)
-    if stage == "fine":
-        return fine_ce(logits[:, 1:], targets, tokens, members)  # drop the class position
-    return token_ce(logits, targets)
+        coarse = self.cmap.coarse_of(codes) if self.spec.needs_coarse_map else None
+        tokens, targets = self.spec.batch(codes, coarse)
+        return tokens, labels, targets
 
 
 @torch.no_grad()
 def evaluate_tokens(model: nn.Module, batches: StageBatches, device: torch.device, batch_size: int = 256,
                     members=None, max_seqs: int | None = None) -> dict[str, float]:
-    """Mean NLL (nats/token) and token accuracy over a held-out code store, eval mode."""
+    """Mean NLL (nats/token) and token accuracy over a held-out code store, eval mode. The NLL is the
+    stage's own prediction loss (without an IAR cluster term), so runs with and without it compare."""
     was = model.training
     model.eval()
     n = len(batches) if max_seqs is None else min(len(batches), max_seqs)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from coarse2fine.config import TrainConfig
-from coarse2fine.models import stage_config
+from coarse2fine.config import TrainConfig, train_recipe
+from coarse2fine.stages import stage_config
 from coarse2fine.training.loop import global_batch_indices, train
 
 K, GRID, NCLS = 64, 4, 3
@@ -91,7 +91,10 @@ def kill_tree(proc):
 
 
 def tcfg(steps, batch, **kw):
-    return TrainConfig(steps=steps, batch_size=batch, lr=3e-3, precision="fp32", log_every=1, **kw)
+    """What the CLI's train_flags resolve to: the GPT-tiny recipe, then the flags given."""
+    base = {**train_recipe("GPT-tiny", steps), "steps": steps, "batch_size": batch, "lr": 3e-3, "precision": "fp32",
+            "log_every": 1}
+    return TrainConfig(**{**base, **kw})
 
 
 def losses(run):

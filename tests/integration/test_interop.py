@@ -18,7 +18,8 @@ from coarse2fine.cli import main
 from coarse2fine.config import TrainConfig, gpt_config, vq_config
 from coarse2fine.data.tencrop import ShardedCodeStore, extract_tencrop, image_variants, ten_crop
 from coarse2fine.apps.llamagen import cfg_interval_from_llamagen
-from coarse2fine.models import Transformer, stage_config
+from coarse2fine.models import Transformer
+from coarse2fine.stages import stage_config
 from coarse2fine.pipeline import ARPipeline
 from coarse2fine.sampling import StageSampling, filter_logits
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint

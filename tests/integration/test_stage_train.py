@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coarse2fine.config import TrainConfig, UserError
-from coarse2fine.models import stage_config
+from coarse2fine.stages import stage_config
 from coarse2fine.tokenizer.clustering import cluster_codebook
 from coarse2fine.checkpoint import load_run
 from coarse2fine.training.loop import train

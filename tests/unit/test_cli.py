@@ -156,7 +156,7 @@ def test_mode_ignored_flags_are_refused(capsys, tmp_path):
                         f"{flag} applies to the CTF stage 2 only")
     _one_line_error(capsys, ["sample", "--coarse", "c", "--out", str(tmp_path / "s")], "--coarse needs --fine")
     _one_line_error(capsys, ["train", "--stage", "baseline", "--codes", "c", "--out", "o", "--coarse-map", "m"],
-                    "--coarse-map applies to the coarse and fine stages only")
+                    "--coarse-map applies to the coarse and fine stages (and the baseline with --cluster-loss-weight) only")
     _one_line_error(capsys, ["train", "--stage", "coarse", "--codes", "c", "--out", "o", "--head", "full"],
                     "--head applies to --stage fine only")
     _one_line_error(capsys, ["cluster", "--tokenizer", str(tmp_path), "--vq-preset", "VQ-16", "--out", "o"],

@@ -3,7 +3,8 @@ import torch
 
 from coarse2fine.checkpoint import load_strict, unwrap_state_dict
 from coarse2fine.config import UserError, gpt_config
-from coarse2fine.models import Transformer, count_params, stage_config
+from coarse2fine.models import Transformer, count_params
+from coarse2fine.stages import stage_config
 
 # LlamaGen's published table (llamagen-compat.md): params at vocab 16384 and at vocab 512 (CTF stage 1)
 TABLE = {"GPT-B": (110.9, 86.5), "GPT-L": (342.9, 310.4), "GPT-XL": (774.7, 734.1)}

@@ -60,7 +60,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     from coarse2fine.data import build_dataset
     from coarse2fine.data.codes import extract_codes
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.models import stage_config
+    from coarse2fine.stages import STAGE_SPECS, stage_config
     from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
     from coarse2fine.sampling import StageSampling
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
@@ -117,7 +117,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
                        schedule="cosine", seed=plan.seed, log_every=max(1, plan.steps // 10),
                        ckpt_every=plan.steps, ema_decay=0.0)
     report["models"] = {}
-    for i, stage in enumerate(("coarse", "fine", "baseline")):
+    for i, stage in enumerate(STAGE_SPECS):  # coarse, fine, baseline
         t = time.time()
         run = out / stage
         _log(f"4/6 ({i + 1}/3) training the {stage} model ({plan.gpt_preset}, {plan.steps} steps)")
@@ -126,9 +126,9 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
             summary = json.loads((run / "summary.json").read_text())
         else:
             summary = train(stage, mcfg, tcfg, out / "codes_train", run,
-                            coarse_map=out / "coarse_map.safetensors" if stage != "baseline" else None,
+                            coarse_map=out / "coarse_map.safetensors" if STAGE_SPECS[stage].needs_coarse_map else None,
                             heldout_dir=out / "codes_test", resume=(run / "state.pt").exists(), progress=progress,
-                            restricted=stage == "fine" and plan.head == "restricted")
+                            restricted=STAGE_SPECS[stage].restricted_head and plan.head == "restricted")
         report["models"][stage] = summary
         times[stage] = time.time() - t
 

@@ -15,7 +15,8 @@ import torch
 
 from coarse2fine.bench import speed as bench
 from coarse2fine.config import GPTConfig, gpt_config, vq_config
-from coarse2fine.models import Transformer, stage_config
+from coarse2fine.models import Transformer
+from coarse2fine.stages import stage_config
 # the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
 # 1.1 for CTF, top-k off) are imported, not restated, so the bench cannot drift from them
 from coarse2fine.pipeline import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, decode
@@ -256,7 +257,7 @@ class TrainBench:
 
 
 def _gpt_step(stage: str, cfg: GPTConfig, batch: int, device, dtype):
-    from coarse2fine.stages import stage_loss
+    from coarse2fine.stages import STAGE_SPECS, stage_loss
     from coarse2fine.training.loop import param_groups
 
     model = Transformer(cfg).to(device).train()
@@ -266,7 +267,8 @@ def _gpt_step(stage: str, cfg: GPTConfig, batch: int, device, dtype):
     codes = torch.randint(0, V, (batch, N), device=device)
     inp = torch.randint(0, inv, (batch, N), device=device)
     cond = torch.randint(0, cfg.num_classes, (batch,), device=device)
-    tokens = inp if stage == "fine" else codes[:, :-1]
+    causal = STAGE_SPECS[stage].causal
+    tokens = codes[:, :-1] if causal else inp
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -276,7 +278,7 @@ def _gpt_step(stage: str, cfg: GPTConfig, batch: int, device, dtype):
         opt.step()
         opt.zero_grad(set_to_none=True)
     # the causal stages see [cls, N - 1 tokens], the fine stage [cls, N coarse labels]
-    return model, step, batch * N, bench.train_flops(cfg, batch, N + (1 if stage == "fine" else 0))
+    return model, step, batch * N, bench.train_flops(cfg, batch, N + (0 if causal else 1))
 
 
 def _vq_step(preset: str, batch: int, device, dtype):

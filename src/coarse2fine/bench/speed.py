@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from coarse2fine.config import GPTConfig
+from coarse2fine.training.common import bf16_native
 
 
 # ---- timing --------------------------------------------------------------------------------------
@@ -262,8 +263,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
         cpu = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                if ln.startswith("model name")]
         info["cpu"] = cpu[0] if cpu else platform.processor()
-        flags = Path("/proc/cpuinfo").read_text()
-        info["cpu_bf16"] = any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+        info["cpu_bf16"] = bf16_native("cpu")
     except OSError:
         info["cpu"] = platform.processor()
     if hasattr(os, "getloadavg"):

@@ -11,9 +11,11 @@ from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_inter
                                    nonneg_int, positive_float, positive_int, probability, reject_unused, unit_interval_open)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, TrainConfig, UserError, gpt_config, vq_config
 from coarse2fine.sampling import FINE_DECODINGS
-
+from coarse2fine.stages import STAGE_SPECS
 
 # TrainConfig field -> (flag type, help). The flag is --<field with dashes>, except precision (--dtype).
+# Every flag defaults to None = "not given": a fresh run takes the preset's recipe (config.train_recipe),
+# --resume the run's saved value.
 _TRAIN_FLAGS = {
     "steps": (positive_int, "optimizer steps"),
     "batch_size": (positive_int, "global batch (over processes and accumulation)"),
@@ -27,6 +29,8 @@ _TRAIN_FLAGS = {
     "log_every": (positive_int, "log interval (steps)"),
     "ckpt_every": (positive_int, "checkpoint interval (steps)"),
     "eval_every": (nonneg_int, "held-out eval interval (0 = end only)"),
+    "cluster_loss_weight": (nonneg_float, "IAR: weight of a cluster-level cross-entropy added to the baseline's "
+                                          "loss (needs --coarse-map; 0 = off)"),
 }
 
 
@@ -49,29 +53,40 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=cmd_cluster)
 
-    p = sub.add_parser("train", help="train a coarse (stage 1), fine (stage 2) or baseline model on extracted codes")
-    p.add_argument("--stage", required=True, choices=["coarse", "fine", "baseline"],
-                   help="coarse: stage 1 over cluster ids; fine: stage 2; baseline: next-token over fine ids")
-    p.add_argument("--codes", required=True, help="code store directory (from `coarse2fine extract-codes`)")
+    p = sub.add_parser("train", help="train a coarse (stage 1), fine (stage 2) or baseline model on extracted codes",
+                       description="Train one stage. Settings left out come from the preset's recipe (CPU presets: "
+                                   "the measured small-model recipe; GPT-B and larger: LlamaGen's), printed at start "
+                                   "and stored in config.json. With --resume, every flag left out takes the run's "
+                                   "saved value (`train --resume --out R` alone continues R); a flag given must equal "
+                                   "the run's value, except a larger --steps, which extends the run (recorded in "
+                                   "config.json), and --grad-accum/--fsdp/--log-every/--ckpt-every/--eval-every, which "
+                                   "leave the computation unchanged.")
+    p.add_argument("--stage", choices=list(STAGE_SPECS),
+                   help="coarse: stage 1 over cluster ids; fine: stage 2; baseline: next-token over fine ids "
+                        "(required unless --resume)")
+    p.add_argument("--codes", help="code store directory (from `coarse2fine extract-codes`; required unless --resume)")
     p.add_argument("--heldout", help="held-out code store for token metrics (e.g. the test split)")
-    p.add_argument("--coarse-map", help="CoarseMap from `coarse2fine cluster` (coarse and fine stages only)")
-    p.add_argument("--preset", default="GPT-small", help=f"model preset: {', '.join(GPT_PRESETS)} (default GPT-small)")
+    p.add_argument("--coarse-map", help="CoarseMap from `coarse2fine cluster` (coarse and fine stages; the baseline "
+                                        "with --cluster-loss-weight)")
+    p.add_argument("--preset", help=f"model preset (default GPT-small): {', '.join(GPT_PRESETS)}")
     p.add_argument("--head", choices=["restricted", "full"], default=None,
                    help="fine stage only: 'restricted' (default) scores only the members of each position's coarse "
                         "cluster; 'full' is the paper's K-way head. The default is measured: on Fashion-MNIST the "
                         "restricted head gave lower held-out NLL and better samples (benchmarks/results/RESULTS.md)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped, "
+                                                         "with its saved settings")
     add_device(p)
     add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
-    d = TrainConfig()
     for f, (kind, h) in _TRAIN_FLAGS.items():
-        p.add_argument("--" + f.replace("_", "-"), type=kind, default=getattr(d, f), help=f"{h} (default {getattr(d, f)})")
-    p.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule,
-                   help=f"learning-rate schedule after warmup (default {d.schedule})")
-    add_dtype(p, d.precision, "training precision")
-    p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 under torchrun (large presets)")
+        p.add_argument("--" + f.replace("_", "-"), type=kind, default=None, help=f"{h} (default: the preset's recipe)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default=None,
+                   help="learning-rate schedule after warmup (default: the preset's recipe)")
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default=None,
+                   help="training precision: auto (bf16 where it is fast: CUDA, CPUs with native bf16), fp32 or "
+                        "bf16 (default auto)")
+    p.add_argument("--fsdp", action="store_true", default=None, help="shard with FSDP2 under torchrun (large presets)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval-tokens", help="token metrics of a trained stage on held-out codes: stage-1 coarse "
@@ -223,27 +238,52 @@ def cmd_cluster(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from coarse2fine.data.tencrop import open_code_store
-    from coarse2fine.models import stage_config
-    from coarse2fine.tokenizer.clustering import CoarseMap
-    from coarse2fine.training.loop import train
+    import dataclasses
 
-    if args.stage == "baseline":
-        reject_unused(args, ["--coarse-map"], "applies to the coarse and fine stages only; drop it with --stage baseline")
-    if args.stage != "fine":
-        reject_unused(args, ["--head"], f"applies to --stage fine only; drop it with --stage {args.stage}")
+    from coarse2fine.config import train_recipe
+    from coarse2fine.data.tencrop import open_code_store
+    from coarse2fine.stages import stage_config, stage_spec
+    from coarse2fine.tokenizer.clustering import CoarseMap
+    from coarse2fine.training.loop import saved_run, train
+
     check_out_path(Path(args.out))
-    store = open_code_store(args.codes)  # extract-codes or extract-codes-imagenet output
-    meta = store.meta
-    num_coarse = CoarseMap.load(args.coarse_map).num_coarse if args.coarse_map else 0
-    mcfg = stage_config(args.preset, args.stage, meta["codebook_size"], num_coarse, meta["num_classes"], meta["grid"])
-    # fields without a flag (e.g. beta1/beta2, min_lr_ratio) keep their TrainConfig defaults
-    tcfg = TrainConfig(precision=args.dtype, schedule=args.schedule, fsdp=args.fsdp,
-                       **{f: getattr(args, f) for f in _TRAIN_FLAGS})
-    summary = train(args.stage, mcfg, tcfg, args.codes, args.out, coarse_map=args.coarse_map,
-                    heldout_dir=args.heldout, restricted=args.stage == "fine" and args.head != "full",
-                    resume=args.resume,
-                    progress=not args.no_progress, device=args.device)
+    given = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
+    given |= {k: v for k, v in (("schedule", args.schedule), ("precision", args.dtype), ("fsdp", args.fsdp))
+              if v is not None}
+    if args.resume:  # a flag left out takes the run's value; train() refuses a given one that differs
+        kw = saved_run(args.out)
+        kw["cfg"] = dataclasses.replace(kw["cfg"], **given)
+    elif not (args.stage and args.codes):
+        raise UserError("train needs --stage and --codes (only --resume reads them from the run)")
+    else:  # the preset's recipe, then the flags given; fields without a flag keep the recipe's value
+        preset = args.preset or "GPT-small"
+        recipe = train_recipe(preset, given.get("steps"))
+        cfg = TrainConfig(**{**recipe, **given})
+        shown = ", ".join(f"{k} {getattr(cfg, k)}" for k in
+                          ("steps", "batch_size", "lr", "schedule", "warmup_steps", "weight_decay", "ema_decay"))
+        if not args.no_progress:
+            print(f"train {args.stage} ({preset}, recipe '{cfg.recipe}'): {shown}; flags given: "
+                  f"{', '.join(sorted(given)) or 'none'}", flush=True)
+        kw = {"cfg": cfg, "stage": args.stage, "restricted": True}
+    stage = args.stage or kw["stage"]
+    if not stage_spec(stage).needs_coarse_map and not (stage_spec(stage).cluster_loss and
+                                                       (given.get("cluster_loss_weight") or 0) > 0):
+        reject_unused(args, ["--coarse-map"], f"applies to the coarse and fine stages (and the baseline with "
+                                              f"--cluster-loss-weight) only; drop it with --stage {stage}")
+    if stage != "fine":
+        reject_unused(args, ["--head"], f"applies to --stage fine only; drop it with --stage {stage}")
+    for key, value in (("stage", args.stage), ("codes_dir", args.codes), ("coarse_map", args.coarse_map),
+                       ("heldout_dir", args.heldout)):
+        kw[key] = value if value is not None else kw.get(key)
+    if args.head is not None:
+        kw["restricted"] = args.head == "restricted"
+    kw["restricted"] = kw["restricted"] and stage_spec(kw["stage"]).restricted_head
+    if args.preset is not None or "model_cfg" not in kw:
+        meta = open_code_store(kw["codes_dir"]).meta  # extract-codes or extract-codes-imagenet output
+        num_coarse = CoarseMap.load(kw["coarse_map"]).num_coarse if kw["coarse_map"] else 0
+        kw["model_cfg"] = stage_config(args.preset or "GPT-small", kw["stage"], meta["codebook_size"], num_coarse,
+                                       meta["num_classes"], meta["grid"])
+    summary = train(**kw, out_dir=args.out, resume=args.resume, progress=not args.no_progress, device=args.device)
     from coarse2fine.distributed import rank
 
     if rank() == 0:  # under torchrun: one summary, not one per process
@@ -255,17 +295,18 @@ def cmd_eval_tokens(args) -> int:
     from coarse2fine.data.tencrop import open_code_store
     from coarse2fine.tokenizer.clustering import CoarseMap
     from coarse2fine.checkpoint import check_run_codes, load_run
-    from coarse2fine.stages import StageBatches, evaluate_tokens
+    from coarse2fine.stages import StageBatches, evaluate_tokens, stage_spec
 
     model, meta = load_run(args.run, device=args.device)
     stage = meta["stage"]
-    cmap = CoarseMap.load(Path(args.run) / "coarse_map.safetensors") if stage != "baseline" else None
+    spec = stage_spec(stage)
+    cmap = CoarseMap.load(Path(args.run) / "coarse_map.safetensors") if spec.needs_coarse_map else None
     store = open_code_store(args.codes)
     check_run_codes(meta, args.run, store.meta, args.codes)  # codes of another tokenizer: garbage metrics
     batches = StageBatches(store, stage, cmap)
     members = cmap.members.to(args.device) if meta.get("restricted") else None
     res = evaluate_tokens(model, batches, torch.device(args.device), args.batch_size, members, args.max_sequences)
-    what = {"coarse": "coarse-label", "fine": "fine-code (given the true coarse labels)", "baseline": "fine-code"}[stage]
+    what = spec.target_name
     print(f"{stage}: {what} accuracy {res['acc']:.4f}, NLL {res['nll']:.4f} nats/token "
           f"over {res['count']} held-out sequences")
     print(json.dumps({"stage": stage, **res}))

@@ -91,7 +91,7 @@ def _dataset(args, resolution: int, split: str):
 
 
 def cmd_train(args) -> int:
-    from coarse2fine.config import load_json, to_dict, vq_config
+    from coarse2fine.config import VQConfig, from_dict, load_json, to_dict, vq_config
     from coarse2fine.training.tokenizer import train_tokenizer
 
     out = Path(args.out)
@@ -104,9 +104,8 @@ def cmd_train(args) -> int:
             if getattr(args, flag) is not None and getattr(args, flag) != d.get(key):
                 raise UserError(f"--resume uses the run's data ({key}={d.get(key)!r}); drop --{flag.replace('_', '-')}")
             setattr(args, flag, d.get(key))
-        if args.vq_preset is not None and to_dict(vq_cfg) != saved["vq"]:
-            raise UserError(f"--resume uses the run's saved architecture, which is not {args.vq_preset}; "
-                            "drop --vq-preset")
+        if args.vq_preset is not None and to_dict(vq_cfg) != to_dict(from_dict(VQConfig, saved["vq"])):
+            raise UserError(f"--resume uses the run's saved architecture, which is not {args.vq_preset}; drop --vq-preset")
         vq_cfg = saved["vq"]
     ds, info = _dataset(args, vq_cfg["image_size"] if isinstance(vq_cfg, dict) else vq_cfg.image_size, "train")
     train_tokenizer(vq_cfg, out, ds, steps=args.steps, resume=args.resume, data_info=info,

@@ -1,6 +1,6 @@
 """One Llama-style network (LlamaGen GPT), causal or bidirectional.
 
-Three uses share it (see models/__init__.py):
+Three uses share it (coarse2fine.stages.STAGE_SPECS sets their vocabularies and attention):
 - baseline: causal over the K fine codes (plain LlamaGen c2i);
 - stage 1 (coarse): causal over the C coarse labels;
 - stage 2 (fine): bidirectional; input = class token + all N coarse labels (vocab C),
@@ -81,11 +81,6 @@ class Transformer(nn.Module):
         L = self.seq_len
         self.register_buffer("causal_mask", torch.tril(torch.ones(L, L, dtype=torch.bool, device=dev)),
                              persistent=False)
-
-    def clear_cache(self) -> None:
-        for layer in self.layers:
-            layer.attention.kv_cache = None
-        self.max_batch = -1
 
     # ---- forward ---------------------------------------------------------------------------
     def embed(self, tokens: torch.Tensor | None, cond: torch.Tensor | None) -> torch.Tensor:

@@ -9,7 +9,6 @@ geometry in which codes are "close"). Methods:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,7 +164,3 @@ def cluster_codebook(codewords: torch.Tensor, num_coarse: int, method: str = "km
 def default_num_coarse(codebook_size: int) -> int:
     """The paper's ratio: 16384 codes -> 512 clusters, i.e. ~32 codes per cluster."""
     return max(1, codebook_size // 32)
-
-
-def describe(cmap: CoarseMap) -> str:
-    return json.dumps(cmap.stats())

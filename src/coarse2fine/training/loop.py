@@ -5,14 +5,13 @@ One code path for 1 and N processes (torchrun). What makes resume exact, also at
   global batch of step s is slice s of it, split over ranks and accumulation micro-steps;
 - dropout randomness is re-seeded at every step from (seed, step, rank, micro-step);
 - model, EMA, optimizer and schedule state are saved atomically in `state.pt`.
+Safety: a NaN/Inf loss or gradient norm stops the run before anything of that step is saved; a
+resume must use the run's settings (a larger --steps extends it); one process per run dir (a lock).
 """
 from __future__ import annotations
 
-import json
-import math
 import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,13 @@ from coarse2fine.checkpoint import (load_train_state, save_run_weights, save_tra
                                    tokenizer_ref, write_run_config)
 from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, load_json, to_dict
 from coarse2fine.data.tencrop import open_code_store
-from coarse2fine.stages import StageBatches, evaluate_tokens, stage_loss
-from coarse2fine.models import STAGES, Transformer, count_params
+from coarse2fine.models import Transformer, count_params
 from coarse2fine.parallel import (full_model_state, full_optim_state, grad_norm_value, is_sharded, load_optim_state,
                                   no_sync, reshard, unwrap, wrap_model, wrap_shadow)
+from coarse2fine.stages import ClusterLoss, StageBatches, evaluate_tokens, stage_loss, stage_spec
 from coarse2fine.tokenizer.clustering import CoarseMap
+from coarse2fine.training.common import (MetricsLog, autocast, check_finite, check_resume, ema_update, lock_run,
+                                         resolve_dtype, saved_settings, seed_everything, step_seed, warmup_cosine)
 
 
 def global_batch_indices(step: int, n: int, batch: int, seed: int) -> np.ndarray:
@@ -52,40 +53,31 @@ def param_groups(model: nn.Module, weight_decay: float):
 
 
 def lr_lambda(cfg: TrainConfig):
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "cosine":
-            t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        return 1.0
-    return f
+    return lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.schedule == "cosine")
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1 - decay)
+def grad_norm(model: nn.Module, clip: float) -> torch.Tensor:
+    """Total gradient norm (before clipping), clipping to `clip` when > 0."""
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
 
 # ---- the run ---------------------------------------------------------------------------------
+
+def saved_run(out_dir: str | Path) -> dict[str, Any]:
+    """What a stage run was started with, as `train` keyword arguments: `train --resume` reads every
+    setting it is not given from here (config.json and the run's copy of the coarse map)."""
+    out = Path(out_dir)
+    meta = load_json(out / "config.json")
+    if meta.get("kind") != "gpt":
+        raise UserError(f"{out} holds a {meta.get('kind')!r} run, not a transformer stage run; check --out")
+    cm = out / "coarse_map.safetensors"
+    return {"stage": meta["stage"], "model_cfg": from_dict(GPTConfig, meta["gpt"]),
+            "cfg": saved_settings(TrainConfig, meta.get("train"), f"{out}/config.json"),
+            "codes_dir": meta["codes"]["dir"], "coarse_map": cm if cm.exists() else None,
+            "heldout_dir": meta.get("heldout"), "restricted": bool(meta.get("restricted"))}
+
 
 def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | Path, out_dir: str | Path,
           coarse_map: str | Path | None = None, heldout_dir: str | Path | None = None,
@@ -94,9 +86,9 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     """Train one stage. Writes out_dir/{config.json, model.safetensors, state.pt, metrics.jsonl, tb/}.
 
     stop_at: end this call after that step (checkpoint written); `resume=True` continues the same
-    schedule. Returns a summary dict (final loss/accuracy, held-out token metrics, wall time)."""
-    if stage not in STAGES:
-        raise UserError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    schedule, refusing any setting that differs from the run's (a larger cfg.steps extends the run).
+    Returns a summary dict (final loss/accuracy, held-out token metrics, wall time)."""
+    spec = stage_spec(stage)
     cfg.validate()
     info = distributed.setup(device)
     out = Path(out_dir)
@@ -104,9 +96,14 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     cmap = CoarseMap.load(coarse_map) if coarse_map else None
     batches = StageBatches(store, stage, cmap)
     heldout = StageBatches(open_code_store(heldout_dir), stage, cmap) if heldout_dir else None
-    members = cmap.members.to(info.device) if (restricted and stage == "fine") else None
-    if restricted and stage != "fine":
+    if restricted and not spec.restricted_head:
         raise UserError("the cluster-restricted head applies to the fine stage only")
+    if cfg.cluster_loss_weight > 0 and not spec.cluster_loss:
+        raise UserError(f"--cluster-loss-weight (IAR) applies to the baseline stage only, not to {stage}; drop it")
+    if cfg.cluster_loss_weight > 0 and cmap is None:
+        raise UserError("--cluster-loss-weight needs --coarse-map: the clusters of its cluster-level loss")
+    members = cmap.members.to(info.device) if restricted else None
+    cluster = ClusterLoss.from_map(cmap, cfg.cluster_loss_weight, info.device) if cfg.cluster_loss_weight else None
     micro = cfg.batch_size // (info.world_size * cfg.grad_accum)
     if micro * info.world_size * cfg.grad_accum != cfg.batch_size:
         raise UserError(f"global batch {cfg.batch_size} must be divisible by world size {info.world_size} x "
@@ -117,21 +114,61 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                 "coarse_map": cmap.stats() | {"fingerprint": cmap.fingerprint, "method": cmap.method} if cmap else None,
                 "tokenizer": tokenizer_ref(store.meta.get("tokenizer_fingerprint"),
                                            store_tokenizer_dir(store.meta, codes_dir), out)}
-    if out.exists() and (out / "state.pt").exists() and not resume:
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume:
-        old = load_json(out / "config.json")
-        if old.get("stage") != stage or old.get("gpt") != run_meta["gpt"]:
-            raise UserError(f"{out} holds a {old.get('stage')} run with another model config; "
-                            "resume with the same stage/preset or choose another --out")
+    run_meta["heldout"] = str(Path(heldout_dir).resolve()) if heldout_dir else None
+    with lock_run(out, info.is_main):  # one process per run dir, from the first check to the last write
+        st = _check_run_dir(out, run_meta, cfg, cmap, resume)
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_run_config(out, "gpt", run_meta)
+            if cmap is not None and not _same_file(coarse_map, out / "coarse_map.safetensors"):
+                shutil.copyfile(Path(coarse_map) if Path(coarse_map).is_file() else Path(coarse_map) / "coarse_map.safetensors",
+                                out / "coarse_map.safetensors")
+        return _fit(spec.name, model_cfg, cfg, batches, heldout, out, st, info, micro, members, cluster, progress,
+                    stop_at)
 
-    torch.manual_seed(cfg.seed)
+
+def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: CoarseMap | None,
+                   resume: bool) -> dict[str, Any] | None:
+    """Refuse a fresh start over a run, or a resume that changes it; -> the train state to resume.
+    Adds run_meta["history"]: the run's --steps extensions, this one included."""
+    if (out / "state.pt").exists() and not resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if not resume:
+        return None
+    old = load_json(out / "config.json")
+    if old.get("stage") != run_meta["stage"] or old.get("gpt") != run_meta["gpt"]:
+        raise UserError(f"{out} holds a {old.get('stage')} run with another model config; "
+                        "resume with the same stage/preset or choose another --out")
+    if bool(old.get("restricted")) != run_meta["restricted"]:
+        raise UserError(f"--head: the run has {'restricted' if old.get('restricted') else 'full'}; resume with it")
+    copy = out / "coarse_map.safetensors"  # the run's copy of its map, compared code by code
+    same = (not copy.exists() if cmap is None
+            else copy.exists() and torch.equal(CoarseMap.load(copy).phi, cmap.phi))
+    if not same:
+        raise UserError(f"--coarse-map: not the map the run was trained with ({copy if copy.exists() else 'none'}); "
+                        "leave --coarse-map out to use the run's own")
+    st = load_train_state(out / "state.pt")
+    ext = check_resume(saved_settings(TrainConfig, old.get("train"), f"{out}/config.json"), cfg, st["step"],
+                       f"{out}/config.json")
+    run_meta["history"] = old.get("history", []) + ([ext] if ext else [])
+    if ext and distributed.rank() == 0:
+        print(f"extending {out} from {ext['steps_from']} to {ext['steps_to']} steps (at step {ext['at_step']}); "
+              "recorded in config.json \"history\"", flush=True)
+    return st
+
+
+def _same_file(a: str | Path, b: Path) -> bool:
+    return b.exists() and Path(a).resolve() == b.resolve()
+
+
+def _fit(stage, model_cfg, cfg, batches, heldout, out, st, info, micro, members, cluster, progress, stop_at):
+    """The optimisation loop of `train`, under the run lock (st: the train state to resume, or None)."""
+    seed_everything(cfg.seed)
     model = Transformer(model_cfg).to(info.device)
     ema = Transformer(model_cfg).to(info.device).eval() if cfg.ema_decay > 0 else None
     if ema is not None:
         ema.load_state_dict(model.state_dict())
         ema.requires_grad_(False)
-    st = load_train_state(out / "state.pt") if resume else None
     if st is not None:  # full tensors go into the plain modules, before any wrapping or sharding
         model.load_state_dict(st["model"])
         if ema is not None:
@@ -148,17 +185,10 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
         load_optim_state(wrapped, opt, st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         step = st["step"]
-        if info.is_main:
-            _truncate_metrics(out / "metrics.jsonl", step)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_run_config(out, "gpt", run_meta)
-        if cmap is not None:
-            shutil.copyfile(Path(coarse_map) if Path(coarse_map).is_file() else Path(coarse_map) / "coarse_map.safetensors",
-                            out / "coarse_map.safetensors")
+    last_ckpt = step
 
     writer = _tb_writer(out / "tb") if info.is_main else None
-    log = (out / "metrics.jsonl").open("a") if info.is_main else None
+    log = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=info.is_main)
     bar = _progress(cfg.steps, step, progress and info.is_main, stage)
     t0, steps_done, summary = time.time(), 0, {}
     wrapped.train()
@@ -171,26 +201,29 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
             for m in range(cfg.grad_accum):
                 # dropout seed per global micro-batch (its slice of the global batch), not per (rank,
                 # micro-step): N ranks x A micro-steps then equal 1 rank x N*A micro-steps exactly
-                torch.manual_seed(hash((cfg.seed, step, info.rank * cfg.grad_accum + m)) % (2 ** 63))
+                torch.manual_seed(step_seed(cfg.seed, step, info.rank * cfg.grad_accum + m))
                 tokens, cond, targets = batches.get(ridx[m * micro:(m + 1) * micro], info.device)
-                with no_sync(wrapped, skip=m < cfg.grad_accum - 1), _autocast(info.device, dtype):
-                    loss, acc = stage_loss(wrapped, stage, tokens, cond, targets, members)
+                with no_sync(wrapped, skip=m < cfg.grad_accum - 1), autocast(info.device, dtype):
+                    loss, acc = stage_loss(wrapped, stage, tokens, cond, targets, members, cluster)
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
                 acc_sum += acc.item() / cfg.grad_accum
-            gnorm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            # the loss is averaged over ranks and the gradients are all-reduced: every rank sees the
+            # same numbers, so every rank stops at the same step
+            loss_g = distributed.all_reduce_mean(torch.tensor([loss_sum, acc_sum], device=info.device)).tolist()
+            gnorm = grad_norm_value(grad_norm(wrapped, cfg.grad_clip))
+            check_finite(step + 1, {"loss": loss_g[0], "gradient norm": gnorm}, last_ckpt)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
             if ema is not None:
-                ema_update(ema, unwrap(wrapped), cfg.ema_decay)
+                ema_update(ema.parameters(), unwrap(wrapped).parameters(), cfg.ema_decay)
             step += 1
             steps_done += 1
-            loss_g = distributed.all_reduce_mean(torch.tensor([loss_sum, acc_sum], device=info.device)).tolist()
             rec = {"step": step, "loss": loss_g[0], "acc": loss_g[1], "lr": sched.get_last_lr()[0],
-                   "grad_norm": grad_norm_value(gnorm)}
+                   "grad_norm": gnorm}
+            log.write(rec)
             if info.is_main:
-                log.write(json.dumps(rec) + "\n")
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     log.flush()
                     for k in ("loss", "acc", "lr"):
@@ -203,18 +236,19 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                 if writer:
                     writer.add_scalar("heldout/nll", ev["nll"], step)
                     writer.add_scalar("heldout/acc", ev["acc"], step)
-                if log:
-                    log.write(json.dumps({"step": step, "heldout": ev}) + "\n")
+                log.write({"step": step, "heldout": ev})
             if step % cfg.ckpt_every == 0 or step == end:
+                log.sync()  # the log covers at least what the checkpoint covers
                 _save(out, wrapped, ema, opt, sched, step, info)
+                last_ckpt = step
             summary = rec
     except KeyboardInterrupt:
+        log.sync()
         _save(out, wrapped, ema, opt, sched, step, info)
         raise
     finally:
         bar.close()
-        if log:
-            log.close()
+        log.close()
         if writer:
             writer.close()
     wall = time.time() - t0
@@ -240,20 +274,6 @@ def _save(out: Path, wrapped, ema, opt, sched, step: int, info) -> None:
         save_train_state(out / "state.pt", state)
         save_run_weights(out, ema_sd if ema is not None else model_sd)
     distributed.barrier()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint being resumed, so the log matches an uninterrupted run."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _tb_writer(path: Path):

@@ -12,7 +12,6 @@ DDP a code counts as dead when rank 0's share of the batches did not pick it.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from coarse2fine import distributed
@@ -31,6 +29,8 @@ from coarse2fine.checkpoint import (load_strict, load_train_state, rng_state, sa
 from coarse2fine.config import ConfigError, UserError, VQConfig, from_dict, load_json, to_dict, vq_config
 from coarse2fine.data.preprocess import to_uint8
 from coarse2fine.tokenizer.vq import VQModel, codebook_usage
+from coarse2fine.training.common import (MetricsLog, autocast, bf16_native, check_finite, check_resume, ema_update,
+                                         lock_run, saved_settings, seed_everything, warmup_cosine)
 
 
 @dataclass
@@ -50,8 +50,8 @@ class TokenizerTrainConfig:
     recon_loss: str = "l2"          # "l1" or "l2" on [-1, 1] pixels
     ema: bool = True
     ema_decay: float = 0.999
-    # bfloat16 autocast for the conv stack (the quantizer stays float32). None = auto: on for CUDA
-    # and for CPUs with native bf16 (1.4x faster per step on this box's AVX512-BF16), off otherwise
+    # bfloat16 autocast for the conv stack (the quantizer stays float32). None = auto: on where bf16
+    # is native (common.bf16_native: 1.4x faster per step on this box's AVX512-BF16), off otherwise
     bf16: bool | None = None
     flip: bool = True               # random horizontal flips
     seed: int = 0
@@ -121,33 +121,18 @@ class EMA:
     def update(self, model: torch.nn.Module, step: int) -> None:
         # short warm-up so the average is not dominated by the random init in short runs
         d = min(self.decay, (1 + step) / (10 + step))
-        params = dict(model.named_parameters())
-        for k, v in model.state_dict().items():
-            if k in params:
-                self.shadow[k].lerp_(v.float(), 1 - d)
-            else:
+        params, sd = dict(model.named_parameters()), model.state_dict()
+        ema_update((self.shadow[k] for k in sd if k in params), (v for k, v in sd.items() if k in params), d)
+        for k, v in sd.items():
+            if k not in params:
                 self.shadow[k].copy_(v)
 
     def copy_rows(self, key: str, rows: torch.Tensor, values: torch.Tensor) -> None:
         self.shadow[key][rows] = values.float()
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """bf16 autocast pays off on CUDA and on CPUs with native bf16 instructions (else it is emulated)."""
-    if device.type == "cuda":
-        return True
-    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
-
-
 def lr_at(step: int, tc: TokenizerTrainConfig) -> float:
-    if step < tc.warmup_steps:
-        return tc.lr * (step + 1) / tc.warmup_steps
-    t = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
-    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    return tc.lr * warmup_cosine(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
 
 
 def psnr_from_mse(mse_pm1: float) -> float:
@@ -177,33 +162,49 @@ def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
     """Train (or resume) a VQ tokenizer on `dataset` (ImageDataset); returns the run dir.
 
     vq_cfg: VQConfig, its dict, or a preset name. train / train_overrides / steps: TokenizerTrainConfig
-    fields. time_budget_s / stop_at_step end this call early (checkpoint written; `resume=True`
-    continues). On resume the run dir's saved config wins; a conflicting train setting other than
-    `steps` is an error.
+    fields (None = not given). time_budget_s / stop_at_step end this call early (checkpoint written;
+    `resume=True` continues). On resume a setting not given takes the run's value; a given one that
+    differs is refused, except a larger `steps` (an extension, recorded in config.json "history").
+    A NaN/Inf loss or gradient norm stops the run before that step is saved. One process per run dir.
     """
-    out = Path(out_dir)
     info = distributed.setup(device)
+    with lock_run(out_dir, info.is_main):
+        return _train_tokenizer(vq_cfg, out_dir, dataset, train, steps, resume, data_info, time_budget_s,
+                                stop_at_step, progress, info, train_overrides)
+
+
+def _train_tokenizer(vq_cfg, out_dir, dataset, train, steps, resume, data_info, time_budget_s, stop_at_step,
+                     progress, info, train_overrides) -> Path:
+    out = Path(out_dir)
     vq_cfg, tc = _resolve(vq_cfg, train, {**train_overrides, "steps": steps})
+    st, history = None, []
     if resume:
         saved = load_json(out / "config.json")
         if saved.get("kind") != "vq":
             raise ConfigError(f"{out} is not a tokenizer run dir (kind={saved.get('kind')!r})")
+        saved_vq = from_dict(VQConfig, saved["vq"])
+        if to_dict(vq_cfg) != to_dict(saved_vq):  # both normalised: a JSON list equals the preset's tuple
+            raise UserError(f"--preset: {out} holds a tokenizer of another architecture; leave --preset out "
+                            "to resume it, or start a new --out")
+        saved_tc = saved_settings(TokenizerTrainConfig, saved.get("train"), f"{out}/config.json")
         asked = to_dict(train) if isinstance(train, TokenizerTrainConfig) else dict(train or {})
-        asked.update({k: v for k, v in train_overrides.items() if v is not None})
-        clash = sorted(k for k, v in asked.items() if k != "steps" and saved["train"].get(k, v) != v)
-        if clash:
-            raise UserError(f"--resume keeps the run's saved settings, but {clash} differ from "
-                            f"{out}/config.json; drop those flags or start a new run")
-        vq_cfg = from_dict(VQConfig, saved["vq"])
-        tc = from_dict(TokenizerTrainConfig, {**saved["train"], **({"steps": steps} if steps else {})})
+        asked.update({**train_overrides, "steps": steps})
+        tc = from_dict(TokenizerTrainConfig, {**to_dict(saved_tc), **{k: v for k, v in asked.items() if v is not None}})
+        st = load_train_state(out / "state.pt")
+        ext = check_resume(saved_tc, tc, int(st["step"]), f"{out}/config.json")
+        history = saved.get("history", []) + ([ext] if ext else [])
+        vq_cfg = saved_vq
+        if ext and info.is_main:
+            print(f"extending {out} from {ext['steps_from']} to {ext['steps_to']} steps (at step {ext['at_step']}); "
+                  "recorded in config.json \"history\"", file=sys.stderr, flush=True)
     elif (out / "state.pt").exists():
         raise UserError(f"{out} already holds a tokenizer run; pass --resume to continue it or pick another --out")
     if tc.bf16 is None:
-        tc.bf16 = bf16_is_fast(info.device)
+        tc.bf16 = bf16_native(info.device.type)
     if dataset.resolution != vq_cfg.image_size:
         raise UserError(f"data resolution {dataset.resolution} != tokenizer image_size {vq_cfg.image_size}")
 
-    torch.manual_seed(tc.seed)
+    seed_everything(tc.seed)
     model = VQModel(vq_cfg).to(info.device)
     ema = EMA(model, tc.ema_decay) if tc.ema else None
     decay, no_decay = [], []
@@ -213,8 +214,7 @@ def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=tc.lr, betas=(tc.beta1, tc.beta2))
     start = 0
-    if resume:
-        st = load_train_state(out / "state.pt")
+    if st is not None:
         load_strict(model, st["model"], f"{out}/state.pt")
         opt.load_state_dict(st["optimizer"])
         if ema is not None:
@@ -226,10 +226,12 @@ def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
     data_info = {"name": getattr(dataset, "name", "?"), "split": getattr(dataset, "split", "?"),
                  "resolution": dataset.resolution, "size": len(dataset), **(data_info or {})}
     run_cfg = {"kind": "vq", "vq": to_dict(vq_cfg), "data": data_info, "train": to_dict(tc)}
+    if history:
+        run_cfg["history"] = history
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_run_config(out, "vq", run_cfg)
-        _truncate_metrics(out / "metrics.jsonl", start)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start, enabled=info.is_main)
 
     def checkpoint(step: int) -> None:
         if not info.is_main:
@@ -241,51 +243,62 @@ def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
     tty = progress and info.is_main and sys.stderr.isatty()
     bar = tqdm(total=tc.steps, initial=start, disable=not tty, desc="tokenizer", dynamic_ncols=True)
     t0, end = time.monotonic(), min(tc.steps, stop_at_step or tc.steps)
-    step = start
+    step = last_ckpt = start
     model.train()
-    while step < end:
-        x = batches.get(step).to(info.device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tc)
-        with torch.autocast(device_type=info.device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-            recon, aux = net(x)
-        diff = recon.float() - x
-        rec = diff.abs().mean() if tc.recon_loss == "l1" else diff.pow(2).mean()
-        loss = rec + aux["vq_loss"] + aux["commit_loss"] + aux.get("entropy_loss", 0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        reseeded = 0
-        if tc.reseed_dead and (step + 1) % tc.reseed_every == 0 and step < tc.reseed_until * tc.steps:
-            reseeded = _reseed(model, ema, tc.seed, step, tc.reseed_noise, info.enabled)
-        if ema is not None:
-            ema.update(model, step)
-        step += 1
-        if step % tc.log_every == 0 or step == end:
-            # averaged over ranks: the numbers describe the global batch
-            mse, lossv, recv = distributed.all_reduce_mean(
-                torch.stack([diff.detach().pow(2).mean(), loss.detach(), rec.detach()])).tolist()
-            row = {"step": step, "loss": lossv, "rec": recv, "vq": aux["vq_loss"].item(),
-                   "commit": aux["commit_loss"].item(), "psnr": round(psnr_from_mse(mse), 3),
-                   "usage": round(model.quantize.window_usage(), 4), "perplexity": aux["perplexity"].item(),
-                   "reseeded": reseeded, "lr": lr_at(step - 1, tc)}
-            if info.is_main:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                if tty:
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.1%}")
-                elif progress:
-                    print(f"step {step}/{tc.steps} loss {row['loss']:.4f} psnr {row['psnr']:.2f} "
-                          f"usage {row['usage']:.1%}", file=sys.stderr, flush=True)
-        bar.update(1)
-        if step % tc.ckpt_every == 0 and step < end:
-            checkpoint(step)
-        if time_budget_s is not None and time.monotonic() - t0 > time_budget_s:
-            break
-    bar.close()
-    checkpoint(step)
+    try:
+        while step < end:
+            x = batches.get(step).to(info.device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, tc)
+            with autocast(info.device, torch.bfloat16 if tc.bf16 else torch.float32):
+                recon, aux = net(x)
+            diff = recon.float() - x
+            rec = diff.abs().mean() if tc.recon_loss == "l1" else diff.pow(2).mean()
+            loss = rec + aux["vq_loss"] + aux["commit_loss"] + aux.get("entropy_loss", 0.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            else:
+                gnorm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            # one sync per step; averaged over ranks, so a NaN on any rank stops every rank at this step
+            loss_now, gn = distributed.all_reduce_mean(torch.stack([loss.detach().float(), gnorm.float()])).tolist()
+            check_finite(step + 1, {"loss": loss_now, "gradient norm": gn}, last_ckpt)
+            opt.step()
+            reseeded = 0
+            if tc.reseed_dead and (step + 1) % tc.reseed_every == 0 and step < tc.reseed_until * tc.steps:
+                reseeded = _reseed(model, ema, tc.seed, step, tc.reseed_noise, info.enabled)
+            if ema is not None:
+                ema.update(model, step)
+            step += 1
+            if step % tc.log_every == 0 or step == end:
+                # averaged over ranks: the numbers describe the global batch
+                mse, lossv, recv = distributed.all_reduce_mean(
+                    torch.stack([diff.detach().pow(2).mean(), loss.detach(), rec.detach()])).tolist()
+                row = {"step": step, "loss": lossv, "rec": recv, "vq": aux["vq_loss"].item(),
+                       "commit": aux["commit_loss"].item(), "psnr": round(psnr_from_mse(mse), 3),
+                       "usage": round(model.quantize.window_usage(), 4), "perplexity": aux["perplexity"].item(),
+                       "reseeded": reseeded, "lr": lr_at(step - 1, tc)}
+                if info.is_main:
+                    log.write(row)
+                    log.flush()
+                    if tty:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.1%}")
+                    elif progress:
+                        print(f"step {step}/{tc.steps} loss {row['loss']:.4f} psnr {row['psnr']:.2f} "
+                              f"usage {row['usage']:.1%}", file=sys.stderr, flush=True)
+            bar.update(1)
+            if step % tc.ckpt_every == 0 and step < end:
+                log.sync()  # the log covers at least what the checkpoint covers
+                checkpoint(step)
+                last_ckpt = step
+            if time_budget_s is not None and time.monotonic() - t0 > time_budget_s:
+                break
+        log.sync()
+        checkpoint(step)
+    finally:
+        bar.close()
+        log.close()
     distributed.barrier()
     return out
 
@@ -303,14 +316,6 @@ def _reseed(model: VQModel, ema: EMA | None, seed: int, step: int, noise: float,
         # the average of an old and a re-seeded codeword is meaningless: restart those rows
         ema.copy_rows("quantize.embedding.weight", moved, q.embedding.weight.detach()[moved])
     return int(moved.numel())
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from (they will be recomputed)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
 
 
 @torch.no_grad()

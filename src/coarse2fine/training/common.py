@@ -1,0 +1,251 @@
+"""What the stage trainer (loop.py) and the tokenizer trainer (tokenizer.py) share: the learning-rate
+schedule, the EMA step, precision, seeding, the metrics log, the run lock and the resume check.
+
+One home each, so the two trainers cannot drift apart (they used to carry three different bf16 probes).
+"""
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from coarse2fine.config import ConfigError, UserError, from_dict, to_dict
+from coarse2fine.fileio import atomic_write_bytes
+
+# ---- schedule, EMA, precision, seeding ---------------------------------------------------------
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float, cosine: bool = True) -> float:
+    """LR multiplier of 0-based `step`: linear warm-up over `warmup` steps ((step + 1) / warmup), then a
+    cosine decay from 1 to `min_ratio` at step `total` (or a constant 1 when cosine=False)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if not cosine:
+        return 1.0
+    t = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+@torch.no_grad()
+def ema_update(shadow: Iterable[torch.Tensor], live: Iterable[torch.Tensor], decay: float) -> None:
+    """shadow <- decay * shadow + (1 - decay) * live, pairwise, in the shadow's dtype."""
+    for s, p in zip(shadow, live):
+        s.lerp_(p.detach().to(s.dtype), 1 - decay)
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_native(device_type: str = "cpu") -> bool:
+    """Does `device_type` ("cpu" / "cuda") run bfloat16 natively? The one probe of the library.
+
+    CUDA: the GPU supports bf16 without emulation (Ampere and later). CPU: the AVX512-BF16 or AMX-BF16
+    instructions are present (/proc/cpuinfo flags); without them bf16 is emulated and slower than fp32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, so stay in fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """"fp32" / "bf16" / "auto" (bf16 where it is native, see bf16_native) -> the autocast dtype."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ConfigError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return torch.bfloat16 if bf16_native(device.type) else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast to `dtype`, or nothing at all for float32."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generators (CPU and every GPU): model initialisation is a function of it."""
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, *parts: int) -> int:
+    """A deterministic seed for (run seed, step, ...): hash of a tuple of ints, stable across runs."""
+    return hash((seed, *parts)) % (2 ** 63)
+
+
+def check_finite(step: int, values: dict[str, float], last_ckpt: int) -> None:
+    """Stop the run (UserError) when a training quantity is NaN/Inf. `step` is the 1-based step that
+    produced it; nothing of that step is saved, so the checkpoint of `last_ckpt` stays the last one."""
+    bad = [f"the {k} is {v}" for k, v in values.items() if v is not None and not math.isfinite(v)]
+    if bad:
+        kept = (f"the last good checkpoint (step {last_ckpt}) is kept" if last_ckpt
+                else "no checkpoint had been written yet")
+        raise UserError(f"step {step}: {' and '.join(bad)}; stopped before saving, {kept}; "
+                        "lower --lr or check the data")
+
+
+# ---- metrics log ---------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, each with a "step".
+
+    Opening it for a resumed run keeps the lines up to the checkpoint's step (later ones are
+    recomputed) and drops a partial last line left by a kill; a fresh run starts it empty. Lines are
+    flushed with `flush()` (for people tailing it) and flushed + fsynced with `sync()`, which the
+    trainers call before every checkpoint, so a checkpoint never covers steps the log lost.
+    Non-finite numbers are refused: JSON has no NaN, and the trainers stop before logging one."""
+
+    def __init__(self, path: str | Path, resume_step: int = 0, enabled: bool = True):
+        self.path = Path(path)
+        self.f = None
+        if not enabled:
+            return
+        kept = [line for line, _ in _records(self.path, upto=resume_step)] if resume_step else []
+        atomic_write_bytes(self.path, "".join(line + "\n" for line in kept).encode())
+        self.f = self.path.open("a")
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if self.f is None:
+            return
+        try:
+            line = json.dumps(rec, allow_nan=False)
+        except ValueError as e:
+            raise UserError(f"step {rec.get('step')}: a non-finite metric in {rec}; not logged") from e
+        self.f.write(line + "\n")
+
+    def flush(self) -> None:
+        if self.f is not None:
+            self.f.flush()
+
+    def sync(self) -> None:
+        if self.f is not None:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.sync()
+            self.f.close()
+            self.f = None
+
+
+def read_metrics(path: str | Path, upto: int | None = None) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (those with step <= upto when given). A corrupt or partial LAST
+    line (a kill mid-write) is dropped; a corrupt line before it is an error naming the line."""
+    return [rec for _, rec in _records(Path(path), upto)]
+
+
+def _records(p: Path, upto: int | None) -> list[tuple[str, dict[str, Any]]]:
+    if not p.exists():
+        return []
+    lines = p.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            step = int(rec["step"])
+        except (ValueError, KeyError, TypeError) as e:
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{p} line {i + 1} is not a metrics record ({e}); delete that line and retry") from e
+        if upto is None or step <= upto:
+            out.append((line, rec))
+    return out
+
+
+# ---- run lock --------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive lock on a run directory: `<run>/.lock`, held with fcntl.flock for as long as the
+    trainer runs (the OS drops it when the process dies, so a crash never leaves a stale lock). The
+    file holds the holder's pid, for the error message of the process that is refused."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise UserError(f"{self.path.parent} is in use by another training process (pid {holder}); wait for "
+                            "it to finish or stop it, or choose another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_run(run_dir: str | Path, enabled: bool = True):
+    """RunLock(run_dir) on the process that writes the run (rank 0), a no-op context elsewhere."""
+    return RunLock(run_dir) if enabled else nullcontext()
+
+
+# ---- resume check ----------------------------------------------------------------------------------
+
+# settings a resume may change because the computation does not depend on them: how the work is laid
+# out over processes (the global batch, data order and dropout seeds stay fixed, so a run can move to
+# another world size) and how often it logs, evaluates and checkpoints
+FREE_FIELDS = ("grad_accum", "fsdp", "log_every", "ckpt_every", "eval_every")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# fields removed from the configs (they did nothing); runs written before still resume
+RETIRED_FIELDS = ("sample_every",)
+
+
+def saved_settings(cls, saved: dict[str, Any], source: str):
+    """The dataclass `cls` stored in a run's config.json ("train"), normalised (lists -> tuples)."""
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{source} has no training settings; it cannot be resumed")
+    return from_dict(cls, {k: v for k, v in saved.items() if k not in RETIRED_FIELDS})
+
+
+def check_resume(saved, asked, step: int, source: str) -> dict[str, Any] | None:
+    """Refuse a resume whose settings differ from the run's; both are instances of one dataclass.
+
+    Every differing field is named. Exceptions: FREE_FIELDS, and a `steps` larger than the
+    current `step` (an extension: returned as a history entry {"at_step", "steps_from", "steps_to"}
+    for config.json). A `steps` at or below the current step is refused."""
+    a, b = to_dict(from_dict(type(saved), to_dict(saved))), to_dict(from_dict(type(saved), to_dict(asked)))
+    clash = [f"{flag(k)}: the run has {a[k]!r}, this command asks {b[k]!r}"
+             for k in a if k not in FREE_FIELDS and k != "steps" and a[k] != b[k]]
+    if clash:
+        raise UserError(f"--resume: settings differ from {source}: {'; '.join(clash)}; resume with the run's "
+                        "settings (leave those flags out) or start a new --out")
+    if b["steps"] == a["steps"]:
+        return None
+    if b["steps"] <= step:
+        raise UserError(f"--steps {b['steps']}: the run is already at step {step} (of {a['steps']}); pass a "
+                        f"larger --steps to extend it, or leave --steps out to finish it")
+    return {"at_step": step, "steps_from": a["steps"], "steps_to": b["steps"]}

@@ -1,0 +1,38 @@
+"""`train` takes its defaults from the preset's recipe, prints them and stores them in config.json."""
+import json
+
+import pytest
+
+from coarse2fine.cli import main
+from coarse2fine.config import TrainConfig, train_recipe
+
+
+def test_recipe_by_preset():
+    cpu, big = train_recipe("GPT-small"), train_recipe("GPT-B", steps=2000)
+    # the measured small-model recipe (demo, study), not LlamaGen's ImageNet one that left CPU models at chance
+    assert (cpu["recipe"], cpu["lr"], cpu["schedule"], cpu["warmup_steps"]) == ("cpu", 4e-3, "cosine", 50)
+    assert (big["recipe"], big["lr"], big["schedule"], big["batch_size"], big["warmup_steps"]) == \
+        ("llamagen", 1e-4, "constant", 256, 0)
+    assert train_recipe("GPT-tiny", steps=400)["warmup_steps"] == 20
+    TrainConfig(**cpu).validate()
+    with pytest.raises(ValueError, match="unknown model preset"):
+        train_recipe("GPT-huge")
+
+
+def test_train_defaults_come_from_the_preset_and_are_recorded(tiny_runs, tmp_path, capsys, one_thread):
+    out = tmp_path / "base"
+    assert main(["train", "--stage", "baseline", "--codes", str(tiny_runs["codes"]), "--preset", "GPT-tiny",
+                 "--steps", "2", "--batch-size", "4", "--dtype", "fp32", "--device", "cpu", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "recipe 'cpu'" in said and "lr 0.004" in said and "schedule cosine" in said
+    train = json.loads((out / "config.json").read_text())["train"]
+    assert (train["recipe"], train["lr"], train["schedule"], train["batch_size"]) == ("cpu", 4e-3, "cosine", 4)
+    # a flag given wins over the recipe, and resume keeps what the run was started with
+    out2 = tmp_path / "const"
+    assert main(["train", "--stage", "baseline", "--codes", str(tiny_runs["codes"]), "--preset", "GPT-tiny",
+                 "--steps", "2", "--batch-size", "4", "--schedule", "constant", "--dtype", "fp32", "--device", "cpu",
+                 "--no-progress", "--out", str(out2)]) == 0
+    assert json.loads((out2 / "config.json").read_text())["train"]["schedule"] == "constant"
+    assert main(["train", "--resume", "--steps", "3", "--no-progress", "--out", str(out2)]) == 0
+    train2 = json.loads((out2 / "config.json").read_text())["train"]
+    assert (train2["schedule"], train2["steps"], train2["recipe"]) == ("constant", 3, "cpu")
