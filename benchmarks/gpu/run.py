@@ -33,39 +33,45 @@ from report import render  # noqa: E402
 MIN_ITEM_S = 15  # an item is not started with less time than this left
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (torchrun starts its workers in sessions of their own, so a process
-    group kill would miss them)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [pid]
-    while todo:
-        kids = [c for c, p in parent.items() if p == todo.pop()]
-        out += kids
-        todo += kids
-    return out
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from the parent ids in /proc (torchrun starts its workers in
+    sessions of their own, so a process-group kill would miss them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+
+    def below(pid: int) -> list[int]:
+        return [d for c in children.get(pid, []) for d in (c, *below(c))]
+    return below(root)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, finished but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the item's process tree, SIGKILL what is left after 10 s."""
+    """SIGTERM the item's whole process tree (listed before anything dies: orphans leave the tree),
+    then SIGKILL whatever still runs after 10 s."""
+    tree = [proc.pid] + _descendants(proc.pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in [proc.pid] + _descendants(proc.pid):
-            try:
+        for pid in tree:
+            if _alive(pid):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        try:
-            proc.wait(timeout=10)
-            if not _descendants(proc.pid):
-                return
-        except subprocess.TimeoutExpired:
-            continue
+        deadline = time.perf_counter() + 10
+        while time.perf_counter() < deadline and (proc.poll() is None or any(_alive(p) for p in tree[1:])):
+            time.sleep(0.2)
+        if proc.poll() is not None and not any(_alive(p) for p in tree[1:]):
+            return
+    proc.wait()
 
 
 def item_command(phase: str, item: str, args, scratch: Path, result: Path) -> list[str]:

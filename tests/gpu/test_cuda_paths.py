@@ -13,7 +13,7 @@ from coarse2fine.checkpoint import load_run
 from coarse2fine.config import TrainConfig, gpt_config, vq_config
 from coarse2fine.models import STAGES, Transformer, stage_config
 from coarse2fine.pipeline import ARPipeline, CTFPipeline
-from coarse2fine.sampling import StageSampling, generate_ar
+from coarse2fine.sampling import StageSampling, cfg_combine, generate_ar
 from coarse2fine.tokenizer.clustering import cluster_codebook
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine.training.loop import train
@@ -88,17 +88,22 @@ def test_ctf_sampler_stage2_and_vq_decode_run_on_cuda(device):
 
 
 def test_compiled_decode_step_matches_eager(device):
+    """Teacher-forced: every greedy token of the compiled loop must be the argmax (up to float noise)
+    of the eager full forward over the same prefix, so a near-tie cannot make the test flaky."""
     cfg = stage_config("GPT-small", "coarse", K, C, 10, GRID)
     model = random_model(cfg, device)
     greedy = StageSampling(top_k=1, cfg_scale=2.0)  # no randomness: the argmax path only
     cond = torch.tensor([0, 5, 9], device=device)
-    eager = generate_ar(model, cond, greedy, masked_cache=True)
     mode = "reduce-overhead" if device.type == "cuda" else "default"  # reduce-overhead = CUDA graphs
-    compiled = generate_ar(model, cond, greedy, compile_mode=mode)
+    toks = generate_ar(model, cond, greedy, compile_mode=mode)  # [B, N]
     again = generate_ar(model, cond, greedy, compile_mode=mode)  # replays the captured step
-    agree = (compiled == eager).float().mean().item()
-    assert agree > 0.99, f"compiled decode agrees with eager on {agree:.1%} of greedy tokens"
-    assert torch.equal(compiled, again)
+    assert torch.equal(toks, again)
+    with torch.no_grad():
+        x_cond = torch.cat([cond, torch.full_like(cond, cfg.num_classes)])  # [cond; null] as the sampler
+        guided = cfg_combine(model(toks[:, :-1].repeat(2, 1), x_cond), 2.0)  # [B, N, C]
+    gap = guided.max(-1).values - guided.gather(-1, toks.unsqueeze(-1)).squeeze(-1)  # >= 0
+    scale = guided.abs().max().item()
+    assert gap.max().item() <= 1e-3 * scale, f"a compiled greedy step is {gap.max().item():.3g} below the argmax"
 
 
 def test_one_bf16_training_step_per_stage(device, tmp_path):

@@ -182,7 +182,8 @@ def device_report(device: torch.device) -> dict[str, Any]:
                     multiprocessors=p.multi_processor_count, bf16=torch.cuda.is_bf16_supported(),
                     cudnn=torch.backends.cudnn.version(), nvidia_smi=nvidia_smi())
         try:
-            info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+            v = torch.cuda.nccl.version()  # a tuple in recent torch, an int in old ones
+            info["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
         except (AttributeError, RuntimeError):
             info["nccl"] = None
         info["driver"] = (info["nvidia_smi"] or {}).get("driver_version")
