@@ -69,7 +69,7 @@ def run_env(args, size: dict) -> dict:
 def run_tests(args, size: dict) -> dict:
     """pytest -m gpu tests/gpu in a child process; outcome per test from its JUnit XML."""
     xml = Path(args.scratch) / "gpu_tests_junit.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-rA", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
            f"--junitxml={xml}"]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
