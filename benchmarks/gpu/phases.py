@@ -137,8 +137,22 @@ def run_sample(args, size: dict) -> dict:
         "peak_memory_mib": {k: v.get("peak_mib") for k, v in rec["memory"].items()},
         "spread": w["spread"], "item_wall_s": wall, "limits": {"copy_bytes_per_s": bw, "matmul_flop_per_s": peak},
     }
+    if mode:
+        summary["compile"] = compile_counters()
     rec.pop("machine", None)  # stated once, by the env item
     return {"summary": summary, "raw": rec}
+
+
+def compile_counters() -> dict:
+    """Whether the compiled step really ran as CUDA graphs: dynamo's counters of this process (graphs
+    compiled, graph breaks, cudagraph skips, e.g. for a mutated input). Private torch API: {} if moved."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    return {"unique_graphs": counters["stats"].get("unique_graphs", 0),
+            "graph_breaks": sum(counters["graph_break"].values()),
+            "cudagraph_skips": counters["inductor"].get("cudagraph_skips", 0)}
 
 
 RUNNERS = {"env": run_env, "tests": run_tests, "sample": run_sample}

@@ -95,6 +95,11 @@ def _sampling(results: dict) -> list[str]:
                  f"images/s on an H100/H200 (the paper's A100: {PAPER_A100_BASELINE_IPS}). Measured: "
                  f"**{best['images_per_s']['baseline']:.1f} images/s** ({best['mode']}, VQ decode included; "
                  f"{best['images_per_s']['baseline_no_decode']:.1f} without it).", ""]
+    comp = [f"{s['preset']}: {s['compile'].get('unique_graphs')} graphs, {s['compile'].get('graph_breaks')} graph "
+            f"breaks, {s['compile'].get('cudagraph_skips')} CUDA-graph skips" for s in recs if s.get("compile")]
+    if comp:
+        rows += ["Compiled runs (dynamo counters; a CUDA-graph skip means that step ran compiled but without "
+                 "graphs, see run.log): " + "; ".join(comp) + ".", ""]
     ratios = {}
     for s in recs:
         ratios.setdefault(s["preset"], []).append(f"{s['ratio_ctf_over_baseline']:.2f} ({s['mode']})")
