@@ -33,31 +33,24 @@ SIZES = {
 }
 
 # (phase, item, cap seconds on the full size). Order = priority: what proves the paths first, then
-# the headline sampling numbers, then training. The toy run uses TOY_CAP for every item.
-ITEMS = [
-    ("env", "probe", 60),
-    ("tests", "gpu_marked", 150),
-    ("sample", "GPT-B:eager", 60),
-    ("sample", "GPT-B:compiled", 120),
-    ("sample", "GPT-L:eager", 70),
-    ("sample", "GPT-L:compiled", 150),
-    ("train", "cli", 120),
-    ("train", "engines", 80),
-]
+# the headline sampling numbers (one item per preset and mode, SAMPLE_CAPS), then training. The toy
+# run uses TOY_CAP for every item.
+ITEMS = [("env", "probe", 60), ("tests", "gpu_marked", 150), ("sample", "*", 0), ("train", "cli", 120),
+         ("train", "engines", 80)]
+SAMPLE_CAPS = {"GPT-B:eager": 60, "GPT-B:compiled": 120, "GPT-L:eager": 70, "GPT-L:compiled": 150}
 TOY_CAP = 120
 DEFAULT_BUDGET_S = 570  # 10 minutes minus time to write the results and for the caller's own timeout
 
 
 def items_for(size: str, presets: list[str], compile_mode: str) -> list[tuple[str, str, int]]:
-    """The items of a run: sample items follow the size's presets; compiled ones only with a mode."""
+    """The items of a run, in order; the sample items follow the presets, compiled ones need a mode."""
     out = []
     for phase, item, cap in ITEMS:
-        if phase == "sample":
+        if phase != "sample":
+            out.append((phase, item, cap if size == "full" else TOY_CAP))
             continue
-        out.append((phase, item, cap if size == "full" else TOY_CAP))
-        if phase == "tests":  # sampling right after the tests, in priority order
-            for p in presets:
-                for kind in ("eager", "compiled") if compile_mode else ("eager",):
-                    full_cap = dict(((i, c) for ph, i, c in ITEMS if ph == "sample")).get(f"{p}:{kind}", 150)
-                    out.append(("sample", f"{p}:{kind}", full_cap if size == "full" else TOY_CAP))
+        for p in presets:
+            for kind in ("eager", "compiled") if compile_mode else ("eager",):
+                name = f"{p}:{kind}"
+                out.append(("sample", name, SAMPLE_CAPS.get(name, 150) if size == "full" else TOY_CAP))
     return out

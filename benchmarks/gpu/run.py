@@ -60,13 +60,13 @@ def _alive(pid: int) -> bool:
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM the item's whole process tree (listed before anything dies: orphans leave the tree),
-    then SIGKILL whatever still runs after 10 s."""
+    then SIGKILL whatever still runs after 5 s."""
     tree = [proc.pid] + _descendants(proc.pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in tree:
             if _alive(pid):
                 os.kill(pid, sig)
-        deadline = time.perf_counter() + 10
+        deadline = time.perf_counter() + 5
         while time.perf_counter() < deadline and (proc.poll() is None or any(_alive(p) for p in tree[1:])):
             time.sleep(0.2)
         if proc.poll() is not None and not any(_alive(p) for p in tree[1:]):
