@@ -70,7 +70,7 @@ class SeededStudy(study.Study):
     def train_seeded(self, stage: str, step: int, seed: int, mapname: str | None = None,
                      map_path: Path | None = None, cluster_loss: float = 0.0, tag: str = "") -> str:
         from coarse2fine.bench.speed import train_flops
-        from coarse2fine.models import stage_config
+        from coarse2fine.stages import stage_config
         from coarse2fine.training.loop import train
 
         p = self.plan

@@ -4,6 +4,7 @@
 #   benchmarks/speed/run.sh            quick: GPT-small only, fp32 + bf16, 3 rounds (a few minutes on 2 cores)
 #   benchmarks/speed/run.sh full       what benchmarks/results/speed_*.md hold (CPU: ~30-60 min on a shared 2-core box)
 #   benchmarks/speed/run.sh gpu        on a CUDA machine: paper-sized models, bf16, eager / compiled / CUDA graphs
+#                                      (the prepared 10-minute GPU run, with tests and training: benchmarks/gpu/run.sh)
 #
 # Extra arguments after the mode go to every `coarse2fine bench` call (e.g. --threads 2).
 # Results: benchmarks/results/speed_<name>.{md,json}; each .md starts with its command and machine.

@@ -256,11 +256,16 @@ class TrainBench:
     seed: int = 0
 
 
-def _gpt_step(stage: str, cfg: GPTConfig, batch: int, device, dtype):
+def gpt_train_step(stage: str, cfg: GPTConfig, batch: int, device, dtype,
+                   wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+    """-> (model, step(), tokens per step, counted FLOPs per step) for one stage on random data.
+    wrap: applied to the model before the optimizer sees it (DDP, FSDP2: see bench/gpu.py)."""
     from coarse2fine.stages import STAGE_SPECS, stage_loss
     from coarse2fine.training.loop import param_groups
 
     model = Transformer(cfg).to(device).train()
+    if wrap is not None:
+        model = wrap(model)
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
     N, V = cfg.seq_len, cfg.vocab_size
     inv = cfg.input_vocab_size or V
@@ -316,7 +321,7 @@ def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) ->
                 model, step, tokens, flops = _vq_step(tb.vq_preset, tb.batch, device, DTYPES[dname])
             else:
                 cfg = stage_config(tb.preset, part, K, C, gpt_config(tb.preset).num_classes, g)
-                model, step, tokens, flops = _gpt_step(part, cfg, tb.batch, device, DTYPES[dname])
+                model, step, tokens, flops = gpt_train_step(part, cfg, tb.batch, device, DTYPES[dname])
             with bench.peak_memory(device) as pm:
                 step()  # the first step allocates gradients and optimizer state: the steady-state peak
             steps[dname], mem[dname] = step, pm
