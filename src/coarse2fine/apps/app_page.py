@@ -15,11 +15,11 @@ import numpy as np
 from coarse2fine.apps.app import FINE_DECODINGS, MAX_IMAGES, Explorer, Knobs, Result
 from coarse2fine.config import UserError
 
-SHOW_PX = 128  # images are tiny (32 px); shown enlarged with pixelated scaling
+SHOW_PX = 96  # images are tiny (32 px); shown enlarged with pixelated scaling
 CSS = f"""
-.c2f-grid {{ display: flex; flex-wrap: wrap; gap: 14px; }}
-.c2f-item {{ text-align: center; font-size: 12px; }}
-.c2f-item img {{ width: {SHOW_PX}px; height: {SHOW_PX}px; image-rendering: pixelated; margin: 1px; }}
+.c2f-table th {{ font-size: 12px; font-weight: normal; text-align: right; max-width: 90px; padding-right: 6px; }}
+.c2f-table td {{ padding: 2px; }}
+.c2f-table img {{ width: {SHOW_PX}px; height: {SHOW_PX}px; image-rendering: pixelated; display: block; }}
 """
 
 
@@ -33,16 +33,15 @@ def png_data_url(img: np.ndarray) -> str:
 
 
 def render(res: Result) -> str:
-    """One column per image: coarse map, CTF image, baseline image (when there is a baseline)."""
-    cells = []
-    for i in range(len(res.images)):
-        parts = [f'<img class="c2f-coarse" alt="coarse map {i}" src="{png_data_url(res.coarse_images[i])}">',
-                 f'<img class="c2f-image" alt="CTF image {i}" src="{png_data_url(res.images[i])}">']
-        if res.baseline is not None:
-            parts.append(f'<img class="c2f-baseline" alt="baseline image {i}" src="{png_data_url(res.baseline[i])}">')
-        cells.append('<div class="c2f-item">' + "<br>".join(parts) + f"<br>#{i}</div>")
-    rows = "coarse map (stage 1) / image (stage 2 + decode)" + (" / baseline" if res.baseline is not None else "")
-    return f'<p>{html.escape(rows)}</p><div class="c2f-grid">' + "".join(cells) + "</div>"
+    """A table: one column per image; rows coarse map, CTF image, baseline image (with a baseline run)."""
+    rows = [("coarse map (stage 1)", "c2f-coarse", res.coarse_images), ("image (stage 2 + decode)", "c2f-image", res.images)]
+    if res.baseline is not None:
+        rows.append(("baseline, same class and seed", "c2f-baseline", res.baseline))
+    body = "".join(
+        f'<tr><th>{html.escape(title)}</th>'
+        + "".join(f'<td><img class="{cls}" alt="{cls} {i}" src="{png_data_url(img)}"></td>' for i, img in enumerate(imgs))
+        + "</tr>" for title, cls, imgs in rows)
+    return f'<table class="c2f-table">{body}</table>'
 
 
 def describe(res: Result) -> str:
@@ -82,26 +81,29 @@ def build(ex: Explorer):
                     "per token, shown in the cluster's mean colour); stage 2 fills in the **details** in one step. "
                     "*Redraw details* re-runs stage 2 only, on the same coarse maps.")
         with gr.Row():
-            cls = gr.Dropdown(ex.class_names, value=ex.class_names[0], label="class", elem_id="c2f-class")
-            n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="c2f-n")
-            seed = gr.Number(0, label="seed", precision=0, elem_id="c2f-seed")
-        with gr.Row():
-            with gr.Column():
-                gr.Markdown("**Stage 1 (coarse map)** -- the baseline uses these too")
-                cfg = gr.Number(2.0, label="cfg scale (1 = off)", elem_id="c2f-cfg")
-                t1 = gr.Number(1.1, label="temperature", elem_id="c2f-t1")
-                k1 = gr.Number(0, label="top-k (0 = all)", precision=0, elem_id="c2f-k1")
-                p1 = gr.Number(1.0, label="top-p (1 = off)", elem_id="c2f-p1")
-            with gr.Column():
+            with gr.Column(scale=2, min_width=320):
+                cls = gr.Dropdown(ex.class_names, value=ex.class_names[0], label="class", elem_id="c2f-class")
+                with gr.Row():
+                    n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="c2f-n")
+                    seed = gr.Number(0, label="seed", precision=0, elem_id="c2f-seed", min_width=80)
+                gr.Markdown("**Stage 1 (coarse map)**; the baseline uses these too")
+                with gr.Row():
+                    cfg = gr.Number(2.0, label="cfg scale (1 = off)", elem_id="c2f-cfg", min_width=80)
+                    t1 = gr.Number(1.1, label="temperature", elem_id="c2f-t1", min_width=80)
+                    k1 = gr.Number(0, label="top-k (0 = all)", precision=0, elem_id="c2f-k1", min_width=80)
+                    p1 = gr.Number(1.0, label="top-p (1 = off)", elem_id="c2f-p1", min_width=80)
                 gr.Markdown("**Stage 2 (details)**")
-                t2 = gr.Number(1.1, label="temperature", elem_id="c2f-t2")
-                k2 = gr.Number(0, label="top-k (0 = all)", precision=0, elem_id="c2f-k2")
-                dec = gr.Dropdown(list(FINE_DECODINGS), value=FINE_DECODINGS[0], label="decoding", elem_id="c2f-dec")
-        with gr.Row():
-            gen_btn = gr.Button("Generate", variant="primary", elem_id="c2f-generate")
-            redraw_btn = gr.Button("Redraw details", elem_id="c2f-redraw")
-        status = gr.Markdown("Pick a class and press Generate.", elem_id="c2f-status")
-        out = gr.HTML(elem_id="c2f-results")
+                with gr.Row():
+                    t2 = gr.Number(1.1, label="temperature", elem_id="c2f-t2", min_width=80)
+                    k2 = gr.Number(0, label="top-k (0 = all)", precision=0, elem_id="c2f-k2", min_width=80)
+                    dec = gr.Dropdown(list(FINE_DECODINGS), value=FINE_DECODINGS[0], label="decoding",
+                                      elem_id="c2f-dec", min_width=120)
+                with gr.Row():
+                    gen_btn = gr.Button("Generate", variant="primary", elem_id="c2f-generate")
+                    redraw_btn = gr.Button("Redraw details", elem_id="c2f-redraw")
+            with gr.Column(scale=3):
+                status = gr.Markdown("Pick a class and press Generate.", elem_id="c2f-status")
+                out = gr.HTML(elem_id="c2f-results")
         state = gr.State(None)
         gen_btn.click(on_generate, [cls, n, seed, cfg, t1, k1, p1, t2, k2, dec], [state, out, status])
         redraw_btn.click(on_redraw, [state, t2, k2, dec], [state, out, status])
