@@ -78,3 +78,27 @@ def test_bad_values_raise_one_line_user_errors(explorer, bad, message):
 def test_loading_errors_are_one_line(tmp_path):
     with pytest.raises(UserError, match=r"no trained runs in .*; run `make demo` first, or pass --coarse/--fine"):
         Explorer.from_demo(tmp_path)
+
+
+def test_app_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from coarse2fine.cli import main
+    from coarse2fine.pipeline import CTFPipeline
+
+    def err(args):
+        assert main(["app", *args]) == 2
+        text = capsys.readouterr().err
+        assert text.count("\n") == 1, text
+        return text
+
+    if importlib.util.find_spec("gradio") is not None:
+        assert f"no trained runs in {tmp_path}; run `make demo` first" in err(["--demo", str(tmp_path)])
+        assert "pass both --coarse and --fine" in err(["--coarse", str(tmp_path)])
+        assert "either --pipeline or --coarse/--fine" in err(["--pipeline", str(tmp_path), "--fine", "x"])
+        assert "pipeline folder" in err(["--pipeline", str(tmp_path / "none")])
+        monkeypatch.delattr(CTFPipeline, "from_pretrained", raising=False)
+        assert "has no CTFPipeline.from_pretrained" in err(["--pipeline", str(tmp_path)])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert "pip install -e '.[app]'" in err(["--demo", str(tmp_path)])

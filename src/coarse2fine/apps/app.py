@@ -118,12 +118,12 @@ class Explorer:
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "Explorer":
         """An exported pipeline folder, loaded by the library's CTFPipeline.from_pretrained."""
-        loader = getattr(CTFPipeline, "from_pretrained", None)
-        if loader is None:
-            raise UserError("this coarse2fine has no CTFPipeline.from_pretrained; update it, or pass --coarse/--fine")
         folder = Path(folder)
         if not folder.is_dir():
             raise UserError(f"pipeline folder {folder} not found; pass the folder an export wrote")
+        loader = getattr(CTFPipeline, "from_pretrained", None)
+        if loader is None:
+            raise UserError("this coarse2fine has no CTFPipeline.from_pretrained; update it, or pass --coarse/--fine")
         pipe = loader(folder, device=device) if _accepts(loader, "device") else loader(folder)
         names = getattr(pipe, "class_names", None) or getattr(pipe, "classes", None)
         if not names and (folder / "config.json").is_file():
