@@ -66,6 +66,8 @@ def test_coarse_map_colours_are_the_cluster_mean_of_decoded_codes(explorer):
     (dict(top_k1=1.5), "stage-1 top-k must be a whole number"),
     (dict(n=0), "number of images must be in 1..32"),
     (dict(seed=None), "seed must be a whole number"),
+    (dict(cfg=None), "cfg scale is empty; enter a number"),
+    (dict(cfg=-1), "stage-1 cfg scale must be >= 0"),
     (dict(class_name="fox"), "unknown class 'fox'; pick one of cat, dog, owl"),
     (dict(decoding="oracle"), "stage-2 decoding must be one of"),
 ])

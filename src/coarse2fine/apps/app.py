@@ -172,8 +172,9 @@ class Explorer:
         """Whole-number knobs as ints, every value in range; raises UserError naming the bad one."""
         k = replace(k, n=_whole(k.n, "number of images", 1, MAX_IMAGES), seed=_whole(k.seed, "seed", 0),
                     top_k1=_whole(k.top_k1, "stage-1 top-k", 0), top_k2=_whole(k.top_k2, "stage-2 top-k", 0))
-        for name in ("cfg", "temperature1", "top_p1", "temperature2"):
-            if getattr(k, name) is None:
+        for attr, name in (("cfg", "cfg scale"), ("temperature1", "stage-1 temperature"),
+                           ("top_p1", "stage-1 top-p"), ("temperature2", "stage-2 temperature")):
+            if getattr(k, attr) is None:
                 raise UserError(f"{name} is empty; enter a number")
         if k.decoding not in FINE_DECODINGS:
             raise UserError(f"stage-2 decoding must be one of {', '.join(FINE_DECODINGS)}, got {k.decoding!r}")
