@@ -5,8 +5,15 @@ import torch
 
 @pytest.fixture(scope="session")
 def quick_demo_runs(tmp_path_factory):
-    """runs/demo layout (coarse, fine, baseline, tokenizer) at the quick demo's smoke-test size."""
+    """runs/demo layout (coarse, fine, baseline, tokenizer) at the quick demo's smoke-test size.
+    C2F_APP_DEMO=DIR uses a finished demo instead (how docs/app-screenshot.png was taken)."""
+    import os
+    from pathlib import Path
+
     from coarse2fine.apps.demo import DemoPlan, run_demo
+
+    if os.environ.get("C2F_APP_DEMO"):
+        return Path(os.environ["C2F_APP_DEMO"])
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -78,7 +78,7 @@ def browser(tmp_path_factory):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,720",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium_profile')}"):
         opts.add_argument(flag)
     drv = webdriver.Chrome(options=opts, service=Service(DRIVER))
@@ -126,6 +126,7 @@ def test_generate_then_redraw_details_in_chromium(app_url, browser, tmp_path):
     after = _srcs(drv, "c2f-image")
     assert len(after) == 3 and after != images  # stage 2 drew new details
     shot = tmp_path / "app.png"
+    drv.execute_script("window.scrollTo(0, 0)")
     drv.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
     if os.environ.get("C2F_APP_SCREENSHOT"):
