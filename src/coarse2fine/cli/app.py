@@ -1,0 +1,55 @@
+"""`coarse2fine app`: the interactive page (needs the [app] extra: Gradio)."""
+from __future__ import annotations
+
+import importlib.util
+
+from coarse2fine.config import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("app", help="an interactive page: pick a class, see the coarse map, then the image; "
+                                   "redraw the details only (needs pip install -e '.[app]')")
+    p.add_argument("--demo", default="runs/demo", help="the demo's output folder, used when no runs are given "
+                                                       "(default runs/demo)")
+    p.add_argument("--coarse", help="stage-1 run directory")
+    p.add_argument("--fine", help="stage-2 run directory")
+    p.add_argument("--baseline", help="optional baseline run directory, shown beside CTF for the same class/seed")
+    p.add_argument("--pipeline", help="an exported pipeline folder (CTFPipeline.from_pretrained)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS, else the cores, max 8)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=cmd_app)
+
+
+def cmd_app(args) -> int:
+    # checked first: loading the models takes seconds, a missing extra should not wait for them
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError("the page needs Gradio: pip install -e '.[app]'")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {args.port}")
+    from coarse2fine.apps.app import Explorer
+    from coarse2fine.apps.app_page import serve
+    from coarse2fine.distributed import configure_threads
+
+    try:
+        configure_threads(args.threads)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+
+    if args.pipeline:
+        if args.coarse or args.fine or args.baseline:
+            raise UserError("pass either --pipeline or --coarse/--fine[/--baseline], not both")
+        ex = Explorer.from_pretrained(args.pipeline, args.device)
+    elif args.coarse or args.fine:
+        if not (args.coarse and args.fine):
+            raise UserError("pass both --coarse and --fine (stage-1 and stage-2 runs)")
+        ex = Explorer.from_runs(args.coarse, args.fine, args.baseline, args.device)
+    else:
+        if args.baseline:
+            raise UserError("--baseline goes with --coarse/--fine")
+        ex = Explorer.from_demo(args.demo, args.device)
+    print(f"coarse2fine app: {len(ex.class_names)} classes, baseline {'on' if ex.baseline else 'off'}; "
+          f"open http://{args.host}:{args.port}", flush=True)
+    serve(ex, args.host, args.port)
+    return 0
