@@ -5,7 +5,8 @@ import torch
 
 from coarse2fine.apps.app import Explorer, Knobs
 from coarse2fine.config import UserError, VQConfig
-from coarse2fine.models import Transformer, stage_config
+from coarse2fine.models import Transformer
+from coarse2fine.stages import stage_config
 from coarse2fine.pipeline import CTFPipeline
 from coarse2fine.tokenizer.clustering import cluster_codebook
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
@@ -104,3 +105,17 @@ def test_app_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
     assert "pip install -e '.[app]'" in err(["--demo", str(tmp_path)])
+
+
+@pytest.mark.parametrize("decoding", ["random-member", "centroid-member"])
+def test_redraw_with_the_decodings_without_a_stage2_network(explorer, decoding):
+    """The page offers every decoding of the library; redraw keeps the coarse maps for each of them."""
+    from coarse2fine.sampling import FINE_DECODINGS
+
+    assert decoding in FINE_DECODINGS
+    res = explorer.generate(Knobs(class_name="cat", n=2, seed=3, decoding=decoding))
+    assert torch.equal(explorer.pipe.cmap.coarse_of(res.codes), res.coarse)
+    again = explorer.redraw(res)
+    assert torch.equal(again.coarse, res.coarse) and torch.equal(explorer.pipe.cmap.coarse_of(again.codes), res.coarse)
+    if decoding == "centroid-member":  # deterministic: the same details every time
+        assert torch.equal(again.codes, res.codes)

@@ -18,14 +18,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from coarse2fine import pipeline as pipeline_lib
 from coarse2fine.config import UserError, load_json
 from coarse2fine.pipeline import ARPipeline, CTFPipeline, decode
-from coarse2fine.sampling import StageSampling, generate_fine
+from coarse2fine.sampling import FINE_DECODINGS, StageSampling
 
 MAX_IMAGES = 32
-# Before the library names its stage-2 decodings, the network's own sampling is the only one.
-FINE_DECODINGS: tuple[str, ...] = tuple(getattr(pipeline_lib, "FINE_DECODINGS", ("network",)))
 
 Progress = Callable[[float, str], None]
 
@@ -188,8 +185,7 @@ class Explorer:
         k = self.check(knobs)
         labels = torch.full((k.n,), self.class_id(k.class_name), dtype=torch.long)
         progress(0.05, "stage 1 (coarse map) + stage 2 (details)")
-        kw = {"fine_decoding": k.decoding} if k.decoding != "network" else {}
-        out = self.pipe(labels, k.stage1(), k.stage2(), seed=k.seed, decode_images=False, **kw)
+        out = self.pipe(labels, k.stage1(), k.stage2(), seed=k.seed, decode_images=False, fine_decoding=k.decoding)
         progress(0.5, "decoding images")
         images, t_dec = self._decode(out.codes)
         timings = {**out.timings, "decode_s": t_dec}
@@ -217,20 +213,9 @@ class Explorer:
                        timings={"stage2_s": t2, "decode_s": t_dec})
 
     def _stage2(self, coarse: torch.Tensor, labels: torch.Tensor, k: Knobs, seed: int) -> tuple[torch.Tensor, float]:
-        pipe = self.pipe
-        own = getattr(pipe, "sample_fine", None)  # the library's stage-2 entry point, where it has one
-        t0 = time.perf_counter()
-        if own is not None:
-            kw = {"fine_decoding": k.decoding} if k.decoding != "network" else {}
-            codes = own(coarse.to(pipe.device), labels.to(pipe.device), k.stage2(), seed=seed, **kw)
-        elif k.decoding == "network":
-            gen = torch.Generator(device=pipe.device).manual_seed(seed)
-            codes = generate_fine(pipe.fine_model, coarse.to(pipe.device), labels.to(pipe.device), k.stage2(), gen,
-                                  pipe.members if pipe.restricted else None, pipe.dtype)
-        else:
-            raise UserError(f"redrawing with stage-2 decoding {k.decoding!r} needs CTFPipeline.sample_fine; "
-                            "choose 'network' or update coarse2fine")
-        return codes.cpu(), time.perf_counter() - t0
+        """The library's stage-2-only entry point (CTFPipeline.redraw) on the kept coarse maps."""
+        out = self.pipe.redraw(coarse, labels, k.stage2(), seed=seed, decode_images=False, fine_decoding=k.decoding)
+        return out.codes, out.timings["stage2_s"]
 
     def _decode(self, codes: torch.Tensor) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
