@@ -177,7 +177,7 @@ def odd_folder(tmp_path: Path) -> Path:
 
 def test_folder_with_odd_files(odd_folder: Path, caplog):
     with caplog.at_level(logging.WARNING, logger="coarse2fine.data"):
-        ds = build_dataset(f"folder:{odd_folder}", 24)
+        ds = build_dataset(f"folder:{odd_folder}", 24, val_fraction=0.0)  # scanning, not splitting
     assert ds.classes == ["apple", "zebra"]  # sorted names -> ids
     assert ds.skipped == 5  # tiny, corrupt, notes.txt, bomb, truncated; .DS_Store ignored
     assert len(ds) == 6 and list(ds.class_counts()) == [3, 3]
@@ -208,7 +208,7 @@ def test_truncated_jpeg_replaced_at_load(tmp_path: Path, caplog):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "a.jpg").write_bytes(buf.getvalue()[:-300])  # passes verify, fails decode
     _save(img, tmp_path / "c" / "b.jpg")
-    ds = build_dataset("folder", 16, root=str(tmp_path))
+    ds = build_dataset("folder", 16, root=str(tmp_path), val_fraction=0.0)
     assert len(ds) == 2
     with caplog.at_level(logging.WARNING, logger="coarse2fine.data"):
         assert np.array_equal(ds.get_raw(0), ds.get_raw(1))
@@ -230,8 +230,9 @@ def test_folder_user_errors(tmp_path: Path):
     _save(Image.new("RGB", (20, 20)), tmp_path / "good" / "g.png")
     with pytest.raises(UserError, match="class folder.*no usable images.*broken, empty_class"):
         build_dataset("folder", 16, root=str(tmp_path))
-    with pytest.raises(UserError, match="only has split 'train'"):
-        build_dataset("folder", 16, root=str(tmp_path / "good"), split="val")
+    _save(Image.new("RGB", (20, 20)), tmp_path / "one" / "c" / "g.png")
+    with pytest.raises(UserError, match="sets no image aside for split 'val'"):  # one image: nothing to hold out
+        build_dataset("folder", 16, root=str(tmp_path / "one"), split="val")
 
 
 def test_folder_split_layout(tmp_path: Path):
@@ -279,7 +280,7 @@ def test_folder_follows_symlinked_subfolders_and_classes(tmp_path: Path):
         _save(Image.new("RGB", (20, 20), (0, k * 50, 0)), elsewhere / "more" / f"{k}.png")
     (root / "a" / "linked").symlink_to(elsewhere / "more", target_is_directory=True)  # inside a class
     (root / "c").symlink_to(elsewhere / "more", target_is_directory=True)  # a whole class
-    ds = build_dataset("folder", 16, root=str(root))
+    ds = build_dataset("folder", 16, root=str(root), val_fraction=0.0)
     assert ds.classes == ["a", "b", "c"]
     assert list(ds.class_counts()) == [5, 2, 3] and ds.skipped == 0  # the old scan dropped a/linked silently
 
@@ -303,7 +304,7 @@ def test_folder_counts_broken_links_and_repeats(tmp_path: Path, caplog):
     (root / "b" / "again.png").symlink_to(root / "b" / "0.png")  # the same file twice in one class
     (root / "dead_class").symlink_to(tmp_path / "gone_dir", target_is_directory=True)
     with caplog.at_level(logging.WARNING, logger="coarse2fine.data"):
-        ds = build_dataset("folder", 16, root=str(root))
+        ds = build_dataset("folder", 16, root=str(root), val_fraction=0.0)
     assert list(ds.class_counts()) == [2, 2] and ds.skipped == 3
     assert any("skipped 3" in r.getMessage() for r in caplog.records)
 
@@ -342,3 +343,56 @@ def test_damaged_code_store_is_one_line_error(tmp_path: Path, damage: str, capsy
                "GPT-tiny", "--steps", "1", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "re-extract" in err
+
+
+# ---- the held-out split of a plain class folder (--val-fraction) -------------------------------------
+
+def _plain_folder(root, per_class=(20, 7, 1)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, n in enumerate(per_class):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / f"{i:03d}.png")
+    return root
+
+
+def test_plain_folder_gets_a_seeded_held_out_split(tmp_path):
+    from coarse2fine.data import build_dataset
+
+    root = _plain_folder(tmp_path / "imgs")
+    train = build_dataset("folder", 16, "train", root=str(root))
+    val = build_dataset("folder", 16, "val", root=str(root))
+    test = build_dataset("folder", 16, "test", root=str(root))  # "test" stands in for "val"
+    assert val.val_fraction == 0.05 and len(train) + len(val) == 28
+    # 5% of 20 -> 1, of 7 -> at least 1, a class of one image keeps it for training
+    assert sorted(np.bincount(val.labels, minlength=3).tolist()) == [0, 1, 1]
+    assert set(map(str, train.paths)).isdisjoint(map(str, val.paths))
+    assert [str(p) for p in test.paths] == [str(p) for p in val.paths]
+    # the same files and fraction -> the same split, in every command; another fraction -> another split
+    again = build_dataset("folder", 16, "val", root=str(root))
+    assert [str(p) for p in again.paths] == [str(p) for p in val.paths]
+    big = build_dataset("folder", 16, "val", root=str(root), val_fraction=0.3)
+    assert len(big) == 6 + 2 and set(map(str, val.paths)) != set(map(str, big.paths))
+
+
+def test_val_fraction_errors_are_one_line(tmp_path):
+    from coarse2fine.cli import main
+    from coarse2fine.data import build_dataset
+
+    root = _plain_folder(tmp_path / "imgs")
+    with pytest.raises(UserError, match="sets no image aside"):
+        build_dataset("folder", 16, "val", root=str(root), val_fraction=0.0)
+    with pytest.raises(UserError, match="plain image folders only"):
+        build_dataset("default", 32, "train", val_fraction=0.1)
+    split_root = tmp_path / "split"
+    _plain_folder(split_root / "train")
+    _plain_folder(split_root / "val")
+    with pytest.raises(UserError, match="own train/ val/ folders"):
+        build_dataset("folder", 16, "val", root=str(split_root), val_fraction=0.1)
+    with pytest.raises(SystemExit) as e:  # argparse: one line naming the flag, exit 2
+        main(["data", "show", "folder", "--data-root", str(root), "--split", "val", "--val-fraction", "1.5",
+              "--out", str(tmp_path / "p.png")])
+    assert e.value.code == 2

@@ -98,6 +98,10 @@ def add_data(p: argparse.ArgumentParser, default: str | None = "default", requir
     p.add_argument("--data", default=default, required=required,
                    help="data set name: default (the embedded Fashion-MNIST subset), fashion-mnist, folder, ...; "
                         "see `coarse2fine data list`" + ("" if required else f" (default {default or 'default'})"))
+    p.add_argument("--val-fraction", type=unit_interval_open, default=None,
+                   help="plain image folders (no train/ val/ sub-folders): the fraction of each class set aside, "
+                        "seeded, as the held-out split 'val'/'test' (default 0.05); every command given the same "
+                        "value reads the same split")
     p.add_argument("--data-root", default=None,
                    help="where a file-backed data set lives: the image folder ROOT for 'folder', the IDX "
                         "directory for 'fashion-mnist'")

@@ -51,7 +51,8 @@ def cmd_redundancy(args) -> int:
         km = cluster_codebook(vq.codebook_normalized(), args.clusters or default_num_coarse(vq.cfg.codebook_size),
                               "kmeans", args.seed, fp)
     rnd = cluster_codebook(vq.codebook_normalized(), km.num_coarse, "random", args.seed, fp)
-    ds = build_dataset(args.data, vq.cfg.image_size, split=args.split, root=args.data_root)
+    ds = build_dataset(args.data, vq.cfg.image_size, split=args.split, root=args.data_root,
+                       val_fraction=args.val_fraction)
     if len(ds) == 0:
         raise UserError(f"data set {args.data} ({args.split}) is empty")
     g = torch.Generator().manual_seed(args.seed)

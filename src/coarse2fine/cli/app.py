@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from coarse2fine.cli._args import add_device, add_threads
 from coarse2fine.config import UserError
 
 
@@ -15,10 +16,10 @@ def register(sub) -> None:
     p.add_argument("--fine", help="stage-2 run directory")
     p.add_argument("--baseline", help="optional baseline run directory, shown beside CTF for the same class/seed")
     p.add_argument("--pipeline", help="an exported pipeline folder (CTFPipeline.from_pretrained)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS, else the cores, max 8)")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on, 1..65535 (default 7860)")
     p.set_defaults(func=cmd_app)
 
 
@@ -30,12 +31,6 @@ def cmd_app(args) -> int:
         raise UserError(f"--port must be in 1..65535, got {args.port}")
     from coarse2fine.apps.app import Explorer
     from coarse2fine.apps.app_page import serve
-    from coarse2fine.distributed import configure_threads
-
-    try:
-        configure_threads(args.threads)
-    except ValueError as e:
-        raise UserError(str(e)) from e
 
     if args.pipeline:
         if args.coarse or args.fine or args.baseline:

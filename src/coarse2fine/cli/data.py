@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coarse2fine.cli._args import check_out_path, positive_int
+from coarse2fine.cli._args import check_out_path, positive_int, unit_interval_open
 from coarse2fine.data import build_dataset, dataset_availability, list_datasets
 from coarse2fine.data.preprocess import save_grid
 
@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="data location: folder ROOT for 'folder', IDX directory for 'fashion-mnist', "
                          "csv path for 'mnist5k'")
     ps.add_argument("--split", default="train", help="train, test (built-in) or val (folders); default train")
+    ps.add_argument("--val-fraction", type=unit_interval_open, default=None,
+                    help="plain image folders: the seeded fraction of each class held out as split val/test "
+                         "(default 0.05)")
     ps.add_argument("--resolution", type=positive_int, default=32, help="preview image size in px (default 32)")
     ps.add_argument("--out", default="preview.png", help="PNG file to write (default preview.png)")
     ps.add_argument("--per-class", type=positive_int, default=8, help="images per row/class in the grid (default 8)")
@@ -78,7 +81,7 @@ def preview_indices(labels: np.ndarray, classes: int, per_class: int) -> list[li
 def cmd_show(args: argparse.Namespace) -> int:
     check_out_path(args.out, kind="file")
     ds = build_dataset(args.name, args.resolution, split=args.split, root=args.data_root,
-                       limit_per_class=args.limit_per_class)
+                       limit_per_class=args.limit_per_class, val_fraction=args.val_fraction)
     counts = ds.class_counts()
     width = max([len(c) for c in ds.classes] + [5])
     print(f"{ds.name} split={ds.split}: {len(ds)} images, {ds.num_classes} classes, "

@@ -15,7 +15,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
     train_classifier(args.data, args.resolution, args.out, epochs=args.epochs, batch_size=args.batch_size,
                      lr=args.lr, width=args.width, seed=args.seed, root=args.data_root,
-                     limit_per_class=args.limit_per_class)
+                     limit_per_class=args.limit_per_class, val_fraction=args.val_fraction)
     return 0
 
 
@@ -39,6 +39,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"samples: {len(images)} images {images.shape[1]}x{images.shape[2]} from {args.samples}; {label_note}")
     result = evaluate_images(
         images, labels, args.data, split=args.split, classifier_dir=args.classifier, root=args.data_root,
+        val_fraction=args.val_fraction,
         num_samples=args.num_samples, ref_count=args.ref_count, feature_resolution=args.feature_resolution,
         inception_weights=args.inception_weights, ref_batch=args.ref_batch, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, batch_size=args.batch_size, kid_subsets=args.kid_subsets,

@@ -85,8 +85,10 @@ def _dataset(args, resolution: int, split: str):
     from coarse2fine.data import build_dataset
 
     name = args.data or "default"
-    ds = build_dataset(name, resolution, split, root=args.data_root, limit_per_class=args.limit_per_class)
-    info = {"name": name, "root": args.data_root, "limit_per_class": args.limit_per_class, "split": split}
+    ds = build_dataset(name, resolution, split, root=args.data_root, limit_per_class=args.limit_per_class,
+                       val_fraction=args.val_fraction)
+    info = {"name": name, "root": args.data_root, "limit_per_class": args.limit_per_class, "split": split,
+            "val_fraction": getattr(ds, "val_fraction", None)}
     return ds, info
 
 
@@ -100,7 +102,8 @@ def cmd_train(args) -> int:
     if args.resume:
         saved = load_json(out / "config.json")
         d = saved.get("data", {})
-        for flag, key in (("data", "name"), ("data_root", "root"), ("limit_per_class", "limit_per_class")):
+        for flag, key in (("data", "name"), ("data_root", "root"), ("limit_per_class", "limit_per_class"),
+                          ("val_fraction", "val_fraction")):
             if getattr(args, flag) is not None and getattr(args, flag) != d.get(key):
                 raise UserError(f"--resume uses the run's data ({key}={d.get(key)!r}); drop --{flag.replace('_', '-')}")
             setattr(args, flag, d.get(key))

@@ -8,7 +8,11 @@ Layout rules (also in `coarse2fine data show --help`):
   second time through links are skipped and counted.
 - Splits: if every sub-folder of ROOT is named train/val/test, ROOT/<split> is the class root
   ("val" and "test" stand in for each other when only one exists). Otherwise ROOT itself is the
-  class root and holds only split "train" (all images).
+  class root (a plain class folder) and a seeded held-out split is set aside: `val_fraction` of each
+  class's usable images (default DEFAULT_VAL_FRACTION, at least one image per class of two or more),
+  chosen by a permutation seeded with 0 of the sorted file list, form split "val" (alias "test"); the
+  rest form "train". The rule depends only on the files and the fraction, so every command that reads
+  the folder with the same --val-fraction sees the same split.
 - Every other file inside a class folder is probed at scan time (header read, PIL verify, size
   limits); files that fail are skipped and counted in `skipped` with one warning line. Images
   smaller than MIN_SIDE or larger than MAX_PIXELS (preprocess.py) count as skipped too.
@@ -36,11 +40,33 @@ from coarse2fine.data.preprocess import UnreadableImage, center_crop_arr, check_
 log = logging.getLogger("coarse2fine.data")
 
 SPLIT_DIRS = ("train", "val", "test")
+DEFAULT_VAL_FRACTION = 0.05
 _SPLIT_ALIASES = {"train": ("train",), "val": ("val", "test"), "test": ("test", "val")}
 
 
 def _visible(name: str) -> bool:
     return not name.startswith(".")
+
+
+def is_plain_folder(root: str | Path) -> bool:
+    """True when ROOT holds class folders directly (no train/ val/ test/ split folders)."""
+    root = Path(root).expanduser()
+    subdirs = {d.name for d in root.iterdir() if d.is_dir() and _visible(d.name)} if root.is_dir() else set()
+    return not (subdirs and subdirs <= set(SPLIT_DIRS))
+
+
+def held_out_mask(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """bool [N]: the held-out images, `fraction` of each class (rounded, >= 1 for classes of >= 2
+    images when fraction > 0), picked by a seeded permutation of the class's indices."""
+    mask = np.zeros(len(labels), dtype=bool)
+    if fraction <= 0:
+        return mask
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx))))) if len(idx) > 1 else 0
+        mask[idx[rng.permutation(len(idx))[:k]]] = True
+    return mask
 
 
 def resolve_class_root(root: str | Path, split: str) -> Path:
@@ -184,9 +210,23 @@ class FolderDataset(ImageDataset):
     """
 
     def __init__(self, root: str | Path, resolution: int, split: str = "train", flip: bool = False,
-                 limit_per_class: int | None = None):
-        class_root = resolve_class_root(root, split)
+                 limit_per_class: int | None = None, val_fraction: float | None = None):
+        plain = is_plain_folder(root)
+        if val_fraction is not None and not plain:
+            raise UserError(f"{root} has its own train/ val/ folders, so --val-fraction does not apply; drop it")
+        if val_fraction is not None and not 0 <= val_fraction < 1:
+            raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        class_root = resolve_class_root(root, "train" if plain and split in _SPLIT_ALIASES else split)
         paths, labels, classes, skipped = scan_folder(class_root, limit_per_class)
+        self.val_fraction = (DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction) if plain else None
+        if plain:
+            held = held_out_mask(labels, self.val_fraction)
+            keep = held if split != "train" else ~held
+            if not keep.any():
+                raise UserError(f"{root} is a plain class folder and --val-fraction {self.val_fraction} sets no image "
+                                f"aside for split {split!r}; use a fraction > 0 (e.g. 0.05)")
+            paths = [p for p, k in zip(paths, keep) if k]
+            labels = labels[keep]
         super().__init__(f"folder:{Path(root).expanduser().resolve()}", classes, labels, resolution, split,
                          flip, skipped)
         self.root = class_root

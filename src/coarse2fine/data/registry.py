@@ -13,10 +13,10 @@ from coarse2fine.data.folder import FolderDataset
 
 
 def _load_folder(resolution: int, split: str = "train", flip: bool = False, root: str | None = None,
-                 limit_per_class: int | None = None) -> FolderDataset:
+                 limit_per_class: int | None = None, val_fraction: float | None = None) -> FolderDataset:
     if not root:
         raise UserError("data set 'folder' needs a root: --data-root PATH or the name 'folder:PATH'")
-    return FolderDataset(root, resolution, split, flip, limit_per_class)
+    return FolderDataset(root, resolution, split, flip, limit_per_class, val_fraction)
 
 
 def _embedded_ok() -> tuple[bool, str]:
@@ -65,7 +65,8 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
     DatasetInfo("twemoji-all", "Twemoji as above including the skin-tone variants (~3,770 images)",
                 partial(builtin.load_twemoji, keep_skin_tones=True), _twemoji_ok),
     DatasetInfo("folder", "your images: --data-root ROOT (or name folder:ROOT) with ROOT/<class>/**/<image>; "
-                "class ids = sorted folder names; ROOT/train, ROOT/val splits if present",
+                "class ids = sorted folder names; ROOT/train, ROOT/val splits if present, else a seeded held-out "
+                "split (--val-fraction, default 5%)",
                 _load_folder, lambda: (True, "needs --data-root"), ("train", "val", "test")),
 )}
 
@@ -100,7 +101,8 @@ def parse_name(name: str, root: str | None = None) -> tuple[str, str | None]:
 
 
 def build_dataset(name: str, resolution: int, split: str = "train", flip: bool = False,
-                  root: str | None = None, limit_per_class: int | None = None) -> ImageDataset:
+                  root: str | None = None, limit_per_class: int | None = None,
+                  val_fraction: float | None = None) -> ImageDataset:
     """Build a data set by name (see `list_datasets`; "folder:PATH" = "folder" with root=PATH).
 
     Returns an ImageDataset whose items are (FloatTensor [3, resolution, resolution] in [-1, 1],
@@ -112,4 +114,7 @@ def build_dataset(name: str, resolution: int, split: str = "train", flip: bool =
         raise UserError(f"resolution must be a positive integer, got {resolution!r}")
     if limit_per_class is not None and limit_per_class < 1:
         raise UserError(f"limit_per_class must be >= 1, got {limit_per_class}")
-    return info.loader(resolution, split=split, flip=flip, root=root, limit_per_class=limit_per_class)
+    if val_fraction is not None and name != "folder":
+        raise UserError(f"--val-fraction applies to plain image folders only; data set {name!r} has its own splits")
+    kw = {"val_fraction": val_fraction} if name == "folder" else {}
+    return info.loader(resolution, split=split, flip=flip, root=root, limit_per_class=limit_per_class, **kw)

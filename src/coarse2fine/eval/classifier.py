@@ -98,17 +98,19 @@ def predict_probs(model: ClassifierNet, images: np.ndarray | torch.Tensor, batch
 
 
 def _load_splits(dataset: str, resolution: int, root: str | None, limit_per_class: int | None,
-                 test_limit_per_class: int | None, log: Callable[[str], None]):
+                 test_limit_per_class: int | None, log: Callable[[str], None], val_fraction: float | None = None):
     from coarse2fine.data import build_dataset
 
-    train = build_dataset(dataset, resolution, split="train", root=root, limit_per_class=limit_per_class)
+    train = build_dataset(dataset, resolution, split="train", root=root, limit_per_class=limit_per_class,
+                          val_fraction=val_fraction)
     need = len(train) * 3 * resolution * resolution * 4  # float32 copy held in memory for training
     if need > MAX_TRAIN_BYTES:
         raise UserError(f"{len(train)} images at {resolution}px need {need / 2**30:.1f} GiB in memory; "
                         f"pass --limit-per-class to train on a subset")
     x_tr, y_tr = dataset_arrays(train)
     try:
-        test = build_dataset(dataset, resolution, split="test", root=root, limit_per_class=test_limit_per_class)
+        test = build_dataset(dataset, resolution, split="test", root=root, limit_per_class=test_limit_per_class,
+                             val_fraction=val_fraction)
         x_te, y_te = dataset_arrays(test)
         split = "test"
     except UserError as e:
@@ -124,7 +126,7 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
                      batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 5e-4, width: int = 24,
                      seed: int = 0, root: str | None = None, limit_per_class: int | None = None,
                      test_limit_per_class: int | None = None, shift: int = 0, dropout: float = 0.0,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = print, val_fraction: float | None = None) -> dict:
     """Train ClassifierNet on `dataset`'s train split, evaluate on its test split, save to out_dir.
 
     AdamW + one-cycle cosine schedule, random horizontal flips (`shift` > 0 adds random translation,
@@ -140,7 +142,7 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train_ds, x_tr, y_tr, x_te, y_te, test_split = _load_splits(
-        dataset, resolution, root, limit_per_class, test_limit_per_class, log)
+        dataset, resolution, root, limit_per_class, test_limit_per_class, log, val_fraction)
     num_classes = train_ds.num_classes
     # channels_last: ~2x faster convolution backward on CPU (oneDNN) at these small widths
     model = ClassifierNet(num_classes, resolution, width=width, dropout=dropout).to(

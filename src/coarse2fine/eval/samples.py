@@ -140,13 +140,13 @@ def _subset(n: int, count: int | None, seed: int = 0) -> np.ndarray:
 def reference_features(dataset: str, split: str, resolution: int, extractor: EffNetLite0Features,
                        count: int | None = None, root: str | None = None, cache_dir: str | Path | None = None,
                        use_cache: bool = True, batch_size: int = 32,
-                       log: Callable[[str], None] = print) -> dict:
+                       log: Callable[[str], None] = print, val_fraction: float | None = None) -> dict:
     """Features of a data set split: {"features" float32 [M, D], "mu", "sigma", "count", "classes",
     "cache" (path or None), "cached" (bool)}. A cache entry is reused only when the split's labels
     (subset included) hash to the stored digest."""
     from coarse2fine.data import build_dataset
 
-    ds = build_dataset(dataset, resolution, split=split, root=root)
+    ds = build_dataset(dataset, resolution, split=split, root=root, val_fraction=val_fraction)
     idx = _subset(len(ds), count)
     count = len(idx)
     digest = _labels_digest(ds.labels[idx])
@@ -187,6 +187,7 @@ def _row(metric: str, value: float, n: int, m: int | None, std: float | None = N
 
 def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name: str, split: str = "test",
                     classifier_dir: str | Path | None = None, *, root: str | None = None,
+                    val_fraction: float | None = None,
                     num_samples: int | None = None, ref_count: int | None = None,
                     feature_resolution: int = DEFAULT_FEATURE_RESOLUTION,
                     inception_weights: str | Path | None = None, ref_batch: str | Path | None = None,
@@ -219,7 +220,7 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
 
     extractor = EffNetLite0Features(feature_resolution).to(dev)
     ref = reference_features(dataset_name, split, resolution, extractor, ref_count, root, cache_dir,
-                             use_cache, batch_size, log)
+                             use_cache, batch_size, log, val_fraction)
     m = ref["count"]
     fake = extract_features(extractor, images, batch_size=batch_size, desc="samples")
     tag = extractor.name
