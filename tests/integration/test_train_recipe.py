@@ -36,3 +36,16 @@ def test_train_defaults_come_from_the_preset_and_are_recorded(tiny_runs, tmp_pat
     assert main(["train", "--resume", "--steps", "3", "--no-progress", "--out", str(out2)]) == 0
     train2 = json.loads((out2 / "config.json").read_text())["train"]
     assert (train2["schedule"], train2["steps"], train2["recipe"]) == ("constant", 3, "cpu")
+
+
+def test_tokenizer_defaults_come_from_the_preset(tmp_path, capsys, one_thread):
+    from coarse2fine.training.tokenizer import TokenizerTrainConfig, tokenizer_recipe
+
+    big = TokenizerTrainConfig(**tokenizer_recipe("VQ-16"))
+    assert (big.recipe, big.lr, big.batch_size, big.min_lr_ratio) == ("llamagen", 1e-4, 128, 1.0)
+    assert TokenizerTrainConfig(**tokenizer_recipe("VQ-tiny")).lr == 2e-3
+    out = tmp_path / "tok"
+    assert main(["train-tokenizer", "--data", "default", "--limit-per-class", "2", "--steps", "1", "--batch-size", "4",
+                 "--dtype", "fp32", "--device", "cpu", "--out", str(out)]) == 0
+    assert "recipe 'cpu'" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["train"]["recipe"] == "cpu"

@@ -94,7 +94,7 @@ def _dataset(args, resolution: int, split: str):
 
 def cmd_train(args) -> int:
     from coarse2fine.config import VQConfig, from_dict, load_json, to_dict, vq_config
-    from coarse2fine.training.tokenizer import train_tokenizer
+    from coarse2fine.training.tokenizer import TokenizerTrainConfig, tokenizer_recipe, train_tokenizer
 
     out = Path(args.out)
     check_out_path(out)
@@ -110,8 +110,17 @@ def cmd_train(args) -> int:
         if args.vq_preset is not None and to_dict(vq_cfg) != to_dict(from_dict(VQConfig, saved["vq"])):
             raise UserError(f"--resume uses the run's saved architecture, which is not {args.vq_preset}; drop --vq-preset")
         vq_cfg = saved["vq"]
+    recipe = None
+    if not args.resume:  # defaults from the preset's recipe, printed; they are stored in config.json "train"
+        preset = args.vq_preset or "VQ-tiny"
+        recipe = tokenizer_recipe(preset)
+        tc = TokenizerTrainConfig(**recipe)
+        if not args.no_progress:
+            print(f"train-tokenizer ({preset}, recipe '{recipe['recipe']}'): steps {args.steps or tc.steps}, batch "
+                  f"{args.batch_size or tc.batch_size}, lr {args.lr or tc.lr}, warmup {tc.warmup_steps}, "
+                  f"min lr ratio {tc.min_lr_ratio}", flush=True)
     ds, info = _dataset(args, vq_cfg["image_size"] if isinstance(vq_cfg, dict) else vq_cfg.image_size, "train")
-    train_tokenizer(vq_cfg, out, ds, steps=args.steps, resume=args.resume, data_info=info,
+    train_tokenizer(vq_cfg, out, ds, recipe, steps=args.steps, resume=args.resume, data_info=info,
                     time_budget_s=args.time_budget, progress=not args.no_progress, device=args.device,
                     batch_size=args.batch_size, lr=args.lr, recon_loss=args.recon_loss, ema=args.ema,
                     bf16=None if args.dtype == "auto" else args.dtype == "bf16", reseed_dead=args.reseed_dead, seed=args.seed)
