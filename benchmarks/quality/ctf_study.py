@@ -68,12 +68,14 @@ class SeededStudy(study.Study):
         ctf_study_report.render_dir(self.res)
 
     def train_seeded(self, stage: str, step: int, seed: int, mapname: str | None = None,
-                     map_path: Path | None = None, cluster_loss: float = 0.0, tag: str = "") -> str:
+                     map_path: Path | None = None, cluster_loss: float = 0.0, tag: str = "",
+                     preset: str | None = None) -> str:
         from coarse2fine.bench.speed import train_flops
         from coarse2fine.stages import stage_config
         from coarse2fine.training.loop import train
 
         p = self.plan
+        tag += f"_{preset}" if preset and preset != self.plan.preset else ""
         name = (stage if stage == "baseline" else f"{stage}_{mapname}") + tag + f"_s{seed}"
         run = self.work / "runs" / name
         other = ctf_study_report.merge(self.res)["runs"].get(name)  # another process may have trained it
@@ -84,7 +86,7 @@ class SeededStudy(study.Study):
         if str(step) in r["heldout"]:
             return name
         c = int(mapname.split("-")[1]) if mapname else 1
-        mcfg = stage_config(p.preset, stage, self.meta["codebook_size"], c, self.meta["num_classes"], self.meta["grid"])
+        mcfg = stage_config(preset or p.preset, stage, self.meta["codebook_size"], c, self.meta["num_classes"], self.meta["grid"])
         tkw = dict(steps=p.steps, batch_size=p.batch, lr=p.lr, warmup_steps=max(1, p.steps // 20),
                    schedule="cosine", seed=seed, log_every=max(1, p.steps // 10), ckpt_every=max(1, p.steps // 10),
                    ema_decay=0.0)
@@ -170,6 +172,55 @@ def peers(st: SeededStudy, seed: int) -> None:
         log("IAR row skipped: this library has no TrainConfig.cluster_loss_weight")
 
 
+def speed(st: SeededStudy, seed: int, repeats: int = 5, batch: int = 64) -> None:
+    """Quality against sampling cost: baseline and CTF at two backbone sizes (the headline's and
+    plan.big_preset), all trained on the same schedule; images/s of the four pipelines measured in this
+    process, one thread, alternating (median of `repeats` batches), beside their FD and class accuracy."""
+    import numpy as np
+
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+    from coarse2fine.sampling import StageSampling
+
+    p, final = st.plan, st.plan.steps
+    km, km_path = st.cmap("kmeans", 32)
+    rows = {}
+    for preset in (p.preset, p.big_preset):
+        co = st.train_seeded("coarse", final, seed, km, km_path, preset=preset)
+        fi = st.train_seeded("fine", final, seed, km, km_path, preset=preset)
+        ba = st.train_seeded("baseline", final, seed, preset=preset)
+        key = "head" if preset == p.preset else f"speed/{preset}"
+        ctf_key, base_key = (f"head/ctf/{final}/s{seed}", f"head/baseline/{final}/s{seed}") if key == "head" else \
+            (f"speed/{preset}/ctf/s{seed}", f"speed/{preset}/baseline/s{seed}")
+        st.score(ctf_key, "ctf", (co, fi), p.n_head, CTF_OPTS)
+        st.score(base_key, "ar", (ba,), p.n_head, AR_OPTS)
+        rows[f"CTF {preset}"] = (ctf_key, CTFPipeline.from_runs(st.work / "runs" / co, st.work / "runs" / fi))
+        rows[f"baseline {preset}"] = (base_key, ARPipeline.from_runs(st.work / "runs" / ba))
+    labels = torch.arange(batch) % st.meta["num_classes"]
+    s1c, s2c, s1b = (StageSampling(**CTF_OPTS["s1"]), StageSampling(**CTF_OPTS["s2"]), StageSampling(**AR_OPTS["s1"]))
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    for r in range(repeats + 1):  # the first round warms up
+        for name, (_, pipe) in rows.items():
+            t0 = time.perf_counter()
+            pipe(labels, s1c, s2c, seed=r) if isinstance(pipe, CTFPipeline) else pipe(labels, s1b, seed=r)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, (key, _) in rows.items():
+        e = st.db["entries"][key]
+        out[name] = {"images_per_s": batch / float(np.median(times[name])), "entry": key,
+                     "FD": e["metrics"].get("FD"), "ClassAcc": e["metrics"].get("ClassAcc"),
+                     "params": sum(m.numel() for m in _models(rows[name][1]) for m in m.parameters())}
+        log(f"  speed {name}: {out[name]['images_per_s']:.1f} images/s, FD {out[name]['FD']:.4g}, "
+            f"ClassAcc {out[name]['ClassAcc']:.3f}")
+    st.db["speed"] = {"batch": batch, "repeats": repeats, "threads": torch.get_num_threads(), "rows": out,
+                      "dtype": "float32", "decode": "included (VQ decode of the 64 images)"}
+    st.save()
+
+
+def _models(pipe):
+    return [pipe.coarse_model, pipe.fine_model] if hasattr(pipe, "coarse_model") else [pipe.model]
+
+
 def _sample_nonet(self: SeededStudy, kind, runs, n, opts, coarse_key=None):
     """Study.sample for the decodings without a stage-2 network (pipeline.redraw on stage-1 maps)."""
     from coarse2fine.pipeline import CTFPipeline
@@ -203,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: run processes side by side)")
     ap.add_argument("--steps", type=int, help="override the schedule length (checkpoints scale with it)")
     ap.add_argument("--seeds", default="0,1,2", help="model seeds this process trains (comma list)")
-    ap.add_argument("--phases", default="setup,headline,peers", help="comma list of setup, headline, peers")
+    ap.add_argument("--phases", default="setup,headline,peers,speed",
+                    help="comma list of setup, headline, peers, speed")
     ap.add_argument("--report", action="store_true", help="only re-render the report from the results dir")
     args = ap.parse_args(argv)
     tag = f"{args.data.replace('-', '')}{'_small' if args.small else ''}"
@@ -225,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         headline(st, seeds)
     if "peers" in phases:
         peers(st, seeds[0])
+    if "speed" in phases:
+        speed(st, seeds[0])
     st.save()
     log(f"done in {(time.time() - st.t0) / 60:.1f} min; report {results / 'report.md'}")
     return 0

@@ -27,6 +27,8 @@ def merge(res: Path) -> dict:
         db["entries"].update(d.get("entries", {}))
         db["invocations"] += d.get("invocations", [])
         db["metric_names"].update(d.get("metric_names", {}))
+        if d.get("speed"):
+            db["speed"] = d["speed"]
     return db
 
 
@@ -134,6 +136,7 @@ def render_dir(res: Path) -> None:
         L += [flat, ""]
     # ---- peers ---------------------------------------------------------------------------------------------
     L += _peers(db, km)
+    L += _speed(db, res)
     (res / "report.md").write_text("\n".join(L) + "\n")
     plot(db, res, seeds, km)
 
@@ -273,6 +276,37 @@ def _peers(db: dict, km: str) -> list[str]:
         L.append(f"| {label} | " + " | ".join(_fmt(e["metrics"].get(m), m) for m in METRICS)
                  + f" | {e['sample_s'] / e['n']:.4f} |")
     return L + [""]
+
+
+def _speed(db: dict, res: Path) -> list[str]:
+    sp = db.get("speed")
+    if not sp:
+        return ["## Quality against sampling cost", "", "(not run yet: `ctf_study.py --phases speed --seeds 0`)", ""]
+    L = ["## Quality against sampling cost (seed 0; images/s measured side by side in one process)", "",
+         f"Batch {sp['batch']}, {sp['threads']} thread(s), {sp['dtype']}, median of {sp['repeats']} batches, "
+         f"VQ decode {sp['decode']}.", "",
+         "| model | params | images/s ↑ | FD ↓ | ClassAcc ↑ |", "|---|---|---|---|---|"]
+    for name, r in sp["rows"].items():
+        L.append(f"| {name} | {r['params'] / 1e6:.2f}M | {r['images_per_s']:.1f} | {_fmt(r['FD'], 'FD')} | "
+                 f"{_fmt(r['ClassAcc'], 'ClassAcc')} |")
+    L += ["", "![quality against sampling speed](quality_vs_speed.png)", ""]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, m in zip(axes, ("FD", "ClassAcc")):
+        for name, r in sp["rows"].items():
+            ax.scatter(r["images_per_s"], r[m], color="tab:red" if name.startswith("CTF") else "tab:blue")
+            ax.annotate(name, (r["images_per_s"], r[m]), fontsize=8)
+        ax.set_xlabel("images/s (CPU, 1 thread)")
+        ax.set_ylabel(m + (" ↓" if m == "FD" else " ↑"))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(res / "quality_vs_speed.png", dpi=90)
+    plt.close(fig)
+    return L
 
 
 def plot(db: dict, res: Path, seeds: list[int], km: str) -> None:
