@@ -84,6 +84,15 @@ def _log(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished child processes (user + system):
+    on a shared machine they tell what the demo cost where wall time also counts the others' work."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _clock(s: float) -> str:
     s = int(max(0, s))
     return f"{s // 60}:{s % 60:02d}"
@@ -102,6 +111,7 @@ class Progress:
         from coarse2fine.config import GPT_PRESETS
 
         self.t0, self.log, self.done, self.phase, self.t_phase = time.time(), log, {}, "", 0.0
+        self.cpu, self.cpu_phase = {}, 0.0  # CPU seconds per phase, this process and its children
         self.expected = dict(self.EXPECTED)
         if plan.tokenizer == "train":
             self.expected["tokenizer"] = 0.47 * plan.vq_steps  # s/step measured there
@@ -119,7 +129,7 @@ class Progress:
         return min(4.0, max(0.5, sum(self.done.values()) / exp)) if exp >= 10 else 1.0
 
     def start(self, phase: str, what: str) -> None:
-        self.phase, self.t_phase = phase, time.time()
+        self.phase, self.t_phase, self.cpu_phase = phase, time.time(), cpu_seconds()
         n = list(self.expected).index(phase) + 1
         self.log(f"{n}/{len(self.expected)} {what} | {_clock(time.time() - self.t0)} elapsed, "
                  f"~{_clock(self.remaining(0.0))} left")
@@ -135,6 +145,7 @@ class Progress:
 
     def end(self) -> float:
         self.done[self.phase] = time.time() - self.t_phase
+        self.cpu[self.phase] = cpu_seconds() - self.cpu_phase
         return self.done[self.phase]
 
 
@@ -262,6 +273,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     bar.end()
 
     report["times_s"] = {**bar.done, "total": time.time() - bar.t0}
+    report["cpu_s"] = {**bar.cpu, "total": sum(bar.cpu.values())}
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1, default=str) + "\n").encode())
     atomic_write_bytes(out / "report.md", render_report(report, train_ds.classes).encode())
     _summary(out, report)

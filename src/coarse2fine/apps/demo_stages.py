@@ -48,6 +48,8 @@ def _child(stage: str, out: str, plan, tcfg: TrainConfig, meta: dict, clusters: 
     os.dup2(fd, 2)
     distributed.configure_threads(1)
     train_one(stage, Path(out), plan, tcfg, meta, clusters, progress=False)
+    # this process's CPU seconds: with the wall time they show how much the machine's other work cost it
+    (run / "demo_cpu.json").write_text(json.dumps({"cpu_s": time.process_time()}) + "\n")
 
 
 def steps_done(run: Path) -> int:
@@ -101,6 +103,9 @@ def _run_parallel(out, plan, tcfg, meta, clusters, workers, bar, summaries) -> N
                     raise UserError(f"training the {stage} model failed (exit code {p.exitcode}); "
                                     f"see {out / stage / 'train.log'}, then rerun the demo to resume")
                 summaries[stage] = json.loads((out / stage / "summary.json").read_text())
+                cpu = out / stage / "demo_cpu.json"
+                if cpu.is_file():
+                    summaries[stage]["cpu_s"] = json.loads(cpu.read_text())["cpu_s"]
                 bar.update(_fraction(out, total), f"{stage} model done: held-out token accuracy "
                                                   f"{summaries[stage].get('heldout', {}).get('acc', float('nan')):.3f}")
             if running and time.time() - last_print >= PRINT_EVERY_S:
