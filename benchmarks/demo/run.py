@@ -55,7 +55,7 @@ def run(args) -> dict:
         env.update(AVX2_ENV)
     extra = args.demo_args.split() if args.demo_args else []
     with tempfile.TemporaryDirectory(prefix="c2f-demo-") as tmp:
-        out = Path(tmp) / "demo"
+        out = args.keep_dir or Path(tmp) / "demo"
         cmd = [sys.executable, "-m", "coarse2fine.cli", "demo", "--out", str(out)] + extra
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
         row = {"label": args.label, "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -133,6 +133,7 @@ def main() -> int:
     ap.add_argument("--busy", action="store_true", help="run beside one competing CPU-bound process")
     ap.add_argument("--demo-args", default="", help="extra flags for `coarse2fine demo`, e.g. '--quick'")
     ap.add_argument("--keep", action="store_true", help="copy report.md and the sample grid to the results folder")
+    ap.add_argument("--keep-dir", type=Path, help="write the demo here (kept) instead of a temp folder")
     ap.add_argument("--results", type=Path, default=RESULTS / "runs.json")
     args = ap.parse_args()
     row = run(args)
