@@ -105,8 +105,8 @@ def configure_threads(threads: int | None = None) -> int:
     use the cores that are free right now (`free_cores`), capped at 8 because the small matmuls of
     CPU-size models stop scaling there. Why free cores and not all cores: an OpenMP team waits at
     every barrier for its slowest thread, so one competing CPU-bound process on a 2-core machine
-    slowed 2-thread training 3-6x, while one thread on the free core loses only the second core
-    (measured in benchmarks/results/demo/threads.md). The `--threads` flag of every heavy
+    slows 2-thread training 2.8x (3-6x reported by a user), while one thread on the free core costs
+    1.7x against the idle 2-thread time (benchmarks/results/demo/threads.md). The `--threads` flag of every heavy
     subcommand calls this.
     """
     if threads is not None:
