@@ -109,9 +109,10 @@ class Progress:
 
     The estimate = what is left of this phase (from its own rate when it reports one) + the later
     phases' expected seconds, scaled by how fast this machine ran the finished phases so far.
-    EXPECTED is what they took on a 2-core AVX2 CPU in fp32 (benchmarks/results/demo/)."""
+    EXPECTED: seconds per phase on 2 idle AVX2 cores in fp32, from the CPU seconds of the emulated
+    AVX2 run in benchmarks/results/demo/runs.md (models: the three stages' CPU seconds / 2)."""
 
-    EXPECTED = {"tokenizer": 5, "codes": 25, "clusters": 5, "models": 560, "samples": 40, "evaluation": 40}
+    EXPECTED = {"tokenizer": 6, "codes": 56, "clusters": 1, "models": 640, "samples": 25, "evaluation": 10}
 
     def __init__(self, plan: DemoPlan, log=_log):
         from coarse2fine.config import GPT_PRESETS
