@@ -6,6 +6,7 @@ world_size == 1 is the ordinary case of the same code: no process group is creat
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -66,12 +67,42 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs from /proc/stat, None where there is no such file."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return vals[3] + (vals[4] if len(vals) > 4 else 0), sum(vals[:8])
+
+
+def free_cores(window_s: float = 0.25) -> int:
+    """Cores this process may use that other work leaves idle: the allowed cores minus the busy
+    share of the machine measured over `window_s` seconds (rounded), at least 1."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    a = _cpu_times()
+    if a is None:
+        return allowed
+    time.sleep(window_s)
+    b = _cpu_times()
+    total = (b[1] - a[1]) if b else 0
+    if total <= 0:
+        return allowed
+    busy = (1 - (b[0] - a[0]) / total) * (os.cpu_count() or allowed)
+    return max(1, min(allowed, allowed - round(busy)))
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's intra-op thread count for this process and return it.
 
     threads: an explicit count (>= 1) wins. None: respect OMP_NUM_THREADS when the user set it, else
-    use the cores this process may run on (sched_getaffinity), capped at 8 because the small matmuls
-    of CPU-size models stop scaling there. The `--threads` flag of every heavy subcommand calls this.
+    use the cores that are free right now (`free_cores`), capped at 8 because the small matmuls of
+    CPU-size models stop scaling there. Why free cores and not all cores: an OpenMP team waits at
+    every barrier for its slowest thread, so one competing CPU-bound process on a 2-core machine
+    slows 2-thread training 2.8x (3-6x reported by a user), while one thread on the free core costs
+    1.7x against the idle 2-thread time (benchmarks/results/demo/threads.md). The `--threads` flag of every heavy
+    subcommand calls this.
     """
     if threads is not None:
         if threads < 1:
@@ -80,6 +111,6 @@ def configure_threads(threads: int | None = None) -> int:
     elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) >= 1:
         n = int(os.environ["OMP_NUM_THREADS"])
     else:
-        n = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        n = min(8, free_cores())
     torch.set_num_threads(n)
     return n

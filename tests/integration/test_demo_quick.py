@@ -1,10 +1,17 @@
 """The README's main job at smoke-test size: every step runs and writes what it promises."""
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from coarse2fine.cli import main
-from coarse2fine.apps.demo import DemoPlan, run_demo
+from coarse2fine.apps.demo import DemoPlan, Progress, asset_dir, demo_precision, run_demo
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -12,24 +19,94 @@ def demo(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("demo")
     plan = DemoPlan.quick()
-    plan.vq_steps, plan.limit_per_class, plan.per_class = 10, 12, 1
-    report = run_demo(out, plan, progress=False)
+    plan.limit_per_class, plan.per_class, plan.eval_per_class = 12, 1, 1
+    with pytest.MonkeyPatch.context() as mp:
+        # the stage processes inherit this: AVX2-only kernels, where the demo must choose fp32
+        mp.setenv("ATEN_CPU_CAPABILITY", "avx2")
+        mp.setenv("COARSE2FINE_CACHE", str(out / "cache"))
+        report = run_demo(out, plan, progress=False)
     return out, report
 
 
-def test_demo_writes_report_grid_and_runs(demo):
+def test_demo_writes_report_grid_runs_and_scores(demo):
     out, report = demo
     for f in ["report.md", "report.json", "samples_ctf_vs_baseline.png", "coarse/model.safetensors",
               "fine/model.safetensors", "baseline/model.safetensors", "tokenizer/model.safetensors"]:
         assert (out / f).is_file(), f
     text = (out / "report.md").read_text()
     assert "stage 2 given the true coarse labels" in text and "baseline (next-token)" in text
+    assert "How to read" in text and "class accuracy" in text
     for stage in ("coarse", "fine", "baseline"):
         h = report["models"][stage]["heldout"]
         assert 0.0 <= h["acc"] <= 1.0 and h["count"] == 120
+    for name in ("ctf", "baseline"):
+        s = report["evaluation"][name]
+        assert s["n"] == 10 and s["m"] == 1000 and np.isfinite(s["fd"]) and np.isfinite(s["kid"])
+        assert 0.0 <= s["class_accuracy"] <= 1.0
     npz = np.load(out / "samples_ctf" / "samples.npz")
     assert npz["arr_0"].shape == (10, 32, 32, 3) and npz["arr_0"].dtype == np.uint8
     assert npz["labels"].tolist() == list(range(10))
+
+
+def test_demo_uses_shipped_tokenizer_parallel_stages_and_forced_fp32(demo):
+    out, report = demo
+    assert report["tokenizer"]["source"].startswith("shipped")
+    assert (out / "tokenizer" / "model.safetensors").read_bytes() == (asset_dir() / "tokenizer" / "model.safetensors").read_bytes()
+    assert report["stage_workers"] == 3  # one one-thread process per stage on >= 2 cores
+    for stage in ("coarse", "fine", "baseline"):
+        assert (out / stage / "train.log").is_file()
+        # this machine has avx512_bf16, but the stages ran with ATEN_CPU_CAPABILITY=avx2
+        assert report["models"][stage]["dtype"] == "float32"
+
+
+def test_demo_precision_honours_capped_kernels(monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert demo_precision("auto") == "fp32" and demo_precision("bf16") == "bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    from coarse2fine.training.common import bf16_native
+
+    # uncapped: "auto" stays for the trainer to resolve where bf16 is native, else fp32
+    assert demo_precision("auto") == ("auto" if bf16_native("cpu") else "fp32")
+
+
+def test_progress_lines_give_elapsed_and_remaining():
+    lines = []
+    bar = Progress(DemoPlan(), log=lines.append)
+    bar.start("tokenizer", "tokenizer")
+    bar.end()
+    bar.start("codes", "codes")
+    bar.update(0.5, "half")
+    assert all("elapsed" in ln and "left" in ln for ln in lines) and lines[0].startswith("1/6")
+    # the later phases' expected minutes are in the estimate: at least the models' share
+    assert bar.remaining(0.5) >= Progress.EXPECTED["models"] * 0.25
+
+
+def test_shipped_assets_match_manifest_and_load():
+    from coarse2fine.checkpoint import load_vq
+    from coarse2fine.eval.classifier import load_classifier
+
+    m = json.loads((asset_dir() / "manifest.json").read_text())
+    for rel, sha in m["sha256"].items():
+        assert hashlib.sha256((asset_dir() / rel).read_bytes()).hexdigest() == sha, rel
+    assert load_vq(asset_dir() / "tokenizer").cfg.codebook_size == 4096
+    assert load_classifier(asset_dir() / "classifier")[1]["test"]["accuracy"] > 0.8
+    total = sum(f.stat().st_size for f in asset_dir().rglob("*") if f.is_file())
+    assert total < 8 * 2**20  # "a few MB"
+
+
+def test_make_demo_assets_is_reproducible(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_demo_assets", ROOT / "scripts" / "make_demo_assets.py")
+    mda = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mda)
+    n = torch.get_num_threads()
+    try:
+        a = mda.build(tmp_path / "a", vq_steps=4, clf_epochs=1, limit_per_class=8, log=lambda m: None)
+        b = mda.build(tmp_path / "b", vq_steps=4, clf_epochs=1, limit_per_class=8, log=lambda m: None)
+    finally:
+        torch.set_num_threads(n)
+        torch.use_deterministic_algorithms(False)
+    assert a == b and mda.same_assets(tmp_path / "a", tmp_path / "b") == []
 
 
 def test_sample_cli_is_seeded_and_checks_labels(demo, capsys):

@@ -1,12 +1,20 @@
 """`coarse2fine demo`: the whole CTF pipeline on the embedded data, on a CPU, in minutes.
 
-tokenizer -> codes (train with flips, held-out test) -> k-means coarse map -> coarse, fine and
-baseline models -> samples of every class from CTF and from the baseline side by side -> report.md.
-Every step writes a normal run directory, so each can be inspected or reused with the other commands.
+tokenizer (shipped for the embedded data, as the paper takes its tokenizer as given) -> codes (train
+with flips, held-out test) -> k-means coarse map -> coarse, fine and baseline models, trained as
+parallel one-thread processes -> samples of every class from CTF and from the baseline -> FD, KID
+and class accuracy of both -> report.md. Every step writes a normal run directory, so each can be
+inspected or reused with the other commands.
+
+Why parallel one-thread processes: on 2 cores the three small models train faster side by side than
+one after another with 2 threads each, and one competing CPU-bound process then slows them by a
+fair share instead of stalling every OpenMP barrier (benchmarks/results/demo/threads.md).
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,24 +22,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coarse2fine import distributed
 from coarse2fine.config import TrainConfig, UserError
+from coarse2fine.apps.demo_stages import STAGES
 from coarse2fine.fileio import atomic_write_bytes
+
+
+
+def asset_dir() -> Path:
+    """The demo's shipped networks for the embedded data: tokenizer/ and classifier/ (each
+    config.json + model.safetensors), made by scripts/make_demo_assets.py."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("coarse2fine.data") / "assets" / "demo"))
 
 
 @dataclass
 class DemoPlan:
     data: str = "default"
     resolution: int = 32
+    tokenizer: str = "shipped"  # "shipped" (embedded data only) or "train"
     vq_preset: str = "VQ-tiny"
     vq_steps: int = 1200
     vq_batch: int = 32
     gpt_preset: str = "GPT-small"
-    steps: int = 400
+    # 300 steps without dropout: 400 steps with dropout 0.1 cost twice the 15-minute budget on a
+    # 2-core AVX2 CPU; dropout only slows a run this short (it is ~12% of a CPU step, too)
+    steps: int = 300
+    dropout: float = 0.0
     batch_size: int = 64
     lr: float = 4e-3  # per global batch 256, i.e. 1e-3 at batch 64
     clusters: int = 0  # 0: K / 32 as the paper
     head: str = "restricted"  # stage-2 head: "restricted" (measured better) or "full" (the paper's)
-    per_class: int = 6
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" for the transformers
+    workers: int = 0  # parallel training processes; 0: one per stage when >= 2 cores are free
+    # sampling sharper than the paper's defaults (tau 1.1, CFG 2.0, stage 2 from all codes): short
+    # CPU runs give flat distributions, and benchmarks/results/RESULTS.md measured lower tau, CFG 3
+    # and a greedy stage 2 each raising class accuracy; the baseline gets the same tau and CFG
+    temperature: float = 0.9
+    cfg_scale: float = 3.0
+    fine_top_k: int = 1
+    per_class: int = 6  # images per class in the side-by-side grid
+    eval_per_class: int = 50  # samples per class scored by FD, KID and class accuracy
     limit_per_class: int | None = None
     seed: int = 0
 
@@ -39,153 +71,234 @@ class DemoPlan:
     def quick(cls) -> "DemoPlan":
         """A smoke-test size: seconds per stage, nothing recognisable expected."""
         return cls(vq_steps=30, vq_batch=32, gpt_preset="GPT-tiny", steps=12, batch_size=16, per_class=2,
-                   limit_per_class=40)
+                   eval_per_class=2, limit_per_class=40)
+
+
+def demo_precision(requested: str) -> str:
+    """The transformers' precision, resolved here so that the report names it: "auto" is bf16 where the
+    CPU runs it natively (training.common.bf16_native, which also honours ATEN_CPU_CAPABILITY /
+    ONEDNN_MAX_CPU_ISA caps below AVX512), else fp32."""
+    from coarse2fine.training.common import bf16_native
+
+    if requested not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--dtype must be auto, fp32 or bf16, got {requested!r}")
+    return "fp32" if requested == "auto" and not bf16_native("cpu") else requested
 
 
 def _log(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished child processes (user + system):
+    on a shared machine they tell what the demo cost where wall time also counts the others' work."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _clock(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+    """One line per phase with elapsed and estimated remaining time for the whole demo.
+
+    The estimate = what is left of this phase (from its own rate when it reports one) + the later
+    phases' expected seconds, scaled by how fast this machine ran the finished phases so far.
+    EXPECTED: seconds per phase on 2 idle AVX2 cores in fp32, from the CPU seconds of the emulated
+    AVX2 run in benchmarks/results/demo/runs.md (models: the three stages' CPU seconds / 2)."""
+
+    EXPECTED = {"tokenizer": 6, "codes": 56, "clusters": 1, "models": 640, "samples": 25, "evaluation": 10}
+
+    def __init__(self, plan: DemoPlan, log=_log):
+        from coarse2fine.config import GPT_PRESETS
+
+        self.t0, self.log, self.done, self.phase, self.t_phase = time.time(), log, {}, "", 0.0
+        self.cpu, self.cpu_phase = {}, 0.0  # CPU seconds per phase, this process and its children
+        self.expected = dict(self.EXPECTED)
+        if plan.tokenizer == "train":
+            self.expected["tokenizer"] = 0.47 * plan.vq_steps  # s/step measured there
+        g = GPT_PRESETS.get(plan.gpt_preset, GPT_PRESETS["GPT-small"])
+        # training cost ~ steps x batch x layers x width^2, relative to the default plan
+        self.expected["models"] *= plan.steps * plan.batch_size * g["n_layer"] * g["dim"] ** 2 / (300 * 64 * 4 * 256**2)
+        self.expected["samples"] *= plan.eval_per_class / 50
+        if plan.limit_per_class:
+            self.expected["codes"] *= plan.limit_per_class / 1000
+
+    def _speed(self) -> float:
+        """This machine's time / the reference machine's, from the finished phases (1 until they
+        add up to 10 expected seconds: tiny phases are all start-up noise)."""
+        exp = sum(self.expected[p] for p in self.done)
+        return min(4.0, max(0.5, sum(self.done.values()) / exp)) if exp >= 10 else 1.0
+
+    def start(self, phase: str, what: str) -> None:
+        self.phase, self.t_phase, self.cpu_phase = phase, time.time(), cpu_seconds()
+        n = list(self.expected).index(phase) + 1
+        self.log(f"{n}/{len(self.expected)} {what} | {_clock(time.time() - self.t0)} elapsed, "
+                 f"~{_clock(self.remaining(0.0))} left")
+
+    def remaining(self, fraction: float) -> float:
+        later = list(self.expected)[list(self.expected).index(self.phase) + 1:]
+        spent = time.time() - self.t_phase
+        here = spent * (1 - fraction) / fraction if fraction > 0.05 else self.expected[self.phase] * self._speed() - spent
+        return max(0.0, here) + sum(self.expected[p] for p in later) * self._speed()
+
+    def update(self, fraction: float, detail: str) -> None:
+        self.log(f"   {detail} | {_clock(time.time() - self.t0)} elapsed, ~{_clock(self.remaining(fraction))} left")
+
+    def end(self) -> float:
+        self.done[self.phase] = time.time() - self.t_phase
+        self.cpu[self.phase] = cpu_seconds() - self.cpu_phase
+        return self.done[self.phase]
+
+
 def side_by_side(ctf: np.ndarray, base: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
-    """Rows = classes: per_class CTF images, a white spacer, per_class baseline images.
-    Returns uint8 [classes * (2 * per_class + 1), H, W, 3] for save_grid(nrow=2 * per_class + 1)."""
+    """Rows = classes: the first per_class CTF images, a white spacer, the first per_class baseline
+    images. Returns uint8 [classes * (2 * per_class + 1), H, W, 3] for save_grid(nrow=2 * per_class + 1)."""
     white = np.full_like(ctf[:1], 255)
     rows = []
     for c in np.unique(labels):
-        rows += [ctf[labels == c], white, base[labels == c]]
+        rows += [ctf[labels == c][:per_class], white, base[labels == c][:per_class]]
     return np.concatenate(rows)
 
 
+def stage_workers(plan: DemoPlan) -> int:
+    """How many stages train at once: plan.workers, else one per stage when the process may use
+    >= 2 cores (3 one-thread processes share 2 cores well: the OS time-slices them), else 1."""
+    if plan.workers:
+        return max(1, min(plan.workers, len(STAGES)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(STAGES) if cores >= 2 else 1
+
+
+def _prepare_tokenizer(plan: DemoPlan, tok_dir: Path, train_ds, progress: bool) -> str:
+    """Fill tok_dir with the shipped tokenizer (copied, so the demo's folder stands alone) or train one."""
+    from coarse2fine.training.tokenizer import train_tokenizer
+
+    if plan.tokenizer == "shipped":
+        if plan.data != "default" or plan.resolution != 32:
+            raise UserError("the shipped tokenizer fits the embedded data at 32 px only; pass "
+                            "--train-tokenizer to train one for this data set")
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copyfile(asset_dir() / "tokenizer" / name, tok_dir / name)
+        return "shipped (scripts/make_demo_assets.py)"
+    if plan.tokenizer != "train":
+        raise UserError(f"tokenizer must be 'shipped' or 'train', got {plan.tokenizer!r}")
+    train_tokenizer(plan.vq_preset, tok_dir, train_ds, steps=plan.vq_steps, batch_size=plan.vq_batch,
+                    seed=plan.seed, progress=progress, resume=(tok_dir / "state.pt").exists())
+    return f"trained here ({plan.vq_preset}, {plan.vq_steps} steps)"
+
+
 def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
+    from coarse2fine.apps.demo_stages import train_stages
+    from coarse2fine.apps.demo_report import evaluate_both, render_report
+    from coarse2fine.checkpoint import load_vq
     from coarse2fine.data import build_dataset
-    from coarse2fine.data.codes import extract_codes
+    from coarse2fine.data.codes import CodeStore, extract_codes
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.stages import STAGE_SPECS, stage_config
     from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
     from coarse2fine.sampling import StageSampling
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint
-    from coarse2fine.checkpoint import load_vq
-    from coarse2fine.training.loop import train
-    from coarse2fine.training.tokenizer import evaluate_reconstruction, train_tokenizer
+    from coarse2fine.training.tokenizer import evaluate_reconstruction
 
     out = Path(out)
     if (out / "report.md").exists():
         raise UserError(f"{out} already holds a finished demo; choose another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-    report: dict = {"plan": plan.__dict__}
-    t_all = time.time()
+    precision = demo_precision(plan.precision)
+    threads = distributed.configure_threads()
+    bar = Progress(plan)
+    report: dict = {"plan": plan.__dict__, "precision": precision, "threads": threads}
 
     # 1. tokenizer
-    t = time.time()
     train_ds = build_dataset(plan.data, plan.resolution, "train", limit_per_class=plan.limit_per_class)
     test_ds = build_dataset(plan.data, plan.resolution, "test", limit_per_class=plan.limit_per_class)
-    _log(f"data {plan.data}: {len(train_ds)} train / {len(test_ds)} test images, {train_ds.num_classes} classes")
+    from coarse2fine.training.loop import resolve_dtype
+
+    dtype = str(resolve_dtype(precision, torch.device("cpu"))).replace("torch.", "")
+    _log(f"data {plan.data}: {len(train_ds)} train / {len(test_ds)} test images, {train_ds.num_classes} classes; "
+         f"{threads} thread(s) here, transformers in {dtype}")
     tok_dir = out / "tokenizer"
-    _log(f"1/6 training the tokenizer ({plan.vq_preset}, {plan.vq_steps} steps)")
-    train_tokenizer(plan.vq_preset, tok_dir, train_ds, steps=plan.vq_steps, batch_size=plan.vq_batch,
-                    seed=plan.seed, progress=progress, resume=(tok_dir / "state.pt").exists())
+    bar.start("tokenizer", f"tokenizer ({plan.tokenizer})")
+    source = _prepare_tokenizer(plan, tok_dir, train_ds, progress)
     vq = load_vq(tok_dir)
     rec = evaluate_reconstruction(vq, test_ds)
-    report["tokenizer"] = {"psnr_test_db": rec["psnr"], "usage_test": rec["usage"], "K": vq.cfg.codebook_size}
-    times["tokenizer"] = time.time() - t
-    _log(f"tokenizer: test PSNR {rec['psnr']:.2f} dB, codebook usage {100 * rec['usage']:.1f}%")
+    report["tokenizer"] = {"psnr_test_db": rec["psnr"], "usage_test": rec["usage"], "K": vq.cfg.codebook_size,
+                           "source": source}
+    bar.end()
+    _log(f"   tokenizer {source}: test PSNR {rec['psnr']:.2f} dB, codebook usage {100 * rec['usage']:.1f}%")
 
     # 2. codes
-    t = time.time()
-    _log("2/6 extracting codes (train with flips, test without)")
-    extract_codes(tok_dir, train_ds, out / "codes_train", flip=True, progress=progress)
-    extract_codes(tok_dir, test_ds, out / "codes_test", flip=False, progress=progress)
-    times["codes"] = time.time() - t
+    bar.start("codes", "extracting codes (train with flips, test without)")
+    extract_codes(tok_dir, train_ds, out / "codes_train", flip=True, progress=False)
+    extract_codes(tok_dir, test_ds, out / "codes_test", flip=False, progress=False)
+    bar.end()
 
     # 3. clusters
-    t = time.time()
     c = plan.clusters or default_num_coarse(vq.cfg.codebook_size)
+    bar.start("clusters", f"k-means: {vq.cfg.codebook_size} codes -> {c} clusters")
     cmap = cluster_codebook(vq.codebook_normalized(), c, "kmeans", plan.seed, codebook_fingerprint(vq))
     cmap.save(out / "coarse_map.safetensors")
     report["clusters"] = cmap.stats()
-    times["cluster"] = time.time() - t
-    _log(f"3/6 k-means: {vq.cfg.codebook_size} codes -> {c} clusters (sizes {cmap.stats()['min_size']}.."
-         f"{cmap.stats()['max_size']})")
+    bar.end()
 
     # 4. the three models, same backbone, batch and steps
-    from coarse2fine.data.codes import CodeStore
-
     meta = CodeStore(out / "codes_train").meta
     tcfg = TrainConfig(steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, warmup_steps=max(1, plan.steps // 20),
-                       schedule="cosine", seed=plan.seed, log_every=max(1, plan.steps // 10),
-                       ckpt_every=plan.steps, ema_decay=0.0)
-    report["models"] = {}
-    for i, stage in enumerate(STAGE_SPECS):  # coarse, fine, baseline
-        t = time.time()
-        run = out / stage
-        _log(f"4/6 ({i + 1}/3) training the {stage} model ({plan.gpt_preset}, {plan.steps} steps)")
-        mcfg = stage_config(plan.gpt_preset, stage, meta["codebook_size"], c, meta["num_classes"], meta["grid"])
-        if (run / "summary.json").exists():
-            summary = json.loads((run / "summary.json").read_text())
-        else:
-            summary = train(stage, mcfg, tcfg, out / "codes_train", run,
-                            coarse_map=out / "coarse_map.safetensors" if STAGE_SPECS[stage].needs_coarse_map else None,
-                            heldout_dir=out / "codes_test", resume=(run / "state.pt").exists(), progress=progress,
-                            restricted=STAGE_SPECS[stage].restricted_head and plan.head == "restricted")
-        report["models"][stage] = summary
-        times[stage] = time.time() - t
+                       schedule="cosine", seed=plan.seed, log_every=max(1, plan.steps // 30),
+                       ckpt_every=plan.steps, ema_decay=0.0, precision=precision)
+    workers = stage_workers(plan)
+    bar.start("models", f"training coarse, fine and baseline ({plan.gpt_preset}, {plan.steps} steps each, "
+                        f"{workers} process(es) at once)")
+    report["models"] = train_stages(out, plan, tcfg, meta, c, workers, bar)
+    report["stage_workers"] = workers
+    times = {"models": bar.end()}
 
-    # 5. samples side by side
-    t = time.time()
-    _log("5/6 sampling every class from CTF and from the baseline")
-    labels = torch.arange(meta["num_classes"]).repeat_interleave(plan.per_class)
-    ctf = CTFPipeline.from_runs(out / "coarse", out / "fine")
-    base = ARPipeline.from_runs(out / "baseline")
-    o_ctf = ctf(labels, seed=plan.seed)
-    o_base = base(labels, StageSampling(temperature=1.0, cfg_scale=2.0), seed=plan.seed)
-    grid = side_by_side(o_ctf.images.numpy(), o_base.images.numpy(), labels.numpy(), plan.per_class)
-    save_grid(grid, out / "samples_ctf_vs_baseline.png", nrow=2 * plan.per_class + 1)
+    # 5. samples: eval_per_class of every class from each; the grid shows the first per_class
+    bar.start("samples", f"sampling {plan.eval_per_class} images of every class from CTF and from the baseline")
+    labels = torch.arange(meta["num_classes"]).repeat_interleave(plan.eval_per_class)
+    stage1 = StageSampling(temperature=plan.temperature, cfg_scale=plan.cfg_scale)
+    o_ctf = CTFPipeline.from_runs(out / "coarse", out / "fine")(labels, stage1, StageSampling(top_k=plan.fine_top_k),
+                                                                 seed=plan.seed)
+    o_base = ARPipeline.from_runs(out / "baseline")(labels, stage1, seed=plan.seed)
+    per_class = min(plan.per_class, plan.eval_per_class)
+    grid = side_by_side(o_ctf.images.numpy(), o_base.images.numpy(), labels.numpy(), per_class)
+    save_grid(grid, out / "samples_ctf_vs_baseline.png", nrow=2 * per_class + 1)
     for name, o in (("ctf", o_ctf), ("baseline", o_base)):
-        save_samples(o.images, o.labels, out / f"samples_{name}", nrow=plan.per_class)
+        save_samples(o.images, o.labels, out / f"samples_{name}", nrow=plan.eval_per_class)
     report["sampling"] = {"ctf": o_ctf.timings, "baseline": o_base.timings, "images": len(labels)}
-    times["sample"] = time.time() - t
-    times["total"] = time.time() - t_all
-    report["times_s"] = times
+    bar.end()
+
+    # 6. scores of both sample sets against the test split
+    bar.start("evaluation", "FD, KID and class accuracy of both sample sets")
+    report["evaluation"] = evaluate_both(plan, {"ctf": o_ctf, "baseline": o_base}, log=lambda m: None)
+    bar.end()
+
+    report["times_s"] = {**bar.done, "total": time.time() - bar.t0}
+    report["cpu_s"] = {**bar.cpu, "total": sum(bar.cpu.values())}
     atomic_write_bytes(out / "report.json", (json.dumps(report, indent=1, default=str) + "\n").encode())
     atomic_write_bytes(out / "report.md", render_report(report, train_ds.classes).encode())
-    _log(f"6/6 done in {times['total'] / 60:.1f} min: {out / 'samples_ctf_vs_baseline.png'}, {out / 'report.md'}")
+    _summary(out, report)
     return report
 
 
-def render_report(r: dict, classes: list[str]) -> str:
-    p, tok, m, t = r["plan"], r["tokenizer"], r["models"], r["times_s"]
-    lines = [
-        "# coarse2fine demo report", "",
-        f"Data `{p['data']}` at {p['resolution']} px, {len(classes)} classes. Tokenizer {p['vq_preset']} "
-        f"({p['vq_steps']} steps), models {p['gpt_preset']} ({p['steps']} steps, batch {p['batch_size']}), "
-        f"stage-2 head {p.get('head', 'full')}.", "",
-        "## Tokenizer", "",
-        f"- test PSNR {tok['psnr_test_db']:.2f} dB, codebook usage {100 * tok['usage_test']:.1f}% of K={tok['K']}",
-        f"- k-means: {r['clusters']['codes']} codes -> {r['clusters']['clusters']} clusters, sizes "
-        f"{r['clusters']['min_size']}..{r['clusters']['max_size']} (mean {r['clusters']['mean_size']:.1f})", "",
-        "## Models (same backbone, batch and steps)", "",
-        "| model | params | final train loss | train acc | held-out NLL | held-out acc | tokens/s | time |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    names = {"coarse": "stage 1 (coarse, causal)", "fine": "stage 2 (fine | true coarse, one step)",
-             "baseline": "baseline (fine, causal)"}
-    for stage, s in m.items():
-        h = s.get("heldout", {})
-        lines.append(f"| {names[stage]} | {s['params'] / 1e6:.2f}M | {s['loss']:.3f} | {s['acc']:.3f} | "
-                     f"{h.get('nll', float('nan')):.3f} | {h.get('acc', float('nan')):.3f} | "
-                     f"{s['tokens_per_s']:.0f} | {t[stage]:.0f} s |")
-    fine_acc, base_acc = m["fine"].get("heldout", {}).get("acc"), m["baseline"].get("heldout", {}).get("acc")
-    lines += ["", f"Held-out fine-token accuracy: stage 2 given the true coarse labels {fine_acc:.3f}; "
-                  f"baseline (next-token) {base_acc:.3f}. Accuracies are per token on the test split's codes.", "",
-              "## Sampling", ""]
-    for name, tm in r["sampling"].items():
-        if isinstance(tm, dict):
-            tot = sum(tm.values())
-            lines.append(f"- {name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in tm.items())
-                         + f" -> {r['sampling']['images'] / tot:.1f} images/s (batch {r['sampling']['images']}, CPU)")
-    lines += ["", "![CTF (left) vs baseline (right)](samples_ctf_vs_baseline.png)", "",
-              "Rows: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)) + ". Left block CTF, right block baseline.",
-              "", "## Wall time", "", ", ".join(f"{k} {v:.0f} s" for k, v in t.items()), ""]
-    return "\n".join(lines)
+def _summary(out: Path, report: dict) -> None:
+    ev = report["evaluation"]
+    _log(f"done in {_clock(report['times_s']['total'])}. Files written under {out}/:")
+    for f, what in (("report.md", "the report: scores, losses, times"),
+                    ("samples_ctf_vs_baseline.png", "CTF (left) vs baseline (right), one row per class"),
+                    ("samples_ctf/, samples_baseline/", "every sample as PNG + samples.npz"),
+                    ("tokenizer/, coarse/, fine/, baseline/", "run directories the other commands accept"),
+                    ("codes_train/, codes_test/, coarse_map.safetensors", "codes and the k-means coarse map"),
+                    ("report.json", "everything above, machine-readable")):
+        _log(f"   {f:<48} {what}")
+    for name in ("ctf", "baseline"):
+        s = ev.get(name, {})
+        acc = s.get("class_accuracy")
+        _log(f"   {name:<9} FD {s.get('fd', float('nan')):.0f}, KID {s.get('kid', float('nan')):.4f}"
+             + (f", class accuracy {acc:.2f}" if acc is not None else ""))

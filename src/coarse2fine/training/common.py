@@ -40,16 +40,26 @@ def ema_update(shadow: Iterable[torch.Tensor], live: Iterable[torch.Tensor], dec
         s.lerp_(p.detach().to(s.dtype), 1 - decay)
 
 
-@functools.lru_cache(maxsize=None)
 def bf16_native(device_type: str = "cpu") -> bool:
     """Does `device_type` ("cpu" / "cuda") run bfloat16 natively? The one probe of the library.
 
     CUDA: the GPU supports bf16 without emulation (Ampere and later). CPU: the AVX512-BF16 or AMX-BF16
-    instructions are present (/proc/cpuinfo flags); without them bf16 is emulated and slower than fp32."""
+    instructions are present (/proc/cpuinfo flags) and the environment does not cap torch's kernels below
+    AVX512 (ATEN_CPU_CAPABILITY=avx2/default, ONEDNN_MAX_CPU_ISA=AVX2...: bf16 would then be emulated);
+    without them bf16 is slower than fp32."""
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device_type != "cpu":
         return False
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if aten in ("default", "avx2") or (isa and "AVX512" not in isa and "AMX" not in isa and isa != "ALL"):
+        return False
+    return _cpu_has_bf16_flags()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_has_bf16_flags() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: no cheap way to tell, so stay in fp32

@@ -1,0 +1,45 @@
+"""The thread policy of every heavy subcommand: threads from the free cores, not from all cores."""
+import pytest
+import torch
+
+from coarse2fine import distributed
+
+
+def _fake_machine(monkeypatch, cores: int, idle_share: float):
+    """Two /proc/stat readings 1000 jiffies apart with `idle_share` of them idle, on `cores` cores."""
+    readings = iter([(0, 0), (int(1000 * idle_share), 1000)])
+    monkeypatch.setattr(distributed, "_cpu_times", lambda: next(readings))
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(distributed.time, "sleep", lambda s: None)
+
+
+@pytest.mark.parametrize("cores, idle_share, free", [(2, 1.0, 2), (2, 0.5, 1), (2, 0.0, 1), (8, 0.75, 6)])
+def test_free_cores_subtracts_the_busy_share(monkeypatch, cores, idle_share, free):
+    _fake_machine(monkeypatch, cores, idle_share)
+    assert distributed.free_cores() == free
+
+
+def test_configure_threads_uses_free_cores_unless_told(monkeypatch):
+    n0 = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        _fake_machine(monkeypatch, 2, 0.5)  # one competing CPU-bound process on a 2-core box
+        assert distributed.configure_threads() == 1 and torch.get_num_threads() == 1
+        assert distributed.configure_threads(2) == 2  # an explicit count wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert distributed.configure_threads() == 2
+    finally:
+        torch.set_num_threads(n0)
+
+
+def test_bf16_probe_honours_kernel_caps(monkeypatch):
+    """The one bf16 probe says no when torch's kernels are capped below AVX512, whatever the CPU flags."""
+    from coarse2fine.training.common import bf16_native
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert bf16_native("cpu") is False
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert bf16_native("cpu") is False
