@@ -36,9 +36,6 @@ from coarse2fine.config import TrainConfig, dump_json, load_json, vq_config  # n
 
 ROOT = Path(__file__).resolve().parents[2]
 MACHINE = "2-core x86 CPU dev box, torch " + torch.__version__.split("+")[0]
-# A cheaper tokenizer than VQ-tiny (no attention, 16 base channels, 4x then 2x downsampling): 32 px
-# images -> 8x8 codes of K=4096, trainable in minutes on a CPU.
-VQ_OVERRIDES = {"ch": 16, "ch_mult": (1, 2, 4), "use_attn": False}
 
 
 @dataclass
@@ -139,7 +136,7 @@ class Study:
                 load_json(self.tok_dir / "config.json")["train"]["steps"] > _last_step(self.tok_dir):
             t = time.time()
             log(f"tokenizer: {p.vq_steps} steps on {len(self.train_ds)} images")
-            train_tokenizer(vq_config("VQ-tiny", **VQ_OVERRIDES), self.tok_dir, self.train_ds, steps=p.vq_steps,
+            train_tokenizer(vq_config("VQ-tiny"), self.tok_dir, self.train_ds, steps=p.vq_steps,
                             batch_size=p.vq_batch, lr=p.vq_lr, bf16=True, seed=p.seed, progress=False,
                             resume=(self.tok_dir / "state.pt").exists())
             s["tokenizer_train_s"] = time.time() - t
