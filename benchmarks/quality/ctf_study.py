@@ -67,6 +67,23 @@ class SeededStudy(study.Study):
         dump_json(self.db, self.db_path)
         ctf_study_report.render_dir(self.res)
 
+    def sample(self, kind: str, runs: tuple[str, ...], n: int, opts: dict, coarse_key: str | None = None):
+        """Study.sample, plus kind "ctf-nonet": stage 1 with a stage-2 decoding that needs no network."""
+        from coarse2fine.pipeline import CTFPipeline
+        from coarse2fine.sampling import StageSampling
+
+        if kind != "ctf-nonet":
+            return super().sample(kind, runs, n, opts, coarse_key)
+        pipe = CTFPipeline.from_runs(self.work / "runs" / runs[0])
+        s1 = StageSampling(**opts["s1"])
+        labels = self.labels(n)
+        t = time.time()
+        images = []
+        for i, lo in enumerate(range(0, len(labels), 250)):
+            out = pipe(labels[lo:lo + 250], s1, seed=self.plan.seed * 1000 + i, fine_decoding=opts["fine_decoding"])
+            images.append(out.images)
+        return torch.cat(images).numpy(), labels.numpy(), time.time() - t
+
     def train_seeded(self, stage: str, step: int, seed: int, mapname: str | None = None,
                      map_path: Path | None = None, cluster_loss: float = 0.0, tag: str = "",
                      preset: str | None = None) -> str:
@@ -128,25 +145,7 @@ def headline(st: SeededStudy, seeds: list[int]) -> None:
             st.score(f"head/baseline/{k}/s{seed}", "ar", (ba,), p.n_head, AR_OPTS,
                      keep=f"baseline_s{seed}" if last else None)
             if last:
-                grid(st, f"s{seed}")
-
-
-def grid(st: SeededStudy, tag: str, per_class: int = 8) -> None:
-    """Rows = classes: CTF samples | white | baseline samples, from the kept final samples."""
-    import numpy as np
-
-    from coarse2fine.apps.demo import side_by_side
-    from coarse2fine.data.preprocess import save_grid
-
-    f = {k: st.work / f"samples_{k}_{tag}.npz" for k in ("ctf", "baseline")}
-    if not all(v.exists() for v in f.values()):
-        return
-    z = {k: np.load(v) for k, v in f.items()}
-    lab = z["ctf"]["labels"]
-    n = min(per_class, min(int((lab == c).sum()) for c in np.unique(lab)))
-    take = np.concatenate([np.flatnonzero(lab == c)[:n] for c in np.unique(lab)])
-    rows = side_by_side(z["ctf"]["arr_0"][take], z["baseline"]["arr_0"][take], lab[take], n)
-    save_grid(rows, st.res / "samples_ctf_vs_baseline.png", nrow=2 * n + 1)
+                study.sample_grid(st, suffix=f"_s{seed}")
 
 
 def peers(st: SeededStudy, seed: int) -> None:
@@ -219,29 +218,6 @@ def speed(st: SeededStudy, seed: int, repeats: int = 5, batch: int = 64) -> None
 
 def _models(pipe):
     return [pipe.coarse_model, pipe.fine_model] if hasattr(pipe, "coarse_model") else [pipe.model]
-
-
-def _sample_nonet(self: SeededStudy, kind, runs, n, opts, coarse_key=None):
-    """Study.sample for the decodings without a stage-2 network (pipeline.redraw on stage-1 maps)."""
-    from coarse2fine.pipeline import CTFPipeline
-    from coarse2fine.sampling import StageSampling
-
-    if kind != "ctf-nonet":
-        return _orig_sample(self, kind, runs, n, opts, coarse_key)
-    pipe = CTFPipeline.from_runs(self.work / "runs" / runs[0])
-    s1 = StageSampling(**opts["s1"])
-    labels = self.labels(n)
-    t = time.time()
-    images = []
-    for i, lo in enumerate(range(0, len(labels), 250)):
-        lab = labels[lo:lo + 250]
-        out = pipe(lab, s1, seed=self.plan.seed * 1000 + i, fine_decoding=opts["fine_decoding"])
-        images.append(out.images)
-    return torch.cat(images).numpy(), labels.numpy(), time.time() - t
-
-
-_orig_sample = study.Study.sample
-SeededStudy.sample = _sample_nonet
 
 
 def main(argv: list[str] | None = None) -> int:

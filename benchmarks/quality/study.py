@@ -357,20 +357,21 @@ def sampling_rows(st: Study, km: str, km_path: Path) -> None:
     st.score("abl/base_t/1.1", "ar", (ba,), p.n_abl, _with(AR_OPTS, "s1", temperature=1.1))
 
 
-def sample_grid(st: Study, per_class: int = 8) -> None:
-    """Rows = classes: CTF samples | white | baseline samples, from the final convergence point."""
+def sample_grid(st: Study, per_class: int = 8, suffix: str = "") -> None:
+    """Rows = classes: CTF samples | white | baseline samples, from the kept samples_{ctf,baseline}{suffix}.npz
+    (the final convergence point); as many per class as every class has, up to per_class."""
     from coarse2fine.data.preprocess import save_grid
     from coarse2fine.apps.demo import side_by_side
 
-    f = {k: st.work / f"samples_{k}.npz" for k in ("ctf", "baseline")}
+    f = {k: st.work / f"samples_{k}{suffix}.npz" for k in ("ctf", "baseline")}
     if not all(v.exists() for v in f.values()):
         return
     z = {k: np.load(v) for k, v in f.items()}
     lab = z["ctf"]["labels"]
-    take = np.concatenate([np.flatnonzero(lab == c)[:per_class] for c in np.unique(lab)])
-    grid = side_by_side(z["ctf"]["arr_0"][take], z["baseline"]["arr_0"][take], lab[take], min(per_class, len(take)
-                                                                                          // len(np.unique(lab))))
-    save_grid(grid, st.res / "samples_ctf_vs_baseline.png", nrow=2 * min(per_class, len(take) // len(np.unique(lab))) + 1)
+    n = min(per_class, min(int((lab == c).sum()) for c in np.unique(lab)))
+    take = np.concatenate([np.flatnonzero(lab == c)[:n] for c in np.unique(lab)])
+    rows = side_by_side(z["ctf"]["arr_0"][take], z["baseline"]["arr_0"][take], lab[take], n)
+    save_grid(rows, st.res / "samples_ctf_vs_baseline.png", nrow=2 * n + 1)
 
 
 def redundancy(st: Study) -> None:

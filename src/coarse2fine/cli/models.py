@@ -266,8 +266,8 @@ def cmd_train(args) -> int:
                   f"{', '.join(sorted(given)) or 'none'}", flush=True)
         kw = {"cfg": cfg, "stage": args.stage, "restricted": True}
     stage = args.stage or kw["stage"]
-    if not stage_spec(stage).needs_coarse_map and not (stage_spec(stage).cluster_loss and
-                                                       (given.get("cluster_loss_weight") or 0) > 0):
+    spec = stage_spec(stage)
+    if not spec.needs_coarse_map and not (spec.cluster_loss and kw["cfg"].cluster_loss_weight > 0):
         reject_unused(args, ["--coarse-map"], f"applies to the coarse and fine stages (and the baseline with "
                                               f"--cluster-loss-weight) only; drop it with --stage {stage}")
     if stage != "fine":

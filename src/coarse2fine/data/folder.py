@@ -48,11 +48,15 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
+def _split_folders(root: Path) -> set[str]:
+    """The visible sub-folders of ROOT when they are all split names (train/ val/ test/), else empty."""
+    subdirs = {d.name for d in root.iterdir() if d.is_dir() and _visible(d.name)} if root.is_dir() else set()
+    return subdirs if subdirs and subdirs <= set(SPLIT_DIRS) else set()
+
+
 def is_plain_folder(root: str | Path) -> bool:
     """True when ROOT holds class folders directly (no train/ val/ test/ split folders)."""
-    root = Path(root).expanduser()
-    subdirs = {d.name for d in root.iterdir() if d.is_dir() and _visible(d.name)} if root.is_dir() else set()
-    return not (subdirs and subdirs <= set(SPLIT_DIRS))
+    return not _split_folders(Path(root).expanduser())
 
 
 def held_out_mask(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -78,8 +82,8 @@ def resolve_class_root(root: str | Path, split: str) -> Path:
         raise UserError(f"image folder {root} is not a directory (expected ROOT/<class>/<images>)")
     if split not in _SPLIT_ALIASES:
         raise UserError(f"folder data sets have splits train, val, test; got split {split!r}")
-    subdirs = {d.name for d in root.iterdir() if d.is_dir() and _visible(d.name)}
-    if subdirs and subdirs <= set(SPLIT_DIRS):
+    subdirs = _split_folders(root)
+    if subdirs:
         for cand in _SPLIT_ALIASES[split]:
             if cand in subdirs:
                 return root / cand
