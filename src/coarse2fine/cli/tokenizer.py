@@ -93,14 +93,15 @@ def _dataset(args, resolution: int, split: str):
 
 
 def cmd_train(args) -> int:
-    from coarse2fine.config import VQConfig, from_dict, load_json, to_dict, vq_config
+    from coarse2fine.checkpoint import read_run_config
+    from coarse2fine.config import VQConfig, from_dict, to_dict, vq_config
     from coarse2fine.training.tokenizer import TokenizerTrainConfig, tokenizer_recipe, train_tokenizer
 
     out = Path(args.out)
     check_out_path(out)
     vq_cfg = vq_config(args.vq_preset or "VQ-tiny")
     if args.resume:
-        saved = load_json(out / "config.json")
+        saved = read_run_config(out, "vq")
         d = saved.get("data", {})
         for flag, key in (("data", "name"), ("data_root", "root"), ("limit_per_class", "limit_per_class"),
                           ("val_fraction", "val_fraction")):

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from coarse2fine import distributed
-from coarse2fine.checkpoint import (load_train_state, save_run_weights, save_train_state, store_tokenizer_dir,
+from coarse2fine.checkpoint import (load_train_state, read_run_config, save_run_weights, save_train_state, store_tokenizer_dir,
                                    tokenizer_ref, write_run_config)
-from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, load_json, to_dict
+from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, to_dict
 from coarse2fine.data.tencrop import open_code_store
 from coarse2fine.models import Transformer, count_params
 from coarse2fine.parallel import (full_model_state, full_optim_state, grad_norm_value, is_sharded, load_optim_state,
@@ -69,9 +69,7 @@ def saved_run(out_dir: str | Path) -> dict[str, Any]:
     """What a stage run was started with, as `train` keyword arguments: `train --resume` reads every
     setting it is not given from here (config.json and the run's copy of the coarse map)."""
     out = Path(out_dir)
-    meta = load_json(out / "config.json")
-    if meta.get("kind") != "gpt":
-        raise UserError(f"{out} holds a {meta.get('kind')!r} run, not a transformer stage run; check --out")
+    meta = read_run_config(out, "gpt")  # format, version and kind checked
     cm = out / "coarse_map.safetensors"
     return {"stage": meta["stage"], "model_cfg": from_dict(GPTConfig, meta["gpt"]),
             "cfg": saved_settings(TrainConfig, meta.get("train"), f"{out}/config.json"),
@@ -135,7 +133,7 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if not resume:
         return None
-    old = load_json(out / "config.json")
+    old = read_run_config(out, "gpt")
     if old.get("stage") != run_meta["stage"] or old.get("gpt") != run_meta["gpt"]:
         raise UserError(f"{out} holds a {old.get('stage')} run with another model config; "
                         "resume with the same stage/preset or choose another --out")

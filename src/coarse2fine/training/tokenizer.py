@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from coarse2fine import distributed
 from coarse2fine.checkpoint import (load_strict, load_train_state, rng_state, save_run_weights, save_train_state,
-                                    set_rng_state, write_run_config)
-from coarse2fine.config import ConfigError, UserError, VQConfig, from_dict, load_json, to_dict, vq_config
+                                    read_run_config, set_rng_state, write_run_config)
+from coarse2fine.config import ConfigError, UserError, VQConfig, from_dict, to_dict, vq_config
 from coarse2fine.data.preprocess import to_uint8
 from coarse2fine.tokenizer.vq import VQModel, codebook_usage
 from coarse2fine.training.common import (MetricsLog, autocast, bf16_native, check_finite, check_resume, ema_update,
@@ -194,9 +194,7 @@ def _train_tokenizer(vq_cfg, out_dir, dataset, train, steps, resume, data_info, 
     vq_cfg, tc = _resolve(vq_cfg, train, {**train_overrides, "steps": steps})
     st, history = None, []
     if resume:
-        saved = load_json(out / "config.json")
-        if saved.get("kind") != "vq":
-            raise ConfigError(f"{out} is not a tokenizer run dir (kind={saved.get('kind')!r})")
+        saved = read_run_config(out, "vq")  # format, version and kind checked
         saved_vq = from_dict(VQConfig, saved["vq"])
         if to_dict(vq_cfg) != to_dict(saved_vq):  # both normalised: a JSON list equals the preset's tuple
             raise UserError(f"--vq-preset: {out} holds a tokenizer of another architecture; leave --vq-preset out "
