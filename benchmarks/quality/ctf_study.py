@@ -59,6 +59,13 @@ def make_plan(data: str, small: bool, steps: int | None) -> Plan:
 class SeededStudy(study.Study):
     """study.Study with a model seed per run and compute accounting per checkpoint."""
 
+    def setup(self) -> None:
+        # the tokenizer's test-set score is shared: another process's results file may already hold it
+        shared = ctf_study_report.merge(self.res)["setup"]
+        if "tokenizer" in shared:
+            self.db["setup"].setdefault("tokenizer", shared["tokenizer"])
+        super().setup()
+
     def save(self) -> None:
         inv = self.db["invocations"][-1]
         inv["wall_s"], inv["cpu_s"] = time.time() - self.t0, time.process_time() - self.c0
