@@ -98,7 +98,10 @@ class Study:
         wplan = work / "plan.json"
         if wplan.exists() and json.loads(wplan.read_text()) != plan_d:
             raise SystemExit(f"{work} holds runs of another plan ({wplan}); use another --out or delete it")
-        wplan.write_text(json.dumps(plan_d, indent=1) + "\n")
+        if not wplan.exists():  # atomic: a process started beside this one reads it
+            from coarse2fine.config import dump_json
+
+            dump_json(plan_d, wplan)
         self.db = json.loads(self.db_path.read_text()) if self.db_path.exists() else {}
         if self.db.get("plan") and self.db["plan"] != plan_d:
             log(f"{self.db_path} holds results of another plan: starting it afresh")
