@@ -127,8 +127,12 @@ class SeededStudy(study.Study):
         r["params"] = summ["params"]
         r["dtype"] = summ["dtype"]
         r["heldout"][str(step)] = summ["heldout"]
-        r["cpu_s"][str(step)] = r["cpu_s"].get(str(prev), 0.0) + cpu
-        r["wall_s"][str(step)] = r["wall_s"].get(str(prev), 0.0) + wall
+        # a run resumed from a checkpoint past `prev` (an earlier process stopped mid-segment) ran only
+        # steps_this_run steps here: the segment's compute is scaled to its step - prev steps, so a
+        # stop and restart neither hides compute nor counts the steps repeated after it
+        scale = (step - prev) / max(1, summ["steps_this_run"])
+        r["cpu_s"][str(step)] = r["cpu_s"].get(str(prev), 0.0) + cpu * scale
+        r["wall_s"][str(step)] = r["wall_s"].get(str(prev), 0.0) + wall * scale
         r["flops"][str(step)] = step * train_flops(mcfg, p.batch, mcfg.seq_len)
         r["loss"] = summ["loss"]
         log(f"  {name}@{step}: loss {summ['loss']:.3f}, held-out NLL {summ['heldout']['nll']:.3f} "
