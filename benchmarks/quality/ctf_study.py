@@ -182,10 +182,17 @@ def peers(st: SeededStudy, seed: int) -> None:
         log("IAR row skipped: this library has no TrainConfig.cluster_loss_weight")
 
 
-def speed(st: SeededStudy, seed: int, repeats: int = 5, batch: int = 64) -> None:
+SPEED_STAGES = ("coarse", "fine", "baseline")
+
+
+def speed(st: SeededStudy, seed: int, repeats: int = 5, batch: int = 64,
+          stages: tuple[str, ...] = SPEED_STAGES) -> None:
     """Quality against sampling cost: baseline and CTF at two backbone sizes (the headline's and
     plan.big_preset), all trained on the same schedule; images/s of the four pipelines measured in this
-    process, one thread, alternating (median of `repeats` batches), beside their FD and class accuracy."""
+    process, one thread, alternating (median of `repeats` batches), beside their FD and class accuracy.
+
+    `stages` splits the big preset's training over processes (e.g. one process `fine`, another
+    `coarse,baseline`); scoring and timing run in whichever process finds all three trained."""
     import numpy as np
 
     from coarse2fine.pipeline import ARPipeline, CTFPipeline
@@ -193,6 +200,14 @@ def speed(st: SeededStudy, seed: int, repeats: int = 5, batch: int = 64) -> None
 
     p, final = st.plan, st.plan.steps
     km, km_path = st.cmap("kmeans", 32)
+    for stage in stages:
+        st.train_seeded(stage, final, seed, *((km, km_path) if stage != "baseline" else ()), preset=p.big_preset)
+    trained = ctf_study_report.merge(st.res)["runs"]
+    missing = [n for n in (f"{s}{'_' + km if s != 'baseline' else ''}_{p.big_preset}_s{seed}" for s in SPEED_STAGES)
+               if str(final) not in trained.get(n, {}).get("heldout", {})]
+    if missing:
+        log(f"speed: waiting for {', '.join(missing)} (another process trains them); scoring later")
+        return
     rows = {}
     for preset in (p.preset, p.big_preset):
         co = st.train_seeded("coarse", final, seed, km, km_path, preset=preset)
@@ -243,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2", help="model seeds this process trains (comma list)")
     ap.add_argument("--phases", default="setup,headline,peers,speed",
                     help="comma list of setup, headline, peers, speed")
+    ap.add_argument("--speed-stages", default=",".join(SPEED_STAGES),
+                    help="which of the big preset's runs this process trains in the speed phase (split them "
+                         "over processes); the process that finds all three trained scores and times them")
     ap.add_argument("--report", action="store_true", help="only re-render the report from the results dir")
     args = ap.parse_args(argv)
     tag = f"{args.data.replace('-', '')}{'_small' if args.small else ''}"
@@ -256,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.out or f"/work/c2f_ctf_study_{tag}")
     cmd = ".venv/bin/python benchmarks/quality/ctf_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     phases = args.phases.split(",")
-    db_name = "results_setup.json" if phases == ["setup"] else f"results_{'_'.join(phases)}_s{'-'.join(map(str, seeds))}.json"
+    stages = tuple(args.speed_stages.split(","))
+    if not set(stages) <= set(SPEED_STAGES):
+        ap.error(f"--speed-stages takes a comma list of {', '.join(SPEED_STAGES)}")
+    part = "" if "speed" not in phases or stages == SPEED_STAGES else "_" + "-".join(stages)
+    db_name = "results_setup.json" if phases == ["setup"] else \
+        f"results_{'_'.join(phases)}{part}_s{'-'.join(map(str, seeds))}.json"
     st = SeededStudy(plan, work, results, Path(args.tokenizer) if args.tokenizer else None, cmd, db_name=db_name)
     log(f"plan: steps {plan.steps}, checkpoints {plan.checkpoints}, seeds {seeds}, phases {phases}; work {work}")
     st.setup()
@@ -265,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if "peers" in phases:
         peers(st, seeds[0])
     if "speed" in phases:
-        speed(st, seeds[0])
+        speed(st, seeds[0], stages=stages)
     st.save()
     log(f"done in {(time.time() - st.t0) / 60:.1f} min; report {results / 'report.md'}")
     return 0

@@ -1,0 +1,84 @@
+"""The seeded CTF study (benchmarks/quality/ctf_study.py): its compute bookkeeping, and a --small run of
+every phase, the speed phase split over two processes as the README's commands do."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+QUALITY = Path(__file__).resolve().parents[2] / "benchmarks" / "quality"
+
+
+@pytest.fixture
+def ctf_study(monkeypatch):
+    monkeypatch.syspath_prepend(str(QUALITY))
+    spec = importlib.util.spec_from_file_location("c2f_ctf_study", QUALITY / "ctf_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "c2f_ctf_study", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _Clock:
+    """A process clock that advances by `per_step` seconds for every training step run."""
+
+    def __init__(self):
+        self.now, self.per_step = 0.0, 2.0
+
+    def process_time(self):
+        return self.now
+
+    def time(self):
+        return self.now
+
+
+def test_resumed_segment_counts_the_compute_of_its_steps_once(ctf_study, tmp_path, monkeypatch):
+    """A run stopped mid-segment and resumed from its last checkpoint must record the compute of the
+    segment's steps: not only the steps the resuming process ran (it under-counted), nor the repeats."""
+    import coarse2fine.training.loop as loop
+
+    clock = _Clock()
+    resumed_from = {"step": 0}
+
+    def fake_train(stage, mcfg, tcfg, codes, run, stop_at, **kw):
+        ran = stop_at - resumed_from["step"]
+        clock.now += ran * clock.per_step
+        return {"params": 1, "dtype": "float32", "heldout": {"nll": 1.0, "acc": 0.5}, "loss": 1.0,
+                "steps_this_run": ran}
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    monkeypatch.setattr(ctf_study, "time", clock)
+    plan = ctf_study.make_plan("default", small=True, steps=None)
+    st = ctf_study.SeededStudy(plan, tmp_path / "w", tmp_path / "r", None, "test", db_name="results_t.json")
+    st.meta = {"codebook_size": 64, "num_classes": 10, "grid": 4}
+    monkeypatch.setattr(st, "save", lambda: None)
+    st.train_seeded("baseline", 8, 0)
+    resumed_from["step"] = 12  # an earlier process got to a checkpoint at 12, then stopped before 16
+    st.train_seeded("baseline", 16, 0)
+    cpu = st.db["runs"]["baseline_s0"]["cpu_s"]
+    assert cpu["8"] == pytest.approx(16.0)
+    assert cpu["16"] == pytest.approx(32.0)  # 16 steps at 2 s each, although this process ran only 4
+
+
+@pytest.mark.slow
+def test_small_ctf_study_runs_every_phase_and_splits_the_speed_phase(ctf_study, tmp_path):
+    work, res = tmp_path / "work", tmp_path / "res"
+    base = ["--small", "--data", "default", "--out", str(work), "--results", str(res)]
+    assert ctf_study.main([*base, "--phases", "setup,headline", "--seeds", "0,1"]) == 0
+    assert ctf_study.main([*base, "--phases", "peers", "--seeds", "0"]) == 0
+    assert ctf_study.main([*base, "--phases", "speed", "--seeds", "0", "--speed-stages", "fine"]) == 0
+    assert "speed" not in json.loads((res / "results_speed_fine_s0.json").read_text())  # waits for the rest
+    assert ctf_study.main([*base, "--phases", "speed", "--seeds", "0", "--speed-stages", "coarse,baseline"]) == 0
+    sp = json.loads((res / "results_speed_coarse-baseline_s0.json").read_text())["speed"]["rows"]
+    assert set(sp) == {"CTF GPT-tiny", "baseline GPT-tiny", "CTF GPT-small", "baseline GPT-small"}
+    assert all(r["images_per_s"] > 0 and r["FD"] is not None for r in sp.values())
+    db = ctf_study.ctf_study_report.merge(res)
+    for key in ("peer/random-member/s0", "peer/centroid-member/s0", "peer/iar/s0", "peer/map/random-128/s0"):
+        assert key in db["entries"], key
+    report = (res / "report.md").read_text()
+    assert "not run yet" not in report
+    for png in ("convergence.png", "quality_vs_speed.png"):
+        assert (res / png).stat().st_size > 0
