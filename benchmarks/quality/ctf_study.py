@@ -242,6 +242,29 @@ def speed(st: SeededStudy, seed: int, repeats: int = 5, batch: int = 64,
     st.save()
 
 
+SHARED_SETUP = ("tokenizer", "codes_train", "codes_test", "classifier", "maps", "feature_cache")
+# plan fields a shared setup must agree on (the schedule and sample counts may differ)
+SETUP_FIELDS = ("data", "resolution", "limit_per_class", "flip", "vq_steps", "vq_batch", "vq_lr", "clf_epochs",
+                "clf_width", "clf_limit", "ref_split", "ref_count", "seed")
+
+
+def reuse_setup(src: Path, work: Path, plan) -> None:
+    """Symlink another work dir's setup products into `work` (nothing is copied or retrained)."""
+    from dataclasses import asdict
+
+    other = src / "plan.json"
+    if not other.is_file():
+        raise SystemExit(f"--reuse-setup {src}: no plan.json there; pass a work dir this study wrote")
+    theirs, ours = json.loads(other.read_text()), asdict(plan)
+    diff = [k for k in SETUP_FIELDS if theirs.get(k) != ours.get(k)]
+    if diff:
+        raise SystemExit(f"--reuse-setup {src}: its setup differs in {', '.join(diff)}; it cannot be shared")
+    work.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_SETUP:
+        if (src / name).exists() and not (work / name).exists():
+            (work / name).symlink_to((src / name).resolve(), target_is_directory=True)
+
+
 def _models(pipe):
     return [pipe.coarse_model, pipe.fine_model] if hasattr(pipe, "coarse_model") else [pipe.model]
 
@@ -261,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-stages", default=",".join(SPEED_STAGES),
                     help="which of the big preset's runs this process trains in the speed phase (split them "
                          "over processes); the process that finds all three trained scores and times them")
+    ap.add_argument("--reuse-setup", metavar="WORK",
+                    help="link the tokenizer, codes, classifier, coarse maps and reference features of another "
+                         "work dir of the same data (e.g. a --steps 6000 run beside the 3000-step one)")
     ap.add_argument("--report", action="store_true", help="only re-render the report from the results dir")
     args = ap.parse_args(argv)
     tag = f"{args.data.replace('-', '')}{'_small' if args.small else ''}"
@@ -280,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     part = "" if "speed" not in phases or stages == SPEED_STAGES else "_" + "-".join(stages)
     db_name = "results_setup.json" if phases == ["setup"] else \
         f"results_{'_'.join(phases)}{part}_s{'-'.join(map(str, seeds))}.json"
+    if args.reuse_setup:
+        reuse_setup(Path(args.reuse_setup), work, plan)
     st = SeededStudy(plan, work, results, Path(args.tokenizer) if args.tokenizer else None, cmd, db_name=db_name)
     log(f"plan: steps {plan.steps}, checkpoints {plan.checkpoints}, seeds {seeds}, phases {phases}; work {work}")
     st.setup()

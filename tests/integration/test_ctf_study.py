@@ -82,3 +82,19 @@ def test_small_ctf_study_runs_every_phase_and_splits_the_speed_phase(ctf_study, 
     assert "not run yet" not in report
     for png in ("convergence.png", "quality_vs_speed.png"):
         assert (res / png).stat().st_size > 0
+
+
+def test_reuse_setup_links_a_matching_setup_and_refuses_another(ctf_study, tmp_path):
+    from dataclasses import asdict
+
+    plan = ctf_study.make_plan("default", small=True, steps=None)
+    src = tmp_path / "src"
+    for name in ("tokenizer", "codes_train", "classifier"):
+        (src / name).mkdir(parents=True)
+    (src / "plan.json").write_text(json.dumps({**asdict(plan), "steps": 999}))  # another schedule: shareable
+    ctf_study.reuse_setup(src, tmp_path / "work", ctf_study.make_plan("default", small=True, steps=32))
+    assert (tmp_path / "work" / "codes_train").resolve() == (src / "codes_train").resolve()
+    assert not (tmp_path / "work" / "codes_test").exists()  # only what the source has
+    (src / "plan.json").write_text(json.dumps({**asdict(plan), "vq_steps": 1}))
+    with pytest.raises(SystemExit, match="differs in vq_steps"):
+        ctf_study.reuse_setup(src, tmp_path / "other", plan)
