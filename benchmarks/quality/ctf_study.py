@@ -242,6 +242,49 @@ def speed(st: SeededStudy, seed: int, repeats: int = 5, batch: int = 64,
     st.save()
 
 
+def grids(st: SeededStudy, seed: int, per_class: int = 4) -> None:
+    """samples_methods.png: the same sampling noise through every trained method (headline, peers, the
+    speed phase's larger backbone), one panel per method, one row per class. Methods not trained yet are
+    left out; rerun the phase when more have finished."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, final = st.plan, str(st.plan.steps)
+    km = f"kmeans-{st.meta['codebook_size'] // 32}"
+    big = f"_{p.big_preset}"
+    nonet = lambda how: {**CTF_OPTS, "fine_decoding": how}  # noqa: E731
+    methods = [("CTF", "ctf", (f"coarse_{km}_s{seed}", f"fine_{km}_s{seed}"), CTF_OPTS),
+               ("stage 1 + random member", "ctf-nonet", (f"coarse_{km}_s{seed}",), nonet("random-member")),
+               ("stage 1 + centroid member", "ctf-nonet", (f"coarse_{km}_s{seed}",), nonet("centroid-member")),
+               ("AR baseline", "ar", (f"baseline_s{seed}",), AR_OPTS),
+               ("IAR (cluster loss)", "ar", (f"baseline_iar_s{seed}",), AR_OPTS)]
+    for name in sorted(st.db["setup"].get("maps", {}) | ctf_study_report.merge(st.res)["setup"].get("maps", {})):
+        if name != km and not name.startswith("balanced"):
+            methods.append((f"CTF, {name} clusters", "ctf", (f"coarse_{name}_s{seed}", f"fine_{name}_s{seed}"),
+                            CTF_OPTS))
+    methods += [(f"CTF {p.big_preset}", "ctf", (f"coarse_{km}{big}_s{seed}", f"fine_{km}{big}_s{seed}"), CTF_OPTS),
+                (f"AR baseline {p.big_preset}", "ar", (f"baseline{big}_s{seed}",), AR_OPTS)]
+    runs = ctf_study_report.merge(st.res)["runs"]
+    ready = [m for m in methods if all(final in runs.get(r, {}).get("heldout", {}) for r in m[2])]
+    nc = st.meta["num_classes"]
+    fig, axes = plt.subplots(1, len(ready), figsize=(1.6 * len(ready), 0.45 * nc + 0.9), squeeze=False)
+    for ax, (label, kind, names, opts) in zip(axes[0], ready):
+        images, labels, _ = st.sample(kind, names, nc * per_class, opts)
+        order = np.argsort(labels, kind="stable")  # rows = classes, the same noise per cell in every panel
+        tiles = images[order].reshape(nc, per_class, *images.shape[1:])
+        ax.imshow(np.concatenate(np.concatenate(tiles, axis=1), axis=1))
+        ax.set_title(label, fontsize=7)
+        ax.axis("off")
+    fig.suptitle(f"{p.data}, {p.steps} steps, seed {seed}: {per_class} samples per class (rows), same noise", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(st.res / "samples_methods.png", dpi=110)
+    plt.close(fig)
+    log(f"samples_methods.png: {', '.join(m[0] for m in ready)}")
+
+
 SHARED_SETUP = ("tokenizer", "codes_train", "codes_test", "classifier", "maps", "feature_cache")
 # plan fields a shared setup must agree on (the schedule and sample counts may differ)
 SETUP_FIELDS = ("data", "resolution", "limit_per_class", "flip", "vq_steps", "vq_batch", "vq_lr", "clf_epochs",
@@ -280,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="override the schedule length (checkpoints scale with it)")
     ap.add_argument("--seeds", default="0,1,2", help="model seeds this process trains (comma list)")
     ap.add_argument("--phases", default="setup,headline,peers,speed",
-                    help="comma list of setup, headline, peers, speed")
+                    help="comma list of setup, headline, peers, speed, grids (sample grids of every trained method)")
     ap.add_argument("--speed-stages", default=",".join(SPEED_STAGES),
                     help="which of the big preset's runs this process trains in the speed phase (split them "
                          "over processes); the process that finds all three trained scores and times them")
@@ -317,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         peers(st, seeds[0])
     if "speed" in phases:
         speed(st, seeds[0], stages=stages)
+    if "grids" in phases:
+        grids(st, seeds[0])
     st.save()
     log(f"done in {(time.time() - st.t0) / 60:.1f} min; report {results / 'report.md'}")
     return 0

@@ -136,6 +136,9 @@ def render_dir(res: Path) -> None:
         L += [flat, ""]
     # ---- peers ---------------------------------------------------------------------------------------------
     L += _peers(db, km)
+    if (res / "samples_methods.png").exists():
+        L += ["Samples of every method (`--phases grids`): the same sampling noise in every panel, one row per "
+              "class.", "", "![samples of every method](samples_methods.png)", ""]
     L += _speed(db, res)
     (res / "report.md").write_text("\n".join(L) + "\n")
     plot(db, res, seeds, km)

@@ -75,12 +75,14 @@ def test_small_ctf_study_runs_every_phase_and_splits_the_speed_phase(ctf_study, 
     sp = json.loads((res / "results_speed_coarse-baseline_s0.json").read_text())["speed"]["rows"]
     assert set(sp) == {"CTF GPT-tiny", "baseline GPT-tiny", "CTF GPT-small", "baseline GPT-small"}
     assert all(r["images_per_s"] > 0 and r["FD"] is not None for r in sp.values())
+    assert ctf_study.main([*base, "--phases", "grids", "--seeds", "0"]) == 0
+    assert "samples_methods.png" in (res / "report.md").read_text()
     db = ctf_study.ctf_study_report.merge(res)
     for key in ("peer/random-member/s0", "peer/centroid-member/s0", "peer/iar/s0", "peer/map/random-128/s0"):
         assert key in db["entries"], key
     report = (res / "report.md").read_text()
     assert "not run yet" not in report
-    for png in ("convergence.png", "quality_vs_speed.png"):
+    for png in ("convergence.png", "quality_vs_speed.png", "samples_methods.png"):
         assert (res / png).stat().st_size > 0
 
 
