@@ -51,7 +51,8 @@ def make_plan(data: str, small: bool, steps: int | None) -> Plan:
     if not small:
         p.steps, p.checkpoints = HEADLINE_STEPS, list(HEADLINE_CHECKPOINTS)
     if steps:
-        p.checkpoints = sorted({max(1, round(c * steps / p.steps)) for c in p.checkpoints})
+        # the headline's checkpoints scaled, plus the start of the last fifth (the flattening criterion)
+        p.checkpoints = sorted({max(1, round(c * steps / p.steps)) for c in p.checkpoints} | {round(0.8 * steps)})
         p.steps = steps
     return p
 
@@ -285,6 +286,32 @@ def grids(st: SeededStudy, seed: int, per_class: int = 4) -> None:
     log(f"samples_methods.png: {', '.join(m[0] for m in ready)}")
 
 
+def flatness(st: SeededStudy, window: float = 0.05) -> None:
+    """The flattening criterion from every finished run's training log: the mean training loss over the
+    last `window` of steps before 4/5 of training and before the end, and the gain between them (the
+    held-out NLL is only evaluated at the plan's checkpoints)."""
+    import numpy as np
+
+    final = st.plan.steps
+    w = max(1, round(window * final))
+    out = {}
+    for name, r in sorted(ctf_study_report.merge(st.res)["runs"].items()):
+        log_path = st.work / "runs" / name / "metrics.jsonl"
+        if str(final) not in r.get("heldout", {}) or not log_path.exists():
+            continue
+        loss = {}
+        for line in log_path.read_text().splitlines():
+            rec = json.loads(line)
+            if "loss" in rec:
+                loss[rec["step"]] = rec["loss"]
+        fifth, end = (np.mean([loss[k] for k in range(e - w + 1, e + 1) if k in loss]) for e in (round(0.8 * final), final))
+        out[name] = {"window": w, "loss_at_4_5": float(fifth), "loss_at_end": float(end),
+                     "gain_last_fifth": float((fifth - end) / fifth)}
+    st.db["flatness"] = out
+    st.save()
+    log("flatness: " + ", ".join(f"{k} {100 * v['gain_last_fifth']:.2f}%" for k, v in out.items()))
+
+
 SHARED_SETUP = ("tokenizer", "codes_train", "codes_test", "classifier", "maps", "feature_cache")
 # plan fields a shared setup must agree on (the schedule and sample counts may differ)
 SETUP_FIELDS = ("data", "resolution", "limit_per_class", "flip", "vq_steps", "vq_batch", "vq_lr", "clf_epochs",
@@ -323,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="override the schedule length (checkpoints scale with it)")
     ap.add_argument("--seeds", default="0,1,2", help="model seeds this process trains (comma list)")
     ap.add_argument("--phases", default="setup,headline,peers,speed",
-                    help="comma list of setup, headline, peers, speed, grids (sample grids of every trained method)")
+                    help="comma list of setup, headline, peers, speed, grids (sample grids of every trained method), "
+                         "flatness (training-loss gain over the last fifth of every finished run)")
     ap.add_argument("--speed-stages", default=",".join(SPEED_STAGES),
                     help="which of the big preset's runs this process trains in the speed phase (split them "
                          "over processes); the process that finds all three trained scores and times them")
@@ -362,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         speed(st, seeds[0], stages=stages)
     if "grids" in phases:
         grids(st, seeds[0])
+    if "flatness" in phases:
+        flatness(st)
     st.save()
     log(f"done in {(time.time() - st.t0) / 60:.1f} min; report {results / 'report.md'}")
     return 0

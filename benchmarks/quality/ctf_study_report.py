@@ -29,6 +29,7 @@ def merge(res: Path) -> dict:
         db["metric_names"].update(d.get("metric_names", {}))
         if d.get("speed"):
             db["speed"] = d["speed"]
+        db.setdefault("flatness", {}).update(d.get("flatness", {}))
     return db
 
 
@@ -243,18 +244,33 @@ def _crossing(db: dict, seeds: list[int], km: str) -> str:
 
 
 def _flattening(db: dict, seeds: list[int]) -> str:
-    """The baseline's held-out NLL gain over the last fifth of training (from its eval checkpoints)."""
+    """The flattening criterion (held-out NLL gain < 1% over the last fifth of training): exact when the
+    plan has a checkpoint at 4/5 of the steps, else a linear estimate from the last two checkpoints;
+    plus the training-loss gain over the last fifth from the runs' logs (`--phases flatness`)."""
     p = db["plan"]
-    ks = p["checkpoints"]
-    if len(ks) < 2:
-        return ""
-    a = _ms([nll(db, "baseline", ks[-2], sd, "") for sd in seeds])[0]
-    b = _ms([nll(db, "baseline", ks[-1], sd, "") for sd in seeds])[0]
-    if math.isnan(a) or math.isnan(b):
-        return ""
-    per_fifth = (a - b) / a * (0.2 * ks[-1]) / (ks[-1] - ks[-2])
-    return (f"Baseline held-out NLL {a:.3f} at step {ks[-2]} -> {b:.3f} at {ks[-1]}: {100 * per_fifth:.2f}% per fifth "
-            f"of training (linear estimate; flattened means < 1%).")
+    ks, last = p["checkpoints"], p["steps"]
+    out = []
+    if len(ks) >= 2:
+        k0 = round(0.8 * last) if round(0.8 * last) in ks else ks[-2]
+        a = _ms([nll(db, "baseline", k0, sd, "") for sd in seeds])[0]
+        b = _ms([nll(db, "baseline", last, sd, "") for sd in seeds])[0]
+        if not (math.isnan(a) or math.isnan(b)):
+            gain = (a - b) / a * (0.2 * last) / (last - k0)
+            how = "measured" if k0 == round(0.8 * last) else "linear estimate from these two checkpoints"
+            out.append(f"Baseline held-out NLL {a:.3f} at step {k0} -> {b:.3f} at {last}: {100 * gain:.2f}% over the "
+                       f"last fifth of training ({how}; flattened means < 1%).")
+    fl = db.get("flatness", {})
+    groups: dict[str, list[float]] = {}
+    for name, v in fl.items():
+        if "_GPT-" in name:
+            continue
+        groups.setdefault(name.rsplit("_s", 1)[0], []).append(100 * v["gain_last_fifth"])
+    if groups:
+        w = next(iter(fl.values()))["window"]
+        parts = [f"{k} {_pm(*_ms(v), '')}% ({len(v)} seed{'s' * (len(v) > 1)})" for k, v in sorted(groups.items())]
+        out.append(f"Training-loss gain over the last fifth (mean loss of the {w} steps before step "
+                   f"{round(0.8 * last)} vs before {last}): " + "; ".join(parts) + ".")
+    return " ".join(out)
 
 
 def _peers(db: dict, km: str) -> list[str]:
