@@ -276,25 +276,58 @@ def _flattening(db: dict, seeds: list[int]) -> str:
 def _peers(db: dict, km: str) -> list[str]:
     E = db["entries"]
     last = db["plan"]["steps"]
-    rows = [("CTF, stage-2 network (default)", f"head/ctf/{last}/s0"),
-            ("stage 1 + random member of each cluster (MASC decoding, no stage 2)", "peer/random-member/s0"),
-            ("stage 1 + member nearest the centroid (no stage 2)", "peer/centroid-member/s0"),
-            ("IAR: baseline + cluster-level loss, balanced clusters", "peer/iar/s0"),
-            ("AR baseline", f"head/baseline/{last}/s0")]
+    co, fi = f"coarse_{km}_s0", f"fine_{km}_s0"
+    rows = [("CTF, stage-2 network (default)", f"head/ctf/{last}/s0", (co, fi)),
+            ("stage 1 + random member of each cluster (MASC decoding, no stage 2)", "peer/random-member/s0", (co,)),
+            ("stage 1 + member nearest the centroid (no stage 2)", "peer/centroid-member/s0", (co,)),
+            ("IAR: baseline + cluster-level loss, balanced clusters", "peer/iar/s0", ("baseline_iar_s0",)),
+            ("AR baseline", f"head/baseline/{last}/s0", ("baseline_s0",))]
     for name in sorted({k.split("/")[2] for k in E if k.startswith("peer/map/")}):
-        rows.insert(-1, (f"CTF with {name.replace('-', ' ')} clusters", f"peer/map/{name}/s0"))
+        rows.insert(-1, (f"CTF with {name.replace('-', ' ')} clusters", f"peer/map/{name}/s0",
+                         (f"coarse_{name}_s0", f"fine_{name}_s0")))
     if not any(k.startswith("peer/") for k in E):
         return ["## Peer methods", "", "(not run yet: `ctf_study.py --phases peers --seeds 0`)", ""]
     L = ["## Peer methods and ablations (seed 0, same schedule; the headline's std gives the noise level)", "",
-         "| method | FD ↓ | KID ↓ | Prec ↑ | Rec ↑ | ClassAcc ↑ | IS-clf ↑ | sampling s / image |", "|---" * 8 + "|"]
-    for label, key in rows:
+         "| method | FD ↓ | KID ↓ | Prec ↑ | Rec ↑ | ClassAcc ↑ | IS-clf ↑ | sampling s / image | train CPU-s |",
+         "|---" * 9 + "|"]
+    for label, key, names in rows:
         e = E.get(key)
         if e is None:
-            L.append(f"| {label} | (not run) |" + " - |" * 6)
+            L.append(f"| {label} | (not run) |" + " - |" * 7)
             continue
         L.append(f"| {label} | " + " | ".join(_fmt(e["metrics"].get(m), m) for m in METRICS)
-                 + f" | {e['sample_s'] / e['n']:.4f} |")
+                 + f" | {e['sample_s'] / e['n']:.4f} | {_fmt(_train_cpu(db, names, last))} |")
     return L + [""]
+
+
+def _train_cpu(db: dict, names: tuple[str, ...], step: int) -> float:
+    vals = [db["runs"].get(n, {}).get("cpu_s", {}).get(str(step)) for n in names]
+    return float("nan") if any(v is None for v in vals) else float(sum(vals))
+
+
+def _speed_runs(db: dict, name: str) -> tuple[str, ...]:
+    """The runs behind a speed row ("CTF GPT-small", "baseline GPT-tiny")."""
+    p = db["plan"]
+    kind, preset = name.split(" ", 1)
+    tag = "" if preset == p["preset"] else f"_{preset}"
+    km = f"kmeans-{db['setup'].get('tokenizer', {}).get('K', 4096) // 32}"
+    return (f"coarse_{km}{tag}_s0", f"fine_{km}{tag}_s0") if kind == "CTF" else (f"baseline{tag}_s0",)
+
+
+def _speed_verdict(rows: dict) -> str:
+    """Each pair where one model is at least as good on FD and ClassAcc as another: their speed ratio."""
+    out = []
+    for a, ra in rows.items():
+        for b, rb in rows.items():
+            if a == b or a.split()[0] == b.split()[0] or None in (ra["FD"], rb["FD"], ra["ClassAcc"], rb["ClassAcc"]):
+                continue
+            if ra["FD"] <= rb["FD"] and ra["ClassAcc"] >= rb["ClassAcc"]:
+                out.append(f"{a} is at least as good as {b} on both FD and ClassAcc and samples "
+                           f"{ra['images_per_s'] / rb['images_per_s']:.2f}x as fast")
+    if not out:
+        return ("No CTF model is at least as good as a baseline on both FD and ClassAcc, nor the other way round: "
+                "each trades one score for the other, so there is no model of equal quality to compare speeds with.")
+    return "Equal-or-better quality against speed: " + "; ".join(out) + "."
 
 
 def _speed(db: dict, res: Path) -> list[str]:
@@ -304,11 +337,11 @@ def _speed(db: dict, res: Path) -> list[str]:
     L = ["## Quality against sampling cost (seed 0; images/s measured side by side in one process)", "",
          f"Batch {sp['batch']}, {sp['threads']} thread(s), {sp['dtype']}, median of {sp['repeats']} batches, "
          f"VQ decode {sp['decode']}.", "",
-         "| model | params | images/s ↑ | FD ↓ | ClassAcc ↑ |", "|---|---|---|---|---|"]
+         "| model | params | images/s ↑ | FD ↓ | ClassAcc ↑ | train CPU-s |", "|---|---|---|---|---|---|"]
     for name, r in sp["rows"].items():
         L.append(f"| {name} | {r['params'] / 1e6:.2f}M | {r['images_per_s']:.1f} | {_fmt(r['FD'], 'FD')} | "
-                 f"{_fmt(r['ClassAcc'], 'ClassAcc')} |")
-    L += ["", "![quality against sampling speed](quality_vs_speed.png)", ""]
+                 f"{_fmt(r['ClassAcc'], 'ClassAcc')} | {_fmt(_train_cpu(db, _speed_runs(db, name), db['plan']['steps']))} |")
+    L += ["", _speed_verdict(sp["rows"]), "", "![quality against sampling speed](quality_vs_speed.png)", ""]
     import matplotlib
 
     matplotlib.use("Agg")
