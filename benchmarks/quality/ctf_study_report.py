@@ -385,6 +385,10 @@ def plot(db: dict, res: Path, seeds: list[int], km: str) -> None:
                 if xs:
                     ax.errorbar(xs, ys, yerr=es, fmt="o-", color=color, capsize=3,
                                 label="CTF (stage 1 + stage 2)" if kind == "ctf" else "AR baseline")
+            final = _ms([nll(db, "baseline", ks[-1], sd, km) if m == "NLL" else metric(db, "baseline", ks[-1], sd, m)
+                         for sd in seeds])[0]
+            if not math.isnan(final):  # where CTF reaches the baseline's final score (the question of Fig. 2)
+                ax.axhline(final, color="tab:blue", ls=":", lw=1)
             ax.set_title(title)
             ax.set_xlabel("training step" if xkind == "steps" else "training compute (CPU-minutes, 1 thread)")
             ax.grid(alpha=0.3)
