@@ -121,7 +121,8 @@ def render_dir(res: Path) -> None:
         L += ["![samples: CTF left, baseline right; one row per class](samples_ctf_vs_baseline.png)", ""]
     # ---- convergence -------------------------------------------------------------------------------------
     L += ["## Convergence (paper Fig. 2): steps and compute", ""]
-    L += ["| step | model | FD ↓ | ClassAcc ↑ | held-out NLL ↓ | train CPU-s | train TFLOP |", "|---|---|---|---|---|---|---|"]
+    L += ["| step | model | seeds | FD ↓ | ClassAcc ↑ | held-out NLL ↓ | train CPU-s | train TFLOP |",
+          "|---|---|---|---|---|---|---|---|"]
     for k in p["checkpoints"]:
         for kind in ("baseline", "ctf"):
             fd = _ms([metric(db, kind, k, sd, "FD") for sd in seeds])
@@ -129,7 +130,7 @@ def render_dir(res: Path) -> None:
             nl = _ms([nll(db, kind, k, sd, km) for sd in seeds])
             cpu = _ms([compute(db, kind, k, sd, km, "cpu_s") for sd in seeds])
             fl = _ms([compute(db, kind, k, sd, km, "flops") for sd in seeds])
-            L.append(f"| {k} | {kind} | {_pm(*fd, 'FD')} | {_pm(*ca, 'ClassAcc')} | {_pm(*nl, 'NLL')} | "
+            L.append(f"| {k} | {kind} | {fd[2]} | {_pm(*fd, 'FD')} | {_pm(*ca, 'ClassAcc')} | {_pm(*nl, 'NLL')} | "
                      f"{_fmt(cpu[0])} | {_fmt(fl[0] / 1e12) if fl[2] else '-'} |")
     L += ["", _crossing(db, seeds, km), ""]
     flat = _flattening(db, seeds)
