@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ctf_study_report  # noqa: E402
 import study  # noqa: E402  (setup, sampling, scoring)
+from ctf_study_report import ctf_runs, run_name  # noqa: E402
 from study import AR_OPTS, CTF_OPTS, Plan, log  # noqa: E402
 
 from coarse2fine.config import TrainConfig  # noqa: E402
@@ -101,7 +102,7 @@ class SeededStudy(study.Study):
 
         p = self.plan
         tag += f"_{preset}" if preset and preset != self.plan.preset else ""
-        name = (stage if stage == "baseline" else f"{stage}_{mapname}") + tag + f"_s{seed}"
+        name = run_name(stage, mapname, seed, tag)
         run = self.work / "runs" / name
         other = ctf_study_report.merge(self.res)["runs"].get(name)  # another process may have trained it
         if name not in self.db["runs"] and other is not None:
@@ -204,7 +205,7 @@ def speed(st: SeededStudy, seed: int, repeats: int = 5, batch: int = 64,
     for stage in stages:
         st.train_seeded(stage, final, seed, *((km, km_path) if stage != "baseline" else ()), preset=p.big_preset)
     trained = ctf_study_report.merge(st.res)["runs"]
-    missing = [n for n in (f"{s}{'_' + km if s != 'baseline' else ''}_{p.big_preset}_s{seed}" for s in SPEED_STAGES)
+    missing = [n for n in (run_name(s, km, seed, f"_{p.big_preset}") for s in SPEED_STAGES)
                if str(final) not in trained.get(n, {}).get("heldout", {})]
     if missing:
         log(f"speed: waiting for {', '.join(missing)} (another process trains them); scoring later")
@@ -254,21 +255,22 @@ def grids(st: SeededStudy, seed: int, per_class: int = 4) -> None:
     import matplotlib.pyplot as plt
 
     p, final = st.plan, str(st.plan.steps)
-    km = f"kmeans-{st.meta['codebook_size'] // 32}"
+    km, _ = st.cmap("kmeans", 32)
     big = f"_{p.big_preset}"
+    merged = ctf_study_report.merge(st.res)
     nonet = lambda how: {**CTF_OPTS, "fine_decoding": how}  # noqa: E731
-    methods = [("CTF", "ctf", (f"coarse_{km}_s{seed}", f"fine_{km}_s{seed}"), CTF_OPTS),
-               ("stage 1 + random member", "ctf-nonet", (f"coarse_{km}_s{seed}",), nonet("random-member")),
-               ("stage 1 + centroid member", "ctf-nonet", (f"coarse_{km}_s{seed}",), nonet("centroid-member")),
-               ("AR baseline", "ar", (f"baseline_s{seed}",), AR_OPTS),
-               ("IAR (cluster loss)", "ar", (f"baseline_iar_s{seed}",), AR_OPTS)]
-    for name in sorted(st.db["setup"].get("maps", {}) | ctf_study_report.merge(st.res)["setup"].get("maps", {})):
+    coarse_only = (run_name("coarse", km, seed),)
+    methods = [("CTF", "ctf", ctf_runs(km, seed), CTF_OPTS),
+               ("stage 1 + random member", "ctf-nonet", coarse_only, nonet("random-member")),
+               ("stage 1 + centroid member", "ctf-nonet", coarse_only, nonet("centroid-member")),
+               ("AR baseline", "ar", (run_name("baseline", None, seed),), AR_OPTS),
+               ("IAR (cluster loss)", "ar", (run_name("baseline", None, seed, "_iar"),), AR_OPTS)]
+    for name in sorted(st.db["setup"].get("maps", {}) | merged["setup"].get("maps", {})):
         if name != km and not name.startswith("balanced"):
-            methods.append((f"CTF, {name} clusters", "ctf", (f"coarse_{name}_s{seed}", f"fine_{name}_s{seed}"),
-                            CTF_OPTS))
-    methods += [(f"CTF {p.big_preset}", "ctf", (f"coarse_{km}{big}_s{seed}", f"fine_{km}{big}_s{seed}"), CTF_OPTS),
-                (f"AR baseline {p.big_preset}", "ar", (f"baseline{big}_s{seed}",), AR_OPTS)]
-    runs = ctf_study_report.merge(st.res)["runs"]
+            methods.append((f"CTF, {name} clusters", "ctf", ctf_runs(name, seed), CTF_OPTS))
+    methods += [(f"CTF {p.big_preset}", "ctf", ctf_runs(km, seed, big), CTF_OPTS),
+                (f"AR baseline {p.big_preset}", "ar", (run_name("baseline", None, seed, big),), AR_OPTS)]
+    runs = merged["runs"]
     ready = [m for m in methods if all(final in runs.get(r, {}).get("heldout", {}) for r in m[2])]
     nc = st.meta["num_classes"]
     fig, axes = plt.subplots(1, len(ready), figsize=(1.6 * len(ready), 0.45 * nc + 0.9), squeeze=False)

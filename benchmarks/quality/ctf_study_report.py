@@ -60,20 +60,29 @@ def seeds_of(db: dict) -> list[int]:
     return sorted({r["seed"] for r in db["runs"].values() if r.get("stage") == "baseline" and not r.get("map")})
 
 
+def run_name(stage: str, mapname: str | None, seed: int, tag: str = "") -> str:
+    """The study's name of a run: stage (coarse, fine, baseline), its clusters (not for the baseline),
+    a tag ("_iar", "_GPT-small") and the seed, e.g. fine_kmeans-128_GPT-small_s0."""
+    return (stage if stage == "baseline" else f"{stage}_{mapname}") + tag + f"_s{seed}"
+
+
+def ctf_runs(mapname: str, seed: int, tag: str = "") -> tuple[str, str]:
+    return run_name("coarse", mapname, seed, tag), run_name("fine", mapname, seed, tag)
+
+
 def nll(db: dict, kind: str, step: int, seed: int, mapname: str) -> float | None:
     """Held-out NLL of the fine codes (nats/token). CTF: NLL(coarse) + NLL(fine | true coarse) with the
     cluster-restricted head, which is the exact joint NLL of the fine code."""
     if kind == "baseline":
-        h = db["runs"].get(f"baseline_s{seed}", {}).get("heldout", {}).get(str(step))
+        h = db["runs"].get(run_name("baseline", None, seed), {}).get("heldout", {}).get(str(step))
         return h["nll"] if h else None
-    a = db["runs"].get(f"coarse_{mapname}_s{seed}", {}).get("heldout", {}).get(str(step))
-    b = db["runs"].get(f"fine_{mapname}_s{seed}", {}).get("heldout", {}).get(str(step))
+    a, b = (db["runs"].get(n, {}).get("heldout", {}).get(str(step)) for n in ctf_runs(mapname, seed))
     return a["nll"] + b["nll"] if a and b else None
 
 
 def compute(db: dict, kind: str, step: int, seed: int, mapname: str, what: str) -> float | None:
     """Training compute to reach `step`: what = "cpu_s" (CPU-seconds, one thread) or "flops"."""
-    names = [f"baseline_s{seed}"] if kind == "baseline" else [f"coarse_{mapname}_s{seed}", f"fine_{mapname}_s{seed}"]
+    names = (run_name("baseline", None, seed),) if kind == "baseline" else ctf_runs(mapname, seed)
     vals = [db["runs"].get(n, {}).get(what, {}).get(str(step)) for n in names]
     return None if any(v is None for v in vals) else float(sum(vals))
 
@@ -277,15 +286,15 @@ def _flattening(db: dict, seeds: list[int]) -> str:
 def _peers(db: dict, km: str) -> list[str]:
     E = db["entries"]
     last = db["plan"]["steps"]
-    co, fi = f"coarse_{km}_s0", f"fine_{km}_s0"
+    co, fi = ctf_runs(km, 0)
     rows = [("CTF, stage-2 network (default)", f"head/ctf/{last}/s0", (co, fi)),
             ("stage 1 + random member of each cluster (MASC decoding, no stage 2)", "peer/random-member/s0", (co,)),
             ("stage 1 + member nearest the centroid (no stage 2)", "peer/centroid-member/s0", (co,)),
-            ("IAR: baseline + cluster-level loss, balanced clusters", "peer/iar/s0", ("baseline_iar_s0",)),
-            ("AR baseline", f"head/baseline/{last}/s0", ("baseline_s0",))]
+            ("IAR: baseline + cluster-level loss, balanced clusters", "peer/iar/s0", (run_name("baseline", None, 0, "_iar"),)),
+            ("AR baseline", f"head/baseline/{last}/s0", (run_name("baseline", None, 0),))]
     for name in sorted({k.split("/")[2] for k in E if k.startswith("peer/map/")}):
         rows.insert(-1, (f"CTF with {name.replace('-', ' ')} clusters", f"peer/map/{name}/s0",
-                         (f"coarse_{name}_s0", f"fine_{name}_s0")))
+                         ctf_runs(name, 0)))
     if not any(k.startswith("peer/") for k in E):
         return ["## Peer methods", "", "(not run yet: `ctf_study.py --phases peers --seeds 0`)", ""]
     L = ["## Peer methods and ablations (seed 0, same schedule; the headline's std gives the noise level)", "",
@@ -312,7 +321,7 @@ def _speed_runs(db: dict, name: str) -> tuple[str, ...]:
     kind, preset = name.split(" ", 1)
     tag = "" if preset == p["preset"] else f"_{preset}"
     km = f"kmeans-{db['setup'].get('tokenizer', {}).get('K', 4096) // 32}"
-    return (f"coarse_{km}{tag}_s0", f"fine_{km}{tag}_s0") if kind == "CTF" else (f"baseline{tag}_s0",)
+    return ctf_runs(km, 0, tag) if kind == "CTF" else (run_name("baseline", None, 0, tag),)
 
 
 def _speed_verdict(rows: dict) -> str:
