@@ -39,15 +39,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _machine() -> str:
     """CPU model, cores and the ISA flags that decide the dtype (recorded with every result)."""
-    import os
+    from coarse2fine.bench.speed import machine_info
 
+    m = machine_info()
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         info = ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "CPU")
     flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in info]
-    return f"{model}, {os.cpu_count()} cores, flags {' '.join(flags) or 'none of avx2/avx512'}, torch " + \
+    return f"{m['cpu'] or 'CPU'}, {m['cpu_count']} cores, flags {' '.join(flags) or 'none of avx2/avx512'}, torch " + \
         torch.__version__.split("+")[0]
 
 
