@@ -161,21 +161,33 @@ def headline(st: SeededStudy, seeds: list[int]) -> None:
                 study.sample_grid(st, suffix=f"_s{seed}")
 
 
-def peers(st: SeededStudy, seed: int) -> None:
-    """Peer methods at the headline length, one seed (the spread comes from the headline)."""
+PEERS = ("members", "random", "fewer", "more", "iar")
+PEER_HELP = ("members: stage 1 + a random member (MASC) or the centroid's member, no stage-2 network; "
+             "random: random clusters (K/32); fewer, more: k-means with K/128 and K/8 clusters; "
+             "iar: the baseline with IAR's cluster-level loss on balanced clusters")
+
+
+def peers(st: SeededStudy, seed: int, which: tuple[str, ...] = PEERS) -> None:
+    """Peer methods at the headline length, one seed (the spread comes from the headline). `which` splits
+    them over processes (each row trains its own runs; `members` samples the headline's stage 1)."""
     import dataclasses
 
     p, final = st.plan, st.plan.steps
-    km, km_path = st.cmap("kmeans", 32)
-    co = st.train_seeded("coarse", final, seed, km, km_path)
-    for how in ("random-member", "centroid-member"):
-        st.score(f"peer/{how}/s{seed}", "ctf-nonet", (co,), p.n_head, {**CTF_OPTS, "fine_decoding": how})
-    maps = [("random", 32), ("kmeans", 128), ("kmeans", 8)]
-    for method, d in maps:
+    if "members" in which:
+        km, km_path = st.cmap("kmeans", 32)
+        co = st.train_seeded("coarse", final, seed, km, km_path)
+        for how in ("random-member", "centroid-member"):
+            st.score(f"peer/{how}/s{seed}", "ctf-nonet", (co,), p.n_head, {**CTF_OPTS, "fine_decoding": how})
+    maps = {"random": ("random", 32), "fewer": ("kmeans", 128), "more": ("kmeans", 8)}
+    for row, (method, d) in maps.items():
+        if row not in which:
+            continue
         name, path = st.cmap(method, d)
         c1 = st.train_seeded("coarse", final, seed, name, path)
         f1 = st.train_seeded("fine", final, seed, name, path)
         st.score(f"peer/map/{name}/s{seed}", "ctf", (c1, f1), p.n_head, CTF_OPTS)
+    if "iar" not in which:
+        return
     if "cluster_loss_weight" in {f.name for f in dataclasses.fields(TrainConfig)}:
         name, path = st.cmap("balanced", 32)
         iar = st.train_seeded("baseline", final, seed, name, path, cluster_loss=IAR_WEIGHT, tag="_iar")
@@ -357,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-stages", default=",".join(SPEED_STAGES),
                     help="which of the big preset's runs this process trains in the speed phase (split them "
                          "over processes); the process that finds all three trained scores and times them")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help="which peer rows this process trains and scores (split them over processes): " + PEER_HELP)
     ap.add_argument("--reuse-setup", metavar="WORK",
                     help="link the tokenizer, codes, classifier, coarse maps and reference features of another "
                          "work dir of the same data (e.g. a --steps 6000 run beside the 3000-step one)")
@@ -376,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     stages = tuple(args.speed_stages.split(","))
     if not set(stages) <= set(SPEED_STAGES):
         ap.error(f"--speed-stages takes a comma list of {', '.join(SPEED_STAGES)}")
+    which = tuple(args.peers.split(","))
+    if not set(which) <= set(PEERS):
+        ap.error(f"--peers takes a comma list of {', '.join(PEERS)}")
     part = "" if "speed" not in phases or stages == SPEED_STAGES else "_" + "-".join(stages)
+    part += "" if "peers" not in phases or set(which) == set(PEERS) else "_" + "-".join(which)
     db_name = "results_setup.json" if phases == ["setup"] else \
         f"results_{'_'.join(phases)}{part}_s{'-'.join(map(str, seeds))}.json"
     if args.reuse_setup:
@@ -387,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     if "headline" in phases:
         headline(st, seeds)
     if "peers" in phases:
-        peers(st, seeds[0])
+        peers(st, seeds[0], which)
     if "speed" in phases:
         speed(st, seeds[0], stages=stages)
     if "grids" in phases:

@@ -63,12 +63,33 @@ def test_resumed_segment_counts_the_compute_of_its_steps_once(ctf_study, tmp_pat
     assert cpu["16"] == pytest.approx(32.0)  # 16 steps at 2 s each, although this process ran only 4
 
 
+def test_peer_rows_split_over_processes_train_only_their_own_runs(ctf_study, tmp_path, monkeypatch):
+    """`--peers iar` beside a process still training the headline must not train the headline's stage 1
+    (two processes would write one run dir); each row trains exactly its own runs."""
+    plan = ctf_study.make_plan("default", small=True, steps=None)
+    st = ctf_study.SeededStudy(plan, tmp_path / "w", tmp_path / "r", None, "test", db_name="results_t.json")
+    trained, scored = [], []
+    monkeypatch.setattr(st, "cmap", lambda method, d: (f"{method}-{d}", tmp_path / f"{method}-{d}"))
+    monkeypatch.setattr(st, "train_seeded", lambda stage, step, seed, name=None, path=None, **kw:
+                        trained.append(f"{stage}_{name}{kw.get('tag', '')}") or trained[-1])
+    monkeypatch.setattr(st, "score", lambda key, *a, **kw: scored.append(key))
+    ctf_study.peers(st, 0, ("iar",))
+    assert trained == ["baseline_balanced-32_iar"] and scored == ["peer/iar/s0"]
+    trained.clear(), scored.clear()
+    ctf_study.peers(st, 0, ("members", "more"))
+    assert trained == ["coarse_kmeans-32", "coarse_kmeans-8", "fine_kmeans-8"]
+    assert scored == ["peer/random-member/s0", "peer/centroid-member/s0", "peer/map/kmeans-8/s0"]
+    with pytest.raises(SystemExit):
+        ctf_study.main(["--small", "--data", "default", "--phases", "peers", "--peers", "stage2"])
+
+
 @pytest.mark.slow
 def test_small_ctf_study_runs_every_phase_and_splits_the_speed_phase(ctf_study, tmp_path):
     work, res = tmp_path / "work", tmp_path / "res"
     base = ["--small", "--data", "default", "--out", str(work), "--results", str(res)]
     assert ctf_study.main([*base, "--phases", "setup,headline", "--seeds", "0,1"]) == 0
-    assert ctf_study.main([*base, "--phases", "peers", "--seeds", "0"]) == 0
+    assert ctf_study.main([*base, "--phases", "peers", "--seeds", "0", "--peers", "iar"]) == 0
+    assert ctf_study.main([*base, "--phases", "peers", "--seeds", "0", "--peers", "members,random,fewer,more"]) == 0
     assert ctf_study.main([*base, "--phases", "speed", "--seeds", "0", "--speed-stages", "fine"]) == 0
     assert "speed" not in json.loads((res / "results_speed_fine_s0.json").read_text())  # waits for the rest
     assert ctf_study.main([*base, "--phases", "speed", "--seeds", "0", "--speed-stages", "coarse,baseline"]) == 0
