@@ -102,8 +102,8 @@ def test_tiny_sample_bench_end_to_end(tmp_path):
 
 def test_tiny_train_bench_reports_tokens_per_second():
     recs = run_train_bench(TrainBench(preset="GPT-tiny", grid=4, batch=2, repeats=1, warmup=0,
-                                      parts=("coarse", "fine"), dtypes=("fp32",)))
-    assert [r["part"] for r in recs] == ["coarse", "fine"]
+                                      parts=("coarse", "fine", "iar"), dtypes=("fp32",)))
+    assert [r["part"] for r in recs] == ["coarse", "fine", "iar"]
     assert all(r["tokens_per_s"] > 0 and r["tokens_per_step"] == 2 * 16 for r in recs)
 
 

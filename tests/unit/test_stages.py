@@ -67,6 +67,23 @@ def test_cluster_loss_matches_a_hand_computation():
     assert loss.item() == pytest.approx(plain.item() + term(logits, codes).item(), rel=1e-6)
 
 
+def test_cluster_loss_equals_the_cross_entropy_of_the_cluster_softmax_with_its_gradient():
+    """The target-cluster form (and the one sharing stage_loss's log-softmax) is the cross-entropy over
+    cluster_logits, value and gradient, for unequal clusters and logits far apart."""
+    g = torch.Generator().manual_seed(1)
+    k, c = 40, 6
+    phi = torch.randint(0, c - 1, (k,), generator=g)  # unequal sizes, cluster c-1 empty
+    x = (torch.randn(3, 5, k, generator=g) * 30).requires_grad_()
+    codes = torch.randint(0, k, (3, 5), generator=g)
+    ref = torch.nn.functional.cross_entropy(cluster_logits(x, phi, c).reshape(-1, c), phi[codes].reshape(-1))
+    (g_ref,) = torch.autograd.grad(ref, x)
+    term = ClusterLoss(phi, c, 1.0)
+    for out in (term(x, codes), term(x, codes, log_probs=x.log_softmax(-1))):
+        (g_out,) = torch.autograd.grad(out, x)
+        assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+        assert torch.allclose(g_out, g_ref, atol=1e-6)
+
+
 def test_warmup_cosine_schedule():
     assert warmup_cosine(0, 4, 100, 0.1) == 0.25 and warmup_cosine(3, 4, 100, 0.1) == 1.0
     assert warmup_cosine(4, 4, 100, 0.1) == 1.0 and warmup_cosine(100, 4, 100, 0.1) == pytest.approx(0.1)

@@ -16,7 +16,7 @@ import torch
 from coarse2fine.bench import speed as bench
 from coarse2fine.config import GPTConfig, gpt_config, vq_config
 from coarse2fine.models import Transformer
-from coarse2fine.stages import stage_config
+from coarse2fine.stages import ClusterLoss, stage_config
 # the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
 # 1.1 for CTF, top-k off) are imported, not restated, so the bench cannot drift from them
 from coarse2fine.pipeline import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, decode
@@ -257,9 +257,10 @@ class TrainBench:
 
 
 def gpt_train_step(stage: str, cfg: GPTConfig, batch: int, device, dtype,
-                   wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+                   wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None, cluster=None):
     """-> (model, step(), tokens per step, counted FLOPs per step) for one stage on random data.
-    wrap: applied to the model before the optimizer sees it (DDP, FSDP2: see bench/gpu.py)."""
+    wrap: applied to the model before the optimizer sees it (DDP, FSDP2: see bench/gpu.py);
+    cluster: a stages.ClusterLoss added to the baseline's loss (IAR)."""
     from coarse2fine.stages import STAGE_SPECS, stage_loss
     from coarse2fine.training.loop import param_groups
 
@@ -277,7 +278,7 @@ def gpt_train_step(stage: str, cfg: GPTConfig, batch: int, device, dtype,
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, _ = stage_loss(model, stage, tokens, cond, codes)
+            loss, _ = stage_loss(model, stage, tokens, cond, codes, cluster=cluster)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -319,9 +320,12 @@ def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) ->
             torch.manual_seed(tb.seed)
             if part == "tokenizer":
                 model, step, tokens, flops = _vq_step(tb.vq_preset, tb.batch, device, DTYPES[dname])
-            else:
-                cfg = stage_config(tb.preset, part, K, C, gpt_config(tb.preset).num_classes, g)
-                model, step, tokens, flops = gpt_train_step(part, cfg, tb.batch, device, DTYPES[dname])
+            else:  # "iar": the baseline plus the cluster-level loss over C equal clusters
+                stage = "baseline" if part == "iar" else part
+                cluster = ClusterLoss(torch.arange(K, device=device) % C, C, 1.0) if part == "iar" else None
+                cfg = stage_config(tb.preset, stage, K, C, gpt_config(tb.preset).num_classes, g)
+                model, step, tokens, flops = gpt_train_step(stage, cfg, tb.batch, device, DTYPES[dname],
+                                                            cluster=cluster)
             with bench.peak_memory(device) as pm:
                 step()  # the first step allocates gradients and optimizer state: the steady-state peak
             steps[dname], mem[dname] = step, pm

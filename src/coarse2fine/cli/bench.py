@@ -87,7 +87,8 @@ def register(sub) -> None:
     t.add_argument("--codebook-size", type=nonneg_int, default=0, help="K (default: the VQ preset's)")
     t.add_argument("--num-coarse", type=nonneg_int, default=0, help="C (default K/32)")
     t.add_argument("--parts", nargs="+", default=["tokenizer", "coarse", "fine", "baseline"],
-                   choices=["tokenizer", "coarse", "fine", "baseline"], help="what to time (default all)")
+                   choices=["tokenizer", "coarse", "fine", "baseline", "iar"],
+                   help="what to time (default: all but iar, the baseline with IAR's cluster-level loss)")
     t.add_argument("--repeats", type=positive_int, default=5, help="timed steps per dtype; median reported (default 5)")
     t.add_argument("--warmup", type=nonneg_int, default=1, help="untimed steps first (default 1)")
     _common(t)
