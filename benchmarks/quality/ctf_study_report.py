@@ -268,7 +268,8 @@ def _flattening(db: dict, seeds: list[int]) -> str:
             gain = (a - b) / a * (0.2 * last) / (last - k0)
             how = "measured" if k0 == round(0.8 * last) else "linear estimate from these two checkpoints"
             out.append(f"Baseline held-out NLL {a:.3f} at step {k0} -> {b:.3f} at {last}: {100 * gain:.2f}% over the "
-                       f"last fifth of training ({how}; flattened means < 1%).")
+                       f"last fifth of training ({how}; flattened means < 1%)."
+                       + (" It rises: the model over-fits the training set." if gain < 0 else ""))
     fl = db.get("flatness", {})
     groups: dict[str, list[float]] = {}
     for name, v in fl.items():

@@ -121,3 +121,18 @@ def test_reuse_setup_links_a_matching_setup_and_refuses_another(ctf_study, tmp_p
     (src / "plan.json").write_text(json.dumps({**asdict(plan), "vq_steps": 1}))
     with pytest.raises(SystemExit, match="differs in vq_steps"):
         ctf_study.reuse_setup(src, tmp_path / "other", plan)
+
+
+def test_flattening_line_says_when_the_held_out_nll_rises(ctf_study):
+    """Twemoji's 1.7k images over-fit by step 3000: a negative last-fifth gain must not read as 'not yet
+    flat' but say that the held-out NLL rises."""
+    rep = ctf_study.ctf_study_report
+
+    def db(nll_1500, nll_3000):
+        heldout = {"1500": {"nll": nll_1500}, "3000": {"nll": nll_3000}}
+        return {"plan": {"checkpoints": [300, 1500, 3000], "steps": 3000},
+                "runs": {rep.run_name("baseline", None, 0): {"heldout": heldout}}}
+
+    assert "over-fits" in rep._flattening(db(6.4, 7.2), [0])
+    falling = rep._flattening(db(4.0, 3.7), [0])
+    assert "3.00% over the last fifth" in falling and "over-fits" not in falling
