@@ -22,7 +22,11 @@ def merge(res: Path) -> dict:
     for f in sorted(res.glob("results_*.json")):
         d = json.loads(f.read_text())
         db["plan"] = db["plan"] or d.get("plan")
-        db["setup"].update({k: v for k, v in d.get("setup", {}).items() if k not in db["setup"] or k == "maps"})
+        for k, v in d.get("setup", {}).items():
+            if k == "maps":  # each process records the maps it clustered: keep all of them
+                db["setup"].setdefault("maps", {}).update(v)
+            else:
+                db["setup"].setdefault(k, v)
         db["runs"].update(d.get("runs", {}))
         db["entries"].update(d.get("entries", {}))
         db["invocations"] += d.get("invocations", [])

@@ -136,3 +136,15 @@ def test_flattening_line_says_when_the_held_out_nll_rises(ctf_study):
     assert "over-fits" in rep._flattening(db(6.4, 7.2), [0])
     falling = rep._flattening(db(4.0, 3.7), [0])
     assert "3.00% over the last fifth" in falling and "over-fits" not in falling
+
+
+def test_merge_keeps_the_coarse_maps_of_every_process(ctf_study, tmp_path):
+    """Peer rows split over processes each cluster their own map; the merged setup (which the grids phase
+    and the report list methods from) must hold all of them, not only the last file's."""
+    for name, maps in (("results_peers_more_s0.json", {"kmeans-512": {"c": 512}}),
+                       ("results_peers_random-fewer_s0.json", {"random-128": {"c": 128}, "kmeans-32": {"c": 32}}),
+                       ("results_setup.json", {"kmeans-128": {"c": 128}})):
+        (tmp_path / name).write_text(json.dumps({"setup": {"maps": maps, "tokenizer": {"psnr": len(name)}}}))
+    setup = ctf_study.ctf_study_report.merge(tmp_path)["setup"]
+    assert set(setup["maps"]) == {"kmeans-512", "random-128", "kmeans-32", "kmeans-128"}
+    assert setup["tokenizer"] == {"psnr": len("results_peers_more_s0.json")}  # other keys: the first file's
