@@ -21,6 +21,18 @@ from coarse2fine.fileio import atomic_save_safetensors
 METHODS = ("kmeans", "random", "balanced")
 
 
+def member_table(phi: torch.Tensor, num_coarse: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """phi [K] (cluster of each code) -> (members [C, M]: each cluster's codes in ascending order, -1
+    padded, M the largest cluster (at least 1); sizes [C]), on phi's device."""
+    phi = phi.long()
+    sizes = torch.bincount(phi, minlength=num_coarse)
+    members = torch.full((num_coarse, max(1, int(sizes.max()))), -1, dtype=torch.long, device=phi.device)
+    order = torch.argsort(phi, stable=True)  # codes grouped by cluster, ascending ids inside
+    starts = torch.cumsum(sizes, 0) - sizes
+    members[phi[order], torch.arange(len(order), device=phi.device) - starts[phi[order]]] = order
+    return members, sizes
+
+
 @dataclass
 class CoarseMap:
     """phi [K] (coarse id of each fine code), members [C, M] (-1 padded), sizes [C],
@@ -46,13 +58,7 @@ class CoarseMap:
     def from_assignment(cls, phi: np.ndarray, codewords: np.ndarray, num_coarse: int, fingerprint: str,
                         method: str, seed: int) -> "CoarseMap":
         phi_t = torch.as_tensor(phi, dtype=torch.long)
-        sizes = torch.bincount(phi_t, minlength=num_coarse)
-        m = int(sizes.max())
-        members = torch.full((num_coarse, m), -1, dtype=torch.long)
-        order = torch.argsort(phi_t, stable=True)  # codes grouped by cluster, ascending ids inside
-        starts = torch.cumsum(sizes, 0) - sizes
-        rank = torch.arange(len(order)) - starts[phi_t[order]]
-        members[phi_t[order], rank] = order
+        members, sizes = member_table(phi_t, num_coarse)
         cw = torch.as_tensor(codewords, dtype=torch.float32)
         cent = torch.zeros(num_coarse, cw.size(1)).index_add_(0, phi_t, cw)
         cent /= sizes.clamp(min=1).unsqueeze(1).float()
