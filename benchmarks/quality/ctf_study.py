@@ -76,6 +76,15 @@ class SeededStudy(study.Study):
         dump_json(self.db, self.db_path)
         ctf_study_report.render_dir(self.res)
 
+    def score(self, key: str, *args, **kwargs) -> dict:
+        """Study.score, reusing a score another process wrote: re-scoring an earlier checkpoint would read
+        the run's current weights, which may be past it (a restarted seed scored step 300 with step-750
+        weights)."""
+        other = ctf_study_report.merge(self.res)["entries"].get(key)
+        if key not in self.db["entries"] and other is not None:
+            self.db["entries"][key] = other
+        return super().score(key, *args, **kwargs)
+
     def sample(self, kind: str, runs: tuple[str, ...], n: int, opts: dict, coarse_key: str | None = None):
         """Study.sample, plus kind "ctf-nonet": stage 1 with a stage-2 decoding that needs no network."""
         from coarse2fine.pipeline import CTFPipeline

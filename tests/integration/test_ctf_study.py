@@ -148,3 +148,16 @@ def test_merge_keeps_the_coarse_maps_of_every_process(ctf_study, tmp_path):
     setup = ctf_study.ctf_study_report.merge(tmp_path)["setup"]
     assert set(setup["maps"]) == {"kmeans-512", "random-128", "kmeans-32", "kmeans-128"}
     assert setup["tokenizer"] == {"psnr": len("results_peers_more_s0.json")}  # other keys: the first file's
+
+
+def test_score_reuses_another_processes_score(ctf_study, tmp_path, monkeypatch):
+    """A restarted process must not re-score a checkpoint another process scored: the run's weights may
+    have moved past it since."""
+    res = tmp_path / "r"
+    res.mkdir()
+    theirs = {"kind": "ctf", "metrics": {"FD": 2752.0}}
+    (res / "results_headline_s1-2.json").write_text(json.dumps({"entries": {"head/ctf/300/s1": theirs}}))
+    plan = ctf_study.make_plan("default", small=True, steps=None)
+    st = ctf_study.SeededStudy(plan, tmp_path / "w", res, None, "test", db_name="results_headline_s1.json")
+    monkeypatch.setattr(st, "sample", lambda *a, **k: pytest.fail("re-sampled a checkpoint already scored"))
+    assert st.score("head/ctf/300/s1", "ctf", ("coarse", "fine"), 8, {})["metrics"]["FD"] == 2752.0
