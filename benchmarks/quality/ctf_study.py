@@ -166,7 +166,9 @@ def headline(st: SeededStudy, seeds: list[int]) -> None:
                      keep=f"ctf_s{seed}" if last else None)
             st.score(f"head/baseline/{k}/s{seed}", "ar", (ba,), p.n_head, AR_OPTS,
                      keep=f"baseline_s{seed}" if last else None)
-            if last:
+            # the grid shows seed 0 (the seed of the peer rows and method grids); another seed draws it
+            # only while none exists, so processes for other seeds do not overwrite it when they finish last
+            if last and (seed == 0 or not (st.res / "samples_ctf_vs_baseline.png").exists()):
                 study.sample_grid(st, suffix=f"_s{seed}")
 
 

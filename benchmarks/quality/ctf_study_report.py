@@ -57,7 +57,11 @@ def _fmt(v: float, k: str = "") -> str:
 def _pm(m: float, s: float, n: int, k: str) -> str:
     if n == 0:
         return "-"
-    return _fmt(m, k) + ("" if n < 2 or math.isnan(s) else f" ± {_fmt(s, k)}")
+    mean = _fmt(m, k)
+    if n < 2 or math.isnan(s):
+        return mean
+    decimals = len(mean.split(".")[1]) if "." in mean else 0  # the std to the mean's last shown digit
+    return f"{mean} ± {s:.{decimals}f}"
 
 
 def seeds_of(db: dict) -> list[int]:

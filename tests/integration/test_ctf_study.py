@@ -161,3 +161,31 @@ def test_score_reuses_another_processes_score(ctf_study, tmp_path, monkeypatch):
     st = ctf_study.SeededStudy(plan, tmp_path / "w", res, None, "test", db_name="results_headline_s1.json")
     monkeypatch.setattr(st, "sample", lambda *a, **k: pytest.fail("re-sampled a checkpoint already scored"))
     assert st.score("head/ctf/300/s1", "ctf", ("coarse", "fine"), 8, {})["metrics"]["FD"] == 2752.0
+
+
+def test_spread_is_shown_to_the_means_precision(ctf_study):
+    """'2059 ± 15.32' claims a precision the mean does not show; the std carries the mean's decimals."""
+    pm = ctf_study.ctf_study_report._pm
+    assert pm(2059.4, 15.32, 3, "FD") == "2059 ± 15"
+    assert pm(6.2245, 0.0781, 3, "KID") == "6.22 ± 0.08"
+    assert pm(0.3789, 0.0011, 3, "ClassAcc") == "0.379 ± 0.001"
+    assert pm(577.0, float("nan"), 1, "FD") == "577"
+
+
+def test_a_later_seed_does_not_redraw_seed_0s_sample_grid(ctf_study, tmp_path, monkeypatch):
+    """Seeds run in separate processes: whichever finished last used to redraw samples_ctf_vs_baseline.png
+    from its own seed, so the committed grid's seed depended on timing. Seed 0 draws it; another seed only
+    while none exists."""
+    plan = ctf_study.make_plan("default", small=True, steps=None)
+    st = ctf_study.SeededStudy(plan, tmp_path / "w", tmp_path / "r", None, "test", db_name="results_t.json")
+    drawn = []
+    monkeypatch.setattr(st, "cmap", lambda method, d: (f"{method}-{d}", tmp_path / f"{method}-{d}"))
+    monkeypatch.setattr(st, "train_seeded", lambda stage, *a, **kw: stage)
+    monkeypatch.setattr(st, "score", lambda *a, **kw: None)
+    monkeypatch.setattr(ctf_study.study, "sample_grid", lambda st, suffix: drawn.append(suffix) or
+                        (st.res / "samples_ctf_vs_baseline.png").write_bytes(b"png"))
+    st.res.mkdir(parents=True, exist_ok=True)
+    ctf_study.headline(st, [1])  # no grid yet: seed 1 draws one
+    ctf_study.headline(st, [2])  # a grid exists: seed 2 leaves it
+    ctf_study.headline(st, [0])  # seed 0 always draws
+    assert drawn == ["_s1", "_s0"]
