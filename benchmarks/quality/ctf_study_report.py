@@ -60,6 +60,8 @@ def _pm(m: float, s: float, n: int, k: str) -> str:
     mean = _fmt(m, k)
     if n < 2 or math.isnan(s):
         return mean
+    if "e" in mean:  # exponent notation (a huge KID): no shared last digit to round the std to
+        return f"{mean} ± {_fmt(s, k)}"
     decimals = len(mean.split(".")[1]) if "." in mean else 0  # the std to the mean's last shown digit
     return f"{mean} ± {s:.{decimals}f}"
 

@@ -170,6 +170,7 @@ def test_spread_is_shown_to_the_means_precision(ctf_study):
     assert pm(6.2245, 0.0781, 3, "KID") == "6.22 ± 0.08"
     assert pm(0.3789, 0.0011, 3, "ClassAcc") == "0.379 ± 0.001"
     assert pm(577.0, float("nan"), 1, "FD") == "577"
+    assert pm(1234.0, 56.0, 3, "KID") == "1.23e+03 ± 56"
 
 
 def test_a_later_seed_does_not_redraw_seed_0s_sample_grid(ctf_study, tmp_path, monkeypatch):
