@@ -277,9 +277,17 @@ def _flattening(db: dict, seeds: list[int]) -> str:
         if not (math.isnan(a) or math.isnan(b)):
             gain = (a - b) / a * (0.2 * last) / (last - k0)
             how = "measured" if k0 == round(0.8 * last) else "linear estimate from these two checkpoints"
+            per = {}  # the same gain seed by seed, for its spread
+            for sd in seeds:
+                x, y = nll(db, "baseline", k0, sd, ""), nll(db, "baseline", last, sd, "")
+                if x is not None and y is not None:
+                    per[sd] = 100 * (x - y) / x * (0.2 * last) / (last - k0)
+            by_seed = "" if len(per) < 2 else (
+                " Per seed: " + ", ".join(f"s{sd} {g:.2f}%" for sd, g in per.items())
+                + f" ({_pm(*_ms(list(per.values())), '')}%).")
             out.append(f"Baseline held-out NLL {a:.3f} at step {k0} -> {b:.3f} at {last}: {100 * gain:.2f}% over the "
                        f"last fifth of training ({how}; flattened means < 1%)."
-                       + (" It rises: the model over-fits the training set." if gain < 0 else ""))
+                       + (" It rises: the model over-fits the training set." if gain < 0 else "") + by_seed)
     fl = db.get("flatness", {})
     groups: dict[str, list[float]] = {}
     for name, v in fl.items():

@@ -135,7 +135,11 @@ def test_flattening_line_says_when_the_held_out_nll_rises(ctf_study):
 
     assert "over-fits" in rep._flattening(db(6.4, 7.2), [0])
     falling = rep._flattening(db(4.0, 3.7), [0])
-    assert "3.00% over the last fifth" in falling and "over-fits" not in falling
+    assert "3.00% over the last fifth" in falling and "over-fits" not in falling and "Per seed" not in falling
+    two = {"plan": {"checkpoints": [1500, 3000], "steps": 3000}, "runs": {
+        rep.run_name("baseline", None, sd): {"heldout": {"1500": {"nll": a}, "3000": {"nll": b}}}
+        for sd, (a, b) in enumerate([(4.0, 3.7), (4.0, 3.9)])}}
+    assert "Per seed: s0 3.00%, s1 1.00% (2.00 ± 1.41%)." in rep._flattening(two, [0, 1])
 
 
 def test_merge_keeps_the_coarse_maps_of_every_process(ctf_study, tmp_path):
