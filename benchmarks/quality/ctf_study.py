@@ -107,7 +107,7 @@ class SeededStudy(study.Study):
                      preset: str | None = None) -> str:
         from coarse2fine.bench.speed import train_flops
         from coarse2fine.stages import stage_config
-        from coarse2fine.training.loop import train
+        from coarse2fine.training.gpt import train
 
         p = self.plan
         tag += f"_{preset}" if preset and preset != self.plan.preset else ""

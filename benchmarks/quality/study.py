@@ -156,7 +156,7 @@ class Study:
             t = time.time()
             log(f"tokenizer: {p.vq_steps} steps on {len(self.train_ds)} images")
             train_tokenizer(vq_config("VQ-tiny"), self.tok_dir, self.train_ds, steps=p.vq_steps,
-                            batch_size=p.vq_batch, lr=p.vq_lr, bf16=True, seed=p.seed, progress=False,
+                            batch_size=p.vq_batch, lr=p.vq_lr, precision="bf16", seed=p.seed, progress=False,
                             resume=(self.tok_dir / "state.pt").exists())
             s["tokenizer_train_s"] = time.time() - t
         self.vq = load_vq(self.tok_dir)
@@ -212,7 +212,7 @@ class Study:
     def train_to(self, stage: str, step: int, mapname: str | None = None, map_path: Path | None = None,
                  preset: str | None = None, restricted: bool = False) -> str:
         from coarse2fine.stages import stage_config
-        from coarse2fine.training.loop import train
+        from coarse2fine.training.gpt import train
 
         p = self.plan
         name = self.run_name(stage, mapname, preset, restricted)

@@ -17,7 +17,7 @@ from coarse2fine.pipeline import ARPipeline, CTFPipeline
 from coarse2fine.sampling import StageSampling, cfg_combine, generate_ar
 from coarse2fine.tokenizer.clustering import cluster_codebook
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
-from coarse2fine.training.loop import train
+from coarse2fine.training.gpt import train
 
 pytestmark = pytest.mark.gpu
 K, C, GRID, N = 16384, 512, 16, 256

@@ -25,7 +25,7 @@ def tiny_runs(tmp_path_factory):
     quiet = ["--device", "cpu", "--no-progress"]
     data = ["--data", "default", "--limit-per-class", "2"]
     steps = [
-        ["train-tokenizer", *data, "--vq-preset", "VQ-tiny", "--steps", "2", "--batch-size", "4", "--no-ema",
+        ["train-tokenizer", *data, "--vq-preset", "VQ-tiny", "--steps", "2", "--batch-size", "4", "--ema-decay", "0",
          "--dtype", "fp32", "--out", str(p["tok"]), *quiet],
         ["extract-codes", "--tokenizer", str(p["tok"]), *data, "--no-flip", "--out", str(p["codes"]), *quiet],
         ["cluster", "--tokenizer", str(p["tok"]), "--clusters", "8", "--out", str(p["cmap"])],

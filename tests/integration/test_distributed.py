@@ -17,7 +17,7 @@ import torch
 
 from coarse2fine.config import TrainConfig, train_recipe
 from coarse2fine.stages import stage_config
-from coarse2fine.training.loop import global_batch_indices, train
+from coarse2fine.training.gpt import global_batch_indices, train
 
 K, GRID, NCLS = 64, 4, 3
 ATOL = 1e-5
@@ -205,14 +205,14 @@ def test_tokenizer_two_processes_equal_one(tmp_path):
     from coarse2fine.checkpoint import load_vq
     from coarse2fine.training.tokenizer import train_tokenizer
 
-    flags = ["--vq-preset", "VQ-tiny", "--steps", 2, "--batch-size", 4, "--lr", 0.5, "--no-reseed-dead", "--no-ema",
+    flags = ["--vq-preset", "VQ-tiny", "--steps", 2, "--batch-size", 4, "--lr", 0.5, "--no-reseed-dead", "--ema-decay", 0,
              "--dtype", "fp32", "--limit-per-class", 2, "--device", "cpu", "--no-progress"]
     r = subprocess.run(torchrun_cmd("train-tokenizer", "--out", tmp_path / "two", *flags), env=run_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ds = build_dataset("default", 32, limit_per_class=2)
-    train_tokenizer("VQ-tiny", tmp_path / "one", ds, steps=2, batch_size=4, lr=0.5, reseed_dead=False, ema=False,
-                    bf16=False, progress=False, device="cpu")
+    train_tokenizer("VQ-tiny", tmp_path / "one", ds, steps=2, batch_size=4, lr=0.5, reseed_dead=False, ema_decay=0.0,
+                    precision="fp32", progress=False, device="cpu")
     x = torch.stack([torch.from_numpy(ds.get_raw(i)) for i in range(8)]).permute(0, 3, 1, 2).float() / 127.5 - 1
     torch.manual_seed(0)
     init = VQModel(vq_config("VQ-tiny")).eval()

@@ -25,7 +25,7 @@ from coarse2fine.sampling import StageSampling, filter_logits
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine.checkpoint import load_vq
 from coarse2fine.checkpoint import load_run
-from coarse2fine.training.loop import train
+from coarse2fine.training.gpt import train
 
 NCLS, SIZE = 5, 16  # VQ-tiny downsamples by 4: 16 px -> 4x4 codes
 

@@ -9,7 +9,7 @@ from coarse2fine.config import TrainConfig, UserError
 from coarse2fine.stages import stage_config
 from coarse2fine.tokenizer.clustering import cluster_codebook
 from coarse2fine.checkpoint import load_run
-from coarse2fine.training.loop import train
+from coarse2fine.training.gpt import train
 
 K, C, GRID, NCLS = 64, 8, 4, 3
 

@@ -45,7 +45,7 @@ class Blobs:
 
 CFG = VQConfig(codebook_size=64, codebook_embed_dim=4, ch=16, ch_mult=(1, 2), z_channels=16,
                num_res_blocks=1, image_size=16, use_attn=True)
-TRAIN = dict(batch_size=8, lr=2e-3, warmup_steps=2, reseed_every=2, log_every=1, ckpt_every=2, ema=True, flip=True)
+TRAIN = dict(batch_size=8, lr=2e-3, warmup_steps=2, reseed_every=2, log_every=1, ckpt_every=2, ema_decay=0.999, flip=True)
 
 
 def metrics(run) -> list[dict]:
@@ -121,8 +121,8 @@ def test_cli_train_reconstruct_extract(tmp_path, capsys):
     tok = tmp_path / "tok"
     common = ["--data", "default", "--limit-per-class", "2"]
     assert main(["train-tokenizer", "--out", str(tok), "--vq-preset", "VQ-tiny", "--steps", "3", "--batch-size", "8",
-                 "--no-ema", "--no-progress", *common]) == 0
-    assert json.loads((tok / "config.json").read_text())["train"]["ema"] is False
+                 "--ema-decay", "0", "--no-progress", *common]) == 0
+    assert json.loads((tok / "config.json").read_text())["train"]["ema_decay"] == 0
     png = tmp_path / "recon.png"
     assert main(["reconstruct", "--tokenizer", str(tok), "--num-shown", "4", "--out", str(png), *common]) == 0
     out = capsys.readouterr().out

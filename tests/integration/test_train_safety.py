@@ -17,7 +17,7 @@ from coarse2fine.cli import main
 from coarse2fine.config import TrainConfig, UserError
 from coarse2fine.stages import stage_config
 from coarse2fine.tokenizer.clustering import cluster_codebook
-from coarse2fine.training.loop import train
+from coarse2fine.training.gpt import train
 from coarse2fine.training.tokenizer import train_tokenizer
 from test_stage_train import C, GRID, K, NCLS, make_store
 from test_tokenizer_train import CFG, TRAIN, Blobs
@@ -147,7 +147,7 @@ def test_tokenizer_resume_unchanged_preset_and_steps(tmp_path, capsys):
     assert "already at step 3" in capsys.readouterr().err
     assert main(["train-tokenizer", "--resume", "--seed", "4", *common]) == 2
     assert "--seed: the run has 0, this command asks 4" in capsys.readouterr().err
-    assert [r["step"] for r in strict_lines(tok / "metrics.jsonl")] == [2, 3]  # logged at each end (log_every 25)
+    assert [r["step"] for r in strict_lines(tok / "metrics.jsonl")] == [1, 2, 3]  # every step, once
 
 
 # ---- kill, partial log line, lock -------------------------------------------------------------------
@@ -159,16 +159,16 @@ import torch
 from test_stage_train import C, GRID, K, NCLS
 from coarse2fine.config import TrainConfig
 from coarse2fine.stages import stage_config
-from coarse2fine.training import loop
+from coarse2fine.training import gpt, loop
 torch.set_num_threads(1)
 save = loop._save
-def save_then_die(out, *a):
-    save(out, *a)
-    if a[-2] == 4:  # the step: die like a SIGKILL, no finally blocks, no buffered writes flushed
+def save_then_die(task, out, step, info):
+    save(task, out, step, info)
+    if step == 4:  # die like a SIGKILL, no finally blocks, no buffered writes flushed
         os._exit(9)
 loop._save = save_then_die
 cfg = TrainConfig(**{cfg!r})
-loop.train("baseline", stage_config("GPT-tiny", "baseline", K, C, NCLS, GRID), cfg, {store!r}, {out!r}, progress=False)
+gpt.train("baseline", stage_config("GPT-tiny", "baseline", K, C, NCLS, GRID), cfg, {store!r}, {out!r}, progress=False)
 """
 
 

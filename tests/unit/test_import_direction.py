@@ -12,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "coarse2fine"
 
-RANK = {"config": 0, "distributed": 0, "fileio": 0,
+RANK = {"config": 0, "distributed": 0, "fileio": 0, "precision": 0,
         "layers": 1,
         "tokenizer": 2, "models": 2,
         "stages": 3, "data": 3, "checkpoint": 3, "parallel": 3,

@@ -35,7 +35,7 @@ def test_configure_threads_uses_free_cores_unless_told(monkeypatch):
 
 def test_bf16_probe_honours_kernel_caps(monkeypatch):
     """The one bf16 probe says no when torch's kernels are capped below AVX512, whatever the CPU flags."""
-    from coarse2fine.training.common import bf16_native
+    from coarse2fine.precision import bf16_native
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")

@@ -76,9 +76,9 @@ class DemoPlan:
 
 def demo_precision(requested: str) -> str:
     """The transformers' precision, resolved here so that the report names it: "auto" is bf16 where the
-    CPU runs it natively (training.common.bf16_native, which also honours ATEN_CPU_CAPABILITY /
+    CPU runs it natively (precision.bf16_native, which also honours ATEN_CPU_CAPABILITY /
     ONEDNN_MAX_CPU_ISA caps below AVX512), else fp32."""
-    from coarse2fine.training.common import bf16_native
+    from coarse2fine.precision import bf16_native
 
     if requested not in ("auto", "fp32", "bf16"):
         raise UserError(f"--dtype must be auto, fp32 or bf16, got {requested!r}")
@@ -218,7 +218,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     # 1. tokenizer
     train_ds = build_dataset(plan.data, plan.resolution, "train", limit_per_class=plan.limit_per_class)
     test_ds = build_dataset(plan.data, plan.resolution, "test", limit_per_class=plan.limit_per_class)
-    from coarse2fine.training.loop import resolve_dtype
+    from coarse2fine.precision import resolve_dtype
 
     dtype = str(resolve_dtype(precision, torch.device("cpu"))).replace("torch.", "")
     _log(f"data {plan.data}: {len(train_ds)} train / {len(test_ds)} test images, {train_ds.num_classes} classes; "

@@ -1,7 +1,7 @@
 """The demo's three transformers, trained side by side as one-thread processes (or in this process
 when there is one worker), with one progress line at a time for all of them.
 
-Each stage is an ordinary `training.loop.train` run directory under the demo's folder; a child's
+Each stage is an ordinary `training.gpt.train` run directory under the demo's folder; a child's
 own output goes to <run>/train.log so the console shows the demo's lines only. An interrupted demo
 resumes every stage from its state.pt on the next call.
 """
@@ -25,7 +25,7 @@ PRINT_EVERY_S = 30.0
 def train_one(stage: str, out: Path, plan, tcfg: TrainConfig, meta: dict, clusters: int, progress: bool) -> dict:
     """Train (or resume, or just read back) one stage of the demo; returns its summary dict."""
     from coarse2fine.stages import STAGE_SPECS, stage_config
-    from coarse2fine.training.loop import train
+    from coarse2fine.training.gpt import train
 
     run = out / stage
     if (run / "summary.json").exists():

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from coarse2fine.config import GPTConfig
-from coarse2fine.training.common import bf16_native
+from coarse2fine.precision import bf16_native
 
 
 # ---- timing --------------------------------------------------------------------------------------

@@ -87,10 +87,11 @@ def add_threads(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: $OMP_NUM_THREADS, else the usable cores, at most 8)")
 
 
-def add_dtype(p: argparse.ArgumentParser, default: str, what: str) -> None:
+def add_dtype(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    """--dtype; default None means "not given" (a resumed run keeps its own), shown as auto."""
     p.add_argument("--dtype", choices=DTYPES, default=default,
                    help=f"{what}: auto (bf16 where it is fast: CUDA, CPUs with native bf16), fp32 or bf16 "
-                        f"(default {default})")
+                        f"(default {default or 'auto'})")
 
 
 def add_data(p: argparse.ArgumentParser, default: str | None = "default", required: bool = False) -> None:

@@ -244,7 +244,7 @@ def cmd_train(args) -> int:
     from coarse2fine.data.tencrop import open_code_store
     from coarse2fine.stages import stage_config, stage_spec
     from coarse2fine.tokenizer.clustering import CoarseMap
-    from coarse2fine.training.loop import saved_run, train
+    from coarse2fine.training.gpt import saved_run, train
 
     check_out_path(Path(args.out))
     given = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
@@ -332,7 +332,7 @@ def parse_classes(spec: str | None, num_classes: int, per_class: int) -> torch.T
 def cmd_sample(args) -> int:
     from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
 
-    from coarse2fine.training.loop import resolve_dtype
+    from coarse2fine.precision import resolve_dtype
 
     check_mode(args)
     out = Path(args.out)

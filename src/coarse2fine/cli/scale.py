@@ -144,6 +144,6 @@ def _bf16(args) -> bool:
     """--dtype -> the bf16 autocast switch of the scale tools (auto: bf16 where it is fast)."""
     import torch
 
-    from coarse2fine.training.loop import resolve_dtype
+    from coarse2fine.precision import resolve_dtype
 
     return resolve_dtype(args.dtype, torch.device(args.device)) == torch.bfloat16

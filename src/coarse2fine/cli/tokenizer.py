@@ -4,11 +4,54 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coarse2fine.cli._args import (add_data, add_device, add_dtype, add_threads, nonneg_int, positive_float,
+from coarse2fine.cli._args import (add_data, add_device, add_dtype, add_threads, nonneg_float, nonneg_int, positive_float,
                                    positive_int)
 from coarse2fine.cli._args import check_out_path
 from coarse2fine.cli.models import add_vq_preset, load_tokenizer_any
-from coarse2fine.config import VQ_PRESETS, UserError
+from coarse2fine.config import (DISC_LOSSES, GEN_LOSSES, VQ_PRESETS, TokenizerTrainConfig, UserError,
+                                tokenizer_recipe)
+
+
+def _ema_decay(s: str) -> float:
+    v = nonneg_float(s)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
+# TokenizerTrainConfig field -> (flag type, or choices, or bool; help). Every flag defaults to None = "not
+# given": a fresh run takes the preset's recipe (config.tokenizer_recipe), --resume the run's saved value.
+_TOKENIZER_FLAGS = {
+    "steps": (positive_int, "total optimisation steps"),
+    "batch_size": (positive_int, "global batch size"),
+    "lr": (positive_float, "peak AdamW learning rate"),
+    "warmup_steps": (nonneg_int, "linear warm-up steps"),
+    "weight_decay": (nonneg_float, "AdamW weight decay on conv weights (never the codebook)"),
+    "recon_loss": (("l1", "l2"), "pixel reconstruction loss"),
+    "recon_weight": (nonneg_float, "weight of the pixel reconstruction loss"),
+    "perceptual_weight": (nonneg_float, "weight of the perceptual loss on EfficientNet-Lite2 features (0 = off)"),
+    "disc_weight": (nonneg_float, "weight of the PatchGAN adversarial loss (0 = no discriminator)"),
+    "disc_start": (nonneg_int, "first step of the adversarial loss and of discriminator training"),
+    "disc_loss": (DISC_LOSSES, "the discriminator's loss"),
+    "gen_adv_loss": (GEN_LOSSES, "the tokenizer's adversarial loss"),
+    "disc_adaptive": (bool, "scale the adversarial loss by VQGAN's adaptive weight (gradient-norm ratio at the "
+                            "decoder's last layer)"),
+    "disc_channels": (positive_int, "PatchGAN width (channels of its first layer)"),
+    "disc_layers": (positive_int, "PatchGAN stride-2 layers"),
+    "disc_lr": (nonneg_float, "discriminator learning rate (0 = the tokenizer's)"),
+    "ema_decay": (_ema_decay, "EMA decay of the exported weights (0 = off)"),
+    "reseed_dead": (bool, "move unused codewords onto recent encoder outputs"),
+    "ckpt_every": (positive_int, "checkpoint interval (steps)"),
+    "log_every": (positive_int, "progress-line interval (steps; metrics.jsonl has every step)"),
+}
+
+
+def _recipe_defaults(field: str) -> str:
+    """"default X" for the CPU presets and LlamaGen's value for VQ-16/VQ-8 where it differs."""
+    cpu = TokenizerTrainConfig(**tokenizer_recipe("VQ-tiny"))
+    big = TokenizerTrainConfig(**tokenizer_recipe("VQ-16"))
+    a, b = getattr(cpu, field), getattr(big, field)
+    return f"default {a}" if a == b else f"default {a}; VQ-16/VQ-8: {b}"
 
 
 def register(sub) -> None:
@@ -19,15 +62,11 @@ def register(sub) -> None:
     p.add_argument("--vq-preset", choices=sorted(VQ_PRESETS),
                    help="tokenizer architecture (default VQ-tiny: 32x32 -> 8x8 codes, K=4096)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
-    p.add_argument("--steps", type=positive_int, help="total optimisation steps (default 1200)")
-    p.add_argument("--batch-size", type=positive_int, help="global batch size (default 32)")
-    p.add_argument("--lr", type=positive_float, help="peak AdamW learning rate (default 2e-3)")
-    p.add_argument("--recon-loss", choices=["l1", "l2"], help="pixel reconstruction loss (default l2)")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep an EMA of the weights and export it (default on)")
-    add_dtype(p, "auto", "autocast precision of the conv stack")
-    p.add_argument("--reseed-dead", action=argparse.BooleanOptionalAction, default=None,
-                   help="move unused codewords onto recent encoder outputs (default on)")
+    for field, (typ, what) in _TOKENIZER_FLAGS.items():
+        kw = {"choices": typ} if isinstance(typ, tuple) else (
+            {"action": argparse.BooleanOptionalAction} if typ is bool else {"type": typ})
+        p.add_argument("--" + field.replace("_", "-"), default=None, help=f"{what} ({_recipe_defaults(field)})", **kw)
+    add_dtype(p, None, "autocast precision of the conv stack")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
                    help="stop (with a checkpoint) after this much wall time; --resume continues")
@@ -95,7 +134,7 @@ def _dataset(args, resolution: int, split: str):
 def cmd_train(args) -> int:
     from coarse2fine.checkpoint import read_run_config
     from coarse2fine.config import VQConfig, from_dict, to_dict, vq_config
-    from coarse2fine.training.tokenizer import TokenizerTrainConfig, tokenizer_recipe, train_tokenizer
+    from coarse2fine.training.tokenizer import train_tokenizer
 
     out = Path(args.out)
     check_out_path(out)
@@ -121,10 +160,10 @@ def cmd_train(args) -> int:
                   f"{args.batch_size or tc.batch_size}, lr {args.lr or tc.lr}, warmup {tc.warmup_steps}, "
                   f"min lr ratio {tc.min_lr_ratio}", flush=True)
     ds, info = _dataset(args, vq_cfg["image_size"] if isinstance(vq_cfg, dict) else vq_cfg.image_size, "train")
+    given = {f: getattr(args, f) for f in _TOKENIZER_FLAGS if f != "steps"}
     train_tokenizer(vq_cfg, out, ds, recipe, steps=args.steps, resume=args.resume, data_info=info,
                     time_budget_s=args.time_budget, progress=not args.no_progress, device=args.device,
-                    batch_size=args.batch_size, lr=args.lr, recon_loss=args.recon_loss, ema=args.ema,
-                    bf16=None if args.dtype == "auto" else args.dtype == "bf16", reseed_dead=args.reseed_dead, seed=args.seed)
+                    precision=args.dtype, seed=args.seed, **given)
     print(f"tokenizer saved in {out} (config.json, model.safetensors, state.pt)")
     return 0
 

@@ -239,3 +239,32 @@ def load_twemoji(resolution: int, split: str = "train", flip: bool = False, root
         raise UserError(f"Twemoji images have mixed sizes {sorted(shapes)[:3]}; expected all 72x72")
     return ArrayDataset(name, np.stack(images), labels[kept], classes, resolution, split, flip,
                         skipped=skipped)
+
+
+# ---- emoji64 (three artists, pooled) -------------------------------------------------------------
+
+EMOJI64_FILE = "emoji64.npz"
+EMOJI64_SOURCES = ("twemoji", "noto", "openmoji")
+
+
+def emoji64_path() -> Path:
+    """The emoji64 arrays shipped inside the package (data/assets/), made by scripts/make_emoji64.py."""
+    return Path(str(importlib.resources.files("coarse2fine.data") / "assets" / EMOJI64_FILE))
+
+
+def load_emoji64(resolution: int, split: str = "train", flip: bool = False, root: str | None = None,
+                 limit_per_class: int | None = None) -> ArrayDataset:
+    """5,718 emoji drawn by three artists (Twemoji CC-BY-4.0, Noto Apache-2.0, OpenMoji CC-BY-SA-4.0),
+    64x64 RGB on white, 9 Unicode-category classes, skin-tone variants left out; the 10% held-out
+    split per class is fixed in the file."""
+    _check_split("emoji64", split)
+    if root is not None:
+        raise UserError("data set 'emoji64' is shipped inside the package and takes no --data-root")
+    path = emoji64_path()
+    if not path.is_file():
+        raise UserError(f"{path} is missing; reinstall coarse2fine (or run scripts/make_emoji64.py)")
+    with np.load(path) as z:
+        sel = np.flatnonzero(z["split"] == (1 if split == "test" else 0))
+        images, labels, classes = z["images"][sel], z["labels"][sel].astype(np.int64), [str(c) for c in z["classes"]]
+    keep = take_per_class(labels, limit_per_class)
+    return ArrayDataset("emoji64", images[keep], labels[keep], classes, resolution, split, flip)

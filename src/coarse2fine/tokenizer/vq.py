@@ -147,6 +147,10 @@ class VQModel(nn.Module):
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_embed_dim, cfg.z_channels, 1)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW must not decay (training/loop.param_groups): the codebook."""
+        return {f"quantize.{name}" for name, _ in self.quantize.named_parameters()}
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """x [B,3,H,W] in [-1,1] -> (recon [B,3,H,W], aux: losses (training), perplexity, codes [B,h,w])."""
         z_q, aux, codes = self.quantize(self.quant_conv(self.encoder(x)))

@@ -6,7 +6,6 @@ One home each, so the two trainers cannot drift apart (they used to carry three 
 from __future__ import annotations
 
 import fcntl
-import functools
 import json
 import math
 import os
@@ -38,51 +37,6 @@ def ema_update(shadow: Iterable[torch.Tensor], live: Iterable[torch.Tensor], dec
     """shadow <- decay * shadow + (1 - decay) * live, pairwise, in the shadow's dtype."""
     for s, p in zip(shadow, live):
         s.lerp_(p.detach().to(s.dtype), 1 - decay)
-
-
-def bf16_native(device_type: str = "cpu") -> bool:
-    """Does `device_type` ("cpu" / "cuda") run bfloat16 natively? The one probe of the library.
-
-    CUDA: the GPU supports bf16 without emulation (Ampere and later). CPU: the AVX512-BF16 or AMX-BF16
-    instructions are present (/proc/cpuinfo flags) and the environment does not cap torch's kernels below
-    AVX512 (ATEN_CPU_CAPABILITY=avx2/default, ONEDNN_MAX_CPU_ISA=AVX2...: bf16 would then be emulated);
-    without them bf16 is slower than fp32."""
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if device_type != "cpu":
-        return False
-    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if aten in ("default", "avx2") or (isa and "AVX512" not in isa and "AMX" not in isa and isa != "ALL"):
-        return False
-    return _cpu_has_bf16_flags()
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_has_bf16_flags() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell, so stay in fp32
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """"fp32" / "bf16" / "auto" (bf16 where it is native, see bf16_native) -> the autocast dtype."""
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision != "auto":
-        raise ConfigError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    return torch.bfloat16 if bf16_native(device.type) else torch.float32
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Autocast to `dtype`, or nothing at all for float32."""
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -238,6 +192,8 @@ def saved_settings(cls, saved: dict[str, Any], source: str):
     """The dataclass `cls` stored in a run's config.json ("train"), normalised (lists -> tuples)."""
     if not isinstance(saved, dict):
         raise ConfigError(f"{source} has no training settings; it cannot be resumed")
+    if hasattr(cls, "upgrade"):
+        saved = cls.upgrade(saved)
     return from_dict(cls, {k: v for k, v in saved.items() if k not in RETIRED_FIELDS})
 
 

@@ -1,59 +1,63 @@
-"""The training loop shared by the coarse (stage 1), fine (stage 2) and baseline models.
+"""The one training loop. The transformer stages (training/gpt.py) and the VQ tokenizer
+(training/tokenizer.py) describe what they train as a `Task`; `fit` runs it from top to bottom.
 
-One code path for 1 and N processes (torchrun). What makes resume exact, also at another world size:
-- the data order is a pure function of (seed, epoch): a seeded permutation per epoch, and the
-  global batch of step s is slice s of it, split over ranks and accumulation micro-steps;
-- dropout randomness is re-seeded at every step from (seed, step, rank, micro-step);
-- model, EMA, optimizer and schedule state are saved atomically in `state.pt`.
+A task has one or more `Part`s, each a network with its own optimizer, learning-rate function and
+loss: the stages and a plain tokenizer have one ("model"); an adversarially trained tokenizer adds
+"disc", its discriminator. Per step, for each active part in order: zero its gradients, forward and
+backward over the rank's micro-batches, average loss and metrics over ranks, clip, check finiteness,
+optimizer step. Then the task's after-step hook, the EMA, the log, evaluation and the checkpoint.
+
+What makes resume exact, also at another world size:
+- batches are a pure function of (seed, step): the task's `batches(step)` gives this rank's
+  micro-batches of the global batch of `step`, so the data position is the step;
+- torch's generators are re-seeded before every micro-batch from (seed, step, global micro index);
+- learning rates are a function of the step (no scheduler object to drift);
+- the train state (every part's network and optimizer, the EMA, RNG, step) is written atomically
+  with full tensors, whatever the wrapping (DDP, FSDP or none).
 Safety: a NaN/Inf loss or gradient norm stops the run before anything of that step is saved; a
-resume must use the run's settings (a larger --steps extends it); one process per run dir (a lock).
+Ctrl-C in a single process finishes the step, writes a checkpoint and stops.
 """
 from __future__ import annotations
 
-import shutil
+import copy
+import math
+import signal
+import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from coarse2fine import distributed
-from coarse2fine.checkpoint import (load_train_state, read_run_config, save_run_weights, save_train_state, store_tokenizer_dir,
-                                   tokenizer_ref, write_run_config)
-from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, to_dict
-from coarse2fine.data.tencrop import open_code_store
-from coarse2fine.models import Transformer, count_params
+from coarse2fine.checkpoint import rng_state, save_run_weights, save_train_state, set_rng_state
 from coarse2fine.parallel import (full_model_state, full_optim_state, grad_norm_value, is_sharded, load_optim_state,
                                   no_sync, reshard, unwrap, wrap_model, wrap_shadow)
-from coarse2fine.stages import ClusterLoss, StageBatches, evaluate_tokens, stage_loss, stage_spec
-from coarse2fine.tokenizer.clustering import CoarseMap
-from coarse2fine.training.common import (MetricsLog, autocast, check_finite, check_resume, ema_update, lock_run,
-                                         resolve_dtype, saved_settings, seed_everything, step_seed, warmup_cosine)
+from coarse2fine.precision import autocast
+from coarse2fine.training.common import MetricsLog, check_finite, ema_update, step_seed
+
+Metrics = dict[str, torch.Tensor]
 
 
-def global_batch_indices(step: int, n: int, batch: int, seed: int) -> np.ndarray:
-    """Indices of the global batch of `step`: slice of a per-epoch seeded permutation (drop last)."""
-    per_epoch = n // batch
-    if per_epoch == 0:
-        raise UserError(f"the code store has {n} sequences, fewer than the global batch {batch}; lower --batch-size")
-    epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[k * batch:(k + 1) * batch]
+# ---- the pieces a task is made of ------------------------------------------------------------------
 
 
-# ---- model helpers -------------------------------------------------------------------------------
-
-def param_groups(model: nn.Module, weight_decay: float):
-    """Weight decay on >= 2-D weights (matrices, embeddings) only, as LlamaGen."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on >= 2-D weights (matrices, convolutions, embeddings) as LlamaGen,
+    except the parameters the module names in `no_weight_decay()` (the VQ codebook); none elsewhere."""
+    exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and name not in exempt else rest).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def lr_lambda(cfg: TrainConfig):
-    return lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.schedule == "cosine")
+def adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
 
 
 def grad_norm(model: nn.Module, clip: float) -> torch.Tensor:
@@ -63,215 +67,257 @@ def grad_norm(model: nn.Module, clip: float) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
 
-# ---- the run ---------------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of a network: a shadow copy, never trained, sharded like the
+    network under FSDP. Parameters are averaged (in the shadow's dtype), buffers copied.
+    warmup: decay min(decay, (1 + step) / (10 + step)), so that a short run's average is not
+    dominated by the random initialisation (the tokenizer's choice; the stages average plainly)."""
 
-def saved_run(out_dir: str | Path) -> dict[str, Any]:
-    """What a stage run was started with, as `train` keyword arguments: `train --resume` reads every
-    setting it is not given from here (config.json and the run's copy of the coarse map)."""
-    out = Path(out_dir)
-    meta = read_run_config(out, "gpt")  # format, version and kind checked
-    cm = out / "coarse_map.safetensors"
-    return {"stage": meta["stage"], "model_cfg": from_dict(GPTConfig, meta["gpt"]),
-            "cfg": saved_settings(TrainConfig, meta.get("train"), f"{out}/config.json"),
-            "codes_dir": meta["codes"]["dir"], "coarse_map": cm if cm.exists() else None,
-            "heldout_dir": meta.get("heldout"), "restricted": bool(meta.get("restricted"))}
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup = decay, warmup
+        self.module = copy.deepcopy(model).eval()  # wrapped like the model by `fit`
+        self.module.requires_grad_(False)
 
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+        ema_update(self.module.parameters(), model.parameters(), d)
+        for mine, theirs in zip(self.module.buffers(), model.buffers()):
+            mine.copy_(theirs)
 
-def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | Path, out_dir: str | Path,
-          coarse_map: str | Path | None = None, heldout_dir: str | Path | None = None,
-          restricted: bool = False, resume: bool = False, progress: bool = True,
-          device: str | None = None, stop_at: int | None = None) -> dict[str, Any]:
-    """Train one stage. Writes out_dir/{config.json, model.safetensors, state.pt, metrics.jsonl, tb/}.
-
-    stop_at: end this call after that step (checkpoint written); `resume=True` continues the same
-    schedule, refusing any setting that differs from the run's (a larger cfg.steps extends the run).
-    Returns a summary dict (final loss/accuracy, held-out token metrics, wall time)."""
-    spec = stage_spec(stage)
-    cfg.validate()
-    info = distributed.setup(device)
-    out = Path(out_dir)
-    store = open_code_store(codes_dir)  # extract-codes dir or a sharded ten-crop one
-    cmap = CoarseMap.load(coarse_map) if coarse_map else None
-    batches = StageBatches(store, stage, cmap)
-    heldout = StageBatches(open_code_store(heldout_dir), stage, cmap) if heldout_dir else None
-    if restricted and not spec.restricted_head:
-        raise UserError("the cluster-restricted head applies to the fine stage only")
-    if cfg.cluster_loss_weight > 0 and not spec.cluster_loss:
-        raise UserError(f"--cluster-loss-weight (IAR) applies to the baseline stage only, not to {stage}; drop it")
-    if cfg.cluster_loss_weight > 0 and cmap is None:
-        raise UserError("--cluster-loss-weight needs --coarse-map: the clusters of its cluster-level loss")
-    members = cmap.members.to(info.device) if restricted else None
-    cluster = ClusterLoss.from_map(cmap, cfg.cluster_loss_weight, info.device) if cfg.cluster_loss_weight else None
-    micro = cfg.batch_size // (info.world_size * cfg.grad_accum)
-    if micro * info.world_size * cfg.grad_accum != cfg.batch_size:
-        raise UserError(f"global batch {cfg.batch_size} must be divisible by world size {info.world_size} x "
-                        f"grad accumulation {cfg.grad_accum}")
-
-    run_meta = {"kind": "gpt", "stage": stage, "gpt": to_dict(model_cfg), "train": to_dict(cfg),
-                "codes": {"dir": str(Path(codes_dir).resolve()), **store.meta}, "restricted": restricted,
-                "coarse_map": cmap.stats() | {"fingerprint": cmap.fingerprint, "method": cmap.method} if cmap else None,
-                "tokenizer": tokenizer_ref(store.meta.get("tokenizer_fingerprint"),
-                                           store_tokenizer_dir(store.meta, codes_dir), out)}
-    run_meta["heldout"] = str(Path(heldout_dir).resolve()) if heldout_dir else None
-    with lock_run(out, info.is_main):  # one process per run dir, from the first check to the last write
-        st = _check_run_dir(out, run_meta, cfg, cmap, resume)
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_run_config(out, "gpt", run_meta)
-            if cmap is not None and not _same_file(coarse_map, out / "coarse_map.safetensors"):
-                shutil.copyfile(Path(coarse_map) if Path(coarse_map).is_file() else Path(coarse_map) / "coarse_map.safetensors",
-                                out / "coarse_map.safetensors")
-        return _fit(spec.name, model_cfg, cfg, batches, heldout, out, st, info, micro, members, cluster, progress,
-                    stop_at)
+    @torch.no_grad()
+    def copy_rows(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Restart rows of one parameter (an average of an old and a replaced codeword is meaningless)."""
+        self.module.get_parameter(name)[rows] = values.to(self.module.get_parameter(name).dtype)
 
 
-def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: CoarseMap | None,
-                   resume: bool) -> dict[str, Any] | None:
-    """Refuse a fresh start over a run, or a resume that changes it; -> the train state to resume.
-    Adds run_meta["history"]: the run's --steps extensions, this one included."""
-    if (out / "state.pt").exists() and not resume:
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if not resume:
-        return None
-    old = read_run_config(out, "gpt")
-    if old.get("stage") != run_meta["stage"] or old.get("gpt") != run_meta["gpt"]:
-        raise UserError(f"{out} holds a {old.get('stage')} run with another model config; "
-                        "resume with the same stage/preset or choose another --out")
-    if bool(old.get("restricted")) != run_meta["restricted"]:
-        raise UserError(f"--head: the run has {'restricted' if old.get('restricted') else 'full'}; resume with it")
-    copy = out / "coarse_map.safetensors"  # the run's copy of its map, compared code by code
-    same = (not copy.exists() if cmap is None
-            else copy.exists() and torch.equal(CoarseMap.load(copy).phi, cmap.phi))
-    if not same:
-        raise UserError(f"--coarse-map: not the map the run was trained with ({copy if copy.exists() else 'none'}); "
-                        "leave --coarse-map out to use the run's own")
-    st = load_train_state(out / "state.pt")
-    ext = check_resume(saved_settings(TrainConfig, old.get("train"), f"{out}/config.json"), cfg, st["step"],
-                       f"{out}/config.json")
-    run_meta["history"] = old.get("history", []) + ([ext] if ext else [])
-    if ext and distributed.rank() == 0:
-        print(f"extending {out} from {ext['steps_from']} to {ext['steps_to']} steps (at step {ext['at_step']}); "
-              "recorded in config.json \"history\"", flush=True)
-    return st
+@dataclass
+class Part:
+    """One trained network of a task.
+
+    net: the plain module (wrapped for DDP/FSDP by `fit`); lr(step) -> learning rate of 0-based step;
+    loss(micro_batch, shared) -> (scalar loss to minimise, metrics to log): `shared` is one dict per
+    micro-batch ({"step": 0-based step} to start with), passed to every part in order (the tokenizer's
+    generator leaves its reconstruction there for the discriminator); active(step): whether the part trains at that step."""
+
+    name: str
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    lr: Callable[[int], float]
+    loss: Callable[[Any, dict], tuple[torch.Tensor, Metrics]]
+    clip: float = 1.0
+    active: Callable[[int], bool] = lambda step: True
+    wrapped: nn.Module | None = None  # set by fit
 
 
-def _same_file(a: str | Path, b: Path) -> bool:
-    return b.exists() and Path(a).resolve() == b.resolve()
+@dataclass
+class Task:
+    """What `fit` trains. parts[0] is the released network ("model"); batches(step) -> this rank's
+    micro-batches of global step `step`; after_step(step) -> extra metrics (runs after the optimizer
+    steps, before the EMA); evaluate(net) -> held-out metrics every eval_every steps; describe(rec)
+    -> extra fields derived from a step's record (e.g. PSNR from the MSE)."""
+
+    name: str
+    parts: list[Part]
+    batches: Callable[[int], list[Any]]
+    steps: int
+    seed: int
+    dtype: torch.dtype = torch.float32
+    ema: EMA | None = None
+    after_step: Callable[[int], dict[str, float]] | None = None
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    eval_every: int = 0
+    describe: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    log_every: int = 50
+    ckpt_every: int = 500
+    fsdp: bool = False
+    tensorboard: bool = True
+    sharded: bool = False  # set by fit: FSDP, so that evaluations must run on every rank
+
+    @property
+    def model(self) -> Part:
+        return self.parts[0]
+
+    def release_net(self) -> nn.Module:
+        """The network evaluations and the release weights use: the EMA when on, else the model."""
+        return self.ema.module if self.ema is not None else unwrap(self.model.wrapped or self.model.net)
 
 
-def _fit(stage, model_cfg, cfg, batches, heldout, out, st, info, micro, members, cluster, progress, stop_at):
-    """The optimisation loop of `train`, under the run lock (st: the train state to resume, or None)."""
-    seed_everything(cfg.seed)
-    model = Transformer(model_cfg).to(info.device)
-    ema = Transformer(model_cfg).to(info.device).eval() if cfg.ema_decay > 0 else None
-    if ema is not None:
-        ema.load_state_dict(model.state_dict())
-        ema.requires_grad_(False)
-    if st is not None:  # full tensors go into the plain modules, before any wrapping or sharding
-        model.load_state_dict(st["model"])
-        if ema is not None:
-            ema.load_state_dict(st["ema"])
-    dtype = resolve_dtype(cfg.precision, info.device)
-    wrapped = wrap_model(model, info, fsdp=cfg.fsdp)
-    ema = wrap_shadow(ema, info, fsdp=cfg.fsdp) if ema is not None else None
-    sharded = is_sharded(wrapped)  # then every forward is a collective: evaluations run on all ranks
-    opt = torch.optim.AdamW(param_groups(wrapped, cfg.weight_decay), lr=cfg.scaled_lr,
-                            betas=(cfg.beta1, cfg.beta2))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    step = 0
+# ---- train state -----------------------------------------------------------------------------------
+
+
+def restore(task: Task, st: dict[str, Any]) -> int:
+    """Load a train state into the task's plain modules (call before `fit` wraps them); -> its step.
+    States written before the loop was one (a "scheduler" or no "parts") load too: the learning rate
+    is a function of the step."""
+    nets = {task.model.name: st["model"], **{k: v["model"] for k, v in st.get("parts", {}).items()}}
+    for part in task.parts:
+        if part.name not in nets:
+            raise KeyError(part.name)
+        part.net.load_state_dict(nets[part.name])
+    if task.ema is not None and st.get("ema"):
+        task.ema.module.load_state_dict(st["ema"])
+    if st.get("rng") is not None:
+        set_rng_state(st["rng"])
+    return int(st["step"])
+
+
+def _restore_optimizers(task: Task, st: dict[str, Any]) -> None:
+    opts = {task.model.name: st["optimizer"], **{k: v["optimizer"] for k, v in st.get("parts", {}).items()}}
+    for part in task.parts:
+        load_optim_state(part.wrapped, part.opt, opts[part.name])
+
+
+def _save(task: Task, out: Path, step: int, info) -> None:
+    """Atomic checkpoint of full tensors (any world size can resume it) and the release weights (the
+    EMA when on). Under FSDP the gathers are collectives: every rank calls this."""
+    states = {p.name: (full_model_state(p.wrapped), full_optim_state(p.wrapped, p.opt)) for p in task.parts}
+    ema_sd = full_model_state(task.ema.module) if task.ema is not None else None
+    if info.is_main:
+        main = task.model.name
+        state = {"step": step, "model": states[main][0], "optimizer": states[main][1], "ema": ema_sd,
+                 "rng": rng_state(),
+                 "parts": {k: {"model": m, "optimizer": o} for k, (m, o) in states.items() if k != main}}
+        save_train_state(out / "state.pt", state)
+        save_run_weights(out, ema_sd if ema_sd is not None else states[main][0])
+    distributed.barrier()
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+
+
+def fit(task: Task, out: Path, info, start: int = 0, st: dict[str, Any] | None = None, stop_at: int | None = None,
+        time_budget_s: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train `task` from step `start` (its state `st` already restored into the plain modules when
+    resuming) to task.steps, or to `stop_at` / the time budget (a checkpoint is written either way).
+    Returns the last step's record with "wall_s", "steps_this_run" and "step"."""
+    for part in task.parts:
+        part.wrapped = wrap_model(part.net, info, fsdp=task.fsdp)
+    if task.ema is not None:
+        task.ema.module = wrap_shadow(task.ema.module, info, fsdp=task.fsdp)
     if st is not None:
-        load_optim_state(wrapped, opt, st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        step = st["step"]
-    last_ckpt = step
-
-    writer = _tb_writer(out / "tb") if info.is_main else None
-    log = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=info.is_main)
-    bar = _progress(cfg.steps, step, progress and info.is_main, stage)
-    t0, steps_done, summary = time.time(), 0, {}
-    wrapped.train()
+        _restore_optimizers(task, st)
+    task.sharded = sharded = is_sharded(task.model.wrapped)  # every forward is then a collective
+    writer = _tb_writer(out / "tb") if info.is_main and task.tensorboard else None
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start, enabled=info.is_main)
+    tty = progress and info.is_main and sys.stderr.isatty()
+    bar = _progress(task.steps, start, tty, task.name)
+    end = task.steps if stop_at is None else min(stop_at, task.steps)
+    step = last_ckpt = start
+    t0, rec = time.monotonic(), {}
+    for part in task.parts:
+        part.wrapped.train()
     try:
-        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        while step < end:
-            gidx = global_batch_indices(step, len(batches), cfg.batch_size, cfg.seed)
-            ridx = gidx[info.rank * micro * cfg.grad_accum:(info.rank + 1) * micro * cfg.grad_accum]
-            loss_sum = acc_sum = 0.0
-            for m in range(cfg.grad_accum):
-                # dropout seed per global micro-batch (its slice of the global batch), not per (rank,
-                # micro-step): N ranks x A micro-steps then equal 1 rank x N*A micro-steps exactly
-                torch.manual_seed(step_seed(cfg.seed, step, info.rank * cfg.grad_accum + m))
-                tokens, cond, targets = batches.get(ridx[m * micro:(m + 1) * micro], info.device)
-                with no_sync(wrapped, skip=m < cfg.grad_accum - 1), autocast(info.device, dtype):
-                    loss, acc = stage_loss(wrapped, stage, tokens, cond, targets, members, cluster)
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
-                acc_sum += acc.item() / cfg.grad_accum
-            # the loss is averaged over ranks and the gradients are all-reduced: every rank sees the
-            # same numbers, so every rank stops at the same step
-            loss_g = distributed.all_reduce_mean(torch.tensor([loss_sum, acc_sum], device=info.device)).tolist()
-            gnorm = grad_norm_value(grad_norm(wrapped, cfg.grad_clip))
-            check_finite(step + 1, {"loss": loss_g[0], "gradient norm": gnorm}, last_ckpt)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            if ema is not None:
-                ema_update(ema.parameters(), unwrap(wrapped).parameters(), cfg.ema_decay)
-            step += 1
-            steps_done += 1
-            rec = {"step": step, "loss": loss_g[0], "acc": loss_g[1], "lr": sched.get_last_lr()[0],
-                   "grad_norm": gnorm}
-            log.write(rec)
-            if info.is_main:
-                if step % cfg.log_every == 0 or step == cfg.steps:
+        with _deferred_interrupt(enabled=not info.enabled) as interrupted:
+            while step < end:
+                rec = {"step": step + 1, "lr": task.model.lr(step)}
+                micro = task.batches(step)
+                shared = [{"step": step} for _ in micro]
+                for part in task.parts:
+                    if part.active(step):
+                        rec |= _train_part(task, part, micro, shared, step, info, last_ckpt)
+                if task.after_step is not None:
+                    rec |= task.after_step(step)
+                if task.ema is not None:
+                    task.ema.update(unwrap(task.model.wrapped), step)
+                step += 1
+                if task.describe is not None:
+                    rec |= task.describe(rec)
+                log.write(rec)
+                if info.is_main and (step % task.log_every == 0 or step == end):
                     log.flush()
-                    for k in ("loss", "acc", "lr"):
-                        writer.add_scalar(f"train/{k}", rec[k], step) if writer else None
+                    _report(rec, writer, bar if tty else None, progress and not tty, task)
                 bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
-            if heldout is not None and cfg.eval_every and step % cfg.eval_every == 0 and (info.is_main or sharded):
-                ev = evaluate_tokens(ema or unwrap(wrapped), heldout, info.device, members=members)
-                reshard(ema or wrapped)
-                if writer:
-                    writer.add_scalar("heldout/nll", ev["nll"], step)
-                    writer.add_scalar("heldout/acc", ev["acc"], step)
-                log.write({"step": step, "heldout": ev})
-            if step % cfg.ckpt_every == 0 or step == end:
-                log.sync()  # the log covers at least what the checkpoint covers
-                _save(out, wrapped, ema, opt, sched, step, info)
-                last_ckpt = step
-            summary = rec
-    except KeyboardInterrupt:
-        log.sync()
-        _save(out, wrapped, ema, opt, sched, step, info)
-        raise
+                if task.evaluate and task.eval_every and step % task.eval_every == 0 and (info.is_main or sharded):
+                    ev = task.evaluate(task.release_net())
+                    reshard(task.release_net())
+                    for k, v in ev.items():
+                        writer.add_scalar(f"heldout/{k}", v, step) if writer else None
+                    log.write({"step": step, "heldout": ev})
+                stop = step == end or interrupted() or (time_budget_s is not None
+                                                        and time.monotonic() - t0 > time_budget_s)
+                if step % task.ckpt_every == 0 or stop:
+                    log.sync()  # the log covers at least what the checkpoint covers
+                    _save(task, out, step, info)
+                    last_ckpt = step
+                if interrupted():
+                    raise KeyboardInterrupt
+                if stop:
+                    break
     finally:
         bar.close()
         log.close()
         if writer:
             writer.close()
-    wall = time.time() - t0
-    summary = {**summary, "stage": stage, "params": count_params(model), "wall_s": wall,
-               "steps_this_run": steps_done, "dtype": str(dtype).replace("torch.", ""),
-               "tokens_per_s": steps_done * cfg.batch_size * model_cfg.seq_len / max(wall, 1e-9)}
-    if heldout is not None and (info.is_main or sharded):
-        summary["heldout"] = evaluate_tokens(ema or unwrap(wrapped), heldout, info.device, members=members)
-    if info.is_main:
-        dump_json(summary, out / "summary.json")
-    return summary
+    return {**rec, "step": step, "wall_s": time.monotonic() - t0, "steps_this_run": step - start}
 
 
-def _save(out: Path, wrapped, ema, opt, sched, step: int, info) -> None:
-    """Atomic checkpoint of full tensors (any world size can resume it). Release weights: EMA when
-    enabled, else the raw model. Under FSDP the gathers are collectives: every rank calls this."""
-    model_sd = full_model_state(wrapped)
-    ema_sd = full_model_state(ema) if ema is not None else None
-    optim_sd = full_optim_state(wrapped, opt)
-    if info.is_main:
-        state = {"model": model_sd, "optimizer": optim_sd, "scheduler": sched.state_dict(),
-                 "step": step, "ema": ema_sd}
-        save_train_state(out / "state.pt", state)
-        save_run_weights(out, ema_sd if ema is not None else model_sd)
-    distributed.barrier()
+def _train_part(task: Task, part: Part, micro: list[Any], shared: list[dict], step: int, info,
+                last_ckpt: int) -> dict[str, float]:
+    """One optimizer step of `part` over this rank's micro-batches -> its metrics, averaged over the
+    micro-batches and the ranks (so every rank sees the same numbers and stops at the same step)."""
+    for group in part.opt.param_groups:
+        group["lr"] = part.lr(step)
+    part.opt.zero_grad(set_to_none=True)
+    n = len(micro)
+    total: dict[str, float] = {}
+    for m, batch in enumerate(micro):
+        # dropout seed per global micro-batch (its slice of the global batch), not per (rank, micro-step):
+        # N ranks x A micro-steps then equal 1 rank x N*A micro-steps exactly
+        torch.manual_seed(step_seed(task.seed, step, info.rank * n + m))
+        with no_sync(part.wrapped, skip=m < n - 1), autocast(info.device, task.dtype):
+            loss, metrics = part.loss(batch, shared[m])
+            (loss / n).backward()
+        for k, v in {"loss": loss.detach(), **metrics}.items():
+            total[k] = total.get(k, 0.0) + float(v) / n
+    keys = list(total)
+    reduced = distributed.all_reduce_mean(torch.tensor([total[k] for k in keys], device=info.device)).tolist()
+    gnorm = grad_norm_value(grad_norm(part.wrapped, part.clip))
+    prefix = "" if part is task.model else f"{part.name}_"
+    check_finite(step + 1, {f"{prefix.replace('_', ' ')}loss": reduced[0],
+                            f"{prefix.replace('_', ' ')}gradient norm": gnorm}, last_ckpt)
+    part.opt.step()
+    return {f"{prefix}{k}": v for k, v in zip(keys, reduced)} | {f"{prefix}grad_norm": gnorm}
+
+
+def _report(rec: dict[str, Any], writer, bar, lines: bool, task: Task) -> None:
+    shown = {k: v for k, v in rec.items() if k != "step" and isinstance(v, float) and math.isfinite(v)}
+    if writer:
+        for k, v in shown.items():
+            writer.add_scalar(f"train/{k}", v, rec["step"])
+    brief = {k: f"{v:.4g}" for k, v in shown.items() if k in ("loss", "acc", "psnr", "usage", "disc_loss")}
+    if bar is not None:
+        bar.set_postfix(brief)
+    elif lines:
+        print(f"{task.name} step {rec['step']}/{task.steps} " + " ".join(f"{k} {v}" for k, v in brief.items()),
+              file=sys.stderr, flush=True)
+
+
+class _deferred_interrupt:
+    """Within a single process, a Ctrl-C (SIGINT) lets the current step finish; the loop then writes a
+    checkpoint and raises KeyboardInterrupt. Across processes the interrupt is left as it is (ranks
+    would see it at different steps); the last periodic checkpoint is then what resumes."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.hit = False
+        self.old = None
+
+    def __enter__(self) -> Callable[[], bool]:
+        if self.enabled:
+            self.old = signal.signal(signal.SIGINT, self._on_sigint)
+        return lambda: self.hit
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.hit:  # a second Ctrl-C: the user does not want to wait for the step
+            raise KeyboardInterrupt
+        self.hit = True
+        print("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.old)
 
 
 def _tb_writer(path: Path):
@@ -280,7 +326,7 @@ def _tb_writer(path: Path):
     return SummaryWriter(str(path))
 
 
-def _progress(total: int, initial: int, enabled: bool, stage: str):
+def _progress(total: int, initial: int, enabled: bool, name: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=f"train {stage}", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=name, dynamic_ncols=True)

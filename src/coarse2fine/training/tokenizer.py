@@ -1,7 +1,12 @@
-"""Training loop of the VQ tokenizer (reconstruction + VQ losses), resumable step-exactly.
+"""Training the VQ tokenizer: its `Task` for the one loop (training/loop.py) and its run directory.
+
+Loss (LlamaGen's family, each term a TokenizerTrainConfig field and a flag): L1/L2 reconstruction,
+VQ + commitment (+ entropy), a perceptual loss on EfficientNet-Lite2 features, and a PatchGAN
+discriminator (hinge / vanilla / non-saturating) from `disc_start`, optionally balanced by VQGAN's
+adaptive weight. With the discriminator the task has two parts: "model" (the tokenizer) and "disc".
 
 Run dir: config.json {"kind": "vq", "vq", "data", "train"}, model.safetensors (EMA weights when EMA
-is on), state.pt (model, EMA, optimizer, step, RNG), metrics.jsonl (one line per logged step).
+is on), state.pt (both networks, both optimizers, EMA, RNG, step), metrics.jsonl (one line per step).
 Exact resume: batches, flips and dead-code re-seeds are drawn from generators seeded by (seed,
 step), so the run needs nothing but the step to continue as if never stopped.
 
@@ -14,68 +19,169 @@ from __future__ import annotations
 
 import math
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from coarse2fine import distributed
-from coarse2fine.checkpoint import (load_strict, load_train_state, rng_state, save_run_weights, save_train_state,
-                                    read_run_config, set_rng_state, write_run_config)
-from coarse2fine.config import ConfigError, UserError, VQConfig, from_dict, to_dict, vq_config
+from coarse2fine.checkpoint import load_train_state, read_run_config, write_run_config
+from coarse2fine.config import (TokenizerTrainConfig, UserError, VQConfig, from_dict, to_dict, tokenizer_recipe,
+                                vq_config)
 from coarse2fine.data.preprocess import to_uint8
+from coarse2fine.tokenizer.discriminator import PatchDiscriminator, adaptive_weight, disc_loss, gen_loss
 from coarse2fine.tokenizer.vq import VQModel, codebook_usage
-from coarse2fine.training.common import (MetricsLog, autocast, bf16_native, check_finite, check_resume, ema_update,
-                                         lock_run, saved_settings, seed_everything, warmup_cosine)
+from coarse2fine.precision import resolve_dtype
+from coarse2fine.training.common import check_resume, lock_run, saved_settings, seed_everything, warmup_cosine
+from coarse2fine.training.loop import EMA, Part, Task, adamw, fit, restore
+
+__all__ = ["TokenizerTrainConfig", "tokenizer_recipe", "train_tokenizer", "evaluate_reconstruction", "ImageBatches"]
 
 
-@dataclass
-class TokenizerTrainConfig:
-    """Optimisation settings of a tokenizer run (stored under "train" in config.json)."""
-
-    # defaults tuned for the CPU presets on 32x32 data (LlamaGen's VQ-16 used lr 1e-4, batch 128)
-    steps: int = 1200
-    batch_size: int = 32            # global batch (split across ranks)
-    lr: float = 2e-3
-    warmup_steps: int = 100         # linear warm-up, then cosine decay to lr * min_lr_ratio
-    min_lr_ratio: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.0       # AdamW decay on conv weights only (never on the codebook)
-    grad_clip: float = 1.0
-    recon_loss: str = "l2"          # "l1" or "l2" on [-1, 1] pixels
-    ema: bool = True
-    ema_decay: float = 0.999
-    # bfloat16 autocast for the conv stack (the quantizer stays float32). None = auto: on where bf16
-    # is native (common.bf16_native: 1.4x faster per step on this box's AVX512-BF16), off otherwise
-    bf16: bool | None = None
-    flip: bool = True               # random horizontal flips
-    seed: int = 0
-    reseed_dead: bool = True        # move unused codewords onto recent encoder latents
-    reseed_every: int = 25          # steps between re-seeds
-    reseed_until: float = 0.8       # stop re-seeding after this fraction of `steps` so codes settle
-    reseed_noise: float = 0.01
-    log_every: int = 25
-    ckpt_every: int = 500
-    recipe: str = "custom"          # which tokenizer_recipe the defaults came from (provenance only)
+def tokenizer_lr(tc: TokenizerTrainConfig, lr: float):
+    return lambda step: lr * warmup_cosine(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
 
 
-# Recipes by preset: the fields above are the "cpu" recipe (VQ-tiny/VQ-small on 32 px data: 27 dB test PSNR
-# on the embedded set in 1200 steps); LlamaGen's VQ-16/VQ-8 recipe: batch 128, lr 1e-4 constant, wd 0.05.
-TOKENIZER_RECIPES: dict[str, dict[str, Any]] = {
-    "cpu": {},
-    "llamagen": dict(batch_size=128, lr=1e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.05),
-}
+def psnr_from_mse(mse_pm1: float) -> float:
+    """PSNR (dB) from an MSE measured on [-1, 1] pixels (peak-to-peak 2)."""
+    return 10 * math.log10(4.0 / max(mse_pm1, 1e-12))
 
 
-def tokenizer_recipe(preset: str) -> dict[str, Any]:
-    """TokenizerTrainConfig fields of the preset's recipe, "recipe" naming it (flags given override them)."""
-    name = "llamagen" if preset in ("VQ-16", "VQ-8") else "cpu"
-    return {**TOKENIZER_RECIPES[name], "recipe": name}
+def _resolve(vq_cfg: VQConfig | dict | str, train: TokenizerTrainConfig | dict | None,
+             overrides: dict[str, Any]) -> tuple[VQConfig, TokenizerTrainConfig]:
+    if isinstance(vq_cfg, str):
+        vq_cfg = vq_config(vq_cfg)
+    elif isinstance(vq_cfg, dict):
+        vq_cfg = from_dict(VQConfig, vq_cfg)
+    base = to_dict(train) if isinstance(train, TokenizerTrainConfig) else dict(train or {})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    tc = from_dict(TokenizerTrainConfig, base)
+    tc.validate()
+    return vq_cfg, tc
+
+
+def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
+                    train: TokenizerTrainConfig | dict | None = None, *, steps: int | None = None,
+                    resume: bool = False, data_info: dict | None = None, time_budget_s: float | None = None,
+                    stop_at_step: int | None = None, progress: bool = True, device: str | None = None,
+                    **train_overrides) -> Path:
+    """Train (or resume) a VQ tokenizer on `dataset` (ImageDataset); returns the run dir.
+
+    vq_cfg: VQConfig, its dict, or a preset name. train / train_overrides / steps: TokenizerTrainConfig
+    fields (None = not given). time_budget_s / stop_at_step end this call early (checkpoint written;
+    `resume=True` continues). On resume a setting not given takes the run's value; a given one that
+    differs is refused, except a larger `steps` (an extension, recorded in config.json "history").
+    A NaN/Inf loss or gradient norm stops the run before that step is saved. One process per run dir.
+    """
+    info = distributed.setup(device)
+    out = Path(out_dir)
+    with lock_run(out, info.is_main):
+        vq_cfg, tc, st, history = _plan(vq_cfg, out, train, steps, resume, train_overrides, info)
+        if dataset.resolution != vq_cfg.image_size:
+            raise UserError(f"data resolution {dataset.resolution} != tokenizer image_size {vq_cfg.image_size}")
+        batches = ImageBatches(dataset, tc.batch_size, tc.seed, tc.flip, info.rank, info.world_size)
+        data_info = {"name": getattr(dataset, "name", "?"), "split": getattr(dataset, "split", "?"),
+                     "resolution": dataset.resolution, "size": len(dataset), **(data_info or {})}
+        run_cfg = {"kind": "vq", "vq": to_dict(vq_cfg), "data": data_info, "train": to_dict(tc)}
+        if history:
+            run_cfg["history"] = history
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_run_config(out, "vq", run_cfg)
+        task = tokenizer_task(vq_cfg, tc, batches, info)
+        start = restore(task, st) if st is not None else 0
+        fit(task, out, info, start, st, stop_at=stop_at_step, time_budget_s=time_budget_s, progress=progress)
+    distributed.barrier()
+    return out
+
+
+def _plan(vq_cfg, out: Path, train, steps, resume: bool, overrides: dict, info):
+    """The run's architecture and settings: given ones, or on resume the run's own with the given ones
+    checked against them -> (vq_cfg, tc, train state or None, history)."""
+    vq_cfg, tc = _resolve(vq_cfg, train, {**overrides, "steps": steps})
+    if not resume:
+        if (out / "state.pt").exists():
+            raise UserError(f"{out} already holds a tokenizer run; pass --resume to continue it or pick another --out")
+        return vq_cfg, tc, None, []
+    saved = read_run_config(out, "vq")  # format, version and kind checked
+    saved_vq = from_dict(VQConfig, saved["vq"])
+    if to_dict(vq_cfg) != to_dict(saved_vq):  # both normalised: a JSON list equals the preset's tuple
+        raise UserError(f"--vq-preset: {out} holds a tokenizer of another architecture; leave --vq-preset out "
+                        "to resume it, or start a new --out")
+    saved_tc = saved_settings(TokenizerTrainConfig, saved.get("train"), f"{out}/config.json")
+    asked = to_dict(train) if isinstance(train, TokenizerTrainConfig) else dict(train or {})
+    asked.update({**overrides, "steps": steps})
+    tc = from_dict(TokenizerTrainConfig, {**to_dict(saved_tc), **{k: v for k, v in asked.items() if v is not None}})
+    st = load_train_state(out / "state.pt")
+    ext = check_resume(saved_tc, tc, int(st["step"]), f"{out}/config.json")
+    if ext and info.is_main:
+        print(f"extending {out} from {ext['steps_from']} to {ext['steps_to']} steps (at step {ext['at_step']}); "
+              "recorded in config.json \"history\"", file=sys.stderr, flush=True)
+    return saved_vq, tc, st, saved.get("history", []) + ([ext] if ext else [])
+
+
+def tokenizer_task(vq_cfg: VQConfig, tc: TokenizerTrainConfig, batches: "ImageBatches", info) -> Task:
+    """The tokenizer's Task: part "model" (the VQ autoencoder's loss), and part "disc" (the PatchGAN)
+    when disc_weight > 0. Networks are built from tc.seed, the tokenizer first."""
+    seed_everything(tc.seed)
+    model = VQModel(vq_cfg).to(info.device)
+    disc = (PatchDiscriminator(tc.disc_channels, tc.disc_layers).to(info.device) if tc.disc_weight > 0 else None)
+    percept = None
+    if tc.perceptual_weight > 0:
+        from coarse2fine.tokenizer.perceptual import PerceptualLoss
+
+        percept = PerceptualLoss(vq_cfg.image_size).to(info.device)
+    last_layer = model.decoder.conv_out.weight
+
+    def model_loss(x: torch.Tensor, shared: dict) -> tuple[torch.Tensor, dict]:
+        recon, aux = parts[0].wrapped(x)
+        diff = recon.float() - x
+        rec = diff.abs().mean() if tc.recon_loss == "l1" else diff.pow(2).mean()
+        m = {"rec": rec.detach(), "vq": aux["vq_loss"].detach(), "commit": aux["commit_loss"].detach(),
+             "mse": diff.detach().pow(2).mean(), "perplexity": aux["perplexity"].detach()}
+        nll = tc.recon_weight * rec  # the image terms, which the adaptive weight balances against
+        if percept is not None:
+            p = percept(recon, x)
+            nll = nll + tc.perceptual_weight * p
+            m["perceptual"] = p.detach()
+        loss = nll + aux["vq_loss"] + aux["commit_loss"] + aux.get("entropy_loss", 0.0)
+        if disc is not None and shared["step"] >= tc.disc_start:
+            disc.requires_grad_(False)  # the generator's pass: no gradient into the discriminator
+            g = gen_loss(tc.gen_adv_loss, disc(recon))
+            disc.requires_grad_(True)
+            w = adaptive_weight(nll, g, last_layer) if tc.disc_adaptive else torch.ones(())
+            loss = loss + tc.disc_weight * w * g
+            m |= {"adv": g.detach(), "adv_weight": w}
+        shared["recon"] = recon.detach()
+        return loss, m
+
+    def disc_step_loss(x: torch.Tensor, shared: dict) -> tuple[torch.Tensor, dict]:
+        real, fake = parts[1].wrapped(x), parts[1].wrapped(shared["recon"])
+        return disc_loss(tc.disc_loss, real, fake), {"real": real.detach().float().mean(),
+                                                     "fake": fake.detach().float().mean()}
+
+    parts = [Part("model", model, adamw(model, tc.lr, (tc.beta1, tc.beta2), tc.weight_decay),
+                  tokenizer_lr(tc, tc.lr), model_loss, clip=tc.grad_clip)]
+    if disc is not None:
+        lr = tc.disc_lr or tc.lr
+        parts.append(Part("disc", disc, adamw(disc, lr, (tc.beta1, tc.beta2), tc.weight_decay),
+                          tokenizer_lr(tc, lr), disc_step_loss, clip=tc.grad_clip,
+                          active=lambda step: step >= tc.disc_start))
+    ema = EMA(model, tc.ema_decay, warmup=True) if tc.ema_decay > 0 else None
+
+    def after_step(step: int) -> dict[str, float]:
+        reseeded = 0
+        if tc.reseed_dead and (step + 1) % tc.reseed_every == 0 and step < tc.reseed_until * tc.steps:
+            reseeded = _reseed(model, ema, tc.seed, step, tc.reseed_noise, info.enabled)
+        return {"reseeded": reseeded}
+
+    def describe(rec: dict[str, Any]) -> dict[str, Any]:
+        return {"psnr": round(psnr_from_mse(rec["mse"]), 3), "usage": round(model.quantize.window_usage(), 4)}
+
+    return Task("tokenizer", parts, lambda step: [batches.get(step).to(info.device)], tc.steps, tc.seed,
+                resolve_dtype(tc.precision, info.device), ema=ema, after_step=after_step, describe=describe,
+                log_every=tc.log_every, ckpt_every=tc.ckpt_every, tensorboard=False)
 
 
 def _seed_for(seed: int, purpose: int, i: int) -> int:
@@ -123,197 +229,6 @@ class ImageBatches:
             flips = (torch.rand(self.bs, generator=g) < 0.5)[self.rank * self.per_rank:][:self.per_rank]
             x[flips] = x[flips].flip(-1)
         return x
-
-
-class EMA:
-    """Exponential moving average of parameters (float32 shadow); buffers are copied."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        # short warm-up so the average is not dominated by the random init in short runs
-        d = min(self.decay, (1 + step) / (10 + step))
-        params, sd = dict(model.named_parameters()), model.state_dict()
-        ema_update((self.shadow[k] for k in sd if k in params), (v for k, v in sd.items() if k in params), d)
-        for k, v in sd.items():
-            if k not in params:
-                self.shadow[k].copy_(v)
-
-    def copy_rows(self, key: str, rows: torch.Tensor, values: torch.Tensor) -> None:
-        self.shadow[key][rows] = values.float()
-
-
-def lr_at(step: int, tc: TokenizerTrainConfig) -> float:
-    return tc.lr * warmup_cosine(step, tc.warmup_steps, tc.steps, tc.min_lr_ratio)
-
-
-def psnr_from_mse(mse_pm1: float) -> float:
-    """PSNR (dB) from an MSE measured on [-1, 1] pixels (peak-to-peak 2)."""
-    return 10 * math.log10(4.0 / max(mse_pm1, 1e-12))
-
-
-def _resolve(vq_cfg: VQConfig | dict | str, train: TokenizerTrainConfig | dict | None,
-             overrides: dict[str, Any]) -> tuple[VQConfig, TokenizerTrainConfig]:
-    if isinstance(vq_cfg, str):
-        vq_cfg = vq_config(vq_cfg)
-    elif isinstance(vq_cfg, dict):
-        vq_cfg = from_dict(VQConfig, vq_cfg)
-    base = to_dict(train) if isinstance(train, TokenizerTrainConfig) else dict(train or {})
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    tc = from_dict(TokenizerTrainConfig, base)
-    if tc.recon_loss not in ("l1", "l2"):
-        raise ConfigError(f"recon_loss must be 'l1' or 'l2', got {tc.recon_loss!r}")
-    return vq_cfg, tc
-
-
-def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
-                    train: TokenizerTrainConfig | dict | None = None, *, steps: int | None = None,
-                    resume: bool = False, data_info: dict | None = None, time_budget_s: float | None = None,
-                    stop_at_step: int | None = None, progress: bool = True, device: str | None = None,
-                    **train_overrides) -> Path:
-    """Train (or resume) a VQ tokenizer on `dataset` (ImageDataset); returns the run dir.
-
-    vq_cfg: VQConfig, its dict, or a preset name. train / train_overrides / steps: TokenizerTrainConfig
-    fields (None = not given). time_budget_s / stop_at_step end this call early (checkpoint written;
-    `resume=True` continues). On resume a setting not given takes the run's value; a given one that
-    differs is refused, except a larger `steps` (an extension, recorded in config.json "history").
-    A NaN/Inf loss or gradient norm stops the run before that step is saved. One process per run dir.
-    """
-    info = distributed.setup(device)
-    with lock_run(out_dir, info.is_main):
-        return _train_tokenizer(vq_cfg, out_dir, dataset, train, steps, resume, data_info, time_budget_s,
-                                stop_at_step, progress, info, train_overrides)
-
-
-def _train_tokenizer(vq_cfg, out_dir, dataset, train, steps, resume, data_info, time_budget_s, stop_at_step,
-                     progress, info, train_overrides) -> Path:
-    out = Path(out_dir)
-    vq_cfg, tc = _resolve(vq_cfg, train, {**train_overrides, "steps": steps})
-    st, history = None, []
-    if resume:
-        saved = read_run_config(out, "vq")  # format, version and kind checked
-        saved_vq = from_dict(VQConfig, saved["vq"])
-        if to_dict(vq_cfg) != to_dict(saved_vq):  # both normalised: a JSON list equals the preset's tuple
-            raise UserError(f"--vq-preset: {out} holds a tokenizer of another architecture; leave --vq-preset out "
-                            "to resume it, or start a new --out")
-        saved_tc = saved_settings(TokenizerTrainConfig, saved.get("train"), f"{out}/config.json")
-        asked = to_dict(train) if isinstance(train, TokenizerTrainConfig) else dict(train or {})
-        asked.update({**train_overrides, "steps": steps})
-        tc = from_dict(TokenizerTrainConfig, {**to_dict(saved_tc), **{k: v for k, v in asked.items() if v is not None}})
-        st = load_train_state(out / "state.pt")
-        ext = check_resume(saved_tc, tc, int(st["step"]), f"{out}/config.json")
-        history = saved.get("history", []) + ([ext] if ext else [])
-        vq_cfg = saved_vq
-        if ext and info.is_main:
-            print(f"extending {out} from {ext['steps_from']} to {ext['steps_to']} steps (at step {ext['at_step']}); "
-                  "recorded in config.json \"history\"", file=sys.stderr, flush=True)
-    elif (out / "state.pt").exists():
-        raise UserError(f"{out} already holds a tokenizer run; pass --resume to continue it or pick another --out")
-    if tc.bf16 is None:
-        tc.bf16 = bf16_native(info.device.type)
-    if dataset.resolution != vq_cfg.image_size:
-        raise UserError(f"data resolution {dataset.resolution} != tokenizer image_size {vq_cfg.image_size}")
-
-    seed_everything(tc.seed)
-    model = VQModel(vq_cfg).to(info.device)
-    ema = EMA(model, tc.ema_decay) if tc.ema else None
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and not name.startswith("quantize.") else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=(tc.beta1, tc.beta2))
-    start = 0
-    if st is not None:
-        load_strict(model, st["model"], f"{out}/state.pt")
-        opt.load_state_dict(st["optimizer"])
-        if ema is not None:
-            ema.shadow = {k: v.float() for k, v in st["ema"].items()}
-        set_rng_state(st["rng"])
-        start = int(st["step"])
-    net = torch.nn.parallel.DistributedDataParallel(model) if info.enabled else model
-    batches = ImageBatches(dataset, tc.batch_size, tc.seed, tc.flip, info.rank, info.world_size)
-    data_info = {"name": getattr(dataset, "name", "?"), "split": getattr(dataset, "split", "?"),
-                 "resolution": dataset.resolution, "size": len(dataset), **(data_info or {})}
-    run_cfg = {"kind": "vq", "vq": to_dict(vq_cfg), "data": data_info, "train": to_dict(tc)}
-    if history:
-        run_cfg["history"] = history
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_run_config(out, "vq", run_cfg)
-    log = MetricsLog(out / "metrics.jsonl", resume_step=start, enabled=info.is_main)
-
-    def checkpoint(step: int) -> None:
-        if not info.is_main:
-            return
-        save_train_state(out / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                            "ema": ema.shadow if ema else {}, "step": step, "rng": rng_state()})
-        save_run_weights(out, ema.shadow if ema else model)
-
-    tty = progress and info.is_main and sys.stderr.isatty()
-    bar = tqdm(total=tc.steps, initial=start, disable=not tty, desc="tokenizer", dynamic_ncols=True)
-    t0, end = time.monotonic(), min(tc.steps, stop_at_step or tc.steps)
-    step = last_ckpt = start
-    model.train()
-    try:
-        while step < end:
-            x = batches.get(step).to(info.device)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, tc)
-            with autocast(info.device, torch.bfloat16 if tc.bf16 else torch.float32):
-                recon, aux = net(x)
-            diff = recon.float() - x
-            rec = diff.abs().mean() if tc.recon_loss == "l1" else diff.pow(2).mean()
-            loss = rec + aux["vq_loss"] + aux["commit_loss"] + aux.get("entropy_loss", 0.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            else:
-                gnorm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-            # one sync per step; averaged over ranks, so a NaN on any rank stops every rank at this step
-            loss_now, gn = distributed.all_reduce_mean(torch.stack([loss.detach().float(), gnorm.float()])).tolist()
-            check_finite(step + 1, {"loss": loss_now, "gradient norm": gn}, last_ckpt)
-            opt.step()
-            reseeded = 0
-            if tc.reseed_dead and (step + 1) % tc.reseed_every == 0 and step < tc.reseed_until * tc.steps:
-                reseeded = _reseed(model, ema, tc.seed, step, tc.reseed_noise, info.enabled)
-            if ema is not None:
-                ema.update(model, step)
-            step += 1
-            if step % tc.log_every == 0 or step == end:
-                # averaged over ranks: the numbers describe the global batch
-                mse, lossv, recv = distributed.all_reduce_mean(
-                    torch.stack([diff.detach().pow(2).mean(), loss.detach(), rec.detach()])).tolist()
-                row = {"step": step, "loss": lossv, "rec": recv, "vq": aux["vq_loss"].item(),
-                       "commit": aux["commit_loss"].item(), "psnr": round(psnr_from_mse(mse), 3),
-                       "usage": round(model.quantize.window_usage(), 4), "perplexity": aux["perplexity"].item(),
-                       "reseeded": reseeded, "lr": lr_at(step - 1, tc)}
-                if info.is_main:
-                    log.write(row)
-                    log.flush()
-                    if tty:
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.2f}", usage=f"{row['usage']:.1%}")
-                    elif progress:
-                        print(f"step {step}/{tc.steps} loss {row['loss']:.4f} psnr {row['psnr']:.2f} "
-                              f"usage {row['usage']:.1%}", file=sys.stderr, flush=True)
-            bar.update(1)
-            if step % tc.ckpt_every == 0 and step < end:
-                log.sync()  # the log covers at least what the checkpoint covers
-                checkpoint(step)
-                last_ckpt = step
-            if time_budget_s is not None and time.monotonic() - t0 > time_budget_s:
-                break
-        log.sync()
-        checkpoint(step)
-    finally:
-        bar.close()
-        log.close()
-    distributed.barrier()
-    return out
 
 
 def _reseed(model: VQModel, ema: EMA | None, seed: int, step: int, noise: float, dist_on: bool) -> int:
