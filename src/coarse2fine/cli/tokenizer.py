@@ -12,6 +12,9 @@ from coarse2fine.config import (DISC_LOSSES, GEN_LOSSES, VQ_PRESETS, TokenizerTr
                                 tokenizer_recipe)
 
 
+MAX_CODEBOOK = 16384
+
+
 def _ema_decay(s: str) -> float:
     v = nonneg_float(s)
     if v >= 1:
@@ -47,11 +50,11 @@ _TOKENIZER_FLAGS = {
 
 
 def _recipe_defaults(field: str) -> str:
-    """"default X" for the CPU presets and LlamaGen's value for VQ-16/VQ-8 where it differs."""
-    cpu = TokenizerTrainConfig(**tokenizer_recipe("VQ-tiny"))
-    big = TokenizerTrainConfig(**tokenizer_recipe("VQ-16"))
-    a, b = getattr(cpu, field), getattr(big, field)
-    return f"default {a}" if a == b else f"default {a}; VQ-16/VQ-8: {b}"
+    """"default X" of VQ-tiny/VQ-small, and the 64 px and LlamaGen presets' values where they differ."""
+    values = {who: getattr(TokenizerTrainConfig(**tokenizer_recipe(preset)), field)
+              for who, preset in (("VQ-tiny/VQ-small", "VQ-tiny"), ("VQ-64-f8/f4", "VQ-64-f8"), ("VQ-16/VQ-8", "VQ-16"))}
+    first = values.pop("VQ-tiny/VQ-small")
+    return "; ".join([f"default {first}"] + [f"{who}: {v}" for who, v in values.items() if v != first])
 
 
 def register(sub) -> None:
@@ -61,6 +64,8 @@ def register(sub) -> None:
     _data_args(p, default_split=None)
     p.add_argument("--vq-preset", choices=sorted(VQ_PRESETS),
                    help="tokenizer architecture (default VQ-tiny: 32x32 -> 8x8 codes, K=4096)")
+    p.add_argument("--codebook-size", type=positive_int,
+                   help="codebook entries K of a new tokenizer (default: the preset's, 4096 on the CPU presets)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     for field, (typ, what) in _TOKENIZER_FLAGS.items():
         kw = {"choices": typ} if isinstance(typ, tuple) else (
@@ -138,7 +143,10 @@ def cmd_train(args) -> int:
 
     out = Path(args.out)
     check_out_path(out)
-    vq_cfg = vq_config(args.vq_preset or "VQ-tiny")
+    if args.codebook_size is not None and not 2 <= args.codebook_size <= MAX_CODEBOOK:
+        raise UserError(f"--codebook-size {args.codebook_size}: choose 2 to {MAX_CODEBOOK} (LlamaGen's largest)")
+    vq_cfg = vq_config(args.vq_preset or "VQ-tiny",
+                       **({"codebook_size": args.codebook_size} if args.codebook_size else {}))
     if args.resume:
         saved = read_run_config(out, "vq")
         d = saved.get("data", {})
@@ -147,8 +155,9 @@ def cmd_train(args) -> int:
             if getattr(args, flag) is not None and getattr(args, flag) != d.get(key):
                 raise UserError(f"--resume uses the run's data ({key}={d.get(key)!r}); drop --{flag.replace('_', '-')}")
             setattr(args, flag, d.get(key))
-        if args.vq_preset is not None and to_dict(vq_cfg) != to_dict(from_dict(VQConfig, saved["vq"])):
-            raise UserError(f"--resume uses the run's saved architecture, which is not {args.vq_preset}; drop --vq-preset")
+        if (args.vq_preset or args.codebook_size) and to_dict(vq_cfg) != to_dict(from_dict(VQConfig, saved["vq"])):
+            raise UserError("--resume uses the run's saved architecture, which differs from --vq-preset / "
+                            "--codebook-size; drop them")
         vq_cfg = saved["vq"]
     recipe = None
     if not args.resume:  # defaults from the preset's recipe, printed; they are stored in config.json "train"

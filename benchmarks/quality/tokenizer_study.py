@@ -1,0 +1,164 @@
+"""Tokenizer loss study (issue 22): L2 only vs + perceptual vs + perceptual + adversarial, at equal steps.
+
+Each run trains `--preset` (default VQ-64-f8) on emoji64's training split with `train_tokenizer`, then
+scores the 573 held-out test images: PSNR, codebook usage on the test codes, and reconstruction FD
+(reconstructions against their originals on EfficientNet-Lite0 features at 64 px; the perceptual loss
+runs on Lite2, so the scoring network is not the one inside the loss). Every run resumes from its last
+checkpoint; a finished run's score is reused. One process per seed, one thread each:
+
+    S=".venv/bin/python benchmarks/quality/tokenizer_study.py"
+    $S --seeds 0 & $S --seeds 1 &       # train and score every recipe of that seed
+    $S --report                         # table (report.md) and figure (recon.png) from the results
+
+Results: <out>/results_<recipe>_s<seed>.json, report in benchmarks/results/tokenizer_emoji64/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+RECIPES = {  # the loss terms each recipe switches on (everything else: the preset's recipe)
+    "l2": dict(perceptual_weight=0.0, disc_weight=0.0),
+    "l2+perceptual": dict(perceptual_weight=1.0, disc_weight=0.0),
+    "l2+perceptual+gan": dict(perceptual_weight=1.0, disc_weight=0.5),
+}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cpu_model() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    return f"{names[0]} x {len(names)}" if names else platform.machine()
+
+
+def cpu_flags() -> str:
+    flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0] if Path("/proc/cpuinfo").exists() else ""
+    return ",".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in f" {flags} ")
+
+
+def run_one(recipe: str, seed: int, args) -> dict:
+    import torch
+
+    from coarse2fine.checkpoint import load_vq
+    from coarse2fine.config import tokenizer_recipe
+    from coarse2fine.data.registry import build_dataset
+    from coarse2fine.eval.features import EffNetLite0Features, extract_features
+    from coarse2fine.eval.metrics import frechet_distance_from_features
+    from coarse2fine.training.tokenizer import evaluate_reconstruction, train_tokenizer
+
+    res_path = args.out / f"results_{recipe}_s{seed}.json"
+    if res_path.exists():
+        return json.loads(res_path.read_text())
+    run = args.out / f"{recipe}_s{seed}"
+    train_ds = build_dataset("emoji64", 64, "train")
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+    t0 = time.time()
+    done = (run / "state.pt").exists() and torch.load(run / "state.pt", weights_only=True)["step"] >= args.steps
+    if not done:
+        train_tokenizer(args.preset, run, train_ds, tokenizer_recipe(args.preset), steps=args.steps, seed=seed,
+                        precision=args.dtype,
+                        resume=(run / "state.pt").exists(), progress=False, ckpt_every=200, log_every=100,
+                        **RECIPES[recipe])
+    cpu_s = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu0
+    # CPU seconds of this process's training; a resumed run adds what earlier processes spent
+    prior = json.loads((run / "cpu.json").read_text())["train_cpu_s"] if (run / "cpu.json").exists() else 0.0
+    if not done:
+        (run / "cpu.json").write_text(json.dumps({"train_cpu_s": prior + cpu_s}))
+    train_cpu = prior + (cpu_s if not done else 0.0)
+    vq = load_vq(run)
+    test = build_dataset("emoji64", 64, "test")
+    rec = evaluate_reconstruction(vq, test, keep=len(test))
+    ext = EffNetLite0Features(64)
+    f_orig = extract_features(ext, rec["originals"])
+    f_rec = extract_features(ext, rec["recons"])
+    out = {"recipe": recipe, "seed": seed, "preset": args.preset, "steps": args.steps,
+           "train": json.loads((run / "config.json").read_text())["train"],
+           "psnr_test_db": rec["psnr"], "usage_test": rec["usage"], "codes_used_test": rec["codes_used"],
+           "recon_fd_lite0_64": frechet_distance_from_features(f_orig, f_rec), "n_test": rec["n"],
+           "train_cpu_min": train_cpu / 60, "wall_s_this_process": time.time() - t0,
+           "machine": {"cpu": cpu_model(), "flags": cpu_flags(),
+                       "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0), "dtype": args.dtype},
+           "command": f"benchmarks/quality/tokenizer_study.py --seeds {seed} --steps {args.steps}"}
+    np.savez_compressed(run / "recon_test.npz", originals=rec["originals"][:64].numpy(),
+                        recons=rec["recons"][:64].numpy())
+    args.out.mkdir(parents=True, exist_ok=True)
+    res_path.write_text(json.dumps(out, indent=2))
+    print(f"{recipe} seed {seed}: PSNR {out['psnr_test_db']:.2f} dB, recon FD {out['recon_fd_lite0_64']:.1f}, "
+          f"usage {out['usage_test']:.3f}, {out['train_cpu_min']:.1f} CPU-min", flush=True)
+    return out
+
+
+def report(args) -> None:
+    from PIL import Image
+
+    rows = [json.loads(p.read_text()) for p in sorted(args.out.glob("results_*.json"))]
+    dest = args.report_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = ["# Tokenizer losses on emoji64 (issue 22)", "",
+             f"`{rows[0]['command'].split(' --seeds')[0]} --seeds N` per seed, then `--report`. Preset "
+             f"{rows[0]['preset']} (64x64 -> 8x8 codes, K = {rows[0]['train'].get('codebook_size', 4096)}), "
+             f"{rows[0]['steps']} steps, batch {rows[0]['train']['batch_size']}, emoji64 train split (5,145 images); "
+             "scores on the 573 test images. Reconstruction FD: EfficientNet-Lite0 features at 64 px of the "
+             "reconstructions against those of their originals (the perceptual loss uses Lite2, not Lite0). "
+             f"Machine: {rows[0]['machine']['cpu']}, flags {rows[0]['machine']['flags']}, "
+             f"{rows[0]['machine']['dtype']}, one thread per process, two processes side by side.", "",
+             "| recipe | seeds | PSNR dB ↑ | recon FD ↓ | test codebook usage ↑ | train CPU-min |", "|---|---|---|---|---|---|"]
+    for recipe in RECIPES:
+        rs = [r for r in rows if r["recipe"] == recipe]
+        if not rs:
+            continue
+
+        def ms(k, fmt):
+            v = np.array([r[k] for r in rs], dtype=float)
+            return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v.mean():{fmt}}"
+        lines.append(f"| {recipe} | {','.join(str(r['seed']) for r in rs)} | {ms('psnr_test_db', '.2f')} | "
+                     f"{ms('recon_fd_lite0_64', '.1f')} | {ms('usage_test', '.3f')} | {ms('train_cpu_min', '.1f')} |")
+    lines += ["", "± is the sample standard deviation over the seeds. Per run:", ""]
+    lines += [f"- {r['recipe']} seed {r['seed']}: PSNR {r['psnr_test_db']:.2f}, recon FD {r['recon_fd_lite0_64']:.2f}, "
+              f"usage {r['usage_test']:.4f}, {r['train_cpu_min']:.1f} CPU-min" for r in rows]
+    (dest / "report.md").write_text("\n".join(lines) + "\n")
+    # figure: originals, then each recipe's reconstructions (seed 0), 16 test images per row
+    strips = []
+    first = args.out / "l2_s0" / "recon_test.npz"
+    if first.exists():
+        strips.append(np.load(first)["originals"][:16])
+        for recipe in RECIPES:
+            f = args.out / f"{recipe}_s0" / "recon_test.npz"
+            if f.exists():
+                strips.append(np.load(f)["recons"][:16])
+        grid = np.concatenate([np.concatenate(list(s), axis=1) for s in strips], axis=0)
+        Image.fromarray(grid).save(dest / "recon.png")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--preset", default="VQ-64-f8")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "tokenizer_study")
+    ap.add_argument("--report-dir", type=Path, default=ROOT / "benchmarks" / "results" / "tokenizer_emoji64")
+    ap.add_argument("--report", action="store_true", help="only render the table and figure")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for recipe in args.recipes.split(","):
+                run_one(recipe, seed, args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
