@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from coarse2fine.cli import main
-from coarse2fine.apps.demo import DemoPlan, Progress, asset_dir, demo_precision, run_demo
+from coarse2fine.apps.demo import DemoPlan, Progress, demo_precision, run_demo
+from coarse2fine.data.builtin import demo_asset_dir as asset_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

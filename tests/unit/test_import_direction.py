@@ -27,35 +27,76 @@ def _group(path: Path) -> str:
     return path.relative_to(SRC).with_suffix("").parts[0]
 
 
-def _package_parts(path: Path) -> list[str]:
-    rel = path.relative_to(SRC.parent).with_suffix("").parts
+def _package_parts(path: Path, root: Path) -> list[str]:
+    rel = path.relative_to(root).with_suffix("").parts
     return list(rel[:-1])  # the package holding the module (for relative imports)
 
 
-def imported_groups(path: Path):
-    """(group, line) for every coarse2fine import of a file, at any depth: `import coarse2fine.X`,
-    `from coarse2fine.X import ...`, `from coarse2fine import X`, and relative `from .X import` /
-    `from .. import X`."""
+def imported_names(path: Path, root: Path = SRC.parent):
+    """(dotted name parts after coarse2fine, line) for every coarse2fine import of a file, at any depth:
+    `import coarse2fine.X.Y`, `from coarse2fine.X import Y` (-> X, Y: Y may be a module),
+    `from coarse2fine import X`, and relative `from .X import` / `from .. import X`. `root` holds the
+    coarse2fine package."""
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             for a in node.names:
                 parts = a.name.split(".")
                 if parts[0] == "coarse2fine" and len(parts) > 1:
-                    yield parts[1], node.lineno
+                    yield parts[1:], node.lineno
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = _package_parts(path)
+                base = _package_parts(path, root)
                 base = base[:len(base) - (node.level - 1)]
                 parts = base + (node.module.split(".") if node.module else [])
             else:
                 parts = (node.module or "").split(".")
             if not parts or parts[0] != "coarse2fine":
                 continue
-            if len(parts) > 1:
-                yield parts[1], node.lineno
-            else:  # from coarse2fine import X, Y: each name is a module group
-                for a in node.names:
-                    yield a.name, node.lineno
+            for a in node.names:  # each imported name may itself be a module
+                yield parts[1:] + [a.name], node.lineno
+
+
+def imported_groups(path: Path, root: Path = SRC.parent):
+    """(group, line) for every coarse2fine import of a file (see imported_names)."""
+    for parts, line in imported_names(path, root):
+        yield parts[0], line
+
+
+def module_of(parts: list[str], pkg_root: Path) -> str | None:
+    """The longest prefix of `parts` that is a module file under pkg_root (coarse2fine/), dotted."""
+    for n in range(len(parts), 0, -1):
+        base = pkg_root.joinpath(*parts[:n])
+        if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+            return ".".join(parts[:n])
+    return None
+
+
+def cycles_within_groups(pkg_root: Path) -> list[list[str]]:
+    """Import cycles among the modules of one group (package), any import depth: [[a, b, ..., a]]."""
+    graph: dict[str, set[str]] = {}
+    for f in sorted(pkg_root.rglob("*.py")):
+        rel = f.relative_to(pkg_root).with_suffix("").parts
+        name = ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+        if not name:
+            continue
+        deps = {module_of(p, pkg_root) for p, _ in imported_names(f, pkg_root.parent)}
+        graph[name] = {d for d in deps if d and d != name and d.split(".")[0] == name.split(".")[0]
+                       and not name.startswith(d + ".")}  # a package's own __init__ is no cycle
+    found, state = [], {}
+
+    def visit(n: str, stack: list[str]) -> None:
+        state[n] = 1
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                found.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack + [d])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+    return found
 
 
 FILES = sorted(p for p in SRC.rglob("*.py") if p.parent != SRC or p.name != "__init__.py")
@@ -95,11 +136,25 @@ def test_inference_never_imports_the_trainer():
 
 def test_parser_sees_every_import_form(tmp_path):
     """The checker itself: each import form is reported (so a new form cannot slip past it)."""
-    pkg = SRC / "apps"
+    pkg = tmp_path / "coarse2fine" / "apps"
+    pkg.mkdir(parents=True)
     probe = pkg / "_probe_import_forms.py"
     probe.write_text("import coarse2fine.cli\nfrom coarse2fine import cli\nfrom coarse2fine.cli import main\n"
                      "from ..cli import main\nfrom .. import cli\ndef f():\n    import coarse2fine.cli.data\n")
-    try:
-        assert [m for m, _ in imported_groups(probe)] == ["cli"] * 6
-    finally:
-        probe.unlink()
+    assert [m for m, _ in imported_groups(probe, tmp_path)] == ["cli"] * 6
+
+
+def test_no_import_cycle_inside_a_package():
+    assert cycles_within_groups(SRC) == []
+
+
+def test_a_planted_cycle_inside_a_package_is_caught(tmp_path):
+    """The cycle check itself, on a copy of the layout with apps/a.py <-> apps/b.py (one import at
+    function depth, as the old apps/demo.py <-> apps/demo_report.py cycle had)."""
+    pkg = tmp_path / "coarse2fine"
+    (pkg / "apps").mkdir(parents=True)
+    for f in (pkg / "__init__.py", pkg / "apps" / "__init__.py", pkg / "config.py"):
+        f.write_text("")
+    (pkg / "apps" / "a.py").write_text("from coarse2fine.config import x\nfrom coarse2fine.apps.b import g\n")
+    (pkg / "apps" / "b.py").write_text("def g():\n    from coarse2fine.apps import a\n")
+    assert cycles_within_groups(pkg) == [["apps.a", "apps.b", "apps.a"]]

@@ -25,16 +25,9 @@ import torch
 from coarse2fine import distributed
 from coarse2fine.config import TrainConfig, UserError
 from coarse2fine.apps.demo_stages import STAGES
+from coarse2fine.data.builtin import demo_asset_dir
 from coarse2fine.fileio import atomic_write_bytes
 
-
-
-def asset_dir() -> Path:
-    """The demo's shipped networks for the embedded data: tokenizer/ and classifier/ (each
-    config.json + model.safetensors), made by scripts/make_demo_assets.py."""
-    import importlib.resources
-
-    return Path(str(importlib.resources.files("coarse2fine.data") / "assets" / "demo"))
 
 
 @dataclass
@@ -184,7 +177,7 @@ def _prepare_tokenizer(plan: DemoPlan, tok_dir: Path, train_ds, progress: bool) 
                             "--train-tokenizer to train one for this data set")
         tok_dir.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "model.safetensors"):
-            shutil.copyfile(asset_dir() / "tokenizer" / name, tok_dir / name)
+            shutil.copyfile(demo_asset_dir() / "tokenizer" / name, tok_dir / name)
         return "shipped (scripts/make_demo_assets.py)"
     if plan.tokenizer != "train":
         raise UserError(f"tokenizer must be 'shipped' or 'train', got {plan.tokenizer!r}")

@@ -241,7 +241,7 @@ def cmd_train(args) -> int:
     import dataclasses
 
     from coarse2fine.config import train_recipe
-    from coarse2fine.data.tencrop import open_code_store
+    from coarse2fine.data.codes import open_code_store
     from coarse2fine.stages import stage_config, stage_spec
     from coarse2fine.tokenizer.clustering import CoarseMap
     from coarse2fine.training.gpt import saved_run, train
@@ -292,7 +292,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval_tokens(args) -> int:
-    from coarse2fine.data.tencrop import open_code_store
+    from coarse2fine.data.codes import open_code_store
     from coarse2fine.tokenizer.clustering import CoarseMap
     from coarse2fine.checkpoint import check_run_codes, load_run
     from coarse2fine.stages import StageBatches, evaluate_tokens, stage_spec

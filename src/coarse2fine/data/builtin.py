@@ -88,6 +88,12 @@ def load_fashion_mnist(resolution: int, split: str = "train", flip: bool = False
 
 # ---- embedded subset -----------------------------------------------------------------------------
 
+def demo_asset_dir() -> Path:
+    """The demo's shipped networks for the embedded data: tokenizer/ and classifier/ (each
+    config.json + model.safetensors), made by scripts/make_demo_assets.py."""
+    return Path(str(importlib.resources.files("coarse2fine.data") / "assets" / "demo"))
+
+
 def embedded_path() -> Path:
     """Path of the Fashion-MNIST subset shipped inside the package (data/assets/)."""
     return Path(str(importlib.resources.files("coarse2fine.data") / "assets" / EMBEDDED_FILE))

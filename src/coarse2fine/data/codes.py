@@ -156,3 +156,13 @@ class CodeStore(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"CodeStore({str(self.dir)!r}, n={len(self)}, grid={self.meta['grid']}, "
                 f"K={self.meta['codebook_size']}, flip={self.meta['flip']})")
+
+
+def open_code_store(path: str | Path):
+    """CodeStore for an extract-codes directory, ShardedCodeStore for an extract-codes-imagenet one."""
+    p = Path(path)
+    if (p / "index.json").exists() or (p / "plan.json").exists():
+        from coarse2fine.data.tencrop import ShardedCodeStore
+
+        return ShardedCodeStore(p)
+    return CodeStore(p)

@@ -337,13 +337,3 @@ class ShardedCodeStore:
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(self.codes[int(i)].astype(np.int64)), int(self.labels[np.array([i])][0])
-
-
-def open_code_store(path: str | Path):
-    """CodeStore for an extract-codes directory, ShardedCodeStore for an extract-codes-imagenet one."""
-    p = Path(path)
-    if (p / "index.json").exists() or (p / "plan.json").exists():
-        return ShardedCodeStore(p)
-    from coarse2fine.data.codes import CodeStore
-
-    return CodeStore(p)
