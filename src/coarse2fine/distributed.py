@@ -19,6 +19,7 @@ class DistInfo:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    grouped: bool = False  # a process group exists (world_size > 1, or requested under torchrun)
 
     @property
     def is_main(self) -> bool:
@@ -26,13 +27,18 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.grouped
 
 
-def setup(device: str | None = None) -> DistInfo:
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def setup(device: str | None = None, group: bool = False) -> DistInfo:
     """Initialise torch.distributed from torchrun's env vars (RANK, LOCAL_RANK, WORLD_SIZE).
 
     device: "cpu", "cuda" or None (cuda when available). Backend: nccl on CUDA, gloo on CPU.
+    group: create the process group under torchrun even for one process (FSDP needs one to shard over).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -44,9 +50,9 @@ def setup(device: str | None = None) -> DistInfo:
         dev = torch.device("cuda", local)
     else:
         dev = torch.device(device)
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or (group and under_torchrun())) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank=rank, local_rank=local, world_size=world, device=dev)
+    return DistInfo(rank=rank, local_rank=local, world_size=world, device=dev, grouped=dist.is_initialized())
 
 
 def rank() -> int:

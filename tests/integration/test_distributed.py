@@ -220,3 +220,16 @@ def test_tokenizer_two_processes_equal_one(tmp_path):
         r0, r1, r2 = init(x)[0], load_vq(tmp_path / "one")(x)[0], load_vq(tmp_path / "two")(x)[0]
     assert (r1 - r0).abs().max() > 0.5
     torch.testing.assert_close(r2, r1, atol=5e-3, rtol=0)
+
+
+def test_fsdp_shards_under_one_torchrun_process_and_is_refused_without_torchrun(tmp_path, capsys):
+    from coarse2fine.cli import main
+
+    codes = make_store(tmp_path / "codes")
+    r = subprocess.run(torchrun_cmd(*train_flags(codes, tmp_path / "one", 2, 8, fsdp=True), nproc=1), env=run_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["parallel"] == "fsdp"
+    assert main([str(a) for a in train_flags(codes, tmp_path / "plain", 2, 8, fsdp=True)]) == 2
+    err = capsys.readouterr().err
+    assert "--fsdp" in err and "torchrun" in err and len(err.strip().splitlines()) == 1

@@ -66,7 +66,10 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     Returns a summary dict (final loss/accuracy, held-out token metrics, wall time)."""
     spec = stage_spec(stage)
     cfg.validate()
-    info = distributed.setup(device)
+    info = distributed.setup(device, group=cfg.fsdp)
+    if cfg.fsdp and not info.enabled:
+        raise UserError("--fsdp shards the model over a process group, which needs torchrun: `torchrun "
+                        "--nproc_per_node N $(which coarse2fine) train ... --fsdp` (N may be 1), or drop --fsdp")
     out = Path(out_dir)
     store = open_code_store(codes_dir)  # extract-codes dir or a sharded ten-crop one
     cmap = CoarseMap.load(coarse_map) if coarse_map else None
@@ -114,7 +117,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
             ridx = gidx[info.rank * micro * cfg.grad_accum:(info.rank + 1) * micro * cfg.grad_accum]
             return [batches.get(ridx[m * micro:(m + 1) * micro], info.device) for m in range(cfg.grad_accum)]
 
-        part = Part("model", model, adamw(model, cfg.scaled_lr, (cfg.beta1, cfg.beta2), cfg.weight_decay),
+        part = Part("model", model, adamw(cfg.scaled_lr, (cfg.beta1, cfg.beta2), cfg.weight_decay),
                     stage_lr(cfg), loss, clip=cfg.grad_clip)
         task = Task(f"train {spec.name}", [part], micro_batches, cfg.steps, cfg.seed, dtype,
                     ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
@@ -124,6 +127,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
         rec = fit(task, out, info, start, st, stop_at=stop_at, progress=progress)
     summary = {k: rec[k] for k in ("step", "loss", "acc", "lr", "grad_norm") if k in rec}
     summary |= {"stage": spec.name, "params": count_params(model), "wall_s": rec["wall_s"],
+                "parallel": "fsdp" if task.sharded else ("ddp" if info.enabled else "none"),
                 "steps_this_run": rec["steps_this_run"], "dtype": str(dtype).replace("torch.", ""),
                 "tokens_per_s": rec["steps_this_run"] * cfg.batch_size * model_cfg.seq_len / max(rec["wall_s"], 1e-9)}
     if heldout is not None and (info.is_main or task.sharded):

@@ -56,8 +56,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
+def adamw(lr: float, betas: tuple[float, float], weight_decay: float) -> Callable[[nn.Module], torch.optim.AdamW]:
+    """A Part's optimizer factory: AdamW over `param_groups` of the (wrapped) module."""
+    return lambda model: torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
 
 
 def grad_norm(model: nn.Module, clip: float) -> torch.Tensor:
@@ -95,19 +96,21 @@ class EMA:
 class Part:
     """One trained network of a task.
 
-    net: the plain module (wrapped for DDP/FSDP by `fit`); lr(step) -> learning rate of 0-based step;
+    net: the plain module (wrapped for DDP/FSDP by `fit`); optimizer(module) -> its optimizer, built by
+    `fit` after the wrapping (FSDP replaces the parameters); lr(step) -> learning rate of 0-based step;
     loss(micro_batch, shared) -> (scalar loss to minimise, metrics to log): `shared` is one dict per
     micro-batch ({"step": 0-based step} to start with), passed to every part in order (the tokenizer's
     generator leaves its reconstruction there for the discriminator); active(step): whether the part trains at that step."""
 
     name: str
     net: nn.Module
-    opt: torch.optim.Optimizer
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]
     lr: Callable[[int], float]
     loss: Callable[[Any, dict], tuple[torch.Tensor, Metrics]]
     clip: float = 1.0
     active: Callable[[int], bool] = lambda step: True
     wrapped: nn.Module | None = None  # set by fit
+    opt: torch.optim.Optimizer | None = None  # set by fit
 
 
 @dataclass
@@ -193,6 +196,7 @@ def fit(task: Task, out: Path, info, start: int = 0, st: dict[str, Any] | None =
     Returns the last step's record with "wall_s", "steps_this_run" and "step"."""
     for part in task.parts:
         part.wrapped = wrap_model(part.net, info, fsdp=task.fsdp)
+        part.opt = part.optimizer(unwrap(part.wrapped))
     if task.ema is not None:
         task.ema.module = wrap_shadow(task.ema.module, info, fsdp=task.fsdp)
     if st is not None:

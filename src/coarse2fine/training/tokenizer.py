@@ -161,11 +161,11 @@ def tokenizer_task(vq_cfg: VQConfig, tc: TokenizerTrainConfig, batches: "ImageBa
         return disc_loss(tc.disc_loss, real, fake), {"real": real.detach().float().mean(),
                                                      "fake": fake.detach().float().mean()}
 
-    parts = [Part("model", model, adamw(model, tc.lr, (tc.beta1, tc.beta2), tc.weight_decay),
+    parts = [Part("model", model, adamw(tc.lr, (tc.beta1, tc.beta2), tc.weight_decay),
                   tokenizer_lr(tc, tc.lr), model_loss, clip=tc.grad_clip)]
     if disc is not None:
         lr = tc.disc_lr or tc.lr
-        parts.append(Part("disc", disc, adamw(disc, lr, (tc.beta1, tc.beta2), tc.weight_decay),
+        parts.append(Part("disc", disc, adamw(lr, (tc.beta1, tc.beta2), tc.weight_decay),
                           tokenizer_lr(tc, lr), disc_step_loss, clip=tc.grad_clip,
                           active=lambda step: step >= tc.disc_start))
     ema = EMA(model, tc.ema_decay, warmup=True) if tc.ema_decay > 0 else None
