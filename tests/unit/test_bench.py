@@ -51,15 +51,44 @@ def test_naive_costs_more_than_cache_and_bytes_count_weights():
     assert bench.decode_bytes(m.cfg, m, 4, 1, torch.float32) == bench.weight_bytes(m) + 2 * kv_one_step
 
 
-def test_alternate_interleaves_and_times_every_round():
-    calls = []
-    t = bench.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+class FakeClock:
+    """time.perf_counter / process_time stand-in that only moves when a timed function moves it."""
+
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+    def spend(self, s):
+        self.t += s
+
+
+def test_alternate_interleaves_and_times_every_round(monkeypatch):
+    clock, calls = FakeClock(), []
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    monkeypatch.setattr(bench.time, "process_time", clock)
+    fns = {"a": lambda: (calls.append("a"), clock.spend(0.25)), "b": lambda: (calls.append("b"), clock.spend(1.5))}
+    t = bench.alternate(fns, repeats=3, warmup=1)
     assert calls == ["a", "b"] * 4
-    assert len(t.wall["a"]) == len(t.cpu["b"]) == 3 and all(x >= 0 for x in t.wall["a"])
+    # each round's wall and CPU time is exactly the interval its function spent; warm-up rounds are not kept
+    assert t.wall == {"a": [0.25] * 3, "b": [1.5] * 3} and t.cpu == t.wall
 
 
-def test_matmul_peak_and_memory_probe():
-    assert 1e6 < bench.matmul_flops_per_s(torch.float32, size=128, seconds=0.01) < 1e15
+def test_matmul_rate_is_the_flops_of_one_matmul_over_its_best_time(monkeypatch):
+    times = iter([9.0] + [0.5, 0.25, 0.4])  # the warm-up call, then three timed ones
+    seen = []
+
+    def fake_timed(fn, device):
+        seen.append(tuple(fn().shape))
+        return next(times), None
+
+    monkeypatch.setattr(bench, "timed", fake_timed)
+    rate = bench.matmul_flops_per_s(torch.float32, size=64, seconds=1.0)
+    assert seen == [(64, 64)] * 4 and rate == 2 * 64 ** 3 / 0.25  # 2 n^3 multiply-adds, the fastest repeat
+
+
+def test_memory_probe_sees_a_touched_allocation():
     with bench.peak_memory("cpu") as pm:
         x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
         del x
