@@ -123,7 +123,7 @@ def test_tiny_sample_bench_end_to_end(tmp_path):
     assert r["naive"]["wall"]["time_s"] > 0
     out = tmp_path / "s.json"
     rc = main(["bench", "sample", "--preset", "GPT-tiny", "--grid", "4", "--batch-size", "2", "--repeats", "1",
-               "--warmup", "0", "--naive-repeats", "0", "--dtype", "fp32", "--quiet", "--json", str(out),
+               "--untimed-rounds", "0", "--naive-repeats", "0", "--dtype", "fp32", "--quiet", "--json", str(out),
                "--md", str(tmp_path / "s.md")])
     assert rc == 0 and json.loads(out.read_text())[0]["bench"]["preset"] == "GPT-tiny"
     assert "CTF / baseline" in (tmp_path / "s.md").read_text()

@@ -38,7 +38,7 @@ def register(sub) -> None:
     s.add_argument("--codebook-size", type=nonneg_int, default=0, help="K (default: the VQ preset's)")
     s.add_argument("--num-coarse", type=nonneg_int, default=0, help="C coarse labels (default K/32)")
     s.add_argument("--repeats", type=positive_int, default=5, help="timed rounds; the median is reported (default 5)")
-    s.add_argument("--warmup", type=nonneg_int, default=1, help="untimed rounds first (default 1)")
+    s.add_argument("--untimed-rounds", type=nonneg_int, default=1, help="untimed rounds first (default 1)")
     s.add_argument("--naive-repeats", type=nonneg_int, default=1,
                    help="rounds of the no-cache floor vs the KV-cache loop (default 1; 0 skips it)")
     s.add_argument("--no-decode", action="store_true", help="leave the VQ decode out")
@@ -90,7 +90,7 @@ def register(sub) -> None:
                    choices=["tokenizer", "coarse", "fine", "baseline", "iar"],
                    help="what to time (default: all but iar, the baseline with IAR's cluster-level loss)")
     t.add_argument("--repeats", type=positive_int, default=5, help="timed steps per dtype; median reported (default 5)")
-    t.add_argument("--warmup", type=nonneg_int, default=1, help="untimed steps first (default 1)")
+    t.add_argument("--untimed-rounds", type=nonneg_int, default=1, help="untimed steps first (default 1)")
     _common(t)
     t.set_defaults(func=cmd_train)
 
@@ -134,7 +134,7 @@ def cmd_sample(args) -> int:
             sb = SampleBench(preset=preset, fine_preset=args.fine_preset, vq_preset=vq, batch=args.batch_size,
                              grid=args.grid, codebook_size=args.codebook_size, num_coarse=args.num_coarse,
                              dtype=d, weights=args.weights, device=args.device, compile_mode=mode,
-                             repeats=args.repeats, warmup=args.warmup, naive_repeats=args.naive_repeats,
+                             repeats=args.repeats, warmup=args.untimed_rounds, naive_repeats=args.naive_repeats,
                              decode=not args.no_decode, decode_images=args.decode_images,
                              mem_gbps=args.mem_gbps, seed=args.seed)
             print(f"bench sample {preset} {d} ...", file=sys.stderr, flush=True)
@@ -163,7 +163,7 @@ def cmd_train(args) -> int:
     tb = TrainBench(preset=args.preset, vq_preset=args.vq_preset, batch=args.batch_size, grid=args.grid,
                     codebook_size=args.codebook_size, num_coarse=args.num_coarse,
                     dtypes=tuple(args.dtype or ["fp32", "bf16"]), parts=tuple(args.parts), device=args.device,
-                    repeats=args.repeats, warmup=args.warmup, seed=args.seed)
+                    repeats=args.repeats, warmup=args.untimed_rounds, seed=args.seed)
     recs = run_train_bench(tb, _log(args))
     _emit(args, recs, train_table(recs))
     return 0
