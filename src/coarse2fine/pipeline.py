@@ -22,17 +22,13 @@ import torch
 from coarse2fine.config import UserError
 from coarse2fine.data.preprocess import to_uint8
 from coarse2fine.fileio import atomic_write_bytes
-from coarse2fine.sampling import (FINE_DECODINGS, StageSampling, centroid_members, check_fine_decoding, check_labels,
+from coarse2fine.sampling import (BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS,
+                                  StageSampling, centroid_members, check_fine_decoding, check_labels,
                                   generate_ar, generate_fine, random_member)
 from coarse2fine.tokenizer.clustering import CoarseMap
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine.checkpoint import (FORMAT, FORMAT_VERSION, find_run_tokenizer, load_run, load_run_tokenizer, load_weights,
                                     read_run_config, run_fingerprint, save_run, tokenizer_ref, write_run_config)
-
-# Paper defaults (Sec. 5.1): cfg 2.0, temperature 1.1 in both stages, top-k all.
-CTF_COARSE_DEFAULT = StageSampling(temperature=1.1, cfg_scale=2.0)
-CTF_FINE_DEFAULT = StageSampling(temperature=1.1)
-BASELINE_DEFAULT = StageSampling(temperature=1.0, cfg_scale=2.0)
 
 
 @dataclass

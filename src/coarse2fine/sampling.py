@@ -41,6 +41,14 @@ class StageSampling:
         return self.cfg_scale != 1.0
 
 
+# The one definition of the sampling defaults (the CLI, the page, the FID sampler and the benchmarks
+# import these). The paper's (Sec. 5.1): CFG 2.0 in stage 1, temperature 1.1 in both CTF stages, no
+# top-k / top-p, no CFG in stage 2. LlamaGen's for the AR baseline: temperature 1.0, CFG 2.0.
+CTF_COARSE_DEFAULT = StageSampling(temperature=1.1, cfg_scale=2.0)
+CTF_FINE_DEFAULT = StageSampling(temperature=1.1)
+BASELINE_DEFAULT = StageSampling(temperature=1.0, cfg_scale=2.0)
+
+
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """logits [..., V] -> logits with filtered entries at -inf.
 

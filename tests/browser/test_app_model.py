@@ -119,3 +119,19 @@ def test_redraw_with_the_decodings_without_a_stage2_network(explorer, decoding):
     assert torch.equal(again.coarse, res.coarse) and torch.equal(explorer.pipe.cmap.coarse_of(again.codes), res.coarse)
     if decoding == "centroid-member":  # deterministic: the same details every time
         assert torch.equal(again.codes, res.codes)
+
+
+def test_the_page_samples_the_baseline_with_the_library_defaults(explorer):
+    """One set of defaults: the page's knobs start at sampling.py's, and the baseline is drawn at
+    LlamaGen's temperature (1.0), not stage 1's 1.1, exactly as ARPipeline with BASELINE_DEFAULT."""
+    from coarse2fine.pipeline import ARPipeline
+    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
+
+    k = Knobs(class_name="dog", n=2, seed=3)
+    assert k.stage1() == CTF_COARSE_DEFAULT and k.stage2() == CTF_FINE_DEFAULT and k.baseline() == BASELINE_DEFAULT
+    torch.manual_seed(1)
+    base = ARPipeline(explorer.pipe.vq, Transformer(stage_config("GPT-tiny", "baseline", K, C, NCLS,
+                                                                 explorer.pipe.vq.cfg.grid)).eval())
+    page = Explorer(explorer.pipe, base, ["cat", "dog", "owl"]).generate(k)
+    direct = base(torch.tensor([1, 1]), BASELINE_DEFAULT, seed=3)
+    assert np.array_equal(page.baseline, direct.images.numpy())

@@ -20,7 +20,7 @@ import torch
 
 from coarse2fine.config import UserError, load_json
 from coarse2fine.pipeline import ARPipeline, CTFPipeline, decode
-from coarse2fine.sampling import FINE_DECODINGS, StageSampling
+from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS, StageSampling
 
 MAX_IMAGES = 32
 
@@ -29,22 +29,29 @@ Progress = Callable[[float, str], None]
 
 @dataclass
 class Knobs:
-    """What the page asks for. Stage-1 knobs also drive the baseline (same class, seed and filters)."""
+    """What the page asks for. Stage-1 knobs also drive the baseline (same class, seed, CFG and filters); the
+    baseline's temperature is its own. Defaults: sampling.py's."""
 
     class_name: str = ""
     n: int = 4
     seed: int = 0
-    cfg: float = 2.0
-    temperature1: float = 1.1
-    top_k1: int = 0
-    top_p1: float = 1.0
-    temperature2: float = 1.1
-    top_k2: int = 0
+    cfg: float = CTF_COARSE_DEFAULT.cfg_scale
+    temperature1: float = CTF_COARSE_DEFAULT.temperature
+    top_k1: int = CTF_COARSE_DEFAULT.top_k
+    top_p1: float = CTF_COARSE_DEFAULT.top_p
+    temperature2: float = CTF_FINE_DEFAULT.temperature
+    top_k2: int = CTF_FINE_DEFAULT.top_k
     decoding: str = "network"
+    temperature_baseline: float = BASELINE_DEFAULT.temperature  # LlamaGen's, not stage 1's
 
     def stage1(self) -> StageSampling:
         return StageSampling(temperature=float(self.temperature1), top_k=int(self.top_k1), top_p=float(self.top_p1),
                              cfg_scale=float(self.cfg))
+
+    def baseline(self) -> StageSampling:
+        """The baseline shares stage 1's CFG and filters; its temperature is its own (LlamaGen's 1.0)."""
+        return StageSampling(temperature=float(self.temperature_baseline), top_k=int(self.top_k1),
+                             top_p=float(self.top_p1), cfg_scale=float(self.cfg))
 
     def stage2(self) -> StageSampling:
         return StageSampling(temperature=float(self.temperature2), top_k=int(self.top_k2))
@@ -192,7 +199,7 @@ class Explorer:
         base = None
         if self.baseline is not None:
             progress(0.7, "baseline (same class and seed)")
-            b = self.baseline(labels, k.stage1(), seed=k.seed)
+            b = self.baseline(labels, k.baseline(), seed=k.seed)
             base = b.images.numpy()
             timings["baseline_s"] = sum(b.timings.values())
         progress(0.95, "colouring the coarse maps")

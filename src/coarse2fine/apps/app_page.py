@@ -65,8 +65,8 @@ def build(ex: Explorer):
             return gr.update(), gr.update(), f"**Error:** {html.escape(str(e))}"
         return res, render(res), describe(res)
 
-    def knobs(name, n, seed, cfg, t1, k1, p1, t2, k2, dec) -> Knobs:
-        return Knobs(name, n, seed, cfg, t1, k1, p1, t2, k2, dec)
+    def knobs(name, n, seed, cfg, t1, k1, p1, t2, k2, dec, tb) -> Knobs:
+        return Knobs(name, n, seed, cfg, t1, k1, p1, t2, k2, dec, tb)
 
     def on_generate(*vals, progress=gr.Progress()):
         return run(ex.generate, knobs(*vals), progress=progress)
@@ -76,6 +76,7 @@ def build(ex: Explorer):
             return gr.update(), gr.update(), "**Error:** press Generate first; Redraw details keeps its coarse maps"
         return run(ex.redraw, prev, Knobs(temperature2=t2, top_k2=k2, decoding=dec), progress=progress)
 
+    d = Knobs()  # the defaults shown: sampling.py's
     with gr.Blocks(title="coarse2fine: coarse map, then details") as page:
         gr.Markdown("## coarse2fine: coarse-to-fine generation\nStage 1 writes a **coarse map** (one cluster "
                     "per token, shown in the cluster's mean colour); stage 2 fills in the **details** in one step. "
@@ -86,16 +87,18 @@ def build(ex: Explorer):
                 with gr.Row():
                     n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="c2f-n")
                     seed = gr.Number(0, label="seed", precision=0, elem_id="c2f-seed", min_width=80)
-                gr.Markdown("**Stage 1 (coarse map)**; the baseline uses these too")
+                gr.Markdown("**Stage 1 (coarse map)**; the baseline uses its cfg and filters too")
                 with gr.Row():
-                    cfg = gr.Number(2.0, label="cfg scale (1 = off)", elem_id="c2f-cfg", min_width=80)
-                    t1 = gr.Number(1.1, label="temperature", elem_id="c2f-t1", min_width=80)
-                    k1 = gr.Number(0, label="top-k (0 = all)", precision=0, elem_id="c2f-k1", min_width=80)
-                    p1 = gr.Number(1.0, label="top-p (1 = off)", elem_id="c2f-p1", min_width=80)
+                    cfg = gr.Number(d.cfg, label="cfg scale (1 = off)", elem_id="c2f-cfg", min_width=80)
+                    t1 = gr.Number(d.temperature1, label="temperature", elem_id="c2f-t1", min_width=80)
+                    k1 = gr.Number(d.top_k1, label="top-k (0 = all)", precision=0, elem_id="c2f-k1", min_width=80)
+                    p1 = gr.Number(d.top_p1, label="top-p (1 = off)", elem_id="c2f-p1", min_width=80)
+                    tb = gr.Number(d.temperature_baseline, label="baseline temperature", elem_id="c2f-tb",
+                                   min_width=80)
                 gr.Markdown("**Stage 2 (details)**")
                 with gr.Row():
-                    t2 = gr.Number(1.1, label="temperature", elem_id="c2f-t2", min_width=80)
-                    k2 = gr.Number(0, label="top-k (0 = all)", precision=0, elem_id="c2f-k2", min_width=80)
+                    t2 = gr.Number(d.temperature2, label="temperature", elem_id="c2f-t2", min_width=80)
+                    k2 = gr.Number(d.top_k2, label="top-k (0 = all)", precision=0, elem_id="c2f-k2", min_width=80)
                     dec = gr.Dropdown(list(FINE_DECODINGS), value=FINE_DECODINGS[0], label="decoding",
                                       elem_id="c2f-dec", min_width=120)
                 with gr.Row():
@@ -105,7 +108,7 @@ def build(ex: Explorer):
                 status = gr.Markdown("Pick a class and press Generate.", elem_id="c2f-status")
                 out = gr.HTML(elem_id="c2f-results")
         state = gr.State(None)
-        gen_btn.click(on_generate, [cls, n, seed, cfg, t1, k1, p1, t2, k2, dec], [state, out, status])
+        gen_btn.click(on_generate, [cls, n, seed, cfg, t1, k1, p1, t2, k2, dec, tb], [state, out, status])
         redraw_btn.click(on_redraw, [state, t2, k2, dec], [state, out, status])
     return page
 

@@ -121,7 +121,7 @@ def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coars
 
     stage1: sampling knobs of the baseline / CTF stage 1; stage2: CTF stage 2 (pipeline defaults when
     None). Returns the summary also stored in out_dir/fid_run.json."""
-    from coarse2fine.pipeline import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
+    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")

@@ -19,7 +19,8 @@ from coarse2fine.models import Transformer
 from coarse2fine.stages import ClusterLoss, stage_config
 # the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
 # 1.1 for CTF, top-k off) are imported, not restated, so the bench cannot drift from them
-from coarse2fine.pipeline import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, decode
+from coarse2fine.pipeline import decode
+from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
 from coarse2fine.sampling import generate_ar, generate_fine, generate_naive
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -134,22 +134,24 @@ def add_vq_preset(p: argparse.ArgumentParser) -> None:
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     """Stage 1 (and the baseline) use --cfg/--temperature/--top-k/--top-p; stage 2 the -2 variants.
-    Defaults are the paper's: cfg 2.0, temperature 1.1 in both CTF stages, top-k all. The stage-2 flags
-    default to None so that a baseline run can refuse them (STAGE2_DEFAULTS fills them in)."""
-    p.add_argument("--cfg", type=nonneg_float, default=2.0, help="CFG scale, stage 1 / baseline (1.0 = off; default 2.0)")
+    Defaults: sampling.CTF_COARSE_DEFAULT / CTF_FINE_DEFAULT (the paper's) and BASELINE_DEFAULT
+    (LlamaGen's). --temperature and the stage-2 flags default to None so that the mode decides (and a
+    baseline run can refuse the stage-2 ones); sampling_opts fills them in."""
+    from coarse2fine.sampling import BASELINE_DEFAULT as B, CTF_COARSE_DEFAULT as S1, CTF_FINE_DEFAULT as S2
+
+    p.add_argument("--cfg", type=nonneg_float, default=None,
+                   help=f"CFG scale, stage 1 / baseline (1.0 = off; default {S1.cfg_scale} CTF, {B.cfg_scale} baseline)")
     p.add_argument("--cfg-interval", type=cfg_interval, default=-1,
                    help="apply CFG to the first N tokens only (-1 = all; default -1)")
     p.add_argument("--temperature", type=positive_float, default=None,
-                   help="stage 1 / baseline (default 1.1 CTF, 1.0 baseline)")
+                   help=f"stage 1 / baseline (default {S1.temperature} CTF, {B.temperature} baseline)")
     p.add_argument("--top-k", type=nonneg_int, default=0, help="stage 1 / baseline top-k (0 = all; default 0)")
     p.add_argument("--top-p", type=probability, default=1.0, help="stage 1 / baseline top-p (1.0 = off; default 1.0)")
-    p.add_argument("--cfg-2", type=nonneg_float, default=None, help="stage-2 CFG scale (1.0 = off; default 1.0)")
-    p.add_argument("--temperature-2", type=positive_float, default=None, help="stage-2 temperature (default 1.1)")
-    p.add_argument("--top-k-2", type=nonneg_int, default=None, help="stage-2 top-k (0 = all; default 0)")
-    p.add_argument("--top-p-2", type=probability, default=None, help="stage-2 top-p (1.0 = off; default 1.0)")
-
-
-STAGE2_DEFAULTS = {"cfg_2": 1.0, "temperature_2": 1.1, "top_k_2": 0, "top_p_2": 1.0}
+    p.add_argument("--cfg-2", type=nonneg_float, default=None, help=f"stage-2 CFG scale (1.0 = off; default {S2.cfg_scale})")
+    p.add_argument("--temperature-2", type=positive_float, default=None,
+                   help=f"stage-2 temperature (default {S2.temperature})")
+    p.add_argument("--top-k-2", type=nonneg_int, default=None, help=f"stage-2 top-k (0 = all; default {S2.top_k})")
+    p.add_argument("--top-p-2", type=probability, default=None, help=f"stage-2 top-p (1.0 = off; default {S2.top_p})")
 
 
 def check_mode(args) -> None:
@@ -169,12 +171,17 @@ def check_mode(args) -> None:
 
 
 def sampling_opts(args, baseline: bool):
-    from coarse2fine.sampling import StageSampling
+    """(stage 1 or baseline, stage 2) StageSampling: the flags given, the defaults of sampling.py otherwise."""
+    from dataclasses import replace
 
-    t1 = args.temperature if args.temperature is not None else (1.0 if baseline else 1.1)
-    s1 = StageSampling(t1, args.top_k, args.top_p, args.cfg, args.cfg_interval)
-    v2 = {k: STAGE2_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in STAGE2_DEFAULTS}
-    s2 = StageSampling(v2["temperature_2"], v2["top_k_2"], v2["top_p_2"], v2["cfg_2"])
+    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
+
+    first = BASELINE_DEFAULT if baseline else CTF_COARSE_DEFAULT
+    given1 = {"temperature": args.temperature, "cfg_scale": args.cfg}
+    s1 = replace(first, top_k=args.top_k, top_p=args.top_p, cfg_interval=args.cfg_interval,
+                 **{k: v for k, v in given1.items() if v is not None})
+    given2 = {"temperature": args.temperature_2, "top_k": args.top_k_2, "top_p": args.top_p_2, "cfg_scale": args.cfg_2}
+    s2 = replace(CTF_FINE_DEFAULT, **{k: v for k, v in given2.items() if v is not None})
     return s1, s2
 
 
