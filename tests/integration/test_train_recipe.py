@@ -1,5 +1,6 @@
 """`train` takes its defaults from the preset's recipe, prints them and stores them in config.json."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,26 @@ def test_tokenizer_defaults_come_from_the_preset(tmp_path, capsys, one_thread):
                  "--dtype", "fp32", "--device", "cpu", "--out", str(out)]) == 0
     assert "recipe 'cpu'" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["train"]["recipe"] == "cpu"
+
+
+def test_plan_stage_run_is_the_one_place_that_resolves_a_run(tmp_path):
+    """The library resolves (recipe, given settings, saved run) without the CLI; the checks live there."""
+    import sys
+
+    import pytest
+
+    from coarse2fine.config import UserError
+    from coarse2fine.training.plan import plan_stage_run
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_stage_train import make_store
+
+    codes = make_store(tmp_path / "codes")
+    plan = plan_stage_run(tmp_path / "run", stage="baseline", preset="GPT-tiny", codes=codes, given={"steps": 40, "lr": None})
+    cfg = plan.kwargs["cfg"]
+    assert (cfg.recipe, cfg.steps, cfg.warmup_steps, cfg.lr) == ("cpu", 40, 2, 4e-3)  # 5% warm-up of the given steps
+    assert plan.kwargs["model_cfg"].grid == 4 and plan.kwargs["restricted"] is False and "flags given: steps" in plan.summary
+    with pytest.raises(UserError, match="^--head applies to --stage fine only"):
+        plan_stage_run(tmp_path / "run", stage="coarse", codes=codes, head="full")
+    with pytest.raises(UserError, match="^train needs --stage and --codes"):
+        plan_stage_run(tmp_path / "run", stage="coarse")

@@ -9,7 +9,7 @@ import torch
 
 from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_interval, check_out_path, nonneg_float,
                                    nonneg_int, positive_float, positive_int, probability, reject_unused, unit_interval_open)
-from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, TrainConfig, UserError, gpt_config, vq_config
+from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, vq_config
 from coarse2fine.sampling import FINE_DECODINGS
 from coarse2fine.stages import STAGE_SPECS
 
@@ -245,54 +245,19 @@ def cmd_cluster(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import dataclasses
-
-    from coarse2fine.config import train_recipe
-    from coarse2fine.data.codes import open_code_store
-    from coarse2fine.stages import stage_config, stage_spec
-    from coarse2fine.tokenizer.clustering import CoarseMap
-    from coarse2fine.training.gpt import saved_run, train
+    from coarse2fine.distributed import rank
+    from coarse2fine.training.gpt import train
+    from coarse2fine.training.plan import plan_stage_run
 
     check_out_path(Path(args.out))
-    given = {f: getattr(args, f) for f in _TRAIN_FLAGS if getattr(args, f) is not None}
-    given |= {k: v for k, v in (("schedule", args.schedule), ("precision", args.dtype), ("fsdp", args.fsdp))
-              if v is not None}
-    if args.resume:  # a flag left out takes the run's value; train() refuses a given one that differs
-        kw = saved_run(args.out)
-        kw["cfg"] = dataclasses.replace(kw["cfg"], **given)
-    elif not (args.stage and args.codes):
-        raise UserError("train needs --stage and --codes (only --resume reads them from the run)")
-    else:  # the preset's recipe, then the flags given; fields without a flag keep the recipe's value
-        preset = args.preset or "GPT-small"
-        recipe = train_recipe(preset, given.get("steps"))
-        cfg = TrainConfig(**{**recipe, **given})
-        shown = ", ".join(f"{k} {getattr(cfg, k)}" for k in
-                          ("steps", "batch_size", "lr", "schedule", "warmup_steps", "weight_decay", "ema_decay"))
-        if not args.no_progress:
-            print(f"train {args.stage} ({preset}, recipe '{cfg.recipe}'): {shown}; flags given: "
-                  f"{', '.join(sorted(given)) or 'none'}", flush=True)
-        kw = {"cfg": cfg, "stage": args.stage, "restricted": True}
-    stage = args.stage or kw["stage"]
-    spec = stage_spec(stage)
-    if not spec.needs_coarse_map and not (spec.cluster_loss and kw["cfg"].cluster_loss_weight > 0):
-        reject_unused(args, ["--coarse-map"], f"applies to the coarse and fine stages (and the baseline with "
-                                              f"--cluster-loss-weight) only; drop it with --stage {stage}")
-    if stage != "fine":
-        reject_unused(args, ["--head"], f"applies to --stage fine only; drop it with --stage {stage}")
-    for key, value in (("stage", args.stage), ("codes_dir", args.codes), ("coarse_map", args.coarse_map),
-                       ("heldout_dir", args.heldout)):
-        kw[key] = value if value is not None else kw.get(key)
-    if args.head is not None:
-        kw["restricted"] = args.head == "restricted"
-    kw["restricted"] = kw["restricted"] and stage_spec(kw["stage"]).restricted_head
-    if args.preset is not None or "model_cfg" not in kw:
-        meta = open_code_store(kw["codes_dir"]).meta  # extract-codes or extract-codes-imagenet output
-        num_coarse = CoarseMap.load(kw["coarse_map"]).num_coarse if kw["coarse_map"] else 0
-        kw["model_cfg"] = stage_config(args.preset or "GPT-small", kw["stage"], meta["codebook_size"], num_coarse,
-                                       meta["num_classes"], meta["grid"])
-    summary = train(**kw, out_dir=args.out, resume=args.resume, progress=not args.no_progress, device=args.device)
-    from coarse2fine.distributed import rank
-
+    given = {f: getattr(args, f) for f in _TRAIN_FLAGS} | {"schedule": args.schedule, "precision": args.dtype,
+                                                           "fsdp": args.fsdp}
+    plan = plan_stage_run(args.out, resume=args.resume, stage=args.stage, preset=args.preset, codes=args.codes,
+                          coarse_map=args.coarse_map, heldout=args.heldout, head=args.head, given=given)
+    if plan.summary and not args.no_progress:
+        print(plan.summary, flush=True)
+    summary = train(**plan.kwargs, out_dir=args.out, resume=args.resume, progress=not args.no_progress,
+                    device=args.device)
     if rank() == 0:  # under torchrun: one summary, not one per process
         print(json.dumps(summary, indent=1))
     return 0
