@@ -197,12 +197,13 @@ def saved_settings(cls, saved: dict[str, Any], source: str):
     return from_dict(cls, {k: v for k, v in saved.items() if k not in RETIRED_FIELDS})
 
 
-def check_resume(saved, asked, step: int, source: str) -> dict[str, Any] | None:
+def check_resume(saved, asked, step: int, source: str, announce: bool = True) -> dict[str, Any] | None:
     """Refuse a resume whose settings differ from the run's; both are instances of one dataclass.
 
     Every differing field is named. Exceptions: FREE_FIELDS, and a `steps` larger than the
     current `step` (an extension: returned as a history entry {"at_step", "steps_from", "steps_to"}
-    for config.json). A `steps` at or below the current step is refused."""
+    for config.json, and announced on stdout when `announce`, i.e. on rank 0). A `steps` at or below the
+    current step is refused."""
     a, b = to_dict(from_dict(type(saved), to_dict(saved))), to_dict(from_dict(type(saved), to_dict(asked)))
     clash = [f"{flag(k)}: the run has {a[k]!r}, this command asks {b[k]!r}"
              for k in a if k not in FREE_FIELDS and k != "steps" and a[k] != b[k]]
@@ -214,4 +215,7 @@ def check_resume(saved, asked, step: int, source: str) -> dict[str, Any] | None:
     if b["steps"] <= step:
         raise UserError(f"--steps {b['steps']}: the run is already at step {step} (of {a['steps']}); pass a "
                         f"larger --steps to extend it, or leave --steps out to finish it")
+    if announce:
+        print(f"extending {Path(source).parent} from {a['steps']} to {b['steps']} steps (at step {step}); "
+              "recorded in config.json \"history\"", flush=True)
     return {"at_step": step, "steps_from": a["steps"], "steps_to": b["steps"]}

@@ -159,11 +159,8 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
                         "leave --coarse-map out to use the run's own")
     st = load_train_state(out / "state.pt")
     ext = check_resume(saved_settings(TrainConfig, old.get("train"), f"{out}/config.json"), cfg, st["step"],
-                       f"{out}/config.json")
+                       f"{out}/config.json", announce=distributed.rank() == 0)
     run_meta["history"] = old.get("history", []) + ([ext] if ext else [])
-    if ext and distributed.rank() == 0:
-        print(f"extending {out} from {ext['steps_from']} to {ext['steps_to']} steps (at step {ext['at_step']}); "
-              "recorded in config.json \"history\"", flush=True)
     return st
 
 

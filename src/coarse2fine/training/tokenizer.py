@@ -18,7 +18,6 @@ DDP a code counts as dead when rank 0's share of the batches did not pick it.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +113,7 @@ def _plan(vq_cfg, out: Path, train, steps, resume: bool, overrides: dict, info):
     asked.update({**overrides, "steps": steps})
     tc = from_dict(TokenizerTrainConfig, {**to_dict(saved_tc), **{k: v for k, v in asked.items() if v is not None}})
     st = load_train_state(out / "state.pt")
-    ext = check_resume(saved_tc, tc, int(st["step"]), f"{out}/config.json")
-    if ext and info.is_main:
-        print(f"extending {out} from {ext['steps_from']} to {ext['steps_to']} steps (at step {ext['at_step']}); "
-              "recorded in config.json \"history\"", file=sys.stderr, flush=True)
+    ext = check_resume(saved_tc, tc, int(st["step"]), f"{out}/config.json", announce=info.is_main)
     return saved_vq, tc, st, saved.get("history", []) + ([ext] if ext else [])
 
 
