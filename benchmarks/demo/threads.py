@@ -29,16 +29,16 @@ def work(steps: int, threads: int | None) -> None:
 
     from coarse2fine.distributed import configure_threads
     from coarse2fine.models import Transformer, stage_config
-    from coarse2fine.stages import stage_loss
+    from coarse2fine.stages import stage_loss, stage_spec
 
     n = configure_threads(threads)
     torch.manual_seed(0)
     m = Transformer(stage_config("GPT-small", "coarse", 4096, 128, 10, 8)).train()
     tokens, cond, targets = torch.randint(0, 128, (64, 63)), torch.randint(0, 10, (64,)), torch.randint(0, 128, (64, 64))
-    stage_loss(m, "coarse", tokens, cond, targets)[0].backward()  # warm-up
+    stage_loss(m, stage_spec("coarse"), tokens, cond, targets)[0].backward()  # warm-up
     t = time.perf_counter()
     for _ in range(steps):
-        stage_loss(m, "coarse", tokens, cond, targets)[0].backward()
+        stage_loss(m, stage_spec("coarse"), tokens, cond, targets)[0].backward()
     print(json.dumps({"seconds": time.perf_counter() - t, "threads": n}))
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from coarse2fine.bench import speed as bench
+from coarse2fine.stages import stage_spec
 from coarse2fine.bench.gpu import (StepClock, engine_train_bench, init_single_process_group, read_json,
                                    write_random_coarse_map, write_random_code_store)
 from coarse2fine.bench.runs import DTYPES
@@ -66,7 +67,7 @@ def run_cli(args, size: dict, dev: torch.device, res: Results) -> None:
                 "--out", str(out), "--device", dev.type, "--no-progress", "--log-every", str(steps),
                 "--ckpt-every", str(steps)]
         argv += ["--coarse-map", str(data / "coarse_map.safetensors")] if stage != "baseline" else []
-        argv += ["--head", "full"] if stage == "fine" else []
+        argv += ["--head", "full"] if stage_spec(stage).restricted_head else []
         argv += ["--fsdp"] if fsdp else []
         rec = {"stage": stage, "flag": "--fsdp" if fsdp else "", "steps": steps, "batch": size["train_batch"],
                "tokens_per_step": tokens, "argv": " ".join(argv)}

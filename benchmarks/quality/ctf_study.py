@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ctf_study_report  # noqa: E402
 import study  # noqa: E402  (setup, sampling, scoring)
+from coarse2fine.stages import stage_spec  # noqa: E402
 from ctf_study_report import ctf_runs, run_name  # noqa: E402
 from study import AR_OPTS, CTF_OPTS, Plan, log  # noqa: E402
 
@@ -132,7 +133,7 @@ class SeededStudy(study.Study):
         log(f"train {name}: step {prev} -> {step} of {p.steps}")
         c0, t0 = time.process_time(), time.time()
         summ = train(stage, mcfg, tcfg, self.work / "codes_train", run, coarse_map=map_path,
-                     heldout_dir=self.work / "codes_test", restricted=stage == "fine",
+                     heldout_dir=self.work / "codes_test", restricted=stage_spec(stage).restricted_head,
                      resume=(run / "state.pt").exists(), progress=False, stop_at=step)
         cpu, wall = time.process_time() - c0, time.time() - t0
         r["params"] = summ["params"]

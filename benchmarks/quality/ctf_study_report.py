@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from coarse2fine.stages import stage_spec
+
 METRICS = ["FD", "KID", "Precision", "Recall", "ClassAcc", "IS"]
 LOWER_BETTER = {"FD", "KID", "NLL"}
 PAPER_TABLE1 = [("B", 5.46, 193.61, 4.15, 254.99), ("L", 3.80, 248.28, 2.97, 291.53),
@@ -73,7 +75,7 @@ def seeds_of(db: dict) -> list[int]:
 def run_name(stage: str, mapname: str | None, seed: int, tag: str = "") -> str:
     """The study's name of a run: stage (coarse, fine, baseline), its clusters (not for the baseline),
     a tag ("_iar", "_GPT-small") and the seed, e.g. fine_kmeans-128_GPT-small_s0."""
-    return (stage if stage == "baseline" else f"{stage}_{mapname}") + tag + f"_s{seed}"
+    return (f"{stage}_{mapname}" if stage_spec(stage).needs_coarse_map else stage) + tag + f"_s{seed}"
 
 
 def ctf_runs(mapname: str, seed: int, tag: str = "") -> tuple[str, str]:

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_report  # noqa: E402  (sibling module: tables and plots)
+from coarse2fine.stages import stage_spec  # noqa: E402
 
 from coarse2fine.config import TrainConfig, dump_json, load_json, vq_config  # noqa: E402
 
@@ -204,7 +205,7 @@ class Study:
 
     # ---- training ----------------------------------------------------------------------------------------
     def run_name(self, stage: str, mapname: str | None, preset: str | None = None, restricted: bool = False) -> str:
-        name = stage if stage == "baseline" else f"{stage}_{mapname}"
+        name = f"{stage}_{mapname}" if stage_spec(stage).needs_coarse_map else stage
         if preset and preset != self.plan.preset:
             name += f"_{preset}"
         return name + ("_restricted" if restricted else "")

@@ -166,11 +166,11 @@ class ClusterLoss:
         return self.weight * nll.mean()
 
 
-def stage_loss(model: nn.Module, stage: str, tokens, cond, targets, members=None,
+def stage_loss(model: nn.Module, spec: StageSpec, tokens, cond, targets, members=None,
                cluster: ClusterLoss | None = None):
-    """-> (loss, token accuracy) of one batch. members [C, M]: the fine stage's restricted head;
-    cluster: the IAR term added to the baseline's loss."""
-    logits = STAGE_SPECS[stage].logits(model, tokens, cond)  # [B, N, V]
+    """-> (loss, token accuracy) of one batch of the stage `spec` (stage_spec(name)). members [C, M]: the
+    fine stage's restricted head; cluster: the IAR term added to the baseline's loss."""
+    logits = spec.logits(model, tokens, cond)  # [B, N, V]
     if members is not None:  # restricted head: the input tokens are each position's true cluster
         return fine_ce(logits, targets, tokens, members)
     if cluster is None:
@@ -224,7 +224,7 @@ def evaluate_tokens(model: nn.Module, batches: StageBatches, device: torch.devic
     for s in range(0, n, batch_size):
         idx = np.arange(s, min(n, s + batch_size))
         tokens, cond, targets = batches.get(idx, device)
-        loss, acc = stage_loss(model, batches.stage, tokens, cond, targets, members)
+        loss, acc = stage_loss(model, batches.spec, tokens, cond, targets, members)
         tot_loss += loss.item() * len(idx)
         tot_acc += acc.item() * len(idx)
     model.train(was)

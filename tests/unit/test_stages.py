@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from coarse2fine.config import TrainConfig, UserError
-from coarse2fine.stages import STAGE_SPECS, ClusterLoss, cluster_logits, stage_config, stage_loss, token_ce
+from coarse2fine.stages import STAGE_SPECS, ClusterLoss, cluster_logits, stage_config, stage_loss, stage_spec, token_ce
 from coarse2fine.training.common import MetricsLog, check_resume, read_metrics, warmup_cosine
 
 
@@ -62,7 +62,7 @@ def test_cluster_loss_matches_a_hand_computation():
         def forward(self, tokens, cond):
             return logits
 
-    loss, _ = stage_loss(Fixed(), "baseline", None, None, codes, cluster=term)
+    loss, _ = stage_loss(Fixed(), stage_spec("baseline"), None, None, codes, cluster=term)
     plain, _ = token_ce(logits, codes)
     assert loss.item() == pytest.approx(plain.item() + term(logits, codes).item(), rel=1e-6)
 

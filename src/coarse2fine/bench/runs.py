@@ -16,7 +16,7 @@ import torch
 from coarse2fine.bench import speed as bench
 from coarse2fine.config import GPTConfig, gpt_config, vq_config
 from coarse2fine.models import Transformer
-from coarse2fine.stages import ClusterLoss, stage_config
+from coarse2fine.stages import ClusterLoss, stage_config, stage_spec
 # the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
 # 1.1 for CTF, top-k off) are imported, not restated, so the bench cannot drift from them
 from coarse2fine.pipeline import decode
@@ -279,7 +279,7 @@ def gpt_train_step(stage: str, cfg: GPTConfig, batch: int, device, dtype,
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, _ = stage_loss(model, stage, tokens, cond, codes, cluster=cluster)
+            loss, _ = stage_loss(model, stage_spec(stage), tokens, cond, codes, cluster=cluster)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -109,7 +109,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
 
         def loss(b, shared):
             tokens, cond, targets = b
-            value, acc = stage_loss(part.wrapped, spec.name, tokens, cond, targets, members, cluster)
+            value, acc = stage_loss(part.wrapped, spec, tokens, cond, targets, members, cluster)
             return value, {"acc": acc}
 
         def micro_batches(step: int):
