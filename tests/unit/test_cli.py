@@ -40,7 +40,7 @@ def test_every_flag_of_every_subcommand_has_help():
 
 # Old names of one concept, removed in favour of the docs/cli.md vocabulary.
 RETIRED = {"--root": "--data-root", "--batch": "--batch-size", "--precision": "--dtype", "--bf16": "--dtype",
-           "--no-bf16": "--dtype", "--no-ema": "--ema-decay", "--warmup": "--untimed-rounds", "--n": "--num-images", "--eval-n": "--num-images", "--limit": "--max-sequences"}
+           "--no-bf16": "--dtype", "--no-ema": "--ema-decay", "--warmup": "--untimed-rounds", "--num-coarse": "--clusters", "--n": "--num-images", "--eval-n": "--num-images", "--limit": "--max-sequences"}
 
 
 def test_one_name_per_concept():

@@ -36,7 +36,7 @@ def register(sub) -> None:
     s.add_argument("--grid", type=nonneg_int, default=0, help="token grid side (default: the preset's; 8 = 64 tokens)")
     s.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64, as the paper)")
     s.add_argument("--codebook-size", type=nonneg_int, default=0, help="K (default: the VQ preset's)")
-    s.add_argument("--num-coarse", type=nonneg_int, default=0, help="C coarse labels (default K/32)")
+    s.add_argument("--clusters", type=nonneg_int, default=0, help="C coarse labels (clusters; default K/32)")
     s.add_argument("--repeats", type=positive_int, default=5, help="timed rounds; the median is reported (default 5)")
     s.add_argument("--untimed-rounds", type=nonneg_int, default=1, help="untimed rounds first (default 1)")
     s.add_argument("--naive-repeats", type=nonneg_int, default=1,
@@ -85,7 +85,7 @@ def register(sub) -> None:
     t.add_argument("--grid", type=nonneg_int, default=0, help="token grid side (default: the preset's)")
     t.add_argument("--batch-size", type=positive_int, default=64, help="sequences (images) per step (default 64)")
     t.add_argument("--codebook-size", type=nonneg_int, default=0, help="K (default: the VQ preset's)")
-    t.add_argument("--num-coarse", type=nonneg_int, default=0, help="C (default K/32)")
+    t.add_argument("--clusters", type=nonneg_int, default=0, help="C coarse labels (clusters; default K/32)")
     t.add_argument("--parts", nargs="+", default=["tokenizer", "coarse", "fine", "baseline"],
                    choices=["tokenizer", "coarse", "fine", "baseline", "iar"],
                    help="what to time (default: all but iar, the baseline with IAR's cluster-level loss)")
@@ -132,7 +132,7 @@ def cmd_sample(args) -> int:
         vq = args.vq_preset or ("VQ-tiny" if grid == 8 and "grid" in GPT_PRESETS[preset] else "VQ-16")
         for d in dtypes:
             sb = SampleBench(preset=preset, fine_preset=args.fine_preset, vq_preset=vq, batch=args.batch_size,
-                             grid=args.grid, codebook_size=args.codebook_size, num_coarse=args.num_coarse,
+                             grid=args.grid, codebook_size=args.codebook_size, num_coarse=args.clusters,
                              dtype=d, weights=args.weights, device=args.device, compile_mode=mode,
                              repeats=args.repeats, warmup=args.untimed_rounds, naive_repeats=args.naive_repeats,
                              decode=not args.no_decode, decode_images=args.decode_images,
@@ -161,7 +161,7 @@ def cmd_train(args) -> int:
 
     _check_outputs(args)
     tb = TrainBench(preset=args.preset, vq_preset=args.vq_preset, batch=args.batch_size, grid=args.grid,
-                    codebook_size=args.codebook_size, num_coarse=args.num_coarse,
+                    codebook_size=args.codebook_size, num_coarse=args.clusters,
                     dtypes=tuple(args.dtype or ["fp32", "bf16"]), parts=tuple(args.parts), device=args.device,
                     repeats=args.repeats, warmup=args.untimed_rounds, seed=args.seed)
     recs = run_train_bench(tb, _log(args))

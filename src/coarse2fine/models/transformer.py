@@ -56,7 +56,8 @@ class Transformer(nn.Module):
         nn.init.zeros_(self.output.weight)
 
     @property
-    def seq_len(self) -> int:
+    def max_positions(self) -> int:
+        """Cached positions: the class token plus the cfg.seq_len image tokens."""
         return self.cfg.seq_len + 1
 
     # ---- caches ---------------------------------------------------------------------------
@@ -75,10 +76,10 @@ class Transformer(nn.Module):
         if same:
             return
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(batch, self.cfg.n_head, self.seq_len, self.cfg.head_dim,
+            layer.attention.kv_cache = KVCache(batch, self.cfg.n_head, self.max_positions, self.cfg.head_dim,
                                                dtype=dtype, device=dev)
         self.max_batch = batch
-        L = self.seq_len
+        L = self.max_positions
         self.register_buffer("causal_mask", torch.tril(torch.ones(L, L, dtype=torch.bool, device=dev)),
                              persistent=False)
 
