@@ -152,3 +152,11 @@ def test_bound_is_a_per_step_roofline():
         m = Transformer(cfg)
     assert slow_mem["bound_s"]["baseline"] == pytest.approx(bench.decode_bytes(cfg, m, 4, 64, torch.float32) / 1e6)
     assert fast_mem["bound_s"]["decode"] > 0 and fast_mem["ratio_ctf_over_baseline"] > 0
+
+
+def test_presets_list_the_64px_tokenizers_and_time_a_step_with_their_recipe(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "VQ-64-f8" in out and "64px -> 8x8" in out and "VQ-64-f4" in out and "64px -> 16x16" in out
+    t = bench.tokenizer_step_seconds("VQ-64-f8", repeats=1)
+    assert (t["batch_size"], t["terms"], t["precision"]) == (16, "L2+perceptual+GAN", "fp32") and t["cpu_s"] > 0

@@ -271,3 +271,33 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def tokenizer_step_seconds(preset: str, repeats: int = 3, precision: str = "fp32") -> dict:
+    """CPU seconds of one training step of a tokenizer preset with its recipe (batch and loss terms),
+    through the one training loop on random images: the median of `repeats` steps after one untimed
+    step, taken where the discriminator (if any) trains."""
+    from coarse2fine.config import TokenizerTrainConfig, tokenizer_recipe, vq_config
+    from coarse2fine.distributed import DistInfo
+    from coarse2fine.training.loop import prepare, train_step
+    from coarse2fine.training.tokenizer import tokenizer_task
+
+    vq_cfg = vq_config(preset)
+    tc = TokenizerTrainConfig(**{**tokenizer_recipe(preset), "precision": precision})
+
+    class RandomImages:
+        def get(self, step: int) -> torch.Tensor:
+            g = torch.Generator().manual_seed(step)
+            return torch.rand(tc.batch_size, 3, vq_cfg.image_size, vq_cfg.image_size, generator=g) * 2 - 1
+
+    info = DistInfo()
+    task = tokenizer_task(vq_cfg, tc, RandomImages(), info)
+    prepare(task, info)
+    times = []
+    for i in range(repeats + 1):
+        c0 = time.process_time()
+        train_step(task, tc.disc_start + i, info)
+        times.append(time.process_time() - c0)
+    terms = [t for t, on in (("perceptual", tc.perceptual_weight > 0), ("GAN", tc.disc_weight > 0)) if on]
+    return {"preset": preset, "batch_size": tc.batch_size, "cpu_s": median(times[1:]), "precision": precision,
+            "terms": "+".join(["L2" if tc.recon_loss == "l2" else "L1"] + terms), "threads": torch.get_num_threads()}

@@ -189,11 +189,9 @@ def _save(task: Task, out: Path, step: int, info) -> None:
 # ---- the loop --------------------------------------------------------------------------------------
 
 
-def fit(task: Task, out: Path, info, start: int = 0, st: dict[str, Any] | None = None, stop_at: int | None = None,
-        time_budget_s: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train `task` from step `start` (its state `st` already restored into the plain modules when
-    resuming) to task.steps, or to `stop_at` / the time budget (a checkpoint is written either way).
-    Returns the last step's record with "wall_s", "steps_this_run" and "step"."""
+def prepare(task: Task, info, st: dict[str, Any] | None = None) -> None:
+    """Wrap every part for DDP/FSDP (and the EMA like the model), build the optimizers over the wrapped
+    parameters, and load a resumed state's optimizer states."""
     for part in task.parts:
         part.wrapped = wrap_model(part.net, info, fsdp=task.fsdp)
         part.opt = part.optimizer(unwrap(part.wrapped))
@@ -201,7 +199,35 @@ def fit(task: Task, out: Path, info, start: int = 0, st: dict[str, Any] | None =
         task.ema.module = wrap_shadow(task.ema.module, info, fsdp=task.fsdp)
     if st is not None:
         _restore_optimizers(task, st)
-    task.sharded = sharded = is_sharded(task.model.wrapped)  # every forward is then a collective
+    task.sharded = is_sharded(task.model.wrapped)  # every forward is then a collective
+    for part in task.parts:
+        part.wrapped.train()
+
+
+def train_step(task: Task, step: int, info, last_ckpt: int = 0) -> dict[str, Any]:
+    """0-based `step` of a prepared task: each active part's optimizer step, the after-step hook, the EMA
+    -> the step's record (step counted from 1, as logged)."""
+    rec = {"step": step + 1, "lr": task.model.lr(step)}
+    micro = task.batches(step)
+    shared = [{"step": step} for _ in micro]
+    for part in task.parts:
+        if part.active(step):
+            rec |= _train_part(task, part, micro, shared, step, info, last_ckpt)
+    if task.after_step is not None:
+        rec |= task.after_step(step)
+    if task.ema is not None:
+        task.ema.update(unwrap(task.model.wrapped), step)
+    if task.describe is not None:
+        rec |= task.describe(rec)
+    return rec
+
+
+def fit(task: Task, out: Path, info, start: int = 0, st: dict[str, Any] | None = None, stop_at: int | None = None,
+        time_budget_s: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train `task` from step `start` (its state `st` already restored into the plain modules when
+    resuming) to task.steps, or to `stop_at` / the time budget (a checkpoint is written either way).
+    Returns the last step's record with "wall_s", "steps_this_run" and "step"."""
+    prepare(task, info, st)
     writer = _tb_writer(out / "tb") if info.is_main and task.tensorboard else None
     log = MetricsLog(out / "metrics.jsonl", resume_step=start, enabled=info.is_main)
     tty = progress and info.is_main and sys.stderr.isatty()
@@ -209,30 +235,17 @@ def fit(task: Task, out: Path, info, start: int = 0, st: dict[str, Any] | None =
     end = task.steps if stop_at is None else min(stop_at, task.steps)
     step = last_ckpt = start
     t0, rec = time.monotonic(), {}
-    for part in task.parts:
-        part.wrapped.train()
     try:
         with _deferred_interrupt(enabled=not info.enabled) as interrupted:
             while step < end:
-                rec = {"step": step + 1, "lr": task.model.lr(step)}
-                micro = task.batches(step)
-                shared = [{"step": step} for _ in micro]
-                for part in task.parts:
-                    if part.active(step):
-                        rec |= _train_part(task, part, micro, shared, step, info, last_ckpt)
-                if task.after_step is not None:
-                    rec |= task.after_step(step)
-                if task.ema is not None:
-                    task.ema.update(unwrap(task.model.wrapped), step)
+                rec = train_step(task, step, info, last_ckpt)
                 step += 1
-                if task.describe is not None:
-                    rec |= task.describe(rec)
                 log.write(rec)
                 if info.is_main and (step % task.log_every == 0 or step == end):
                     log.flush()
                     _report(rec, writer, bar if tty else None, progress and not tty, task)
                 bar.update(1)
-                if task.evaluate and task.eval_every and step % task.eval_every == 0 and (info.is_main or sharded):
+                if task.evaluate and task.eval_every and step % task.eval_every == 0 and (info.is_main or task.sharded):
                     ev = task.evaluate(task.release_net())
                     reshard(task.release_net())
                     for k, v in ev.items():
