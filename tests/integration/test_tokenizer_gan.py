@@ -97,3 +97,15 @@ def test_perceptual_weights_load_with_the_network_unplugged():
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(OFFLINE)], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_train_tokenizer_help_shows_every_loss_term(capsys):
+    from coarse2fine.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train-tokenizer", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--recon-loss", "--recon-weight", "--commit-beta", "--entropy-loss-ratio", "--perceptual-weight",
+                 "--disc-weight", "--disc-start", "--disc-loss", "--gen-adv-loss", "--disc-adaptive", "--codebook-size"):
+        assert flag in out, flag
+    assert "VQ-16/VQ-8: 0.5" in out and "VQ-16/VQ-8: 20000" in out  # LlamaGen's defaults are shown

@@ -66,6 +66,10 @@ def register(sub) -> None:
                    help="tokenizer architecture (default VQ-tiny: 32x32 -> 8x8 codes, K=4096)")
     p.add_argument("--codebook-size", type=positive_int,
                    help="codebook entries K of a new tokenizer (default: the preset's, 4096 on the CPU presets)")
+    p.add_argument("--commit-beta", type=nonneg_float,
+                   help="weight of the commitment loss of a new tokenizer (default: the preset's, 0.25 as LlamaGen)")
+    p.add_argument("--entropy-loss-ratio", type=nonneg_float,
+                   help="weight of the codebook entropy loss of a new tokenizer (default: the preset's, 0 = off)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
     for field, (typ, what) in _TOKENIZER_FLAGS.items():
         kw = {"choices": typ} if isinstance(typ, tuple) else (
@@ -145,8 +149,9 @@ def cmd_train(args) -> int:
     check_out_path(out)
     if args.codebook_size is not None and not 2 <= args.codebook_size <= MAX_CODEBOOK:
         raise UserError(f"--codebook-size {args.codebook_size}: choose 2 to {MAX_CODEBOOK} (LlamaGen's largest)")
-    vq_cfg = vq_config(args.vq_preset or "VQ-tiny",
-                       **({"codebook_size": args.codebook_size} if args.codebook_size else {}))
+    arch = {k: v for k, v in (("codebook_size", args.codebook_size), ("commit_beta", args.commit_beta),
+                              ("entropy_loss_ratio", args.entropy_loss_ratio)) if v is not None}
+    vq_cfg = vq_config(args.vq_preset or "VQ-tiny", **arch)
     if args.resume:
         saved = read_run_config(out, "vq")
         d = saved.get("data", {})
@@ -155,9 +160,9 @@ def cmd_train(args) -> int:
             if getattr(args, flag) is not None and getattr(args, flag) != d.get(key):
                 raise UserError(f"--resume uses the run's data ({key}={d.get(key)!r}); drop --{flag.replace('_', '-')}")
             setattr(args, flag, d.get(key))
-        if (args.vq_preset or args.codebook_size) and to_dict(vq_cfg) != to_dict(from_dict(VQConfig, saved["vq"])):
+        if (args.vq_preset or arch) and to_dict(vq_cfg) != to_dict(from_dict(VQConfig, saved["vq"])):
             raise UserError("--resume uses the run's saved architecture, which differs from --vq-preset / "
-                            "--codebook-size; drop them")
+                            "--codebook-size / --commit-beta / --entropy-loss-ratio; drop them")
         vq_cfg = saved["vq"]
     recipe = None
     if not args.resume:  # defaults from the preset's recipe, printed; they are stored in config.json "train"
