@@ -6,7 +6,6 @@ Everything here also runs on a CPU (gloo instead of nccl), which is how the toy 
 """
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import time
@@ -17,38 +16,24 @@ import numpy as np
 import torch
 
 from coarse2fine.bench import speed as bench
-from coarse2fine.config import dump_json
-from coarse2fine.data.codes import code_dtype
-from coarse2fine.fileio import atomic_write_bytes
 from coarse2fine.stages import stage_config
 from coarse2fine.tokenizer.clustering import cluster_codebook
 
 
 # ---- synthetic training data ---------------------------------------------------------------------
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def write_random_code_store(out: str | Path, count: int, codebook_size: int, grid: int, num_classes: int,
                             seed: int = 0) -> Path:
-    """A code store in the extract-codes layout (codes.npy [count, grid^2], labels.npy [count],
-    meta.json last) holding uniform random codes: what a speed run trains on, no tokenizer needed.
-    meta.json carries no tokenizer fingerprint, so any coarse map of the same K may be paired with it."""
-    out = Path(out)
-    rng = np.random.default_rng(seed)
-    codes = rng.integers(0, codebook_size, (count, grid * grid)).astype(code_dtype(codebook_size))
-    labels = rng.integers(0, num_classes, count).astype(np.int64)
-    _save_npy(out / "codes.npy", codes)
-    _save_npy(out / "labels.npy", labels)
-    dump_json({"num_classes": num_classes, "classes": [], "grid": grid, "codebook_size": codebook_size,
-               "tokenizer_fingerprint": "", "tokenizer_dir": None, "flip": False, "dataset": "random codes",
-               "split": "train", "count": count, "rows_per_image": 1, "dtype": str(codes.dtype), "data": {}},
-              out / "meta.json")
-    return out
+    """A code store in the extract-codes layout holding uniform random codes: what a speed run trains
+    on, no tokenizer needed. Its meta.json carries no tokenizer fingerprint, so any coarse map of the
+    same K may be paired with it."""
+    from coarse2fine.data.codes import write_code_store
 
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, codebook_size, (count, grid * grid))
+    labels = rng.integers(0, num_classes, count)
+    return write_code_store(out, codes, labels, num_classes=num_classes, classes=[], grid=grid,
+                            codebook_size=codebook_size, dataset="random codes", split="train")
 
 def write_random_coarse_map(path: str | Path, codebook_size: int, num_coarse: int, seed: int = 0) -> Path:
     """A seeded random partition of K codes into C near-equal clusters (the paper's random-cluster

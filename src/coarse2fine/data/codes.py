@@ -101,16 +101,36 @@ def extract_codes(vq: VQModel | str | Path, dataset, out_dir: str | Path, flip: 
             print(f"extract-codes: {hi}/{n_img} images", file=sys.stderr, flush=True)
     bar.close()
     del codes
-    meta = {
-        "num_classes": getattr(dataset, "num_classes", int(np.max(dataset.labels)) + 1),
-        "classes": list(getattr(dataset, "classes", [])), "grid": grid,
-        "codebook_size": vq.cfg.codebook_size, "tokenizer_fingerprint": args["tokenizer_fingerprint"],
+    meta = store_meta(
+        num_classes=getattr(dataset, "num_classes", int(np.max(dataset.labels)) + 1),
+        classes=list(getattr(dataset, "classes", [])), grid=grid, codebook_size=vq.cfg.codebook_size,
+        count=n_img * per, tokenizer_fingerprint=args["tokenizer_fingerprint"],
         # relative to the store, so a copied tree of runs and codes keeps finding its tokenizer
-        "tokenizer_path": tokenizer_ref(None, tokenizer_dir, out)["path"] if tokenizer_dir else None, "flip": flip,
-        "dataset": args["dataset"], "split": args["split"], "count": n_img * per,
-        "rows_per_image": per, "dtype": str(code_dtype(vq.cfg.codebook_size)), "data": args["data"],
-    }
+        tokenizer_path=tokenizer_ref(None, tokenizer_dir, out)["path"] if tokenizer_dir else None, flip=flip,
+        dataset=args["dataset"], split=args["split"], rows_per_image=per, data=args["data"])
     dump_json(meta, out / "meta.json")
+    return out
+
+
+def store_meta(*, num_classes: int, classes: list[str], grid: int, codebook_size: int, count: int,
+               tokenizer_fingerprint: str = "", tokenizer_path: str | None = None, flip: bool = False,
+               dataset: str = "?", split: str = "?", rows_per_image: int = 1, data: dict | None = None) -> dict:
+    """The meta.json record of a code store (the one definition of the format's fields)."""
+    return {"num_classes": num_classes, "classes": classes, "grid": grid, "codebook_size": codebook_size,
+            "tokenizer_fingerprint": tokenizer_fingerprint, "tokenizer_path": tokenizer_path, "flip": flip,
+            "dataset": dataset, "split": split, "count": count, "rows_per_image": rows_per_image,
+            "dtype": str(code_dtype(codebook_size)), "data": data or {}}
+
+
+def write_code_store(out: str | Path, codes: np.ndarray, labels: np.ndarray, **meta) -> Path:
+    """A code store from arrays held in memory: codes [count, grid^2], labels [count]; codes.npy and
+    labels.npy written atomically, meta.json (store_meta(**meta)) last, as extract_codes does."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    codes = np.asarray(codes).astype(code_dtype(meta["codebook_size"]))
+    _save_npy_atomic(out / "codes.npy", codes)
+    _save_npy_atomic(out / "labels.npy", np.asarray(labels, dtype=np.int64))
+    dump_json(store_meta(count=len(codes), **meta), out / "meta.json")
     return out
 
 
