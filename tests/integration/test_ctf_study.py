@@ -38,7 +38,7 @@ class _Clock:
 def test_resumed_segment_counts_the_compute_of_its_steps_once(ctf_study, tmp_path, monkeypatch):
     """A run stopped mid-segment and resumed from its last checkpoint must record the compute of the
     segment's steps: not only the steps the resuming process ran (it under-counted), nor the repeats."""
-    import coarse2fine.training.loop as loop
+    import coarse2fine.training.gpt as loop
 
     clock = _Clock()
     resumed_from = {"step": 0}
