@@ -95,7 +95,7 @@ def test_import_errors_name_the_problem(files, tmp_path, capsys):
     _fails(capsys, base + ["--tokenizer", str(out / "tokenizer"), "--gpt", gpt, "--preset", "GPT-small",
                            "--out", str(tmp_path / "a")], "(GPT-tiny), but --preset GPT-small")
     _fails(capsys, base + ["--vq", vq, "--vq-preset", "VQ-small", "--out", str(tmp_path / "b")],
-           "is a VQ-tiny tokenizer, not VQ-small")
+           "is a VQ-tiny / VQ-64-f4 tokenizer, not VQ-small")  # the same weights fit both presets
     _fails(capsys, base + ["--vq", gpt, "--vq-preset", "VQ-tiny", "--out", str(tmp_path / "c")],
            "is a GPT checkpoint; pass it as --gpt")
     _fails(capsys, base + ["--vq", vq, "--vq-preset", "VQ-tiny", "--out", str(out)], "already exists")
