@@ -124,17 +124,29 @@ def report(args) -> None:
     lines += [f"- {r['recipe']} seed {r['seed']}: PSNR {r['psnr_test_db']:.2f}, recon FD {r['recon_fd_lite0_64']:.2f}, "
               f"usage {r['usage_test']:.4f}, {r['train_cpu_min']:.1f} CPU-min" for r in rows]
     (dest / "report.md").write_text("\n".join(lines) + "\n")
-    # figure: originals, then each recipe's reconstructions (seed 0), 16 test images per row
-    strips = []
-    first = args.out / "l2_s0" / "recon_test.npz"
-    if first.exists():
-        strips.append(np.load(first)["originals"][:16])
-        for recipe in RECIPES:
-            f = args.out / f"{recipe}_s0" / "recon_test.npz"
-            if f.exists():
-                strips.append(np.load(f)["recons"][:16])
-        grid = np.concatenate([np.concatenate(list(s), axis=1) for s in strips], axis=0)
-        Image.fromarray(grid).save(dest / "recon.png")
+    # figure: 16 test images spread over the classes, then each recipe's reconstructions (seed 0)
+    import torch
+
+    from coarse2fine.checkpoint import load_vq
+    from coarse2fine.data.registry import build_dataset
+
+    test = build_dataset("emoji64", 64, "test")
+    pick = np.linspace(0, len(test) - 1, 16).round().astype(int)
+    raw = np.stack([test.get_raw(int(i)) for i in pick])  # [16, 64, 64, 3] uint8
+    strips = [raw]
+    for recipe in RECIPES:
+        run = args.out / f"{recipe}_s0"
+        if (run / "model.safetensors").exists():
+            vq = load_vq(run).eval()
+            with torch.no_grad():
+                x = torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 127.5 - 1
+                rec = vq.decode_codes(vq.encode(x)).clamp(-1, 1)
+            strips.append(((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    grid = np.concatenate([np.concatenate(list(s), axis=1) for s in strips], axis=0)
+    Image.fromarray(grid).save(dest / "recon.png")
+    lines += ["", "recon.png: 16 test images spread over the 9 classes (top), then the reconstructions of "
+              + ", ".join(f"{r} (seed 0)" for r in RECIPES) + ", one row each."]
+    (dest / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
