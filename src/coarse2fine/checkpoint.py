@@ -17,6 +17,8 @@ import os
 import pickle
 import random
 import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -28,7 +30,7 @@ from coarse2fine.models import Transformer
 from coarse2fine.tokenizer.vq import USAGE_WINDOW, VQModel, codebook_fingerprint
 
 from coarse2fine.config import ConfigError, GPTConfig, UserError, VQConfig, dump_json, from_dict, load_json, vq_config
-from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save
+from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save, check_tensor_digest
 
 FORMAT, FORMAT_VERSION = "coarse2fine", 1
 RUN_KINDS = ("vq", "gpt", "classifier", "coarse_map")
@@ -44,15 +46,22 @@ def _first_line(e: BaseException) -> str:
 def _safe_torch_load(p: Path, what: str, fix: str) -> Any:
     """torch.load(weights_only=True) with every failure as one line. torch's own refusal text
     suggests weights_only=False (arbitrary code execution); that hint is never passed on."""
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a directory; pass the checkpoint file itself (e.g. {p}/vq_ds16_c2i.pt)")
     if not p.is_file():
         raise UserError(f"{what} {p} not found; check the path")
     if p.stat().st_size == 0:
         raise UserError(f"{what} {p} is empty (0 bytes), e.g. from an interrupted copy; {fix}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # torch warns about pickle protocols before refusing a plain pickle; the one line below says it all
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+        if not found and not zipfile.is_zipfile(p):
+            raise UserError(f"{p} is a plain pickle, not a torch.save checkpoint, so it is not loaded (unpickling "
+                            f"runs code); {fix}") from None
         names = f" ({', '.join(found)})" if found else ""
         raise UserError(f"{p} holds objects other than tensors and plain values{names}, so it is refused for "
                         f"safety and not loaded (weights_only); {fix}") from None
@@ -123,8 +132,9 @@ def save_weights(model_or_sd: nn.Module | dict[str, torch.Tensor], path: str | P
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """A safetensors file -> {name: tensor}, its checksum verified (fileio.check_tensor_digest; set
+    COARSE2FINE_SKIP_CHECKSUM=1 to skip that)."""
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path)
     if not p.is_file():
@@ -132,9 +142,16 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if p.stat().st_size == 0:
         raise UserError(f"weights file {p} is empty (0 bytes), e.g. from an interrupted copy; copy the run again")
     try:
-        return load_file(str(p))
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata()
+            sd = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise UserError(f"cannot read {p} ({e}); the file is corrupt, re-export it") from e
+    try:
+        check_tensor_digest(p, sd, meta, "copy the file again from its source (or restore a backup)")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return sd
 
 
 # ---- RNG state (exact resume) ---------------------------------------------------------------

@@ -164,9 +164,13 @@ def load_json(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"missing {p}; is this a coarse2fine run directory?")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p} is not valid JSON ({e}); re-create it or restore it from a backup") from e
+    if not isinstance(obj, dict):  # every file coarse2fine writes holds one JSON object
+        raise ConfigError(f"{p} holds a JSON {type(obj).__name__}, not an object of settings; re-create it or "
+                          "restore it from a backup")
+    return obj
 
 
 @dataclass

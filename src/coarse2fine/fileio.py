@@ -1,31 +1,92 @@
-"""Atomic file writes: temp file in the same directory, fsync, rename.
+"""Files written so that a crash, a full disk or a second process never leaves a wrong state:
 
-A crash mid-write leaves the previous file intact, never a truncated one.
+- atomic writes: temp file in the same directory, fsync, rename. A crash mid-write leaves the previous
+  file intact, never a truncated one; the temp file carries its writer's pid, and the next write of
+  the same file removes the temp files of writers that are gone (a kill -9 cannot clean up after itself);
+- weight files (safetensors) carry a SHA-256 of their tensors in the header metadata, checked at load
+  (`check_tensor_digest`; COARSE2FINE_SKIP_CHECKSUM=1 skips the check);
+- an exclusive lock per output directory (`lock_dir`), held for as long as one process writes it.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import os
+import re
 import tempfile
+import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
+from coarse2fine.config import UserError
+
+# ---- atomic writes ---------------------------------------------------------------------------------
+
+# .<name>.<pid>.<random>.tmp (this version's writers) and .<name>.<random>.tmp (earlier ones, no pid)
+def _temp_pattern(name: str | None) -> re.Pattern:
+    return re.compile(rf"^\.{re.escape(name) if name else '.+?'}\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]+\.tmp$")
+
+
+LEGACY_TMP_AGE_S = 3600  # a pid-less temp file older than this has no live writer
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the temp files an interrupted atomic write left in `directory` (of the file `name`
+    only, when given): those whose writer's pid is gone, and pid-less ones older than an hour.
+    Returns what was removed."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    removed = []
+    pattern, rx = (f".{name}.*.tmp" if name else ".*.tmp"), _temp_pattern(name)
+    for f in d.glob(pattern):
+        m = rx.match(f.name)
+        if not m:
+            continue
+        pid = m.group("pid")
+        try:
+            stale = (not _alive(int(pid))) if pid else time.time() - f.stat().st_mtime > LEGACY_TMP_AGE_S
+            if stale and int(pid or 0) != os.getpid():
+                f.unlink()
+                removed.append(f)
+        except FileNotFoundError:  # removed meanwhile by another cleaner
+            continue
+    return removed
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all. A failure (e.g. a full disk) raises an OSError that
+    names `path`, and leaves the previous file, if any, as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temp_files(path.parent, path.name)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):  # name the user's file, not our temp name
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -40,9 +101,86 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+# ---- weight files: safetensors with a digest of their tensors ------------------------------------------
+
+DIGEST_KEY = "coarse2fine_sha256"
+SKIP_CHECKSUM_ENV = "COARSE2FINE_SKIP_CHECKSUM"
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor (sorted by name): its name, dtype, shape and raw bytes."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach()
+        h.update(f"{k}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(memoryview(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
                             metadata: dict[str, str] | None = None) -> None:
+    """safetensors file with the tensors' digest in its metadata (DIGEST_KEY), written atomically."""
     from safetensors.torch import save
 
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(flat, metadata=metadata))
+    meta = {**(metadata or {}), DIGEST_KEY: tensor_digest(flat)}
+    atomic_write_bytes(path, save(flat, metadata=meta))
+
+
+def checksum_skipped() -> bool:
+    return os.environ.get(SKIP_CHECKSUM_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def check_tensor_digest(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None,
+                        fix: str) -> None:
+    """Raise ValueError (one line, with `fix`) when the tensors read from `path` do not hash to the
+    digest written at save time. Files without one (older versions, other tools) are not checked,
+    nor is any file when $COARSE2FINE_SKIP_CHECKSUM is set."""
+    want = (metadata or {}).get(DIGEST_KEY)
+    if not want or checksum_skipped():
+        return
+    if tensor_digest(tensors) != want:
+        raise ValueError(f"{path} is damaged: its tensors do not match the checksum written when it was saved "
+                         f"(a bad copy, disk or transfer); {fix}")
+
+
+# ---- one writer per directory ----------------------------------------------------------------------------
+
+
+class DirLock:
+    """An exclusive lock on a directory: `<dir>/.lock`, held with fcntl.flock for as long as the
+    writer runs (the OS drops it when the process dies, so a crash never leaves a stale lock). The
+    file holds the holder's pid, for the error message of the process that is refused."""
+
+    def __init__(self, directory: str | Path, holder: str = "another training process"):
+        self.path = Path(directory) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise UserError(f"{self.path.parent} is in use by {holder} (pid {pid}); wait for it to finish or "
+                            "stop it, or choose another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_dir(directory: str | Path, holder: str, enabled: bool = True):
+    """DirLock(directory) in the process that writes it (rank 0), a no-op context elsewhere."""
+    return DirLock(directory, holder) if enabled else nullcontext()
+

@@ -13,6 +13,7 @@ other setting is an error rather than a silently mixed array.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import sys
 from pathlib import Path
@@ -186,3 +187,65 @@ def open_code_store(path: str | Path):
 
         return ShardedCodeStore(p)
     return CodeStore(p)
+
+
+# ---- which code store a run trains on ------------------------------------------------------------------
+
+# what makes two code stores the same training data (paths excluded: a store may be moved)
+IDENTITY_KEYS = ("tokenizer_fingerprint", "codebook_size", "grid", "count", "num_classes", "classes", "dataset",
+                 "split", "flip", "data", "labels_sha256")
+
+
+def labels_digest(store) -> str:
+    """SHA-256 of a store's labels (per image for a ten-crop store): cheap, and it tells two data sets
+    (or two subsets of one) apart even when their counts agree."""
+    labels = getattr(store.labels, "image_labels", store.labels)
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(labels), dtype=np.int64).tobytes()).hexdigest()
+
+
+def codes_record(store, codes_dir: str | Path) -> dict[str, Any]:
+    """What a run's config.json records under "codes": where the store is, its meta.json and the
+    digest of its labels; `check_same_codes` compares two of them."""
+    return {"dir": str(Path(codes_dir).resolve()), **store.meta, "labels_sha256": labels_digest(store)}
+
+
+def _identity(record: dict[str, Any]) -> dict[str, Any]:
+    out = {k: record[k] for k in IDENTITY_KEYS if k in record}
+    if isinstance(out.get("data"), dict):
+        out["data"] = {k: v for k, v in out["data"].items() if k != "root"}
+    return out
+
+
+def _shown(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_same_codes(old: dict[str, Any] | None, new: dict[str, Any], run_dir: str | Path) -> None:
+    """`train --resume`: refuse a code store other than the one the run trained on (other data, other
+    classes, another tokenizer, another count). Fields the run did not record (older runs) are not
+    compared; the store's path is not compared (a moved store is the same store)."""
+    if not old:
+        return
+    a, b = _identity(old), _identity(new)
+    diff = [f"{k}: the run's {_shown(a[k])}, this store's {_shown(b.get(k))}" for k in a if a[k] != b.get(k)]
+    if diff:
+        raise UserError(f"--codes {new.get('dir')} is not the code store {run_dir} trains on ({'; '.join(diff[:3])}"
+                        f"{'; ...' if len(diff) > 3 else ''}); resume with the run's store ({old.get('dir')}, "
+                        "leave --codes out) or start a new --out")
+
+
+def check_heldout(train_store, heldout_store, heldout_dir: str | Path):
+    """`train --heldout`: the held-out codes must come from the run's tokenizer and have its classes,
+    or the held-out NLL measures nothing. Returns heldout_store."""
+    a, b = train_store.meta, heldout_store.meta
+    for key, what in (("tokenizer_fingerprint", "tokenizer (codebook fingerprint)"), ("codebook_size", "codebook size"),
+                      ("grid", "code grid")):
+        if a.get(key) is not None and b.get(key) is not None and a[key] != b[key]:
+            raise UserError(f"--heldout {heldout_dir} holds codes of another {what}: {b[key]}, the training codes "
+                            f"have {a[key]}; extract the held-out split with the run's tokenizer")
+    ca, cb = list(a.get("classes") or []), list(b.get("classes") or [])
+    if a.get("num_classes") != b.get("num_classes") or (ca and cb and ca != cb):
+        raise UserError(f"--heldout {heldout_dir} has {b.get('num_classes')} classes ({_shown(cb)}), the training codes "
+                        f"{a.get('num_classes')} ({_shown(ca)}); extract the held-out split of the same data set")
+    return heldout_store

@@ -5,7 +5,6 @@ One home each, so the two trainers cannot drift apart (they used to carry three 
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -16,7 +15,7 @@ from typing import Any, Iterable
 import torch
 
 from coarse2fine.config import ConfigError, UserError, from_dict, to_dict
-from coarse2fine.fileio import atomic_write_bytes
+from coarse2fine.fileio import DirLock, atomic_write_bytes, lock_dir
 
 # ---- schedule, EMA, precision, seeding ---------------------------------------------------------
 
@@ -135,41 +134,13 @@ def _records(p: Path, upto: int | None) -> list[tuple[str, dict[str, Any]]]:
 # ---- run lock --------------------------------------------------------------------------------------
 
 
-class RunLock:
-    """An exclusive lock on a run directory: `<run>/.lock`, held with fcntl.flock for as long as the
-    trainer runs (the OS drops it when the process dies, so a crash never leaves a stale lock). The
-    file holds the holder's pid, for the error message of the process that is refused."""
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / ".lock"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self.fd)
-            raise UserError(f"{self.path.parent} is in use by another training process (pid {holder}); wait for "
-                            "it to finish or stop it, or choose another --out") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+# the lock itself lives in fileio (lock_dir), shared with the sample, sample-fid and extract-codes outputs
+RunLock = DirLock
 
 
 def lock_run(run_dir: str | Path, enabled: bool = True):
-    """RunLock(run_dir) on the process that writes the run (rank 0), a no-op context elsewhere."""
-    return RunLock(run_dir) if enabled else nullcontext()
+    """One training process per run dir: the lock on the process that writes it (rank 0), a no-op elsewhere."""
+    return lock_dir(run_dir, "another training process", enabled)
 
 
 # ---- resume check ----------------------------------------------------------------------------------

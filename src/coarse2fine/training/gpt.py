@@ -18,7 +18,7 @@ from coarse2fine import distributed
 from coarse2fine.checkpoint import (load_train_state, read_run_config, store_tokenizer_dir, tokenizer_ref,
                                     write_run_config)
 from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, to_dict
-from coarse2fine.data.codes import open_code_store
+from coarse2fine.data.codes import check_heldout, check_same_codes, codes_record, open_code_store
 from coarse2fine.models import Transformer, count_params
 from coarse2fine.stages import ClusterLoss, StageBatches, evaluate_tokens, stage_loss, stage_spec
 from coarse2fine.tokenizer.clustering import CoarseMap
@@ -74,7 +74,8 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     store = open_code_store(codes_dir)  # extract-codes dir or a sharded ten-crop one
     cmap = CoarseMap.load(coarse_map) if coarse_map else None
     batches = StageBatches(store, stage, cmap)
-    heldout = StageBatches(open_code_store(heldout_dir), stage, cmap) if heldout_dir else None
+    heldout = (StageBatches(check_heldout(store, open_code_store(heldout_dir), heldout_dir), stage, cmap)
+               if heldout_dir else None)
     if restricted and not spec.restricted_head:
         raise UserError("the cluster-restricted head applies to the fine stage only")
     if cfg.cluster_loss_weight > 0 and not spec.cluster_loss:
@@ -89,7 +90,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                         f"grad accumulation {cfg.grad_accum}")
 
     run_meta = {"kind": "gpt", "stage": stage, "gpt": to_dict(model_cfg), "train": to_dict(cfg),
-                "codes": {"dir": str(Path(codes_dir).resolve()), **store.meta}, "restricted": restricted,
+                "codes": codes_record(store, codes_dir), "restricted": restricted,
                 "coarse_map": cmap.stats() | {"fingerprint": cmap.fingerprint, "method": cmap.method} if cmap else None,
                 "tokenizer": tokenizer_ref(store.meta.get("tokenizer_fingerprint"),
                                            store_tokenizer_dir(store.meta, codes_dir), out)}
@@ -146,6 +147,7 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
     if not resume:
         return None
     old = read_run_config(out, "gpt")
+    check_same_codes(old.get("codes"), run_meta["codes"], out)  # the data a run trains on is one of its settings
     if old.get("stage") != run_meta["stage"] or old.get("gpt") != run_meta["gpt"]:
         raise UserError(f"{out} holds a {old.get('stage')} run with another model config; "
                         "resume with the same stage/preset or choose another --out")
