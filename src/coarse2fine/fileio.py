@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import tempfile
 import time
 from contextlib import nullcontext
@@ -45,9 +46,9 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temp_files(directory: str | Path, name: str | None = None) -> list[Path]:
-    """Remove the temp files an interrupted atomic write left in `directory` (of the file `name`
-    only, when given): those whose writer's pid is gone, and pid-less ones older than an hour.
-    Returns what was removed."""
+    """Remove the temp files (and staging folders) an interrupted write left in `directory` (of the
+    file `name` only, when given): those whose writer's pid is gone, and pid-less ones older than an
+    hour. Returns what was removed."""
     d = Path(directory)
     if not d.is_dir():
         return []
@@ -61,7 +62,7 @@ def remove_stale_temp_files(directory: str | Path, name: str | None = None) -> l
         try:
             stale = (not _alive(int(pid))) if pid else time.time() - f.stat().st_mtime > LEGACY_TMP_AGE_S
             if stale and int(pid or 0) != os.getpid():
-                f.unlink()
+                shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
                 removed.append(f)
         except FileNotFoundError:  # removed meanwhile by another cleaner
             continue
@@ -147,6 +148,8 @@ def check_tensor_digest(path: str | Path, tensors: Mapping[str, torch.Tensor], m
 
 # ---- one writer per directory ----------------------------------------------------------------------------
 
+LOCK_FILE = ".lock"
+
 
 class DirLock:
     """An exclusive lock on a directory: `<dir>/.lock`, held with fcntl.flock for as long as the
@@ -154,7 +157,7 @@ class DirLock:
     file holds the holder's pid, for the error message of the process that is refused."""
 
     def __init__(self, directory: str | Path, holder: str = "another training process"):
-        self.path = Path(directory) / ".lock"
+        self.path = Path(directory) / LOCK_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -247,25 +247,48 @@ class ARPipeline:
         return SampleOutput(images, codes.cpu(), labels.cpu(), None, t)
 
 
-def save_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, nrow: int = 8) -> None:
+def save_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, nrow: int = 8,
+                 replace: list[Path] = ()) -> None:
     """PNGs named {index:06d}_c{label}.png, grid.png, and samples.npz (arr_0 uint8 [N, H, W, 3] as
-    the ADM evaluator reads it, plus labels int64 [N])."""
+    the ADM evaluator reads it, plus labels int64 [N]).
+
+    Written whole or not at all: everything goes to a staging folder inside `out` first; only when
+    every file is written are the files of `replace` (an earlier output) removed and the new ones
+    moved in, samples.npz last. A failure (a full disk: the OSError names the path) leaves the
+    earlier output as it was; a kill leaves a staging folder that the next `save_samples` removes."""
     import io
+    import tempfile
 
     import numpy as np
     from PIL import Image
 
     from coarse2fine.data.preprocess import save_grid
+    from coarse2fine.fileio import remove_stale_temp_files
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    arr = images.numpy()
-    for i, (img, lab) in enumerate(zip(arr, labels.tolist())):
-        Image.fromarray(img).save(out / f"{i:06d}_c{lab}.png")
-    save_grid(arr, out / "grid.png", nrow=nrow)
-    buf = io.BytesIO()
-    np.savez(buf, arr_0=arr, labels=labels.numpy())
-    atomic_write_bytes(out / "samples.npz", buf.getvalue())
+    remove_stale_temp_files(out, "sample")
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=f".sample.{os.getpid()}.", suffix=".tmp"))
+    try:
+        arr = images.numpy()
+        names = [f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels.tolist())]
+        try:
+            for img, name in zip(arr, names):
+                Image.fromarray(img).save(stage / name)
+            save_grid(arr, stage / "grid.png", nrow=nrow)
+            buf = io.BytesIO()
+            np.savez(buf, arr_0=arr, labels=labels.numpy())
+            (stage / "samples.npz").write_bytes(buf.getvalue())
+        except OSError as e:  # PIL and numpy do not name the file; the user's path is `out`, not our staging
+            if e.filename is None or str(stage) in str(e.filename):
+                raise OSError(e.errno, e.strerror or str(e), str(out)) from e
+            raise
+        for f in sorted(replace, key=lambda f: f.name != "samples.npz"):  # the npz first: it marks a whole output
+            f.unlink(missing_ok=True)
+        for name in names + ["grid.png", "samples.npz"]:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 # ---- export: one self-contained folder in the Hugging Face layout ---------------------------------

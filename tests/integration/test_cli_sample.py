@@ -89,8 +89,8 @@ def test_sample_out_is_written_fresh(tiny_runs, tmp_path, capsys):
     out = tmp_path / "s"
     _sample(tiny_runs, out, "--per-class", "5")  # 10 images
     images, labels = _sample(tiny_runs, out)  # 4 images into the same folder
-    assert sorted(f.name for f in out.iterdir()) == [
-        "000000_c0.png", "000001_c0.png", "000002_c3.png", "000003_c3.png", "grid.png", "samples.npz"]
+    assert sorted(f.name for f in out.iterdir()) == [  # .lock: the folder's lock, as in a run directory
+        ".lock", "000000_c0.png", "000001_c0.png", "000002_c3.png", "000003_c3.png", "grid.png", "samples.npz"]
     loaded, loaded_labels, _ = load_samples(out)
     assert np.array_equal(loaded, images) and loaded_labels.tolist() == [0, 0, 3, 3]
     (out / "mine.txt").write_text("keep")

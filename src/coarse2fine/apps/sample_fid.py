@@ -32,6 +32,7 @@ from PIL import Image
 from coarse2fine import distributed
 from coarse2fine.config import UserError, dump_json, load_json
 from coarse2fine.data.preprocess import to_uint8
+from coarse2fine.fileio import lock_dir, remove_stale_temp_files
 from coarse2fine.sampling import StageSampling
 
 
@@ -65,13 +66,24 @@ def decode_to_uint8(vq, codes: torch.Tensor, size: int | None = None) -> np.ndar
     return to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()  # [B, 3, H, W] -> [B, H, W, 3]
 
 
+def _temp_name(path: Path) -> Path:
+    """The temp name of `path` while it is written: pid-named, so fileio.remove_stale_temp_files
+    can tell a killed writer's leftovers from a live one's."""
+    return path.with_name(f".{path.name}.{os.getpid()}.w.tmp")
+
+
 def _write_png(path: Path, img: np.ndarray) -> None:
-    """Whole file or nothing: write a temporary name in the same folder, then rename."""
+    """Whole file or nothing: write a temporary name in the same folder, then rename. A failed write
+    (a full disk) removes its temp file and raises an OSError naming `path`."""
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    tmp = _temp_name(path)
+    try:
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def write_adm_npz(png_paths: list[Path], labels: np.ndarray, path: str | Path) -> tuple[int, int, int]:
@@ -81,22 +93,28 @@ def write_adm_npz(png_paths: list[Path], labels: np.ndarray, path: str | Path) -
     h, w = first.shape[:2]
     n = len(png_paths)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _temp_name(path)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (n, h, w, 3)}
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_2_0(f, header)
-            for p in png_paths:
-                with Image.open(p) as im:
-                    if im.mode != "RGB":
-                        raise UserError(f"{p} is a {im.mode} image, expected RGB; delete it and rerun to resample it")
-                    arr = np.asarray(im)
-                if arr.shape != (h, w, 3):
-                    raise UserError(f"{p} is {arr.shape[1]}x{arr.shape[0]}, the others {w}x{h}; delete it and rerun")
-                f.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
-        with zf.open("labels.npy", "w") as f:
-            np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
-    os.replace(tmp, path)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_2_0(f, header)
+                for p in png_paths:
+                    with Image.open(p) as im:
+                        if im.mode != "RGB":
+                            raise UserError(f"{p} is a {im.mode} image, expected RGB; delete it and rerun to resample it")
+                        arr = np.asarray(im)
+                    if arr.shape != (h, w, 3):
+                        raise UserError(f"{p} is {arr.shape[1]}x{arr.shape[0]}, the others {w}x{h}; delete it and rerun")
+                    f.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+            with zf.open("labels.npy", "w") as f:
+                np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk, a bad PNG, an interrupt: no half npz left behind
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     return n, h, w
 
 
@@ -120,19 +138,34 @@ def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coars
     """Sample `num_samples` class-balanced images into out_dir (see module docstring); resumable.
 
     stage1: sampling knobs of the baseline / CTF stage 1; stage2: CTF stage 2 (pipeline defaults when
-    None). Returns the summary also stored in out_dir/fid_run.json."""
-    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
-
+    None). Returns the summary also stored in out_dir/fid_run.json.
+    One process (group) per out_dir: rank 0 holds its lock, and first removes the temp files of a
+    killed run."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     info = distributed.setup(device)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file; give a directory path")
+    with lock_dir(out, "another sample-fid process", info.is_main):
+        if info.is_main:
+            for d in (out, out / "samples"):
+                remove_stale_temp_files(d)
+        return _sample_fid(info, out, baseline, coarse, fine, tokenizer, num_samples, batch_size, seed, stage1,
+                           stage2, bf16, image_size_eval, progress)
+
+
+def _sample_fid(info, out, baseline, coarse, fine, tokenizer, num_samples, batch_size, seed, stage1, stage2, bf16,
+                image_size_eval, progress) -> dict[str, Any]:
+    """sample_fid under the lock of `out`."""
+    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
+
     dtype = torch.bfloat16 if bf16 else torch.float32
     pipe = _load_pipeline(baseline, coarse, fine, tokenizer, info.device, dtype)
     is_ctf = baseline is None
     s1 = stage1 or (CTF_COARSE_DEFAULT if is_ctf else BASELINE_DEFAULT)
     s2 = stage2 or CTF_FINE_DEFAULT
     labels = class_schedule(num_samples, pipe.num_classes)
-    out = Path(out_dir)
     folder = out / "samples"
     settings = {"kind": "ctf" if is_ctf else "baseline",
                 "runs": {k: str(Path(v).resolve()) for k, v in

@@ -297,7 +297,7 @@ def cmd_eval_tokens(args) -> int:
 
 
 def parse_classes(spec: str | None, num_classes: int, per_class: int) -> torch.Tensor:
-    if spec:
+    if spec is not None:  # given, even empty: `--classes ""` names no class, it does not mean all
         try:
             ids = [int(s) for s in spec.split(",") if s.strip()]
         except ValueError as e:
@@ -313,13 +313,20 @@ def parse_classes(spec: str | None, num_classes: int, per_class: int) -> torch.T
 
 
 def cmd_sample(args) -> int:
+    from coarse2fine.fileio import lock_dir
+
+    check_mode(args)
+    out = Path(args.out)
+    check_out_path(out)
+    with lock_dir(out, "another `sample` process"):  # two writers would mix their images in one folder
+        return _sample(args, out, prepare_sample_dir(out))
+
+
+def _sample(args, out: Path, owned: list[Path]) -> int:
     from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
 
     from coarse2fine.precision import resolve_dtype
 
-    check_mode(args)
-    out = Path(args.out)
-    owned = prepare_sample_dir(out)
     dtype = resolve_dtype(args.dtype, torch.device(args.device))
     if args.coarse:
         pipe = CTFPipeline.from_runs(args.coarse, args.fine, args.tokenizer, args.device, dtype)
@@ -335,9 +342,8 @@ def cmd_sample(args) -> int:
         images.append(o.images)
         for k, v in o.timings.items():
             timings[k] = timings.get(k, 0.0) + v
-    for f in owned:  # an earlier sample output: replaced, never mixed with this one
-        f.unlink()
-    save_samples(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8)
+    # an earlier sample output is replaced, never mixed with this one
+    save_samples(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8, replace=owned)
     total = sum(timings.values())
     print(f"wrote {len(labels)} images to {out} (grid.png, samples.npz); "
           + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()) + f"; {len(labels) / max(total, 1e-9):.1f} images/s")
@@ -349,12 +355,16 @@ def prepare_sample_dir(out: Path) -> list[Path]:
     removed before writing. Any other file is refused: it is not ours to delete, and leaving it would
     make the folder a mixture that `eval --samples` cannot tell apart."""
     from coarse2fine.eval.samples import SAMPLE_NAME
+    from coarse2fine.fileio import LOCK_FILE, remove_stale_temp_files
 
     check_out_path(out)
     if not out.is_dir():
         return []
+    remove_stale_temp_files(out, "sample")  # the staging folder of a killed `sample`
     ours, foreign = [], []
     for f in sorted(out.iterdir()):
+        if f.name == LOCK_FILE:
+            continue
         mine = f.is_file() and (f.name in ("grid.png", "samples.npz") or SAMPLE_NAME.match(f.name))
         (ours if mine else foreign).append(f)
     if foreign:

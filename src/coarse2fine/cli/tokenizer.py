@@ -203,12 +203,11 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from coarse2fine.data.codes import extract_codes
+    from coarse2fine.data.codes import check_extract_out, extract_codes
 
     out = Path(args.out)
     check_out_path(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / "progress.json").exists():
-        raise UserError(f"--out {out} holds other files and no code extraction; give a new or empty directory")
+    check_extract_out(out)  # before loading anything: new, empty, resumable, or a failed start to redo
     vq = _load_tokenizer(args)
     ds, info = _dataset(args, vq.cfg.image_size, args.split)
     out = extract_codes(vq, ds, args.out, flip=not args.no_flip, batch_size=args.batch_size,

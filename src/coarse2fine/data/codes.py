@@ -13,8 +13,10 @@ other setting is an error rather than a silently mixed array.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from coarse2fine.config import ConfigError, UserError, dump_json, load_json
-from coarse2fine.fileio import atomic_write_bytes
+from coarse2fine.fileio import atomic_write_bytes, lock_dir, remove_stale_temp_files
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine.checkpoint import load_vq, tokenizer_ref
 
@@ -49,6 +51,8 @@ def extract_codes(vq: VQModel | str | Path, dataset, out_dir: str | Path, flip: 
     extraction with other settings.
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file; give a directory path")
     if not isinstance(vq, VQModel):
         tokenizer_dir = tokenizer_dir or vq
         vq = load_vq(vq)
@@ -63,22 +67,50 @@ def extract_codes(vq: VQModel | str | Path, dataset, out_dir: str | Path, flip: 
         "split": getattr(dataset, "split", "?"), "resolution": dataset.resolution, "count": n_img * per,
         "data": data_info or {},
     }
+    check_extract_out(out)
+    with lock_dir(out, "another extract-codes process"):  # two writers of one memmap would interleave rows
+        remove_stale_temp_files(out)
+        return _extract(vq, dataset, out, args, flip, per, batch_size, tokenizer_dir, progress)
+
+
+def check_extract_out(out: Path) -> None:
+    """Before any work: `out` must be new, empty, an extraction to resume (progress.json), or what an
+    extraction left when it failed before its first progress.json (codes.npy / labels.npy only, e.g.
+    on a full disk), which a rerun starts over. Anything else is not ours to overwrite."""
+    if not out.is_dir() or (out / "progress.json").exists():
+        return
+    if (out / "meta.json").exists():
+        raise UserError(f"{out} already holds extracted codes; use another --out or delete it")
+    other = sorted(f.name for f in out.iterdir() if not f.name.startswith(".") and f.name not in FRESH_FILES)
+    if other:
+        raise UserError(f"--out {out} holds other files and no code extraction (e.g. {other[0]}); give a new or "
+                        "empty directory")
+
+
+FRESH_FILES = ("codes.npy", "labels.npy")  # written before progress.json: an extraction that never started
+
+
+def _extract(vq, dataset, out: Path, args: dict[str, Any], flip: bool, per: int, batch_size: int,
+             tokenizer_dir, progress: bool) -> Path:
+    """extract_codes under the lock of `out`."""
+    n_img, grid = len(dataset), args["grid"]
     progress_path = out / "progress.json"
-    done = 0
+    shape = (n_img * per, grid * grid)
+    done, codes = 0, None
     if progress_path.exists():
         saved = load_json(progress_path)
-        diff = sorted(k for k in set(args) | set(saved["args"]) if saved["args"].get(k) != args.get(k))
+        diff = sorted(k for k in set(args) | set(saved.get("args") or {}) if saved["args"].get(k) != args.get(k))
         if diff:
             raise UserError(f"{out} holds codes extracted with different settings ({diff}); "
                             "use another --out or delete that directory")
         done = int(saved["done"])
-        codes = np.load(out / "codes.npy", mmap_mode="r+")
-    else:
+        codes = _open_rows(out / "codes.npy", shape)
+        if codes is None and done:
+            raise UserError(f"{out / 'codes.npy'} is damaged ({done} rows had been written); delete {out} and "
+                            "extract again")
+    if codes is None:  # a fresh start, or one that failed before its first row
         out.mkdir(parents=True, exist_ok=True)
-        if (out / "meta.json").exists() or (out / "codes.npy").exists():
-            raise UserError(f"{out} has codes but no progress.json; use another --out or delete it")
-        codes = np.lib.format.open_memmap(out / "codes.npy", mode="w+", dtype=code_dtype(vq.cfg.codebook_size),
-                                          shape=(n_img * per, grid * grid))
+        codes = _create_rows(out / "codes.npy", code_dtype(vq.cfg.codebook_size), shape)
         labels = np.repeat(np.asarray(dataset.labels, dtype=np.int64), per)  # row 2i, 2i+1 <- image i
         _save_npy_atomic(out / "labels.npy", labels)
         dump_json({"args": args, "done": 0}, progress_path)
@@ -133,6 +165,32 @@ def write_code_store(out: str | Path, codes: np.ndarray, labels: np.ndarray, **m
     _save_npy_atomic(out / "labels.npy", np.asarray(labels, dtype=np.int64))
     dump_json(store_meta(count=len(codes), **meta), out / "meta.json")
     return out
+
+
+def _open_rows(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The codes memmap of an extraction to resume, or None when it is missing, damaged or of
+    another shape (e.g. cut short by a full disk before its first row)."""
+    try:
+        arr = np.load(path, mmap_mode="r+", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return arr if arr.shape == shape else None
+
+
+def _create_rows(path: Path, dtype: np.dtype, shape: tuple[int, int]) -> np.ndarray:
+    """A new codes memmap with its blocks reserved on disk now: a full disk is an error naming the
+    file here, not a SIGBUS halfway through the extraction (writes to a sparse memmap)."""
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # file systems without it
+                    raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    return arr
 
 
 def _load_array(path: Path, mmap: bool) -> np.ndarray:
