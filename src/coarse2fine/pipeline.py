@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -40,8 +40,11 @@ class SampleOutput:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part
 
 
-def _index_component(folder: str | Path, pipeline: str) -> dict[str, Path]:
-    """model_index.json of an exported folder -> {component: its sub-folder}, checked."""
+def _index_component(folder: str | Path, pipeline: str, needed: tuple[str, ...], stages: tuple[str, ...]
+                     ) -> tuple[dict[str, Path], dict[str, StageSampling]]:
+    """model_index.json of an exported folder -> ({component: its sub-folder}, {stage: sampling
+    defaults}), checked: every component in `needed` present and inside the folder (an export is
+    self-contained: a path out of it, or a link out of it, is refused), the defaults valid."""
     from coarse2fine.config import load_json
 
     root = Path(folder)
@@ -57,7 +60,42 @@ def _index_component(folder: str | Path, pipeline: str) -> dict[str, Path]:
     if index.get("_class_name") != pipeline:
         raise UserError(f"{root} is a {index.get('_class_name')} export, not a {pipeline} one; load it with "
                         f"{index.get('_class_name')}.from_pretrained")
-    return {name: root / sub for name, sub in index["components"].items()}
+    comps = index.get("components")
+    missing = [n for n in needed if not isinstance(comps, dict) or not isinstance(comps.get(n), str)]
+    if missing:
+        raise UserError(f"{root}/model_index.json names no {', '.join(missing)} component; export the folder again")
+    inside = root.resolve()
+    parts = {}
+    for name in needed:
+        sub = (root / comps[name]).resolve()
+        if sub == inside or not sub.is_relative_to(inside):
+            raise UserError(f"{root}/model_index.json: component {name} is {comps[name]!r}, outside the exported "
+                            "folder; an export is self-contained: copy that component into it or export again")
+        parts[name] = sub
+    return parts, _sampling_defaults(root, index.get("sampling_defaults"), stages)
+
+
+def _sampling_defaults(root: Path, given, stages: tuple[str, ...]) -> dict[str, StageSampling]:
+    """sampling_defaults of model_index.json -> {stage: StageSampling}: what a call without sampling
+    arguments uses. A stage left out keeps the library's default; an unknown stage or knob, or a value
+    out of range, is an error naming it."""
+    if given is None:
+        return {}
+    where = f"{root}/model_index.json sampling_defaults"
+    if not isinstance(given, dict) or set(given) - set(stages):
+        raise UserError(f"{where} must map {' / '.join(stages)} to sampling settings, got {given!r}")
+    out = {}
+    knobs = [f.name for f in fields(StageSampling)]
+    whole = ("top_k", "cfg_interval")  # counts: integers; the others any number
+    for stage, d in given.items():
+        if not isinstance(d, dict) or set(d) - set(knobs):
+            raise UserError(f"{where}: {stage} must hold some of {knobs}, got {d!r}")
+        bad = [k for k, v in d.items() if isinstance(v, bool) or not isinstance(v, int if k in whole else (int, float))]
+        if bad:
+            raise UserError(f"{where}: {stage} {bad[0]} must be a number, got {d[bad[0]]!r}")
+        out[stage] = StageSampling(**d)
+        out[stage].validate(1 << 30, f"{where}: {stage}")  # top-k against the vocabulary: checked when sampling
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -103,6 +141,8 @@ class CTFPipeline:
                 raise UserError("stage-1 and stage-2 models were trained for different token grids")
         self.members = cmap.members.to(self.device)
         self.num_classes = coarse_model.cfg.num_classes
+        # what a call without sampling arguments uses (an export's sampling_defaults replace them)
+        self.coarse_default, self.fine_default = CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
         self._centroid_codes: torch.Tensor | None = None
 
     @classmethod
@@ -116,10 +156,15 @@ class CTFPipeline:
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu", dtype=torch.float32):
-        """A folder written by `coarse2fine export --coarse R1 --fine R2` (never downloads)."""
-        parts = _index_component(folder, cls.__name__)
+        """A folder written by `coarse2fine export --coarse R1 --fine R2` (never downloads). Its
+        model_index.json sampling_defaults become the defaults of calls without sampling arguments."""
+        parts, defaults = _index_component(folder, cls.__name__, ("tokenizer", "stage1", "stage2", "coarse_map"),
+                                          ("stage1", "stage2"))
         cmap = parts["coarse_map"] / "coarse_map.safetensors"
-        return cls._load(parts["stage1"], parts["stage2"], cmap, cmap, parts["tokenizer"], device, dtype)
+        pipe = cls._load(parts["stage1"], parts["stage2"], cmap, cmap, parts["tokenizer"], device, dtype)
+        pipe.coarse_default = defaults.get("stage1", pipe.coarse_default)
+        pipe.fine_default = defaults.get("stage2", pipe.fine_default)
+        return pipe
 
     @classmethod
     def _load(cls, coarse_dir, fine_dir, coarse_map, fine_map, tokenizer_dir, device, dtype):
@@ -144,10 +189,12 @@ class CTFPipeline:
         return FINE_DECODINGS if self.fine_model is not None else FINE_DECODINGS[1:]
 
     @torch.no_grad()
-    def __call__(self, labels: torch.Tensor, coarse_opts: StageSampling = CTF_COARSE_DEFAULT,
-                 fine_opts: StageSampling = CTF_FINE_DEFAULT, seed: int | None = 0,
+    def __call__(self, labels: torch.Tensor, coarse_opts: StageSampling | None = None,
+                 fine_opts: StageSampling | None = None, seed: int | None = 0,
                  decode_images: bool = True, fine_decoding: str = "network") -> SampleOutput:
-        """labels [B] -> SampleOutput. fine_decoding: one of sampling.FINE_DECODINGS."""
+        """labels [B] -> SampleOutput. fine_decoding: one of sampling.FINE_DECODINGS. Options left
+        None take the pipeline's defaults (the paper's, or an export's sampling_defaults)."""
+        coarse_opts, fine_opts = coarse_opts or self.coarse_default, fine_opts or self.fine_default
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         check_labels(labels, self.num_classes)
         coarse_opts.validate(self.coarse_model.cfg.vocab_size, "stage-1")
@@ -162,9 +209,10 @@ class CTFPipeline:
         return out
 
     @torch.no_grad()
-    def redraw(self, coarse: torch.Tensor, labels: torch.Tensor, fine_opts: StageSampling = CTF_FINE_DEFAULT,
+    def redraw(self, coarse: torch.Tensor, labels: torch.Tensor, fine_opts: StageSampling | None = None,
                seed: int | None = 0, decode_images: bool = True, fine_decoding: str = "network") -> SampleOutput:
         """Stage 2 (+ decode) only, on given coarse maps [B, N]: new details, the same structure."""
+        fine_opts = fine_opts or self.fine_default
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         check_labels(labels, self.num_classes)
         coarse = torch.as_tensor(coarse, dtype=torch.long, device=self.device)
@@ -216,6 +264,7 @@ class ARPipeline:
             raise UserError(f"baseline predicts {model.cfg.vocab_size} codes but the tokenizer has "
                             f"{vq.cfg.codebook_size}; pass the tokenizer the model was trained with")
         self.num_classes = model.cfg.num_classes
+        self.default = BASELINE_DEFAULT  # what a call without `opts` uses (an export's sampling_defaults)
 
     @classmethod
     def from_runs(cls, baseline_dir, tokenizer_dir=None, device="cpu", dtype=torch.float32):
@@ -225,13 +274,17 @@ class ARPipeline:
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu", dtype=torch.float32):
-        """A folder written by `coarse2fine export --baseline R` (never downloads)."""
-        parts = _index_component(folder, cls.__name__)
-        return cls.from_runs(parts["baseline"], parts["tokenizer"], device, dtype)
+        """A folder written by `coarse2fine export --baseline R` (never downloads); its sampling_defaults
+        become the defaults of calls without `opts`."""
+        parts, defaults = _index_component(folder, cls.__name__, ("tokenizer", "baseline"), ("stage1",))
+        pipe = cls.from_runs(parts["baseline"], parts["tokenizer"], device, dtype)
+        pipe.default = defaults.get("stage1", pipe.default)
+        return pipe
 
     @torch.no_grad()
-    def __call__(self, labels: torch.Tensor, opts: StageSampling = BASELINE_DEFAULT, seed: int | None = 0,
+    def __call__(self, labels: torch.Tensor, opts: StageSampling | None = None, seed: int | None = 0,
                  decode_images: bool = True) -> SampleOutput:
+        opts = opts or self.default
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         check_labels(labels, self.num_classes)
         gen = _generator(seed, self.device)

@@ -13,6 +13,7 @@ the tokenizer's downsampling, the vocabulary and class count from the tensors th
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -26,6 +27,8 @@ from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, VQConfig, fro
 from coarse2fine.models import Transformer
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine.checkpoint import load_vq
+
+log = logging.getLogger("coarse2fine.import")
 
 # LlamaGen's FID settings per model size (llamagen-compat.md); recorded in the imported run.
 LLAMAGEN_FID_CFG = {"GPT-B": 2.0, "GPT-L": 2.0, "GPT-XL": 1.75}
@@ -83,13 +86,33 @@ def _check_not_swapped(sd: dict[str, torch.Tensor], path, expect: str) -> None:
 
 # ---- tokenizer -------------------------------------------------------------------------------
 
-def import_vq(path: str | Path, out_dir: str | Path, preset: str = "VQ-16", image_size: int = 256,
+def trained_size(obj: dict[str, Any]) -> int | None:
+    """The image size a LlamaGen training checkpoint records in its pickled args, if any."""
+    size = getattr(obj.get("args"), "image_size", None)
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def import_vq(path: str | Path, out_dir: str | Path, preset: str = "VQ-16", image_size: int | None = None,
               use_ema: bool = False) -> Path:
-    """LlamaGen VQ file -> tokenizer run dir {config.json, model.safetensors}; returns the dir."""
+    """LlamaGen VQ file -> tokenizer run dir {config.json, model.safetensors}; returns the dir.
+
+    image_size None: the size the file records (its training args), else the preset's. A size that
+    differs from the recorded one (or, without a record, from the preset's) is allowed, since the
+    convolutions run at any size and LlamaGen's 384 px models use its 256 px tokenizer, but warned
+    about: it sets the code grid every later command uses."""
+    obj = read_llamagen_file(path, "tokenizer file")
+    known = trained_size(obj) or (VQ_PRESETS[preset]["image_size"] if preset in VQ_PRESETS else None)
+    if image_size is None:
+        image_size = known or 256
+    elif known and image_size != known:
+        why = "its training args record" if trained_size(obj) else f"the {preset} preset is"
+        log.warning("--image-size %d: %s was trained at %d px (%s), so its codes at %d px may be off; pass "
+                    "--image-size %d unless %d px is what it will encode", image_size, path, known, why, image_size,
+                    known, image_size)
     cfg = vq_config(preset, image_size=image_size)
     if image_size % cfg.downsample:
         raise UserError(f"--image-size {image_size} is not a multiple of the tokenizer's downsampling {cfg.downsample}")
-    sd, where = pick_weights(read_llamagen_file(path, "tokenizer file"), path, use_ema)
+    sd, where = pick_weights(obj, path, use_ema)
     _check_not_swapped(sd, path, "vq")
     model = VQModel(cfg)
     if {k: tuple(v.shape) for k, v in model.state_dict().items()} != {k: tuple(v.shape) for k, v in sd.items()}:
@@ -125,12 +148,14 @@ def gpt_shape(sd: dict[str, torch.Tensor], path) -> dict[str, int]:
 
 
 def import_gpt(path: str | Path, out_dir: str | Path, preset: str, tokenizer_dir: str | Path,
-               image_size: int = 256, use_ema: bool = False) -> Path:
-    """LlamaGen c2i file -> baseline run dir {config.json, model.safetensors}; returns the dir."""
+               image_size: int | None = None, use_ema: bool = False) -> Path:
+    """LlamaGen c2i file -> baseline run dir {config.json, model.safetensors}; returns the dir.
+    image_size None: the tokenizer's."""
     if preset not in GPT_PRESETS:
         raise UserError(f"unknown --preset {preset!r}; choose one of {sorted(GPT_PRESETS)}")
     tok_dir = Path(tokenizer_dir).resolve()
     vq = load_vq(tok_dir)
+    image_size = image_size or vq.cfg.image_size
     if image_size % vq.cfg.downsample:
         raise UserError(f"--image-size {image_size} is not a multiple of the tokenizer's downsampling "
                         f"{vq.cfg.downsample}")
@@ -172,7 +197,7 @@ def import_gpt(path: str | Path, out_dir: str | Path, preset: str, tokenizer_dir
 
 
 def import_llamagen(out: str | Path, vq: str | Path | None = None, gpt: str | Path | None = None,
-                    preset: str | None = None, vq_preset: str = "VQ-16", image_size: int = 256,
+                    preset: str | None = None, vq_preset: str = "VQ-16", image_size: int | None = None,
                     tokenizer_dir: str | Path | None = None, use_ema: bool = False) -> dict[str, Path]:
     """Import a VQ file to out/tokenizer and/or a c2i file to out/baseline (see module docstring).
 

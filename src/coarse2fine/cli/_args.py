@@ -28,6 +28,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that states each flag's default once: "(default: X)" is added only to a help text that
+    does not already say its default, and never for flags without one (None, False), where argparse's
+    ArgumentDefaultsHelpFormatter would print "(default: None)" or a second "(default ...)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS)
+                or action.option_strings == [] or action.nargs == 0):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def _number(kind, s: str, ok, want: str):
     try:
         v = kind(s)

@@ -1,7 +1,9 @@
 """`coarse2fine app`: the interactive page (needs the [app] extra: Gradio)."""
 from __future__ import annotations
 
+import errno
 import importlib.util
+import socket
 
 from coarse2fine.cli._args import add_device, add_threads
 from coarse2fine.config import UserError
@@ -23,12 +25,33 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_app)
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse, before anything is loaded or printed, a port this machine cannot serve on: in use, or
+    a --host that is not one of its addresses. (Gradio's own message names GRADIO_SERVER_PORT.)"""
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: not an address of this machine ({e.strerror}); use e.g. 127.0.0.1") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds: a closing socket is no clash
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"--port {port}: {host}:{port} is already in use (another `coarse2fine app` or "
+                                f"program); pass another --port, e.g. --port {port + 1 if port < 65535 else 7860}") from None
+            raise UserError(f"--host {host} --port {port} cannot be served here ({e.strerror}); use --host 127.0.0.1 "
+                            "or another --port") from None
+
+
 def cmd_app(args) -> int:
-    # checked first: loading the models takes seconds, a missing extra should not wait for them
+    # checked first: loading the models takes seconds, a busy port or a missing extra should not wait for them
+    check_port(args.host, args.port)
     if importlib.util.find_spec("gradio") is None:
         raise UserError("the page needs Gradio: pip install -e '.[app]'")
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port must be in 1..65535, got {args.port}")
     from coarse2fine.apps.app import Explorer
     from coarse2fine.apps.app_page import serve
 
@@ -46,5 +69,10 @@ def cmd_app(args) -> int:
         ex = Explorer.from_demo(args.demo, args.device)
     print(f"coarse2fine app: {len(ex.class_names)} classes, baseline {'on' if ex.baseline else 'off'}; "
           f"open http://{args.host}:{args.port}", flush=True)
-    serve(ex, args.host, args.port)
+    try:
+        serve(ex, args.host, args.port)
+    except OSError as e:  # taken since check_port (Gradio's text names GRADIO_SERVER_PORT, not our flag)
+        if "port" not in str(e).lower():
+            raise
+        raise UserError(f"--port {args.port}: {args.host}:{args.port} is already in use; pass another --port") from None
     return 0

@@ -6,7 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from coarse2fine.cli._args import add_data, add_device, add_threads, check_out_path, positive_float, positive_int
+from coarse2fine.cli._args import (DefaultsFormatter, add_data, add_device, add_threads, check_out_path, positive_float,
+                                   positive_int)
 from coarse2fine.fileio import atomic_write_bytes
 
 
@@ -62,7 +63,7 @@ def register(subparsers) -> None:
                     "--classifier, an Inception-Score-like score and the accuracy of the class asked for. "
                     "True FID/IS only with --inception-weights and --ref-batch. Every score is printed with "
                     "the sample count N and reference count M; compare runs only at equal N and M.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsFormatter)
     p.add_argument("--samples", required=True,
                    help="folder of PNGs (labels from names like 000012_c3.png) or .npz with arr_0 uint8 "
                         "NxHxWx3 and optional `labels` (or ADM's arr_1)")
@@ -94,7 +95,7 @@ def register(subparsers) -> None:
         description="Train a small CNN on the data set's train split and report its held-out accuracy on the "
                     "test split (printed and stored in OUT/config.json). `eval --classifier OUT` then scores "
                     "samples by class accuracy and an Inception-Score-like score on the data set's own classes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsFormatter)
     add_data(t)
     t.add_argument("--resolution", type=positive_int, default=32, help="image size in px (samples are resized to it)")
     t.add_argument("--out", required=True, help="output run dir (model.safetensors + config.json)")

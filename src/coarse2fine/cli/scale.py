@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from coarse2fine.cli._args import (add_device, add_dtype, add_threads, nonneg_float, nonneg_int, positive_float,
-                                   positive_int)
+from coarse2fine.cli._args import (DefaultsFormatter, add_device, add_dtype, add_threads, nonneg_float, nonneg_int,
+                                   positive_float, positive_int)
 from coarse2fine.config import VQ_PRESETS
 
 
@@ -19,15 +19,16 @@ def register(sub) -> None:
         description="Writes OUT/tokenizer (from --vq) and OUT/baseline (from --gpt), loadable by every other "
                     "subcommand: cluster --tokenizer OUT/tokenizer, extract-codes*, sample --baseline OUT/baseline, "
                     "sample-fid. Files load with weights_only=True and strict key checks.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsFormatter)
     p.add_argument("--vq", help="LlamaGen tokenizer checkpoint, e.g. vq_ds16_c2i.pt")
     p.add_argument("--vq-preset", default="VQ-16", choices=sorted(VQ_PRESETS), help="tokenizer architecture of --vq")
     p.add_argument("--tokenizer", help="with --gpt and no --vq: an already imported tokenizer run dir")
     p.add_argument("--gpt", help="LlamaGen class-to-image checkpoint, e.g. c2i_B_256.pt")
     p.add_argument("--preset", help="architecture of --gpt: GPT-B, GPT-L, GPT-XL or GPT-XXL (heads are not stored "
                                     "in the file)")
-    p.add_argument("--image-size", type=positive_int, default=256,
-                   help="resolution the models were trained at (256 for *_256.pt, 384 for *_384.pt); sets the grid")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="resolution the models were trained at (256 for *_256.pt, 384 for *_384.pt); sets the grid "
+                        "(default: the size the --vq file records, else its preset's; for --gpt alone, the tokenizer's)")
     p.add_argument("--ema", action="store_true", help="import the file's 'ema' weights instead of 'model'")
     p.add_argument("--out", required=True, help="output directory (gets tokenizer/ and baseline/)")
     p.set_defaults(func=cmd_import)
@@ -39,7 +40,7 @@ def register(sub) -> None:
                     "Output: one memory-mapped .npy per shard plus index.json, usable as `train --codes OUT`. "
                     "Under torchrun the shards are spread over the ranks; a killed run resumes where it stopped "
                     "when rerun with the same flags (at any number of processes).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsFormatter)
     p.add_argument("--tokenizer", required=True, help="tokenizer run dir (e.g. OUT/tokenizer of import-llamagen)")
     p.add_argument("--data-root", required=True,
                    help="image root: ROOT/<class>/... or ROOT/{train,val}/<class>/...; class ids = sorted folder names")
@@ -64,7 +65,7 @@ def register(sub) -> None:
                     "images do not depend on the number of processes; rerunning with the same flags only samples "
                     "what is missing. Writes OUT/samples/*.png (lossless; never JPEG for FID), OUT/samples.npz "
                     "(arr_0 uint8 NxHxWx3 for the ADM evaluator, plus labels) and OUT/fid_run.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsFormatter)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--baseline", help="baseline run dir (e.g. an imported LlamaGen c2i model)")
     g.add_argument("--coarse", help="CTF stage-1 run dir (needs --fine)")

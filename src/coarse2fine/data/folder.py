@@ -18,8 +18,11 @@ Layout rules (also in `coarse2fine data show --help`):
   smaller than MIN_SIDE or larger than MAX_PIXELS (preprocess.py) count as skipped too.
 - A class folder left with no usable image is an error (dropping it silently would shift every
   later class id); so is a ROOT with no usable image at all.
+  A JPEG without its end-of-image marker (a truncated file, which PIL's verify cannot see) is
+  skipped and counted too. A folder this user cannot read is an error naming it (permissions), not
+  an empty class.
 - Pixels are decoded lazily in __getitem__. A file that passed the scan but fails to decode later
-  (e.g. a truncated JPEG, which verify cannot detect) is replaced by the next readable image of the
+  (damage inside the data the probe cannot see) is replaced by the next readable image of the
   same class, with a warning, so a long training run does not die on one bad file.
 """
 from __future__ import annotations
@@ -113,7 +116,14 @@ def _walk_files(directory: Path, class_root: Path) -> tuple[list[Path], list[tup
     out: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     seen: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+
+    def unreadable(e: OSError) -> None:  # os.walk would skip the folder silently
+        if isinstance(e, PermissionError):
+            raise UserError(f"cannot read the folder {e.filename}: permission denied; give this user read access "
+                            f"(e.g. chmod -R u+rX {e.filename}) or remove it")
+        raise UserError(f"cannot read the folder {e.filename} ({e.strerror or e})")
+
+    for dirpath, dirnames, filenames in os.walk(directory, onerror=unreadable, followlinks=True):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if _visible(d))
         for d in dirnames:
@@ -133,6 +143,16 @@ def _walk_files(directory: Path, class_root: Path) -> tuple[list[Path], list[tup
     return out, skipped
 
 
+JPEG_TAIL = 4096  # bytes searched for the end-of-image marker (files may carry padding after it)
+
+
+def _has_jpeg_end(path: Path) -> bool:
+    """Does a JPEG file hold its end-of-image marker (FF D9) near its end? A truncated one does not."""
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - JPEG_TAIL))
+        return b"\xff\xd9" in f.read()
+
+
 def probe_image(path: Path) -> str | None:
     """Cheap usability check without decoding pixels; returns None if usable, else a reason."""
     try:
@@ -140,7 +160,11 @@ def probe_image(path: Path) -> str | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 check_dimensions(img.size)
+                fmt = img.format
                 img.verify()  # PNG: chunk CRCs over the whole file; other formats: structure
+        if fmt == "JPEG" and not _has_jpeg_end(path):
+            # verify() reads JPEG headers only: a cut-off file would pass here and fail at decode time
+            return "truncated JPEG (no end-of-image marker)"
     except UnreadableImage as e:
         return str(e)
     except Image.DecompressionBombError:

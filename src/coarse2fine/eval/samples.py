@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -54,10 +55,13 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     p = Path(path)
     if p.is_dir() and (p / "samples.npz").is_file():
         images, labels, note = _load_npz(p / "samples.npz")
-        n_png = sum(1 for f in p.iterdir() if SAMPLE_NAME.match(f.name))
-        if n_png and n_png != len(images):
-            raise UserError(f"{p} mixes samples: {n_png} numbered PNGs but samples.npz holds {len(images)} "
+        pngs = sorted(f for f in p.iterdir() if SAMPLE_NAME.match(f.name))
+        if not pngs and (p / "samples").is_dir():  # sample-fid: OUT/samples/*.png beside OUT/samples.npz
+            pngs = sorted(f for f in (p / "samples").iterdir() if SAMPLE_NAME.match(f.name))
+        if pngs and len(pngs) != len(images):
+            raise UserError(f"{p} mixes samples: {len(pngs)} numbered PNGs but samples.npz holds {len(images)} "
                             f"images; pass {p / 'samples.npz'} itself, or resample into an empty --out")
+        _check_npz_matches_pngs(p, pngs, images, labels)
         return images, labels, note + " (the folder's samples.npz)"
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() == ".png")
@@ -90,6 +94,32 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     return _load_npz(p)
 
 
+NPZ_PNG_CHECKS = 8  # PNGs compared pixel for pixel with the npz: spread over the set, first and last included
+
+
+def _check_npz_matches_pngs(folder: Path, pngs: list[Path], images: np.ndarray, labels: np.ndarray | None) -> None:
+    """A folder's samples.npz must hold its PNGs: every label in a file name must equal the npz's
+    label, and NPZ_PNG_CHECKS PNGs (lossless) must equal their npz image exactly. An npz swapped in
+    from another run of the same count fails here instead of being scored as this folder."""
+    if not pngs:
+        return
+    fix = f"pass {folder / 'samples.npz'} or the PNGs on their own, or resample into an empty --out"
+    if labels is not None:
+        named = [LABEL_IN_NAME.search(f.name) for f in pngs]
+        bad = next((f for f, m, lab in zip(pngs, named, labels) if m and int(m.group(1)) != int(lab)), None)
+        if bad is not None:
+            raise UserError(f"{folder}/samples.npz does not belong to the PNGs beside it (the labels differ, e.g. "
+                            f"{bad.name}); {fix}")
+    from PIL import Image
+
+    for i in sorted(set(np.linspace(0, len(pngs) - 1, min(NPZ_PNG_CHECKS, len(pngs))).round().astype(int))):
+        with Image.open(pngs[i]) as im:
+            png = np.asarray(im.convert("RGB"))
+        if png.shape != images[i].shape or not np.array_equal(png, images[i]):
+            raise UserError(f"{folder}/samples.npz does not belong to the PNGs beside it (image {i} differs from "
+                            f"{pngs[i].name}); {fix}")
+
+
 def _load_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     """arr_0 images and `labels` / `arr_1` labels of an .npz (see load_samples)."""
     try:
@@ -99,8 +129,9 @@ def _load_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
             images = z["arr_0"]
             key = "labels" if "labels" in z.files else ("arr_1" if "arr_1" in z.files else None)
             labels = z[key] if key else None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read samples {p}: {e}") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, not an npz, a damaged member
+        raise UserError(f"cannot read samples {p} ({type(e).__name__}: {e}); the file is damaged or not an .npz: "
+                        "sample it again") from None
     if images.ndim == 3:
         images = np.repeat(images[..., None], 3, axis=-1)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
