@@ -104,6 +104,19 @@ def test_flipped_bytes_in_a_weight_file_are_detected_and_the_check_can_be_skippe
     assert not torch.equal(load_weights(p)["w"], sd["w"])  # skipped: the damaged values load
 
 
+def test_a_damaged_coarse_map_is_detected(tmp_path):
+    from coarse2fine.tokenizer.clustering import CoarseMap, cluster_codebook
+
+    p = tmp_path / "coarse_map.safetensors"
+    cluster_codebook(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), 8, "kmeans", 0, "fp").save(p)
+    CoarseMap.load(p)
+    raw = bytearray(p.read_bytes())
+    raw[-3] ^= 0xFF  # inside the last tensor's data
+    p.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="is damaged"):
+        CoarseMap.load(p)
+
+
 def test_weight_files_written_by_other_tools_still_load(tmp_path):
     from safetensors.torch import save_file
 

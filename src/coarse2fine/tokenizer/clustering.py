@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from coarse2fine.config import UserError
-from coarse2fine.fileio import atomic_save_safetensors
+from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest
 
 METHODS = ("kmeans", "random", "balanced")
 
@@ -101,6 +101,10 @@ class CoarseMap:
                 t = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise UserError(f"cannot read coarse map {p} ({e}); re-run `coarse2fine cluster`") from e
+        try:
+            check_tensor_digest(p, t, meta, "re-run `coarse2fine cluster` or copy it again")
+        except ValueError as e:
+            raise UserError(str(e)) from None
         if meta.get("format") != "coarse2fine.CoarseMap/1" or set(t) != {"phi", "members", "sizes", "centroids"}:
             raise UserError(f"{p} is not a coarse2fine coarse map; create one with `coarse2fine cluster`")
         return cls(t["phi"], t["members"], t["sizes"], t["centroids"], meta["fingerprint"], meta["method"],
