@@ -212,8 +212,9 @@ def test_eval_never_scores_a_mixture(tmp_path):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / "samples.npz", arr_0=imgs, labels=np.arange(10))
-    for i in range(39):
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / f"{i:06d}_c{i % 10}.png")
+    for i in range(39):  # the first 10 are the npz's images (the new run), the rest an earlier run's
+        img = imgs[i] if i < 10 else rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / f"{i:06d}_c{i % 10}.png")
     with pytest.raises(UserError, match="mixes samples: 39 numbered PNGs but samples.npz holds 10"):
         load_samples(tmp_path)
     for i in range(10, 39):
