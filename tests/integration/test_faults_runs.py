@@ -195,8 +195,8 @@ def test_export_component_outside_the_folder_is_refused(exported, tmp_path):
 
 def test_export_sampling_defaults_are_honoured_and_checked(exported, tmp_path):
     from coarse2fine.config import UserError
-    from coarse2fine.pipeline import CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, CTFPipeline
-    from coarse2fine.sampling import StageSampling
+    from coarse2fine.pipeline import CTFPipeline
+    from coarse2fine.sampling import CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, StageSampling
 
     labels = torch.tensor([0, 1, 2, 3])
     plain = CTFPipeline.from_pretrained(exported)(labels, seed=0).codes
