@@ -201,7 +201,10 @@ def test_folder_too_large_images_are_skipped(tmp_path: Path, monkeypatch):
     assert len(ds) == 1 and ds.skipped == 1
 
 
-def test_truncated_jpeg_replaced_at_load(tmp_path: Path, caplog):
+def test_truncated_jpeg_skipped_at_scan_and_later_damage_replaced_at_load(tmp_path: Path, caplog):
+    """A truncated JPEG passes PIL's verify; the scan's end-of-image check skips and counts it (issue 20:
+    it used to be replaced by another image of its class, a duplicate in the code store). A file that
+    breaks after the scan is still replaced at load, with a warning, so a long run does not die on it."""
     img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     buf = io.BytesIO()
     img.save(buf, format="JPEG")
@@ -209,7 +212,11 @@ def test_truncated_jpeg_replaced_at_load(tmp_path: Path, caplog):
     (tmp_path / "c" / "a.jpg").write_bytes(buf.getvalue()[:-300])  # passes verify, fails decode
     _save(img, tmp_path / "c" / "b.jpg")
     ds = build_dataset("folder", 16, root=str(tmp_path), val_fraction=0.0)
+    assert len(ds) == 1 and ds.skipped == 1
+    (tmp_path / "c" / "a.jpg").write_bytes(buf.getvalue())
+    ds = build_dataset("folder", 16, root=str(tmp_path), val_fraction=0.0)
     assert len(ds) == 2
+    (tmp_path / "c" / "a.jpg").write_bytes(buf.getvalue()[:-300])  # damaged after the scan
     with caplog.at_level(logging.WARNING, logger="coarse2fine.data"):
         assert np.array_equal(ds.get_raw(0), ds.get_raw(1))
     assert any("cannot be decoded" in r.getMessage() for r in caplog.records)
