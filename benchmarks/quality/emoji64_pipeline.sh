@@ -15,6 +15,7 @@ STEPS=${2:-1500}
 PRESET=${3:-GPT-tiny}
 TOK=${4:-$OUT/tok}
 C2F=${C2F:-coarse2fine}
+PY=${PY:-python3}   # a Python with numpy and Pillow (the venv's)
 DATA=(--data emoji64)
 mkdir -p "$OUT"
 run() { echo "+ $*" | tee -a "$OUT/commands.txt"; /usr/bin/time -f "  (%e s wall, %U s user CPU)" "$@"; }
@@ -41,7 +42,7 @@ for s in ctf baseline; do
   run $C2F eval --samples "$OUT/samples_$s" "${DATA[@]}" --split test --classifier "$OUT/classifier" \
     --json "$OUT/eval_$s.json" | tee "$OUT/eval_$s.txt"
 done
-python3 - "$OUT" "$PRESET" "$STEPS" <<'EOF'
+$PY - "$OUT" "$PRESET" "$STEPS" <<'EOF'
 import json, sys
 from pathlib import Path
 
