@@ -87,6 +87,34 @@ def demo_precision(requested: str) -> str:
     return "fp32" if requested == "auto" and not bf16_native("cpu") else requested
 
 
+def cpu_kind() -> dict:
+    """The CPU the demo ran on, for its report: {"model": name, "kind": "AVX512-BF16" | "AVX512 without
+    BF16" | "AVX2-only" | "no AVX2" | "unknown", "kernels": torch's kernel level (ATEN_CPU_CAPABILITY caps
+    it), "cores": usable cores}. The kind is what decides the dtype (demo_precision) and the time."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif key.strip() == "flags" and flags is None:
+                flags = set(value.split())
+    except OSError:  # not Linux: the name only
+        pass
+    if flags is None:
+        kind = "unknown"
+    elif flags & {"avx512_bf16", "amx_bf16"}:
+        kind = "AVX512-BF16"
+    elif "avx512f" in flags:
+        kind = "AVX512 without BF16"
+    else:
+        kind = "AVX2-only" if "avx2" in flags else "no AVX2"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"model": model, "kind": kind, "kernels": torch.backends.cpu.get_cpu_capability(), "cores": cores}
+
+
 def _log(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
@@ -215,7 +243,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     precision = demo_precision(plan.precision)
     threads = distributed.configure_threads()
     bar = Progress(plan)
-    report: dict = {"plan": plan.__dict__, "precision": precision, "threads": threads}
+    report: dict = {"plan": plan.__dict__, "precision": precision, "threads": threads, "cpu": cpu_kind()}
 
     # 1. tokenizer
     train_ds = build_dataset(plan.data, plan.resolution, "train", limit_per_class=plan.limit_per_class)
@@ -224,7 +252,8 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
 
     dtype = str(resolve_dtype(precision, torch.device("cpu"))).replace("torch.", "")
     _log(f"data {plan.data}: {len(train_ds)} train / {len(test_ds)} test images, {train_ds.num_classes} classes; "
-         f"{threads} thread(s) here, transformers in {dtype}")
+         f"{threads} thread(s) here, transformers in {dtype}; CPU {report['cpu']['model']} "
+         f"({report['cpu']['kind']}, {report['cpu']['kernels']} kernels)")
     tok_dir = out / "tokenizer"
     bar.start("tokenizer", f"tokenizer ({plan.tokenizer})")
     source = _prepare_tokenizer(plan, tok_dir, train_ds, progress)
