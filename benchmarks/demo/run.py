@@ -78,7 +78,7 @@ def run(args) -> dict:
                    stage_cpu_s={st: round(rep["models"][st].get("cpu_s", 0.0), 1) for st in rep["models"]},
                    idle_estimate_s=idle_estimate(rep, cores=2))
         row.update(dtype=rep["models"]["coarse"].get("dtype"), threads=rep.get("threads"),
-                   stage_workers=rep.get("stage_workers"), steps=rep["plan"]["steps"],
+                   stage_workers=rep.get("stage_workers"), steps=rep["plan"]["steps"], batch=rep["plan"]["batch_size"],
                    times_s={k: round(v, 1) for k, v in rep["times_s"].items()},
                    scores={n: {k: ev[n][k] for k in ("fd", "kid", "class_accuracy", "n", "m")} for n in ("ctf", "baseline")})
         if args.keep:
@@ -90,33 +90,48 @@ def run(args) -> dict:
 
 def idle_estimate(rep: dict, cores: int = 2) -> float | None:
     """Wall seconds the same work would take on an otherwise idle machine with `cores` cores, from
-    the CPU seconds it used: the models phase as its stage processes shared out over the cores (at
-    least the longest stage), every other phase as measured on one thread (its CPU seconds)."""
+    the CPU seconds it used: the models phase as its one-thread stage processes sharing the cores
+    fairly (share_cores), every other phase as measured on one thread (its CPU seconds)."""
     cpu, stages = rep.get("cpu_s"), [m.get("cpu_s") for m in rep["models"].values()]
     if not cpu or None in stages:
         return None
     other = sum(v for k, v in cpu.items() if k not in ("models", "total"))
-    return round(other + max(sum(stages) / cores, max(stages)), 1)
+    return round(other + share_cores(stages, cores), 1)
+
+
+def share_cores(work: list[float], cores: int) -> float:
+    """Wall seconds for one-thread jobs of `work` CPU seconds started together on `cores` cores, each
+    running at min(1, cores / jobs left): the last job alone leaves the other cores idle, which the
+    plain sum / cores does not count."""
+    left, t = sorted(work), 0.0
+    while left:
+        rate = min(1.0, cores / len(left))
+        t += left[0] / rate
+        left = [w - left[0] for w in left[1:]]
+    return t
 
 
 def render(rows: list[dict]) -> str:
     lines = ["# `coarse2fine demo` wall time", "",
-             "Full demo from scratch (`benchmarks/demo/run.py`), install excluded. AVX2 rows emulate an AVX2-only "
-             "CPU on this one with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (fp32). Busy: beside one "
+             "Full demo from scratch (`benchmarks/demo/run.py`), install excluded. Emulated AVX2 rows run an "
+             "AVX512-BF16 CPU with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 (fp32); rows without avx512 "
+             "flags ran on a real AVX2-only CPU (fp32 chosen by the demo). Busy: beside one "
              "`python -c 'while True: pass'`. Load: `uptime` 1/5/15-min averages before -> after (the machine is "
              "shared; a load above ~1 per core means other work competed).", "",
              "Idle 2-core estimate: the run's CPU seconds laid out on 2 otherwise idle cores (models: the three "
              "stage processes' CPU seconds / 2; other phases: their CPU seconds on one thread), which is what "
              "the wall time would be without the other engineers' jobs on this shared machine.", "",
-             "| date (UTC) | label | CPU flags | dtype | workers x threads | busy | wall | idle 2-core estimate | "
-             "models wall | CTF acc | base acc | CTF FD / KID | base FD / KID | load before -> after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| date (UTC) | label | CPU flags | dtype | steps x batch | workers x threads | busy | wall | "
+             "idle 2-core estimate | models wall | CTF acc | base acc | CTF FD / KID | base FD / KID | "
+             "load before -> after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["scores"]
         flags = ",".join(r["cpu"]["flags"]) + (" (emulated AVX2)" if r["emulated_avx2"] else "")
         acc = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         est = "n/a" if r.get("idle_estimate_s") is None else f"{r['idle_estimate_s'] / 60:.1f} min"
-        lines.append(f"| {r['date_utc']} | {r['label']} | {flags} | {r['dtype']} | {r['stage_workers']} x 1 "
+        lines.append(f"| {r['date_utc']} | {r['label']} | {flags} | {r['dtype']} | {r['steps']} x {r.get('batch', 64)} | "
+                     f"{r['stage_workers']} x 1 "
                      f"(then {r['threads']}) | {'yes' if r['busy'] else 'no'} | {r['wall_s'] / 60:.1f} min | "
                      f"{est} | "
                      f"{r['times_s'].get('models', 0) / 60:.1f} min | {acc(s['ctf']['class_accuracy'])} | "

@@ -120,6 +120,38 @@ def fine_ce(logits: torch.Tensor, codes: torch.Tensor, coarse: torch.Tensor | No
     return loss, acc
 
 
+def restricted_head_ce(coarse: torch.Tensor, codes: torch.Tensor, members: torch.Tensor):
+    """The restricted head's loss for `Transformer.forward(head=...)`: fine_ce(logits, codes, coarse,
+    members) without the full logits. Each cluster's positions meet only its members' rows of the
+    output weight (about K/C rows instead of K): on a CPU the K-way head matmul and its softmax were a
+    third of a stage-2 training step. Equal to fine_ce on the full logits up to float rounding.
+
+    coarse, codes [B, N] (coarse = each code's cluster); members [C, M] (-1 padded)
+    -> head(h [B, T, D] normed hidden states (the last N are the image positions), weight [K, D])
+    -> (mean cross-entropy over the cluster's members, fine-token accuracy), both scalars."""
+    def head(h: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, N = codes.shape
+        mem = members.to(codes.device)
+        valid = mem >= 0
+        rank_of = torch.zeros(weight.size(0), dtype=torch.long, device=codes.device)  # [K] place in its cluster
+        rank_of[mem[valid]] = torch.arange(mem.size(1), device=codes.device).expand_as(mem)[valid]
+        c = coarse.reshape(-1)  # [B*N]
+        order = torch.argsort(c, stable=True)  # positions grouped by cluster
+        counts = torch.bincount(c, minlength=mem.size(0)).tolist()  # [C]
+        xs = h[:, -N:].reshape(B * N, -1)[order].split(counts)  # C x [n_c, D]
+        ws = weight[mem[valid]].split(valid.sum(1).tolist())  # C x [M_c, D]: member rows, ascending ids
+        ts = rank_of[codes.reshape(-1)[order]].split(counts)  # C x [n_c]
+        losses, hits = [], []
+        for x, w, t in zip(xs, ws, ts):
+            if len(t):
+                logits = (x @ w.t()).float()  # [n_c, M_c]
+                losses.append(F.cross_entropy(logits, t, reduction="sum"))
+                hits.append((logits.argmax(-1) == t).sum())
+        return torch.stack(losses).sum() / (B * N), torch.stack(hits).sum().float() / (B * N)
+
+    return head
+
+
 def cluster_logits(logits: torch.Tensor, phi: torch.Tensor, num_coarse: int) -> torch.Tensor:
     """logits [B, N, K] over fine codes, phi [K] (cluster of each code) -> [B, N, C]: the logit of a
     cluster is the logsumexp of its members' logits (so its softmax is the cluster's total probability).
@@ -170,9 +202,9 @@ def stage_loss(model: nn.Module, spec: StageSpec, tokens, cond, targets, members
                cluster: ClusterLoss | None = None):
     """-> (loss, token accuracy) of one batch of the stage `spec` (stage_spec(name)). members [C, M]: the
     fine stage's restricted head; cluster: the IAR term added to the baseline's loss."""
-    logits = spec.logits(model, tokens, cond)  # [B, N, V]
     if members is not None:  # restricted head: the input tokens are each position's true cluster
-        return fine_ce(logits, targets, tokens, members)
+        return model(tokens, cond, head=restricted_head_ce(tokens, targets, members))
+    logits = spec.logits(model, tokens, cond)  # [B, N, V]
     if cluster is None:
         return token_ce(logits, targets)
     logp = logits.float().log_softmax(-1)  # one softmax for both terms

@@ -21,6 +21,7 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     plan = DemoPlan.quick()
     plan.limit_per_class, plan.per_class, plan.eval_per_class = 12, 1, 1
+    plan.workers = 3  # the parallel stage processes, whatever this machine's core count
     with pytest.MonkeyPatch.context() as mp:
         # the stage processes inherit this: AVX2-only kernels, where the demo must choose fp32
         mp.setenv("ATEN_CPU_CAPABILITY", "avx2")
@@ -53,11 +54,25 @@ def test_demo_uses_shipped_tokenizer_parallel_stages_and_forced_fp32(demo):
     out, report = demo
     assert report["tokenizer"]["source"].startswith("shipped")
     assert (out / "tokenizer" / "model.safetensors").read_bytes() == (asset_dir() / "tokenizer" / "model.safetensors").read_bytes()
-    assert report["stage_workers"] == 3  # one one-thread process per stage on >= 2 cores
+    assert report["stage_workers"] == 3  # asked for: one one-thread process per stage
     for stage in ("coarse", "fine", "baseline"):
         assert (out / stage / "train.log").is_file()
-        # this machine has avx512_bf16, but the stages ran with ATEN_CPU_CAPABILITY=avx2
+        # whatever this CPU has, the stages ran with ATEN_CPU_CAPABILITY=avx2: fp32
         assert report["models"][stage]["dtype"] == "float32"
+    cpu = report["cpu"]
+    # torch read ATEN_CPU_CAPABILITY when this process started it, before the fixture set it
+    assert cpu["kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu["kind"] in ("AVX512-BF16", "AVX512 without BF16", "AVX2-only", "no AVX2", "unknown")
+    assert f"CPU: {cpu['model']}, {cpu['kind']} (torch kernels {cpu['kernels']})" in (out / "report.md").read_text()
+
+
+def test_stage_workers_one_per_stage_from_two_cores(monkeypatch):
+    from coarse2fine.apps.demo import stage_workers
+
+    for cores, auto in ((1, 1), (2, 3), (16, 3)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        assert stage_workers(DemoPlan()) == auto
+    assert stage_workers(DemoPlan(workers=2)) == 2 and stage_workers(DemoPlan(workers=9)) == 3
 
 
 def test_demo_precision_honours_capped_kernels(monkeypatch):

@@ -119,3 +119,32 @@ def test_check_resume_names_every_changed_setting():
                                                                          "steps_to": 20}
     with pytest.raises(UserError, match="--steps 5: the run is already at step 5"):
         check_resume(run, TrainConfig(steps=5, lr=1e-4), 5, "R")
+
+
+def test_restricted_head_from_hidden_states_equals_the_full_logits_loss():
+    """stage_loss's restricted head (member rows only, cluster by cluster) gives the loss, accuracy and
+    gradients of fine_ce on the full K-way logits, with empty and uneven clusters."""
+    from coarse2fine.models import Transformer
+    from coarse2fine.stages import fine_ce
+    from coarse2fine.tokenizer.clustering import member_table
+
+    K, C = 64, 8
+    g = torch.Generator().manual_seed(0)
+    phi = torch.randint(0, C - 1, (K,), generator=g)  # cluster C-1 stays empty, sizes uneven
+    members, _ = member_table(phi, C)
+    codes = torch.randint(0, K, (3, 16), generator=g)
+    coarse, cond = phi[codes], torch.tensor([0, 1, 2])
+    torch.manual_seed(0)
+    model = Transformer(stage_config("GPT-tiny", "fine", K, C, 3, 4, token_dropout_p=0.0, resid_dropout_p=0.0,
+                                     ffn_dropout_p=0.0, class_dropout_prob=0.0))
+    torch.nn.init.normal_(model.output.weight, std=0.5)  # not the zero init: distinct logits
+    loss, acc = stage_loss(model, stage_spec("fine"), coarse, cond, codes, members)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref_loss, ref_acc = fine_ce(model(coarse, cond)[:, 1:], codes, coarse, members)
+    ref_loss.backward()
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
+    assert acc.item() == ref_acc.item() and 0 < acc.item() < 1
+    for n, p in model.named_parameters():
+        assert torch.allclose(grads[n], p.grad, rtol=1e-4, atol=1e-6), (n, (grads[n] - p.grad).abs().max())

@@ -114,3 +114,22 @@ def test_wrong_preset_names_shape_mismatch():
     other = Transformer(gpt_config("GPT-small", vocab_size=50))
     with pytest.raises(UserError, match="shape mismatches"):
         load_strict(other, small.state_dict(), "tiny.pt")
+
+
+def test_rope_complex_form_equals_the_real_form_values_and_gradients():
+    """apply_rope's eager complex product == the real pairwise form kept for torch.compile."""
+    from coarse2fine.layers.rope import apply_rope, rope_2d, rope_real
+
+    table = rope_2d(4, 16)  # [17, 8, 2]
+    for dtype in (torch.float32, torch.bfloat16):
+        base = torch.randn(3, 17, 2, 48)[..., :16].to(dtype)  # a strided view, as a q/k split of wqkv
+        x1, x2 = (base.clone().requires_grad_() for _ in range(2))
+        out1, out2 = apply_rope(x1, table), rope_real(x2, table)
+        assert out1.dtype == dtype and torch.allclose(out1.float(), out2.float(), atol=1e-6)
+        g = torch.randn_like(out1)
+        out1.backward(g)
+        out2.backward(g)
+        assert torch.allclose(x1.grad.float(), x2.grad.float(), atol=1e-6)
+    idx = torch.tensor([5, 9])  # cached decoding indexes the table
+    x = torch.randn(2, 2, 2, 16)
+    assert torch.allclose(apply_rope(x, table[idx]), rope_real(x, table[idx]), atol=1e-6)

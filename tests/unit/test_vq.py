@@ -217,3 +217,16 @@ def test_load_llamagen_vq_names_missing_and_unexpected_keys(tmp_path):
     assert torch.equal(vq.quantize.embedding.weight, good["quantize.embedding.weight"])
     with pytest.raises(UserError, match="not found"):
         load_llamagen_vq(tmp_path / "missing.pt", cfg)
+
+
+def test_lookup_in_blocks_equals_one_distance_matrix():
+    """lookup's blocks of LOOKUP_ROWS latents give exactly the ids of the [N, K] distances at once."""
+    from coarse2fine.tokenizer import vq as vq_mod
+
+    torch.manual_seed(2)
+    q = VectorQuantizer(1024, 8, l2_norm=False)
+    z = torch.randn(3 * vq_mod.LOOKUP_ROWS + 17, 8)
+    e = q.codebook()
+    d = z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1)[None, :] - 2.0 * z @ e.t()
+    assert torch.equal(q.lookup(z), d.argmin(dim=1))
+    assert q.lookup(z[:0]).shape == (0,)

@@ -54,6 +54,12 @@ def _score_lines(ev: dict) -> list[str]:
     return lines
 
 
+def _cpu_line(cpu: dict | None) -> list[str]:
+    if not cpu:
+        return []
+    return [f"CPU: {cpu['model']}, {cpu['kind']} (torch kernels {cpu['kernels']}), {cpu['cores']} core(s).", ""]
+
+
 def render_report(r: dict, classes: list[str]) -> str:
     p, tok, m, t = r["plan"], r["tokenizer"], r["models"], r["times_s"]
     dtype = m["coarse"].get("dtype", r.get("precision"))
@@ -63,6 +69,7 @@ def render_report(r: dict, classes: list[str]) -> str:
         f"{p['gpt_preset']} ({p['steps']} steps, batch {p['batch_size']}, dropout {p['dropout']}), stage-2 head "
         f"{p.get('head', 'full')}; transformers in {dtype}, {r.get('stage_workers', 1)} training process(es) at "
         f"once; {r.get('threads', '?')} thread(s) for sampling and scoring.", "",
+        *_cpu_line(r.get("cpu")),
         "## Samples: CTF and baseline", "",
         *_score_lines(r["evaluation"]), "",
         "![CTF (left) vs baseline (right)](samples_ctf_vs_baseline.png)", "",

@@ -95,7 +95,7 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor | None, cond: torch.Tensor | None = None,
                 input_pos: torch.Tensor | None = None, last_only: bool = False,
-                prefix_len: int | None = None) -> torch.Tensor:
+                prefix_len: int | None = None, head=None):
         """Logits (float32).
 
         Full pass (input_pos None): sequence = [cls(cond), tokens...] at positions 0..T;
@@ -105,6 +105,9 @@ class Transformer(nn.Module):
         last_only: compute the head for the last position only ([B, 1, V]).
         prefix_len: input_pos[-1] + 1 when the caller knows it (prefix mode); saves reading
         input_pos on the host, a device sync per step on GPU.
+        head: a function (normed hidden states [B, T+1, D], output weight [V, D]) -> what forward
+        returns instead of the full logits, for a loss that needs a few vocabulary rows per position
+        (stages.restricted_head_ce). It runs inside forward, where DDP and FSDP expect the weight used.
         """
         h = self.embed(tokens, cond)
         if input_pos is None:
@@ -123,6 +126,8 @@ class Transformer(nn.Module):
                 h = layer(h, rope, True, input_pos, mask, end)
         if last_only:
             h = h[:, -1:]
+        if head is not None:
+            return head(self.norm(h), self.output.weight)
         return self.output(self.norm(h)).float()
 
 
