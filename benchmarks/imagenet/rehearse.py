@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", required=True, type=Path, help="an empty or new directory (several GB)")
     ap.add_argument("--plan", action="store_true", help="print the commands that would run, run nothing")
     args = ap.parse_args(argv)
-    from coarse2fine.training.common import bf16_native
+    from coarse2fine.precision import bf16_native
 
     toy = Toy(bf16=bf16_native("cpu"))
     if args.plan:

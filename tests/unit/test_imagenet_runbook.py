@@ -100,3 +100,9 @@ def test_every_runbook_command_parses_with_the_cli(tmp_path, toy):
             continue
         args = parser.parse_args(_argv(text, assigned))
         assert callable(args.func), text
+
+
+def test_plan_flag_prints_the_rehearsed_commands(tmp_path, capsys):
+    assert rehearse.main(["--work", str(tmp_path / "w"), "--plan"]) == 0
+    said = capsys.readouterr().out
+    assert "extract-codes-imagenet" in said and "SKIP" in said and not (tmp_path / "w").exists()
