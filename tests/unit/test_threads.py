@@ -62,3 +62,18 @@ def test_bf16_by_name_warns_where_it_is_emulated(monkeypatch):
         warnings.simplefilter("error")  # native: no warning, for bf16 by name or by auto
         assert precision.resolve_dtype("bf16", cpu) == torch.bfloat16
         assert precision.resolve_dtype("auto", cpu) == torch.bfloat16
+
+
+def test_rank_before_the_process_group_is_torchruns(monkeypatch):
+    """`train` prints its recipe line before the process group exists: under torchrun every process
+    printed it (the ImageNet rehearsal showed it twice at two processes). rank() now reads torchrun's RANK."""
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    monkeypatch.delenv("RANK", raising=False)
+    assert distributed.rank() == 0
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert distributed.rank() == 1
+    monkeypatch.delenv("MASTER_ADDR")  # RANK alone is not torchrun's launch
+    assert distributed.rank() == 0
