@@ -56,8 +56,11 @@ def setup(device: str | None = None, group: bool = False) -> DistInfo:
 
 
 def rank() -> int:
-    """This process's global rank (0 without a process group): for rank-0-only printing."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's global rank, for rank-0-only printing: the process group's, else torchrun's RANK
+    (a command prints its settings before the group is set up: every process printed them), else 0."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ["RANK"]) if under_torchrun() else 0
 
 
 def barrier() -> None:

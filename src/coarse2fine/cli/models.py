@@ -265,7 +265,7 @@ def cmd_train(args) -> int:
                                                            "fsdp": args.fsdp}
     plan = plan_stage_run(args.out, resume=args.resume, stage=args.stage, preset=args.preset, codes=args.codes,
                           coarse_map=args.coarse_map, heldout=args.heldout, head=args.head, given=given)
-    if plan.summary and not args.no_progress:
+    if plan.summary and not args.no_progress and rank() == 0:  # once under torchrun, not per process
         print(plan.summary, flush=True)
     summary = train(**plan.kwargs, out_dir=args.out, resume=args.resume, progress=not args.no_progress,
                     device=args.device)
