@@ -271,3 +271,18 @@ def test_true_fid_path_runs_with_a_user_weights_file(tmp_path):
     rows = {r["metric"]: r for r in res["rows"]}
     assert rows["FID (Inception-v3)"]["value"] < 1e-3 and rows["FID (Inception-v3)"]["m"] == 10
     assert rows["IS (Inception-v3)"]["value"] >= 1.0
+
+
+def test_few_samples_are_scored_without_an_inception_score(tmp_path):
+    """Without a classifier or Inception weights no IS is computed, so its 10 splits do not set the
+    minimum sample count: 4 samples (the ImageNet rehearsal's ADM npz) were refused with 'need at least
+    10'. The floor is now precision/recall's k + 1, for the samples and the references alike."""
+    from coarse2fine.eval.samples import evaluate_images
+
+    quiet = dict(use_cache=False, kid_subsets=2, log=lambda s: None)
+    res = evaluate_images(shapes(4, seed=0), None, "default", ref_count=20, **quiet)
+    assert res["rows"][0]["metric"].startswith("FD-") and res["rows"][0]["n"] == 4
+    with pytest.raises(UserError, match="need at least 4 samples, got 3"):
+        evaluate_images(shapes(3, seed=0), None, "default", ref_count=20, **quiet)
+    with pytest.raises(UserError, match="need at least 4 reference images, got 3"):
+        evaluate_images(shapes(4, seed=0), None, "default", ref_count=3, **quiet)

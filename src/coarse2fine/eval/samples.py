@@ -242,8 +242,10 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
         images = images[:num_samples]
         labels = None if labels is None else np.asarray(labels)[:num_samples]
     n = len(images)
-    if n < max(2, is_splits, pr_k + 1):
-        raise UserError(f"need at least {max(2, is_splits, pr_k + 1)} samples, got {n}")
+    # the Inception Score's splits bind only where an IS is computed (classifier or Inception weights)
+    need = max(2, pr_k + 1, is_splits if classifier_dir is not None or inception_weights is not None else 0)
+    if n < need:
+        raise UserError(f"need at least {need} samples, got {n}")
     resolution = images.shape[1]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes: list[str] = []
@@ -253,6 +255,8 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
     ref = reference_features(dataset_name, split, resolution, extractor, ref_count, root, cache_dir,
                              use_cache, batch_size, log, val_fraction)
     m = ref["count"]
+    if m < pr_k + 1:  # precision/recall take each reference's k-th nearest neighbour among the others
+        raise UserError(f"need at least {pr_k + 1} reference images, got {m} (--ref-count, or the split's size)")
     fake = extract_features(extractor, images, batch_size=batch_size, desc="samples")
     tag = extractor.name
     if max(n, m) <= fake.shape[1]:  # small sets: exact low-rank route from the features
