@@ -367,13 +367,15 @@ def _models(pipe):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default="fashion-mnist", help="fashion-mnist | twemoji | default")
+    ap.add_argument("--data", default="fashion-mnist", help="fashion-mnist | twemoji | emoji64 | default")
     ap.add_argument("--small", action="store_true", help="a few-minute smoke run (nothing meaningful expected)")
     ap.add_argument("--out", help="work dir for runs (default /work/c2f_ctf_study_<data>[_small])")
     ap.add_argument("--results", help="results dir (default benchmarks/results/ctf_study_<data>[_small])")
     ap.add_argument("--tokenizer", help="reuse this tokenizer run dir instead of training one")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: run processes side by side)")
     ap.add_argument("--steps", type=int, help="override the schedule length (checkpoints scale with it)")
+    ap.add_argument("--checkpoints", help="comma list of steps where the headline scores (default: the "
+                    "schedule's, scaled to --steps)")
     ap.add_argument("--seeds", default="0,1,2", help="model seeds this process trains (comma list)")
     ap.add_argument("--phases", default="setup,headline,peers,speed",
                     help="comma list of setup, headline, peers, speed, grids (sample grids of every trained method), "
@@ -395,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     plan = make_plan(args.data, args.small, args.steps)
+    if args.checkpoints:
+        plan.checkpoints = sorted({int(c) for c in args.checkpoints.split(",")})
+        if plan.checkpoints[-1] != plan.steps or plan.checkpoints[0] < 1:
+            ap.error(f"--checkpoints must lie in 1..{plan.steps} and end at the schedule's last step {plan.steps}")
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.out or f"/work/c2f_ctf_study_{tag}")
     cmd = ".venv/bin/python benchmarks/quality/ctf_study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

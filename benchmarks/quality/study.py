@@ -87,6 +87,10 @@ class Plan:
             p = cls(data=data, flip=True, vq_steps=400, clf_epochs=15, clf_limit=None, steps=300,
                     checkpoints=[50, 100, 200, 300], n_head=450, n_abl=270, ref_split="train",
                     ref_count=None, redundancy_n=180)
+        elif data == "emoji64":  # 64 px colour: VQ-64-f8 tokenizers are passed in (--tokenizer), not trained here
+            p = cls(data=data, resolution=64, flip=True, vq_steps=800, vq_batch=16, clf_epochs=12, clf_limit=None,
+                    steps=600, checkpoints=[600], n_head=450, n_abl=270, ref_split="train", ref_count=None,
+                    redundancy_n=180)
         else:
             p = cls(data=data)
         if small:

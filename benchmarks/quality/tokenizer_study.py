@@ -53,16 +53,22 @@ def run_one(recipe: str, seed: int, args) -> dict:
     from coarse2fine.eval.metrics import frechet_distance_from_features
     from coarse2fine.training.tokenizer import evaluate_reconstruction, train_tokenizer
 
-    res_path = args.out / f"results_{recipe}_s{seed}.json"
+    ktag = f"_K{args.codebook_size}" if args.codebook_size else ""
+    res_path = args.out / f"results_{recipe}{ktag}_s{seed}.json"
     if res_path.exists():
         return json.loads(res_path.read_text())
-    run = args.out / f"{recipe}_s{seed}"
+    run = args.out / f"{recipe}{ktag}_s{seed}"
+    arch = args.preset
+    if args.codebook_size:  # the preset with another codebook size, everything else equal
+        from coarse2fine.config import to_dict, vq_config
+
+        arch = {**to_dict(vq_config(args.preset)), "codebook_size": args.codebook_size}
     train_ds = build_dataset("emoji64", 64, "train")
     cpu0 = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     t0 = time.time()
     done = (run / "state.pt").exists() and torch.load(run / "state.pt", weights_only=True)["step"] >= args.steps
     if not done:
-        train_tokenizer(args.preset, run, train_ds, tokenizer_recipe(args.preset), steps=args.steps, seed=seed,
+        train_tokenizer(arch, run, train_ds, tokenizer_recipe(args.preset), steps=args.steps, seed=seed,
                         precision=args.dtype,
                         resume=(run / "state.pt").exists(), progress=False, ckpt_every=200, log_every=100,
                         **RECIPES[recipe])
@@ -79,13 +85,15 @@ def run_one(recipe: str, seed: int, args) -> dict:
     f_orig = extract_features(ext, rec["originals"])
     f_rec = extract_features(ext, rec["recons"])
     out = {"recipe": recipe, "seed": seed, "preset": args.preset, "steps": args.steps,
+           "codebook_size": vq.cfg.codebook_size,
            "train": json.loads((run / "config.json").read_text())["train"],
            "psnr_test_db": rec["psnr"], "usage_test": rec["usage"], "codes_used_test": rec["codes_used"],
            "recon_fd_lite0_64": frechet_distance_from_features(f_orig, f_rec), "n_test": rec["n"],
            "train_cpu_min": train_cpu / 60, "wall_s_this_process": time.time() - t0,
            "machine": {"cpu": cpu_model(), "flags": cpu_flags(),
                        "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0), "dtype": args.dtype},
-           "command": f"benchmarks/quality/tokenizer_study.py --seeds {seed} --steps {args.steps}"}
+           "command": f"benchmarks/quality/tokenizer_study.py --seeds {seed} --steps {args.steps}"
+                      + (f" --recipes {recipe} --codebook-size {args.codebook_size}" if args.codebook_size else "")}
     np.savez_compressed(run / "recon_test.npz", originals=rec["originals"][:64].numpy(),
                         recons=rec["recons"][:64].numpy())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +165,8 @@ def main() -> None:
     ap.add_argument("--preset", default="VQ-64-f8")
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--codebook-size", type=int, help="the preset with this K instead of its own (run dirs and "
+                    "results get a _K<size> tag)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "tokenizer_study")
     ap.add_argument("--report-dir", type=Path, default=ROOT / "benchmarks" / "results" / "tokenizer_emoji64")
     ap.add_argument("--report", action="store_true", help="only render the table and figure")
@@ -169,7 +179,8 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for recipe in args.recipes.split(","):
                 run_one(recipe, seed, args)
-    report(args)
+    if not args.codebook_size:
+        report(args)
 
 
 if __name__ == "__main__":
