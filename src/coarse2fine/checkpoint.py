@@ -33,6 +33,7 @@ from coarse2fine.config import ConfigError, GPTConfig, UserError, VQConfig, dump
 from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save, check_tensor_digest
 
 FORMAT, FORMAT_VERSION = "coarse2fine", 1
+MODEL_INDEX = "model_index.json"  # the top of a release folder (release.py reads and writes it)
 RUN_KINDS = ("vq", "gpt", "classifier", "coarse_map")
 WRAPPER_KEYS = ("model", "ema", "state_dict", "module")
 
@@ -252,7 +253,7 @@ def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, A
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run directory {run} not found")
-    if (run / "model_index.json").is_file():
+    if (run / MODEL_INDEX).is_file():
         raise UserError(f"{run} is an exported pipeline folder, not a run; load it with "
                         "CTFPipeline.from_pretrained / ARPipeline.from_pretrained")
     meta = load_json(run / "config.json")

@@ -122,9 +122,9 @@ def test_export_loads_in_a_fresh_process(runs, tmp_path, capsys):
     want_c = CTFPipeline.from_runs(runs / "coarse", runs / "fine")(torch.tensor([0, 1, 2]), seed=3, decode_images=False)
     want_b = ARPipeline.from_runs(runs / "baseline")(torch.tensor([0, 1, 2]), seed=3, decode_images=False)
     assert torch.equal(got["ctf"], want_c.codes) and torch.equal(got["base"], want_b.codes)
-    # refusals: a non-empty --out, a missing folder (never downloaded), the wrong pipeline class
+    # refusals: a non-empty --out, a missing folder (a path is never sent to the hub), the wrong pipeline class
     _one_line_error(capsys, ["export", "--baseline", str(runs / "baseline"), "--out", str(base)], "not empty")
-    with pytest.raises(UserError, match="never downloads"):
+    with pytest.raises(UserError, match="is not a folder"):
         CTFPipeline.from_pretrained(tmp_path / "no-such-model")
     with pytest.raises(UserError, match="is a ARPipeline export, not a CTFPipeline one"):
         CTFPipeline.from_pretrained(base)

@@ -6,7 +6,8 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="write a self-contained pipeline folder (model_index.json, one sub-folder "
                                       "per component, README.md model card) from a CTF pair or a baseline run",
                        description="The folder loads with CTFPipeline.from_pretrained(DIR) or "
-                                   "ARPipeline.from_pretrained(DIR); nothing is ever downloaded.")
+                                   "ARPipeline.from_pretrained(DIR) (what save_pretrained writes); push it to the Hugging Face "
+                                   "Hub with huggingface-cli upload, or pipe.push_to_hub.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--coarse", help="stage-1 run directory (needs --fine)")
     g.add_argument("--baseline", help="baseline run directory")
@@ -17,15 +18,21 @@ def register(sub) -> None:
 
 
 def cmd_export(args) -> int:
+    from pathlib import Path
+
     from coarse2fine.config import UserError
-    from coarse2fine.pipeline import export_pipeline
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
 
     if args.coarse and not args.fine:
         raise UserError("--coarse needs --fine (the stage-2 run)")
     if args.baseline and args.fine:
         raise UserError("--fine belongs to a CTF export (--coarse R1 --fine R2), not to --baseline")
-    out = export_pipeline(args.out, coarse=args.coarse, fine=args.fine, baseline=args.baseline,
-                          tokenizer=args.tokenizer)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} is not empty; export writes a fresh folder: choose another --out or remove it")
+    pipe = (ARPipeline.from_runs(args.baseline, args.tokenizer) if args.baseline else
+            CTFPipeline.from_runs(args.coarse, args.fine, args.tokenizer))
+    pipe.save_pretrained(out)
     names = sorted(p.name for p in out.iterdir())
     print(f"exported to {out}: {', '.join(names)}")
     return 0

@@ -1,0 +1,247 @@
+"""Release I/O: a sampling pipeline as one self-contained folder in the Hugging Face layout.
+
+    <folder>/model_index.json        which pipeline, its components, its sampling defaults (this module
+                                     is the one reader and writer of it)
+    <folder>/README.md               the model card
+    <folder>/tokenizer/, stage1/, stage2/, coarse_map/   (CTF)  or  tokenizer/, baseline/  (AR)
+                                     each config.json + *.safetensors, as a run directory
+
+The layout is diffusers' (a multi-component pipeline, `model_index.json` at the top). `resolve` turns a
+name into a local folder: an existing folder is used as it is and nothing touches the network; anything
+else is taken as a Hugging Face repo id and fetched (or found in the local cache) by
+`huggingface_hub.snapshot_download`. The pipelines' `save_pretrained` / `from_pretrained` /
+`push_to_hub` call this module; they live in pipeline.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from coarse2fine.checkpoint import (FORMAT, FORMAT_VERSION, MODEL_INDEX, read_run_config, save_run, tokenizer_ref,
+                                    write_run_config)
+from coarse2fine.config import UserError, load_json
+from coarse2fine.fileio import atomic_write_bytes
+from coarse2fine.sampling import StageSampling
+from coarse2fine.tokenizer.vq import codebook_fingerprint
+
+INDEX = MODEL_INDEX
+# per pipeline class: its components (sub-folders) and the stages whose sampling defaults it keeps
+LAYOUTS = {"CTFPipeline": (("tokenizer", "stage1", "stage2", "coarse_map"), ("stage1", "stage2")),
+           "ARPipeline": (("tokenizer", "baseline"), ("stage1",))}
+# run-config keys that name local paths or resume-only inputs: meaningless in a release folder
+_LOCAL_CODES_KEYS = ("dir", "tokenizer_dir", "tokenizer_path")
+
+
+def is_export(folder: str | Path) -> bool:
+    return (Path(folder) / INDEX).is_file()
+
+
+def resolve(name_or_path: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
+            local_files_only: bool = False, token: str | bool | None = None) -> Path:
+    """A local folder as it is; otherwise a Hugging Face repo id, fetched into (or found in) the hub cache
+    by snapshot_download. local_files_only (or HF_HUB_OFFLINE=1): the cache only, no network."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    parts = name.split("/")
+    if path.exists() or len(parts) != 2 or not all(parts) or name.startswith((".", "/", "~")):
+        raise UserError(f"{name} is not a folder; from_pretrained takes a folder written by `coarse2fine export` "
+                        "(or save_pretrained) or a Hugging Face repo id such as owner/name")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    except ImportError as e:  # pragma: no cover - a dependency; only a broken install lacks it
+        raise UserError(f"{name}: loading a repo id needs huggingface_hub ({e}); pip install huggingface_hub, "
+                        "or pass a local folder") from e
+    try:
+        return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token,
+                                      local_files_only=local_files_only))
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{name}: no local folder of that name, and the Hugging Face repo could not be loaded "
+                        f"({first}); pass a local export folder, or connect and check the repo id") from e
+
+
+# ---- model_index.json ------------------------------------------------------------------------------
+
+def write_index(folder: Path, pipeline: str, components: dict[str, str], defaults: dict[str, StageSampling]) -> dict:
+    index = {"_class_name": pipeline, "format": FORMAT, "format_version": FORMAT_VERSION,
+             "components": dict(sorted(components.items())),
+             "sampling_defaults": {stage: asdict(s) for stage, s in defaults.items()}}
+    atomic_write_bytes(folder / INDEX, (json.dumps(index, indent=1) + "\n").encode())
+    return index
+
+
+def read_index(folder: str | Path, pipeline: str) -> tuple[dict[str, Path], dict[str, StageSampling]]:
+    """model_index.json of an exported folder -> ({component: its sub-folder}, {stage: sampling
+    defaults}), checked: the pipeline class, every component present and inside the folder (an export
+    is self-contained: a path out of it, or a link out of it, is refused), the defaults valid."""
+    root = Path(folder)
+    needed, stages = LAYOUTS[pipeline]
+    index = load_json(root / INDEX)
+    if index.get("format") != FORMAT or not isinstance(index.get("format_version"), int):
+        raise UserError(f"{root}/{INDEX} is not a coarse2fine export; write one with `coarse2fine export`")
+    if index["format_version"] > FORMAT_VERSION:
+        raise UserError(f"{root} was exported in format_version {index['format_version']}; this coarse2fine reads "
+                        f"up to {FORMAT_VERSION}: upgrade coarse2fine")
+    if index.get("_class_name") != pipeline:
+        raise UserError(f"{root} is a {index.get('_class_name')} export, not a {pipeline} one; load it with "
+                        f"{index.get('_class_name')}.from_pretrained")
+    comps = index.get("components")
+    missing = [n for n in needed if not isinstance(comps, dict) or not isinstance(comps.get(n), str)]
+    if missing:
+        raise UserError(f"{root}/{INDEX} names no {', '.join(missing)} component; export the folder again")
+    inside = root.resolve()
+    parts = {}
+    for name in needed:
+        sub = (root / comps[name]).resolve()
+        if sub == inside or not sub.is_relative_to(inside):
+            raise UserError(f"{root}/{INDEX}: component {name} is {comps[name]!r}, outside the exported "
+                            "folder; an export is self-contained: copy that component into it or export again")
+        parts[name] = sub
+    return parts, _sampling_defaults(root, index.get("sampling_defaults"), stages)
+
+
+def _sampling_defaults(root: Path, given, stages: tuple[str, ...]) -> dict[str, StageSampling]:
+    """sampling_defaults -> {stage: StageSampling}: what a call without sampling arguments uses. A stage
+    left out keeps the library's default; an unknown stage or knob, or a value out of range, is an
+    error naming it."""
+    if given is None:
+        return {}
+    where = f"{root}/{INDEX} sampling_defaults"
+    if not isinstance(given, dict) or set(given) - set(stages):
+        raise UserError(f"{where} must map {' / '.join(stages)} to sampling settings, got {given!r}")
+    out = {}
+    knobs = [f.name for f in fields(StageSampling)]
+    whole = ("top_k", "cfg_interval")  # counts: integers; the others any number
+    for stage, d in given.items():
+        if not isinstance(d, dict) or set(d) - set(knobs):
+            raise UserError(f"{where}: {stage} must hold some of {knobs}, got {d!r}")
+        bad = [k for k, v in d.items() if isinstance(v, bool) or not isinstance(v, int if k in whole else (int, float))]
+        if bad:
+            raise UserError(f"{where}: {stage} {bad[0]} must be a number, got {d[bad[0]]!r}")
+        out[stage] = StageSampling(**d)
+        out[stage].validate(1 << 30, f"{where}: {stage}")  # top-k against the vocabulary: checked when sampling
+    return out
+
+
+# ---- writing a pipeline ----------------------------------------------------------------------------
+
+def save_pipeline(pipe, out: str | Path) -> Path:
+    """Write a loaded pipeline (pipe.parts(): its networks, pipe.sources: where their configs came from,
+    pipe.defaults(): its sampling defaults) as a release folder. The folder is written beside `out` and
+    renamed into place only after it loads back with the pipeline's own from_pretrained, so a failed
+    save leaves nothing behind. `out` must not exist or be empty. Returns `out`."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} is not empty; a pipeline is saved into a fresh folder: choose another or remove it")
+    cls_name = type(pipe).__name__
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a save that crashed
+    try:
+        fp = codebook_fingerprint(pipe.vq)
+        tok_meta = read_run_config(pipe.sources["tokenizer"], "vq")
+        save_run(tmp / "tokenizer", "vq", {**tok_meta, "fingerprint": fp}, pipe.vq)
+        metas = {}
+        for name, model in pipe.parts().items():
+            src = pipe.sources[name]
+            meta = read_run_config(src, "gpt")
+            meta["codes"] = {k: v for k, v in (meta.get("codes") or {}).items() if k not in _LOCAL_CODES_KEYS}
+            meta.pop("heldout", None)  # the held-out store a run was evaluated on (resume only)
+            meta["tokenizer"] = tokenizer_ref(fp, tmp / "tokenizer", tmp / name)
+            meta["scores"] = run_scores(name, src) or meta.get("scores", [])
+            meta.setdefault("exported_from", src.name)
+            metas[name] = save_run(tmp / name, "gpt", meta, model)
+        components = {"tokenizer": "tokenizer", **{name: name for name in metas}}
+        cmap = getattr(pipe, "cmap", None)
+        if cmap is not None:
+            cmap.save(tmp / "coarse_map" / "coarse_map.safetensors")
+            write_run_config(tmp / "coarse_map", "coarse_map", {"fingerprint": cmap.fingerprint,
+                                                               "method": cmap.method, **cmap.stats()})
+            components["coarse_map"] = "coarse_map"
+        defaults = pipe.defaults()
+        write_index(tmp, cls_name, components, defaults)
+        atomic_write_bytes(tmp / "README.md", model_card(out.name, pipe, metas, tok_meta, defaults).encode())
+        type(pipe).from_pretrained(tmp)  # what users will do: it must load before it is published
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def model_card(name: str, pipe, metas: dict[str, dict], tok_meta: dict, defaults: dict[str, StageSampling]) -> str:
+    """README.md of a release folder: what it is, its training data, the scores measured in its runs
+    (held-out metrics of summary.json, eval*.json reports), sampling defaults, how to load it."""
+    from coarse2fine.models import count_params
+
+    vq, cls_name = pipe.vq.cfg, type(pipe).__name__
+    ctf = getattr(pipe, "cmap", None) is not None
+    what = {"stage1": "causal transformer: class -> one coarse label per position (KV cache, CFG)",
+            "stage2": "full-attention transformer: class + all coarse labels -> all fine codes in one step",
+            "baseline": "causal transformer over the fine codes (LlamaGen-style next-token model)"}
+    lines = [f"# {name}", "",
+             f"A class-conditional image generator ({cls_name}) saved by coarse2fine. "
+             f"Tokenizer: VQ with K={vq.codebook_size} codes, {vq.image_size} px images -> {vq.grid}x{vq.grid} codes.",
+             ""]
+    if ctf:
+        lines += [f"Coarse-to-fine token prediction: the {vq.codebook_size} codes are grouped into "
+                  f"{pipe.cmap.num_coarse} clusters ({pipe.cmap.method}, coarse_map/).", ""]
+        if pipe.restricted:
+            what["stage2"] += "; each position scores only the members of its coarse cluster"
+    lines += [f"- `{k}/`: {what[k]}, {count_params(m) / 1e6:.2f}M parameters (from run "
+              f"`{metas[k].get('exported_from', k)}`)" for k, m in pipe.parts().items()]
+    lines += ["- `tokenizer/`: VQ autoencoder (decodes codes to images)", "", "## Training data", "",
+              "| component | data set | resolution | steps | global batch |", "|---|---|---|---|---|"]
+    td, tt = tok_meta.get("data") or {}, tok_meta.get("train") or {}
+    lines.append(f"| tokenizer | {td.get('name', '?')} ({td.get('split', '?')}) | {td.get('resolution', vq.image_size)} px"
+                 f" | {tt.get('steps', '?')} | {tt.get('batch_size', '?')} |")
+    scores = []
+    for k, meta in metas.items():
+        c, t = meta.get("codes") or {}, meta.get("train") or {}
+        lines.append(f"| {k} | {c.get('dataset', '?')} ({c.get('split', '?')}, {c.get('count', '?')} code sequences)"
+                     f" | {vq.image_size} px | {t.get('steps', '?')} | {t.get('batch_size', '?')} |")
+        scores += meta.get("scores") or []
+    lines += ["", "## Measured scores", ""] + (scores or ["No scores were found in the runs (no summary.json "
+                                                         "held-out metrics, no eval*.json report)."])
+    lines += ["", "## Sampling defaults", ""]
+    lines += [f"- {k}: " + ", ".join(f"{a} {b}" for a, b in asdict(v).items()) for k, v in defaults.items()]
+    lines += ["", "## Use", "", "Load it (a local folder needs no network; a Hugging Face repo id is fetched once) "
+              "and sample:", "", "```python",
+              f"from coarse2fine.pipeline import {cls_name}",
+              f'pipe = {cls_name}.from_pretrained("{name}")  # then pipe(torch.tensor([0, 1]), seed=0).images',
+              "```", ""]
+    return "\n".join(lines)
+
+
+def run_scores(component: str, run: Path) -> list[str]:
+    """Score lines found in a run dir: summary.json (held-out NLL / accuracy) and eval*.json."""
+    out = []
+    if (run / "summary.json").is_file():
+        h = load_json(run / "summary.json").get("heldout") or {}
+        if "nll" in h:
+            out.append(f"- {component}: held-out NLL {h['nll']:.4f} nats/token, token accuracy {h['acc']:.4f} "
+                       f"({h.get('count', '?')} sequences)")
+    for rep in sorted(run.glob("eval*.json")):
+        nums = {k: v for k, v in load_json(rep).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if nums:
+            out.append(f"- {component} ({rep.name}): " + ", ".join(f"{k} {v:.4g}" for k, v in nums.items()))
+    return out
+
+
+def push_folder(folder: Path, repo_id: str, token: str | bool | None = None, private: bool | None = None,
+                commit_message: str = "Upload coarse2fine pipeline") -> str:
+    """Upload a saved release folder to a Hugging Face model repo (created if missing); returns the
+    commit URL. Needs the network and a token with write access."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message))
