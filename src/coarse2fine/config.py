@@ -87,6 +87,7 @@ class GPTConfig:
         return m * ((hidden + m - 1) // m)
 
 
+MAX_CODEBOOK = 16384  # LlamaGen's largest codebook: --codebook-size goes up to it
 VQ_PRESETS: dict[str, dict[str, Any]] = {
     "VQ-16": dict(ch_mult=(1, 1, 2, 2, 4), image_size=256),
     "VQ-8": dict(ch_mult=(1, 2, 2, 4), image_size=256),

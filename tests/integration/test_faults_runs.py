@@ -13,19 +13,10 @@ import pytest
 import torch
 
 from coarse2fine.cli import main
+from cli_checks import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 QUIET = ["--device", "cpu", "--no-progress"]
-
-
-def one_line_error(capsys, argv, *needles):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert rc == 2, (argv, out, err)
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
-    return err
 
 
 @pytest.fixture(scope="module")

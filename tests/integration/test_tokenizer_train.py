@@ -134,3 +134,22 @@ def test_cli_train_reconstruct_extract(tmp_path, capsys):
     assert len(store) == 40 and store.meta["grid"] == 8 and store.meta["classes"][0] == "T-shirt/top"
     assert main(["train-tokenizer", "--out", str(tok), "--resume", "--lr", "0.5", *common]) == 2
     assert "differ" in capsys.readouterr().err
+
+
+def test_tokenizer_run_planning_is_a_library_call(tiny_runs):
+    """train-tokenizer's flags are resolved by training.plan.plan_tokenizer_run, which a Python user calls too."""
+    from coarse2fine.config import UserError
+    from coarse2fine.training.plan import plan_tokenizer_run
+
+    fresh = plan_tokenizer_run(tiny_runs["tok"].parent / "new", preset="VQ-64-f8", arch={"codebook_size": 1024},
+                               data={"name": "emoji64"}, given={"steps": 7, "lr": None})
+    assert fresh.vq.codebook_size == 1024 and fresh.vq.image_size == 64 and fresh.recipe["recipe"] == "cpu64"
+    assert "steps 7" in fresh.summary and fresh.data["name"] == "emoji64"
+    with pytest.raises(UserError, match="--codebook-size 20000: choose 2 to 16384"):
+        plan_tokenizer_run("x", arch={"codebook_size": 20000})
+    resumed = plan_tokenizer_run(tiny_runs["tok"], resume=True)  # the run's own data and architecture
+    assert resumed.data["name"] == "default" and resumed.data["limit_per_class"] == 2 and resumed.recipe is None
+    with pytest.raises(UserError, match=r"--resume uses the run's data \(name='default'\); drop --data"):
+        plan_tokenizer_run(tiny_runs["tok"], resume=True, data={"name": "emoji64"})
+    with pytest.raises(UserError, match="differs from --vq-preset"):
+        plan_tokenizer_run(tiny_runs["tok"], resume=True, arch={"codebook_size": 64})

@@ -18,21 +18,12 @@ import torch
 from PIL import Image
 
 from coarse2fine.checkpoint import load_torch_file, load_weights, save_weights
-from coarse2fine.cli import build_parser, describe_os_error, main
+from coarse2fine.cli import build_parser, describe_os_error
+from cli_checks import one_line_error
 from coarse2fine.config import UserError
 from coarse2fine.fileio import atomic_save_safetensors, atomic_write_bytes
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def one_line_error(capsys, argv, *needles):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert rc == 2, (argv, out, err)
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
-    return out, err
 
 
 # ---- folders: run directories, images ---------------------------------------------------------------

@@ -8,11 +8,8 @@ from coarse2fine.cli._args import (add_data, add_device, add_dtype, add_threads,
                                    positive_int)
 from coarse2fine.cli._args import check_out_path
 from coarse2fine.cli.models import add_vq_preset, load_tokenizer_any
-from coarse2fine.config import (DISC_LOSSES, GEN_LOSSES, VQ_PRESETS, TokenizerTrainConfig, UserError,
+from coarse2fine.config import (DISC_LOSSES, GEN_LOSSES, MAX_CODEBOOK, VQ_PRESETS, TokenizerTrainConfig,
                                 tokenizer_recipe)
-
-
-MAX_CODEBOOK = 16384
 
 
 def _ema_decay(s: str) -> float:
@@ -65,7 +62,8 @@ def register(sub) -> None:
     p.add_argument("--vq-preset", choices=sorted(VQ_PRESETS),
                    help="tokenizer architecture (default VQ-tiny: 32x32 -> 8x8 codes, K=4096)")
     p.add_argument("--codebook-size", type=positive_int,
-                   help="codebook entries K of a new tokenizer (default: the preset's, 4096 on the CPU presets)")
+                   help=f"codebook entries K of a new tokenizer, 2 to {MAX_CODEBOOK} (default: the preset's, 4096 on the "
+                        "CPU presets)")
     p.add_argument("--commit-beta", type=nonneg_float,
                    help="weight of the commitment loss of a new tokenizer (default: the preset's, 0.25 as LlamaGen)")
     p.add_argument("--entropy-loss-ratio", type=nonneg_float,
@@ -141,41 +139,29 @@ def _dataset(args, resolution: int, split: str):
 
 
 def cmd_train(args) -> int:
-    from coarse2fine.checkpoint import read_run_config
-    from coarse2fine.config import VQConfig, from_dict, to_dict, vq_config
+    from coarse2fine.data import build_dataset
+    from coarse2fine.training.plan import plan_tokenizer_run
     from coarse2fine.training.tokenizer import train_tokenizer
 
     out = Path(args.out)
     check_out_path(out)
-    if args.codebook_size is not None and not 2 <= args.codebook_size <= MAX_CODEBOOK:
-        raise UserError(f"--codebook-size {args.codebook_size}: choose 2 to {MAX_CODEBOOK} (LlamaGen's largest)")
-    arch = {k: v for k, v in (("codebook_size", args.codebook_size), ("commit_beta", args.commit_beta),
-                              ("entropy_loss_ratio", args.entropy_loss_ratio)) if v is not None}
-    vq_cfg = vq_config(args.vq_preset or "VQ-tiny", **arch)
-    if args.resume:
-        saved = read_run_config(out, "vq")
-        d = saved.get("data", {})
-        for flag, key in (("data", "name"), ("data_root", "root"), ("limit_per_class", "limit_per_class"),
-                          ("val_fraction", "val_fraction")):
-            if getattr(args, flag) is not None and getattr(args, flag) != d.get(key):
-                raise UserError(f"--resume uses the run's data ({key}={d.get(key)!r}); drop --{flag.replace('_', '-')}")
-            setattr(args, flag, d.get(key))
-        if (args.vq_preset or arch) and to_dict(vq_cfg) != to_dict(from_dict(VQConfig, saved["vq"])):
-            raise UserError("--resume uses the run's saved architecture, which differs from --vq-preset / "
-                            "--codebook-size / --commit-beta / --entropy-loss-ratio; drop them")
-        vq_cfg = saved["vq"]
-    recipe = None
-    if not args.resume:  # defaults from the preset's recipe, printed; they are stored in config.json "train"
-        preset = args.vq_preset or "VQ-tiny"
-        recipe = tokenizer_recipe(preset)
-        tc = TokenizerTrainConfig(**recipe)
-        if not args.no_progress:
-            print(f"train-tokenizer ({preset}, recipe '{recipe['recipe']}'): steps {args.steps or tc.steps}, batch "
-                  f"{args.batch_size or tc.batch_size}, lr {args.lr or tc.lr}, warmup {tc.warmup_steps}, "
-                  f"min lr ratio {tc.min_lr_ratio}", flush=True)
-    ds, info = _dataset(args, vq_cfg["image_size"] if isinstance(vq_cfg, dict) else vq_cfg.image_size, "train")
     given = {f: getattr(args, f) for f in _TOKENIZER_FLAGS if f != "steps"}
-    train_tokenizer(vq_cfg, out, ds, recipe, steps=args.steps, resume=args.resume, data_info=info,
+    plan = plan_tokenizer_run(out, resume=args.resume, preset=args.vq_preset,
+                              arch={"codebook_size": args.codebook_size, "commit_beta": args.commit_beta,
+                                    "entropy_loss_ratio": args.entropy_loss_ratio},
+                              data={"name": args.data, "root": args.data_root, "limit_per_class": args.limit_per_class,
+                                    "val_fraction": args.val_fraction},
+                              given={**given, "steps": args.steps})
+    if plan.summary and not args.no_progress:
+        print(plan.summary, flush=True)
+    d = plan.data
+    name = d["name"] or "default"
+    size = plan.vq["image_size"] if isinstance(plan.vq, dict) else plan.vq.image_size
+    ds = build_dataset(name, size, "train", root=d["root"], limit_per_class=d["limit_per_class"],
+                       val_fraction=d["val_fraction"])
+    info = {"name": name, "root": d["root"], "limit_per_class": d["limit_per_class"], "split": "train",
+            "val_fraction": getattr(ds, "val_fraction", None)}
+    train_tokenizer(plan.vq, out, ds, plan.recipe, steps=args.steps, resume=args.resume, data_info=info,
                     time_budget_s=args.time_budget, progress=not args.no_progress, device=args.device,
                     precision=args.dtype, seed=args.seed, **given)
     print(f"tokenizer saved in {out} (config.json, model.safetensors, state.pt)")

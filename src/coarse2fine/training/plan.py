@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coarse2fine.config import TrainConfig, UserError, train_recipe
+from coarse2fine.config import MAX_CODEBOOK, TrainConfig, UserError, train_recipe
 from coarse2fine.data.codes import open_code_store
 from coarse2fine.stages import stage_config, stage_spec
 from coarse2fine.tokenizer.clustering import CoarseMap
@@ -65,3 +65,52 @@ def plan_stage_run(out: str | Path, *, resume: bool = False, stage: str | None =
         kw["model_cfg"] = stage_config(preset or DEFAULT_PRESET, kw["stage"], meta["codebook_size"], num_coarse,
                                        meta["num_classes"], meta["grid"])
     return StagePlan(kw, summary)
+
+
+# ---- the tokenizer ----------------------------------------------------------------------------------
+
+DATA_KEYS = ("name", "root", "limit_per_class", "val_fraction")  # how a tokenizer run records its data
+
+
+@dataclass
+class TokenizerPlan:
+    vq: Any                      # VQConfig (fresh run) or the run's saved architecture (dict, resume)
+    recipe: dict | None          # the preset's recipe (fresh run; None on resume: the run's own settings)
+    data: dict[str, Any]         # build_dataset arguments: name, root, limit_per_class, val_fraction
+    summary: str | None          # the resolved recipe in one line (fresh runs)
+
+
+def plan_tokenizer_run(out: str | Path, *, resume: bool = False, preset: str | None = None,
+                       arch: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+                       given: dict[str, Any] | None = None) -> TokenizerPlan:
+    """(the preset and its recipe, the settings given, the saved run) -> what train_tokenizer needs.
+    arch: VQConfig fields given (codebook_size, commit_beta, entropy_loss_ratio); data: the data set
+    given (DATA_KEYS; None = not given); given: TokenizerTrainConfig fields given, for the summary.
+    On resume the run's architecture and data are used, and a given one that differs is refused."""
+    from coarse2fine.checkpoint import read_run_config
+    from coarse2fine.config import TokenizerTrainConfig, VQConfig, from_dict, to_dict, tokenizer_recipe, vq_config
+
+    arch = {k: v for k, v in (arch or {}).items() if v is not None}
+    data = dict(data or {})
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    k = arch.get("codebook_size")
+    if k is not None and not 2 <= k <= MAX_CODEBOOK:
+        raise UserError(f"--codebook-size {k}: choose 2 to {MAX_CODEBOOK} (LlamaGen's largest)")
+    vq_cfg = vq_config(preset or "VQ-tiny", **arch)
+    if resume:
+        saved = read_run_config(out, "vq")
+        recorded = saved.get("data", {})
+        for key in DATA_KEYS:
+            if data.get(key) is not None and data[key] != recorded.get(key):
+                flag = {"name": "data", "root": "data_root"}.get(key, key)
+                raise UserError(f"--resume uses the run's data ({key}={recorded.get(key)!r}); drop "
+                                f"--{flag.replace('_', '-')}")
+        if (preset or arch) and to_dict(vq_cfg) != to_dict(from_dict(VQConfig, saved["vq"])):
+            raise UserError("--resume uses the run's saved architecture, which differs from --vq-preset / "
+                            "--codebook-size / --commit-beta / --entropy-loss-ratio; drop them")
+        return TokenizerPlan(saved["vq"], None, {key: recorded.get(key) for key in DATA_KEYS}, None)
+    recipe = tokenizer_recipe(preset or "VQ-tiny")
+    tc = TokenizerTrainConfig(**{**recipe, **given})
+    summary = (f"train-tokenizer ({preset or 'VQ-tiny'}, recipe '{recipe['recipe']}'): steps {tc.steps}, batch "
+               f"{tc.batch_size}, lr {tc.lr}, warmup {tc.warmup_steps}, min lr ratio {tc.min_lr_ratio}")
+    return TokenizerPlan(vq_cfg, recipe, {key: data.get(key) for key in DATA_KEYS}, summary)
