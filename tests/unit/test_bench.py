@@ -40,6 +40,30 @@ def test_full_forward_flop_count_matches_torch_flop_counter(causal):
     assert bench.train_flops(m.cfg, 2, 17) == 3 * fc.get_total_flops()
 
 
+def test_restricted_head_training_flops_count_only_member_logits():
+    """Stage 2's restricted head multiplies each image position by its cluster's member rows only: the
+    analytic count (head at the N image positions, mean member count wide) equals torch's FLOP counter."""
+    from coarse2fine.stages import restricted_head_ce
+
+    torch.manual_seed(0)
+    K, C, N = 60, 6, 16
+    m = Transformer(gpt_config("GPT-tiny", vocab_size=K, input_vocab_size=C, grid=4, causal=False))
+    phi = torch.randint(0, C, (K,))  # an uneven clustering: sizes differ
+    phi[:C] = torch.arange(C)  # every cluster non-empty
+    sizes = torch.bincount(phi, minlength=C)
+    members = torch.full((C, int(sizes.max())), -1)
+    for c in range(C):
+        members[c, :sizes[c]] = (phi == c).nonzero().flatten()
+    codes = torch.randint(0, K, (2, N))
+    coarse = phi[codes]
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        loss, _ = m(coarse, torch.tensor([0, 1]), head=restricted_head_ce(coarse, codes, members))
+        loss.backward()
+    width = sizes[coarse].float().mean().item()  # members per image position, over this batch
+    assert fc.get_total_flops() == bench.train_flops(m.cfg, 2, N + 1, head_positions=N, head_width=width)
+    assert fc.get_total_flops() < bench.train_flops(m.cfg, 2, N + 1)  # the full K-way head costs more
+
+
 def test_naive_costs_more_than_cache_and_bytes_count_weights():
     m = _tiny()
     assert bench.naive_flops(m.cfg, 4, 16) > 5 * bench.decode_flops(m.cfg, 4, 16)

@@ -98,13 +98,15 @@ def decode_flops(cfg: GPTConfig, rows: int, num_tokens: int) -> int:
 
 
 def full_forward_flops(cfg: GPTConfig, rows: int, length: int, causal: bool | None = None,
-                       head_positions: int | None = None) -> int:
+                       head_positions: int | None = None, head_width: float | None = None) -> int:
     """One pass over `length` positions (class token included). Causal attention is counted as
-    executed by the kernels (full square), the head at `head_positions` positions (default all)."""
+    executed by the kernels (full square), the head at `head_positions` positions (default all), each
+    computing `head_width` logits (default the vocabulary; stage 2's restricted head computes only the
+    members of the position's cluster: pass their mean count over the positions)."""
     del causal  # SDPA computes the full square either way; kept to make call sites self-describing
     heads = length if head_positions is None else head_positions
-    per_row = length * token_flops(cfg, length, head=False) + heads * 2 * cfg.dim * cfg.vocab_size
-    return rows * per_row
+    width = cfg.vocab_size if head_width is None else head_width
+    return rows * length * token_flops(cfg, length, head=False) + round(rows * heads * 2 * cfg.dim * width)
 
 
 def naive_flops(cfg: GPTConfig, rows: int, num_tokens: int) -> int:
@@ -112,9 +114,12 @@ def naive_flops(cfg: GPTConfig, rows: int, num_tokens: int) -> int:
     return sum(full_forward_flops(cfg, rows, i + 1) for i in range(num_tokens))
 
 
-def train_flops(cfg: GPTConfig, rows: int, length: int) -> int:
-    """Forward + backward of one training step: backward costs twice the forward (3x in all)."""
-    return 3 * full_forward_flops(cfg, rows, length)
+def train_flops(cfg: GPTConfig, rows: int, length: int, head_positions: int | None = None,
+                head_width: float | None = None) -> int:
+    """Forward + backward of one training step: backward costs twice the forward (3x in all).
+    head_positions / head_width as in full_forward_flops (stage 2's restricted head: the N image
+    positions, each with its cluster's members)."""
+    return 3 * full_forward_flops(cfg, rows, length, head_positions=head_positions, head_width=head_width)
 
 
 def weight_bytes(model: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
