@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 
 import ctf_study_report as csr
 
@@ -129,16 +128,26 @@ def render(res: Path, work: Path | None = None) -> None:
                 L.append(f"| {k} | {b['images_per_s']:.1f} | {c['images_per_s']:.1f} | "
                          f"{c['images_per_s'] / b['images_per_s']:.2f}x |")
     if cost:
-        g = cost["gpt"]
-        L += ["", "## The paper's grid (16x16 codes, K = 16384): measured step costs, not a run", "",
-              f"One thread, GPT-tiny at batch {cost['batch_gpt']}, random codes, clusters of 32 (s per step):", "",
-              "| stage | 8x8 codes | 16x16 codes |", "|---|---|---|"]
-        for stage in ("coarse", "fine", "baseline"):
-            L.append(f"| {stage} | {g[f'{stage}/8x8']:.3f} | {g[f'{stage}/16x16']:.3f} |")
-        tk = cost["tokenizer"]
-        L.append("")
-        L.append("Tokenizer step (batch 16): " + ", ".join(f"{n} {v['step_s']:.2f} s" if "step_s" in v else f"{n} {v}"
-                                                         for n, v in tk.items()))
+        g, tk = cost["gpt"], cost["tokenizer"]
+        L += ["", "## The paper's grid (16x16 codes, K = 16384): measured step costs and an estimate, not a run", "",
+              f"CPU-seconds per training step, one thread, fp32; GPT-tiny at batch {cost['batch_gpt']} on random codes "
+              "(clusters of 32 stand in for k-means ones); the tokenizer at batch 16 with the study's L2 recipe "
+              f"and K = 16384. One seed of the study's schedule: {cost['tokenizer_steps']} tokenizer steps + "
+              f"{cost['gpt_steps']} steps of each transformer.", "",
+              "| part | 8x8 codes (VQ-64-f8) | 16x16 codes (VQ-64-f4) | ratio |", "|---|---|---|---|"]
+        rows = [("tokenizer step", tk["VQ-64-f8"]["cpu_s"], tk["VQ-64-f4"]["cpu_s"])]
+        rows += [(f"{stage} step", g[f"{stage}/8x8"], g[f"{stage}/16x16"]) for stage in ("coarse", "fine", "baseline")]
+        L += [f"| {n} | {a:.3f} | {b:.3f} | {b / a:.1f}x |" for n, a, b in rows]
+
+        def total(key, grid):
+            gpt = sum(g[f"{s}/{grid}"] for s in (("coarse", "fine") if key == "ctf" else ("baseline",)))
+            return gpt * cost["gpt_steps"] / 60
+        tok8, tok16 = (tk[p]["cpu_s"] * cost["tokenizer_steps"] / 60 for p in ("VQ-64-f8", "VQ-64-f4"))
+        L += ["", f"Estimated CPU-minutes for one seed: tokenizer {tok8:.0f} (8x8) vs {tok16:.0f} (16x16); "
+              f"CTF stages {total('ctf', '8x8'):.0f} vs {total('ctf', '16x16'):.0f}; baseline "
+              f"{total('base', '8x8'):.0f} vs {total('base', '16x16'):.0f}; whole run (without sampling) "
+              f"{tok8 + total('ctf', '8x8') + total('base', '8x8'):.0f} vs "
+              f"{tok16 + total('ctf', '16x16') + total('base', '16x16'):.0f}."]
     (res / "report.md").write_text("\n".join(L) + "\n")
     plot(rs, speed, res)
 

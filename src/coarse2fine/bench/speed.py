@@ -278,17 +278,19 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     return info
 
 
-def tokenizer_step_seconds(preset: str, repeats: int = 3, precision: str = "fp32") -> dict:
+def tokenizer_step_seconds(preset: str, repeats: int = 3, precision: str = "fp32", vq_overrides: dict | None = None,
+                           **train_overrides) -> dict:
     """CPU seconds of one training step of a tokenizer preset with its recipe (batch and loss terms),
     through the one training loop on random images: the median of `repeats` steps after one untimed
-    step, taken where the discriminator (if any) trains."""
+    step, taken where the discriminator (if any) trains. vq_overrides (e.g. codebook_size) and
+    train_overrides (TokenizerTrainConfig fields, e.g. perceptual_weight=0) change the preset's."""
     from coarse2fine.config import TokenizerTrainConfig, tokenizer_recipe, vq_config
     from coarse2fine.distributed import DistInfo
     from coarse2fine.training.loop import prepare, train_step
     from coarse2fine.training.tokenizer import tokenizer_task
 
-    vq_cfg = vq_config(preset)
-    tc = TokenizerTrainConfig(**{**tokenizer_recipe(preset), "precision": precision})
+    vq_cfg = vq_config(preset, **(vq_overrides or {}))
+    tc = TokenizerTrainConfig(**{**tokenizer_recipe(preset), **train_overrides, "precision": precision})
 
     class RandomImages:
         def get(self, step: int) -> torch.Tensor:
