@@ -87,7 +87,6 @@ def test_app_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
     import importlib.util
 
     from coarse2fine.cli import main
-    from coarse2fine.pipeline import CTFPipeline
 
     def err(args):
         assert main(["app", *args]) == 2
@@ -99,9 +98,8 @@ def test_app_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
         assert f"no trained runs in {tmp_path}; run `make demo` first" in err(["--demo", str(tmp_path)])
         assert "pass both --coarse and --fine" in err(["--coarse", str(tmp_path)])
         assert "either --pipeline or --coarse/--fine" in err(["--pipeline", str(tmp_path), "--fine", "x"])
-        assert "pipeline folder" in err(["--pipeline", str(tmp_path / "none")])
-        monkeypatch.delattr(CTFPipeline, "from_pretrained", raising=False)
-        assert "has no CTFPipeline.from_pretrained" in err(["--pipeline", str(tmp_path)])
+        assert "is not a folder" in err(["--pipeline", str(tmp_path / "none")])
+        assert "holds no model_index.json" in err(["--pipeline", str(tmp_path)])  # a folder, but no release
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
     assert "pip install -e '.[app]'" in err(["--demo", str(tmp_path)])

@@ -129,3 +129,13 @@ def test_push_to_hub_uploads_a_folder_that_loads(tiny_runs, tmp_path, monkeypatc
     assert url.endswith("/commit/abc") and seen["repo"] == "someone/tiny-ctf" and seen["private"] is True
     assert seen["files"] == ["README.md", "coarse_map", "model_index.json", "stage1", "stage2", "tokenizer"]
     assert torch.equal(seen["loaded"], pipe(LABELS, seed=4).codes)
+
+
+def test_the_page_loads_a_release_folder_with_its_class_names(tiny_runs, tmp_path):
+    from coarse2fine.apps.app import Explorer
+
+    runs = Explorer.from_runs(tiny_runs["coarse"], tiny_runs["fine"])
+    saved = runs.pipe.save_pretrained(tmp_path / "release")
+    page = Explorer.from_pretrained(saved)
+    assert page.class_names == runs.class_names and not page.class_names[0].startswith("class ")
+    assert torch.equal(page.pipe(LABELS, seed=0).codes, runs.pipe(LABELS, seed=0).codes)

@@ -9,7 +9,6 @@ The Gradio layout (apps/app_page.py) only turns these results into HTML; everyth
 """
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -84,10 +83,6 @@ def _no_progress(frac: float, desc: str) -> None:
     return None
 
 
-def _accepts(fn, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
 class Explorer:
     """A CTF pipeline (+ optional baseline) with class names and a colour per coarse cluster."""
 
@@ -120,19 +115,15 @@ class Explorer:
         return cls.from_runs(out / "coarse", out / "fine", base, device)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str = "cpu") -> "Explorer":
-        """An exported pipeline folder, loaded by the library's CTFPipeline.from_pretrained."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise UserError(f"pipeline folder {folder} not found; pass the folder an export wrote")
-        loader = getattr(CTFPipeline, "from_pretrained", None)
-        if loader is None:
-            raise UserError("this coarse2fine has no CTFPipeline.from_pretrained; update it, or pass --coarse/--fine")
-        pipe = loader(folder, device=device) if _accepts(loader, "device") else loader(folder)
-        names = getattr(pipe, "class_names", None) or getattr(pipe, "classes", None)
-        if not names and (folder / "config.json").is_file():
-            names = load_json(folder / "config.json").get("classes")
-        return cls(pipe, None, names)
+    def from_pretrained(cls, name_or_path: str | Path, device: str = "cpu") -> "Explorer":
+        """A release folder (or a Hugging Face repo id holding one), loaded by CTFPipeline.from_pretrained."""
+        from coarse2fine.release import resolve
+
+        folder = resolve(name_or_path)
+        pipe = CTFPipeline.from_pretrained(folder, device=device)
+        # the class names the stage-1 run recorded from its code store (kept in the release's stage1/)
+        meta = load_json(pipe.sources["stage1"] / "config.json")
+        return cls(pipe, None, (meta.get("codes") or {}).get("classes"))
 
     # ---- colours --------------------------------------------------------------------------------
 
