@@ -148,6 +148,14 @@ def render(res: Path, work: Path | None = None) -> None:
               f"{total('base', '8x8'):.0f} vs {total('base', '16x16'):.0f}; whole run (without sampling) "
               f"{tok8 + total('ctf', '8x8') + total('base', '8x8'):.0f} vs "
               f"{tok16 + total('ctf', '16x16') + total('base', '16x16'):.0f}."]
+    L += ["", "## Cost (CPU-minutes, one thread per process, summed over every process that worked on a K)", "",
+          "| K | tokenizer | codes, clusters, training and scoring, all seeds | seeds |", "|---|---|---|---|"]
+    for r in rs:
+        cpu = sum(i.get("cpu_s", 0.0) for i in csr.merge(res / f"K{r['K']}")["invocations"]) / 60
+        L.append(f"| {r['K']} | {(r['tokenizer'] or {}).get('train_cpu_min', float('nan')):.1f} | {cpu:.0f} | "
+                 f"{','.join(map(str, r['seeds']))} |")
+    inv = csr.merge(res / f"K{rs[0]['K']}")["invocations"]
+    L += ["", f"Machine: {inv[0]['machine'] if inv else 'see K<k>/report.md'}; float32 (no native bf16 here)."]
     (res / "report.md").write_text("\n".join(L) + "\n")
     plot(rs, speed, res)
 
