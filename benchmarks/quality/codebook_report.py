@@ -95,15 +95,19 @@ def render(res: Path, work: Path | None = None) -> None:
                  f"{sw(f'random-{k // 32}')} | {t.get('train_cpu_min', float('nan')):.1f} |")
     L += ["", "## The gap, CTF minus baseline, at each K (mean ± std over the seeds)", "",
           "| K | C | seeds | FD base | FD CTF | Δ FD ↓ | ClassAcc base | ClassAcc CTF | Δ ClassAcc ↑ | KID base | "
-          "KID CTF | NLL base | NLL CTF | Δ NLL ↓ |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "KID CTF | NLL base | NLL CTF | Δ NLL ↓ | train CPU-s base | train CPU-s CTF |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rs:
         if not r["seeds"]:
             continue
         g = {m: csr._pm(*gap(r, m), m) for m, _ in GAPS}
+        m, sd, n = gap(r, "FD")  # FD differences in whole units
+        g["FD"] = f"{m:.0f}" + (f" ± {sd:.0f}" if n > 1 else "")
         L.append(f"| {r['K']} | {r['C']} | {','.join(map(str, r['seeds']))} | {both(r, 'baseline', 'FD')} | "
                  f"{both(r, 'ctf', 'FD')} | {g['FD']} | {both(r, 'baseline', 'ClassAcc')} | {both(r, 'ctf', 'ClassAcc')} | "
                  f"{g['ClassAcc']} | {both(r, 'baseline', 'KID')} | {both(r, 'ctf', 'KID')} | {both(r, 'baseline', 'NLL')} | "
-                 f"{both(r, 'ctf', 'NLL')} | {g['NLL']} |")
+                 f"{both(r, 'ctf', 'NLL')} | {g['NLL']} | {both(r, 'baseline', 'train_cpu_s')} | "
+                 f"{both(r, 'ctf', 'train_cpu_s')} |")
     L += ["", "Per seed (FD, ClassAcc; baseline → CTF):", ""]
     for r in rs:
         for s in r["seeds"]:
