@@ -212,7 +212,8 @@ def plot(rs: list[dict], speed: dict | None, res: Path) -> None:
     ax.set_xlabel("codes per cluster (K / C)")
     ax.set_ylabel("swap PSNR vs reconstruction, dB")
     ax.set_title("redundancy (x: random clusters at K/32)", fontsize=8)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(res / "codebook_gap.png", dpi=110)
     plt.close(fig)
