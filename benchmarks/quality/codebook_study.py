@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import os
 import shutil
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def tokenizer(args, k: int) -> None:
     log(f"K={k}: tokenizer ({TOK_STEPS} steps, L2 recipe)")
     cmd = [sys.executable, str(HERE / "tokenizer_study.py"), "--recipes", "l2", "--seeds", "0", "--steps",
            str(TOK_STEPS), "--codebook-size", str(k), "--out", str(args.out / "tokenizers")]
-    subprocess.run(cmd, check=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def setup(args, k: int) -> None:

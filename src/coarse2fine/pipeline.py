@@ -105,9 +105,6 @@ class Pipeline:
         one (fetched by huggingface_hub.snapshot_download; local_files_only: its cache only). The folder's
         sampling_defaults become the defaults of calls without sampling arguments."""
         folder = release.resolve(name_or_path, revision, cache_dir, local_files_only, token)
-        if not release.is_export(folder):
-            raise UserError(f"{folder} holds no {release.INDEX}; from_pretrained loads a folder written by "
-                            "save_pretrained or `coarse2fine export` (a run directory loads with from_runs)")
         parts, defaults = release.read_index(folder, cls.__name__)
         return cls._from_folder(parts, defaults, device, dtype)
 

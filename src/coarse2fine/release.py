@@ -82,6 +82,9 @@ def read_index(folder: str | Path, pipeline: str) -> tuple[dict[str, Path], dict
     is self-contained: a path out of it, or a link out of it, is refused), the defaults valid."""
     root = Path(folder)
     needed, stages = LAYOUTS[pipeline]
+    if not is_export(root):
+        raise UserError(f"{root} holds no {INDEX}; from_pretrained loads a folder written by save_pretrained or "
+                        "`coarse2fine export` (a run directory loads with from_runs)")
     index = load_json(root / INDEX)
     if index.get("format") != FORMAT or not isinstance(index.get("format_version"), int):
         raise UserError(f"{root}/{INDEX} is not a coarse2fine export; write one with `coarse2fine export`")
@@ -131,14 +134,20 @@ def _sampling_defaults(root: Path, given, stages: tuple[str, ...]) -> dict[str, 
 
 # ---- writing a pipeline ----------------------------------------------------------------------------
 
+def check_fresh(out: str | Path) -> Path:
+    """A release is saved into a folder that does not exist or is empty; anything else is refused."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} is not empty; a pipeline is saved into a fresh folder: choose another or remove it")
+    return out
+
+
 def save_pipeline(pipe, out: str | Path) -> Path:
     """Write a loaded pipeline (pipe.parts(): its networks, pipe.sources: where their configs came from,
     pipe.defaults(): its sampling defaults) as a release folder. The folder is written beside `out` and
     renamed into place only after it loads back with the pipeline's own from_pretrained, so a failed
     save leaves nothing behind. `out` must not exist or be empty. Returns `out`."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} is not empty; a pipeline is saved into a fresh folder: choose another or remove it")
+    out = check_fresh(out)
     cls_name = type(pipe).__name__
     tmp = out.with_name(f".{out.name}.partial")
     if tmp.exists():

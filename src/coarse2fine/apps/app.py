@@ -117,10 +117,7 @@ class Explorer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str = "cpu") -> "Explorer":
         """A release folder (or a Hugging Face repo id holding one), loaded by CTFPipeline.from_pretrained."""
-        from coarse2fine.release import resolve
-
-        folder = resolve(name_or_path)
-        pipe = CTFPipeline.from_pretrained(folder, device=device)
+        pipe = CTFPipeline.from_pretrained(name_or_path, device=device)
         # the class names the stage-1 run recorded from its code store (kept in the release's stage1/)
         meta = load_json(pipe.sources["stage1"] / "config.json")
         return cls(pipe, None, (meta.get("codes") or {}).get("classes"))

@@ -18,21 +18,18 @@ def register(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from pathlib import Path
-
     from coarse2fine.config import UserError
     from coarse2fine.pipeline import ARPipeline, CTFPipeline
+    from coarse2fine.release import check_fresh
 
     if args.coarse and not args.fine:
         raise UserError("--coarse needs --fine (the stage-2 run)")
     if args.baseline and args.fine:
         raise UserError("--fine belongs to a CTF export (--coarse R1 --fine R2), not to --baseline")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--out {out} is not empty; export writes a fresh folder: choose another --out or remove it")
+    check_fresh(args.out)  # before the runs are loaded: a refusal costs nothing
     pipe = (ARPipeline.from_runs(args.baseline, args.tokenizer) if args.baseline else
             CTFPipeline.from_runs(args.coarse, args.fine, args.tokenizer))
-    pipe.save_pretrained(out)
+    out = pipe.save_pretrained(args.out)
     names = sorted(p.name for p in out.iterdir())
     print(f"exported to {out}: {', '.join(names)}")
     return 0

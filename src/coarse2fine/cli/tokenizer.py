@@ -127,19 +127,22 @@ def _load_tokenizer(args):
     return load_tokenizer_any(args.tokenizer, args.vq_preset).to(args.device)
 
 
-def _dataset(args, resolution: int, split: str):
+def _dataset(args, resolution: int, split: str, data: dict | None = None):
+    """The data set the flags name (or `data`: a plan's name/root/limit_per_class/val_fraction) -> (dataset,
+    the record a run keeps of it)."""
     from coarse2fine.data import build_dataset
 
-    name = args.data or "default"
-    ds = build_dataset(name, resolution, split, root=args.data_root, limit_per_class=args.limit_per_class,
-                       val_fraction=args.val_fraction)
-    info = {"name": name, "root": args.data_root, "limit_per_class": args.limit_per_class, "split": split,
+    d = data if data is not None else {"name": args.data, "root": args.data_root,
+                                        "limit_per_class": args.limit_per_class, "val_fraction": args.val_fraction}
+    name = d["name"] or "default"
+    ds = build_dataset(name, resolution, split, root=d["root"], limit_per_class=d["limit_per_class"],
+                       val_fraction=d["val_fraction"])
+    info = {"name": name, "root": d["root"], "limit_per_class": d["limit_per_class"], "split": split,
             "val_fraction": getattr(ds, "val_fraction", None)}
     return ds, info
 
 
 def cmd_train(args) -> int:
-    from coarse2fine.data import build_dataset
     from coarse2fine.training.plan import plan_tokenizer_run
     from coarse2fine.training.tokenizer import train_tokenizer
 
@@ -154,13 +157,8 @@ def cmd_train(args) -> int:
                               given={**given, "steps": args.steps})
     if plan.summary and not args.no_progress:
         print(plan.summary, flush=True)
-    d = plan.data
-    name = d["name"] or "default"
     size = plan.vq["image_size"] if isinstance(plan.vq, dict) else plan.vq.image_size
-    ds = build_dataset(name, size, "train", root=d["root"], limit_per_class=d["limit_per_class"],
-                       val_fraction=d["val_fraction"])
-    info = {"name": name, "root": d["root"], "limit_per_class": d["limit_per_class"], "split": "train",
-            "val_fraction": getattr(ds, "val_fraction", None)}
+    ds, info = _dataset(args, size, "train", plan.data)
     train_tokenizer(plan.vq, out, ds, plan.recipe, steps=args.steps, resume=args.resume, data_info=info,
                     time_budget_s=args.time_budget, progress=not args.no_progress, device=args.device,
                     precision=args.dtype, seed=args.seed, **given)
