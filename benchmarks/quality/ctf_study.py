@@ -153,30 +153,40 @@ class SeededStudy(study.Study):
         return name
 
 
-def headline(st: SeededStudy, seeds: list[int]) -> None:
+HEADLINE_PIPELINES = ("ctf", "baseline")
+
+
+def headline(st: SeededStudy, seeds: list[int], pipelines: tuple[str, ...] = HEADLINE_PIPELINES) -> None:
+    """Train and score the headline pipelines checkpoint by checkpoint; `pipelines` splits CTF and the
+    baseline over two processes (the grid is drawn by whichever finds both finished)."""
     p = st.plan
     km, km_path = st.cmap("kmeans", 32)
     for seed in seeds:
         for k in p.checkpoints:
-            log(f"== headline seed {seed}, checkpoint {k}/{p.steps}")
-            co = st.train_seeded("coarse", k, seed, km, km_path)
-            fi = st.train_seeded("fine", k, seed, km, km_path)
-            ba = st.train_seeded("baseline", k, seed)
+            log(f"== headline seed {seed}, checkpoint {k}/{p.steps}, {'+'.join(pipelines)}")
             last = k == p.checkpoints[-1] and seed == seeds[0]
-            st.score(f"head/ctf/{k}/s{seed}", "ctf", (co, fi), p.n_head, CTF_OPTS,
-                     keep=f"ctf_s{seed}" if last else None)
-            st.score(f"head/baseline/{k}/s{seed}", "ar", (ba,), p.n_head, AR_OPTS,
-                     keep=f"baseline_s{seed}" if last else None)
+            if "ctf" in pipelines:
+                co = st.train_seeded("coarse", k, seed, km, km_path)
+                fi = st.train_seeded("fine", k, seed, km, km_path)
+                st.score(f"head/ctf/{k}/s{seed}", "ctf", (co, fi), p.n_head, CTF_OPTS,
+                         keep=f"ctf_s{seed}" if last else None)
+            if "baseline" in pipelines:
+                ba = st.train_seeded("baseline", k, seed)
+                st.score(f"head/baseline/{k}/s{seed}", "ar", (ba,), p.n_head, AR_OPTS,
+                         keep=f"baseline_s{seed}" if last else None)
+            both = all((st.work / f"samples_{n}_s{seed}.npz").exists() for n in ("ctf", "baseline")) \
+                if pipelines != HEADLINE_PIPELINES else True
             # the grid shows seed 0 (the seed of the peer rows and method grids); another seed draws it
             # only while none exists, so processes for other seeds do not overwrite it when they finish last
-            if last and (seed == 0 or not (st.res / "samples_ctf_vs_baseline.png").exists()):
+            if last and both and (seed == 0 or not (st.res / "samples_ctf_vs_baseline.png").exists()):
                 study.sample_grid(st, suffix=f"_s{seed}")
 
 
-PEERS = ("members", "random", "fewer", "more", "iar")
+PEERS = ("members", "random", "fewer", "more", "iar", "agglomerative")
 PEER_HELP = ("members: stage 1 + a random member (MASC) or the centroid's member, no stage-2 network; "
              "random: random clusters (K/32); fewer, more: k-means with K/128 and K/8 clusters; "
-             "iar: the baseline with IAR's cluster-level loss on balanced clusters")
+             "iar: the baseline with IAR's cluster-level loss on balanced clusters; agglomerative: average-linkage "
+             "clusters (K/32, MASC's grouping) instead of k-means")
 
 
 def peers(st: SeededStudy, seed: int, which: tuple[str, ...] = PEERS) -> None:
@@ -190,7 +200,8 @@ def peers(st: SeededStudy, seed: int, which: tuple[str, ...] = PEERS) -> None:
         co = st.train_seeded("coarse", final, seed, km, km_path)
         for how in ("random-member", "centroid-member"):
             st.score(f"peer/{how}/s{seed}", "ctf-nonet", (co,), p.n_head, {**CTF_OPTS, "fine_decoding": how})
-    maps = {"random": ("random", 32), "fewer": ("kmeans", 128), "more": ("kmeans", 8)}
+    maps = {"random": ("random", 32), "fewer": ("kmeans", 128), "more": ("kmeans", 8),
+            "agglomerative": ("agglomerative", 32)}
     for row, (method, d) in maps.items():
         if row not in which:
             continue
@@ -383,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-stages", default=",".join(SPEED_STAGES),
                     help="which of the big preset's runs this process trains in the speed phase (split them "
                          "over processes); the process that finds all three trained scores and times them")
+    ap.add_argument("--headline-pipelines", default=",".join(HEADLINE_PIPELINES),
+                    help="which headline pipelines this process trains and scores (ctf, baseline: split them "
+                         "over two processes)")
     ap.add_argument("--peers", default=",".join(PEERS),
                     help="which peer rows this process trains and scores (split them over processes): " + PEER_HELP)
     ap.add_argument("--reuse-setup", metavar="WORK",
@@ -411,7 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     which = tuple(args.peers.split(","))
     if not set(which) <= set(PEERS):
         ap.error(f"--peers takes a comma list of {', '.join(PEERS)}")
-    part = "" if "speed" not in phases or stages == SPEED_STAGES else "_" + "-".join(stages)
+    pipes = tuple(args.headline_pipelines.split(","))
+    if not set(pipes) <= set(HEADLINE_PIPELINES) or not pipes:
+        ap.error(f"--headline-pipelines takes a comma list of {', '.join(HEADLINE_PIPELINES)}")
+    part = "" if "headline" not in phases or set(pipes) == set(HEADLINE_PIPELINES) else "_" + "-".join(pipes)
+    part += "" if "speed" not in phases or stages == SPEED_STAGES else "_" + "-".join(stages)
     part += "" if "peers" not in phases or set(which) == set(PEERS) else "_" + "-".join(which)
     db_name = "results_setup.json" if phases == ["setup"] else \
         f"results_{'_'.join(phases)}{part}_s{'-'.join(map(str, seeds))}.json"
@@ -421,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"plan: steps {plan.steps}, checkpoints {plan.checkpoints}, seeds {seeds}, phases {phases}; work {work}")
     st.setup()
     if "headline" in phases:
-        headline(st, seeds)
+        headline(st, seeds, HEADLINE_PIPELINES if set(pipes) == set(HEADLINE_PIPELINES) else pipes)
     if "peers" in phases:
         peers(st, seeds[0], which)
     if "speed" in phases:

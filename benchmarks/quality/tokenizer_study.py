@@ -24,10 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-RECIPES = {  # the loss terms each recipe switches on (everything else: the preset's recipe)
-    "l2": dict(perceptual_weight=0.0, disc_weight=0.0),
-    "l2+perceptual": dict(perceptual_weight=1.0, disc_weight=0.0),
-    "l2+perceptual+gan": dict(perceptual_weight=1.0, disc_weight=0.5),
+_OFF = dict(perceptual_weight=0.0, perceptual_depth=5, perceptual_ramp=0, colour_weight=0.0, disc_weight=0.0)
+RECIPES = {  # every loss term of each recipe (everything else: the preset's recipe)
+    "l2": _OFF,
+    "l2+perceptual": {**_OFF, "perceptual_weight": 1.0},
+    "l2+perceptual+gan": {**_OFF, "perceptual_weight": 1.0, "disc_weight": 0.5},
+    # issue 29: the perceptual term smaller, ramped, or on Lite2's shallow taps only; a mean-colour term
+    "l2+perceptual0.1": {**_OFF, "perceptual_weight": 0.1},
+    "l2+shallow": {**_OFF, "perceptual_weight": 1.0, "perceptual_depth": 2},
+    "l2+colour": {**_OFF, "colour_weight": 1.0},
+    "l2+shallow0.3+colour": {**_OFF, "perceptual_weight": 0.3, "perceptual_depth": 2, "perceptual_ramp": 200,
+                             "colour_weight": 1.0},
 }
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +57,7 @@ def run_one(recipe: str, seed: int, args) -> dict:
     from coarse2fine.config import tokenizer_recipe
     from coarse2fine.data.registry import build_dataset
     from coarse2fine.eval.features import EffNetLite0Features, extract_features
-    from coarse2fine.eval.metrics import frechet_distance_from_features
+    from coarse2fine.eval.metrics import colour_error, frechet_distance_from_features
     from coarse2fine.training.tokenizer import evaluate_reconstruction, train_tokenizer
 
     ktag = f"_K{args.codebook_size}" if args.codebook_size else ""
@@ -89,11 +96,12 @@ def run_one(recipe: str, seed: int, args) -> dict:
            "train": json.loads((run / "config.json").read_text())["train"],
            "psnr_test_db": rec["psnr"], "usage_test": rec["usage"], "codes_used_test": rec["codes_used"],
            "recon_fd_lite0_64": frechet_distance_from_features(f_orig, f_rec), "n_test": rec["n"],
+           **{f"colour_{k}": v for k, v in colour_error(rec["originals"].numpy(), rec["recons"].numpy()).items()},
            "train_cpu_min": train_cpu / 60, "wall_s_this_process": time.time() - t0,
            "machine": {"cpu": cpu_model(), "flags": cpu_flags(),
                        "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0), "dtype": args.dtype},
-           "command": f"benchmarks/quality/tokenizer_study.py --seeds {seed} --steps {args.steps}"
-                      + (f" --recipes {recipe} --codebook-size {args.codebook_size}" if args.codebook_size else "")}
+           "command": f"benchmarks/quality/tokenizer_study.py --seeds {seed} --steps {args.steps} --recipes {recipe}"
+                      + (f" --codebook-size {args.codebook_size}" if args.codebook_size else "")}
     np.savez_compressed(run / "recon_test.npz", originals=rec["originals"][:64].numpy(),
                         recons=rec["recons"][:64].numpy())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -167,8 +175,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--codebook-size", type=int, help="the preset with this K instead of its own (run dirs and "
                     "results get a _K<size> tag)")
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "tokenizer_study")
-    ap.add_argument("--report-dir", type=Path, default=ROOT / "benchmarks" / "results" / "tokenizer_emoji64")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "tokenizer_colour")
+    ap.add_argument("--report-dir", type=Path, default=ROOT / "benchmarks" / "results" / "tokenizer_emoji64_colour")
     ap.add_argument("--report", action="store_true", help="only render the table and figure")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

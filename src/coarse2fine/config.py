@@ -273,6 +273,11 @@ class TokenizerTrainConfig:
     recon_weight: float = 1.0
     # perceptual loss on EfficientNet-Lite2 features (tokenizer/perceptual.py); 0 = off
     perceptual_weight: float = 0.0
+    perceptual_depth: int = 5       # how many of Lite2's five taps, shallowest first (1: stride 2 only)
+    perceptual_ramp: int = 0        # steps over which the perceptual weight rises linearly from 0
+    # squared error of each 8x8 grid cell's mean colour (the images average-pooled to 8x8): a colour term
+    # the perceptual features cannot trade away; 0 = off
+    colour_weight: float = 0.0
     # PatchGAN discriminator (tokenizer/discriminator.py); disc_weight 0 = off
     disc_weight: float = 0.0
     disc_start: int = 0             # first step of the adversarial terms (the discriminator trains from it)
@@ -311,8 +316,10 @@ class TokenizerTrainConfig:
                   (self.disc_loss in DISC_LOSSES, f"disc loss must be one of {DISC_LOSSES}, got {self.disc_loss!r}"),
                   (self.gen_adv_loss in GEN_LOSSES, f"gen adv loss must be one of {GEN_LOSSES}, got {self.gen_adv_loss!r}"),
                   (0 <= self.ema_decay < 1, f"ema decay must be in [0, 1), got {self.ema_decay}"),
-                  (min(self.recon_weight, self.perceptual_weight, self.disc_weight, self.disc_lr) >= 0,
-                   "loss weights and the discriminator lr must be >= 0"),
+                  (min(self.recon_weight, self.perceptual_weight, self.disc_weight, self.disc_lr,
+                       self.colour_weight, self.perceptual_ramp) >= 0,
+                   "loss weights, the perceptual ramp and the discriminator lr must be >= 0"),
+                  (1 <= self.perceptual_depth <= 5, f"perceptual depth must be 1..5, got {self.perceptual_depth}"),
                   (self.steps >= 1 and self.batch_size >= 1, "steps and batch size must be >= 1")]
         bad = [msg for ok, msg in checks if not ok]
         if bad:

@@ -12,6 +12,7 @@ from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_inter
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, tokenizer_recipe, vq_config
 from coarse2fine.sampling import FINE_DECODINGS
 from coarse2fine.stages import STAGE_SPECS
+from coarse2fine.tokenizer.clustering import METHODS
 
 # TrainConfig field -> (flag type, help). The flag is --<field with dashes>, except precision (--dtype).
 # Every flag defaults to None = "not given": a fresh run takes the preset's recipe (config.train_recipe),
@@ -49,8 +50,8 @@ def register(sub) -> None:
     add_vq_preset(p)
     p.add_argument("--clusters", type=positive_int, default=None,
                    help="number of coarse labels C (default K/32, paper: 512)")
-    p.add_argument("--method", default="kmeans", choices=["kmeans", "random", "balanced"],
-                   help="kmeans (the paper), random (ablation) or balanced (equal-size k-means); default kmeans")
+    p.add_argument("--method", default="kmeans", choices=list(METHODS),
+                   help="kmeans (the paper), random (ablation), balanced (equal-size k-means) or agglomerative (average linkage, as MASC); default kmeans")
     p.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation (default 0)")
     p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts (best inertia kept; default 1)")
     p.add_argument("--out", required=True, help="output file (.safetensors) or directory")

@@ -30,6 +30,10 @@ _TOKENIZER_FLAGS = {
     "recon_loss": (("l1", "l2"), "pixel reconstruction loss"),
     "recon_weight": (nonneg_float, "weight of the pixel reconstruction loss"),
     "perceptual_weight": (nonneg_float, "weight of the perceptual loss on EfficientNet-Lite2 features (0 = off)"),
+    "perceptual_depth": (positive_int, "Lite2 taps the perceptual loss compares, shallowest first (1-5; shallow "
+                                       "taps keep colour)"),
+    "perceptual_ramp": (nonneg_int, "steps over which the perceptual weight rises linearly from 0"),
+    "colour_weight": (nonneg_float, "weight of the mean-colour error on an 8x8 grid (images average-pooled; 0 = off)"),
     "disc_weight": (nonneg_float, "weight of the PatchGAN adversarial loss (0 = no discriminator)"),
     "disc_start": (nonneg_int, "first step of the adversarial loss and of discriminator training"),
     "disc_loss": (DISC_LOSSES, "the discriminator's loss"),

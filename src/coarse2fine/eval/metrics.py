@@ -184,3 +184,29 @@ def class_accuracy(probs_or_pred: np.ndarray, target: np.ndarray, num_classes: i
     return {"accuracy": float(hit.mean()) if len(hit) else float("nan"),
             "balanced": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
             "per_class": per_class, "counts": counts}
+
+
+def srgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1], channels last [..., 3] -> CIE L*a*b* (D65 white), channels last."""
+    rgb = rgb.double()
+    lin = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    m = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
+                      [0.2126729, 0.7151522, 0.0721750],
+                      [0.0193339, 0.1191920, 0.9503041]], dtype=torch.float64)
+    xyz = lin @ m.T / torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+    eps = (6 / 29) ** 3
+    f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return torch.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def colour_error(originals, recons, grid: int = 8) -> dict[str, float]:
+    """Colour error a feature metric cannot hide: both uint8 [N, H, W, 3] image sets average-pooled to
+    grid x grid cells, then the mean CIE76 colour difference (delta E in Lab; about 2.3 is a just
+    noticeable difference) and the mean absolute RGB difference (0-255 units) over cells."""
+    def pooled(a) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(a)).permute(0, 3, 1, 2).double() / 255.0
+        return torch.nn.functional.adaptive_avg_pool2d(t, grid).permute(0, 2, 3, 1)  # [N, g, g, 3]
+
+    o, r = pooled(originals), pooled(recons)
+    delta_e = (srgb_to_lab(o) - srgb_to_lab(r)).pow(2).sum(-1).sqrt().mean().item()
+    return {"delta_e": delta_e, "rgb_abs": (o - r).abs().mean().item() * 255.0}

@@ -5,7 +5,10 @@ geometry in which codes are "close"). Methods:
 - "kmeans": scikit-learn KMeans (Lloyd), seeded, deterministic;
 - "random": the paper's ablation, a seeded random partition into clusters of near-equal size;
 - "balanced": equal cluster sizes (as IAR): k-means centroids, then a capacity-constrained greedy
-  assignment by distance, refined for a few rounds.
+  assignment by distance, refined for a few rounds;
+- "agglomerative": bottom-up hierarchical clustering with average linkage on Euclidean distances of the
+  normalised codewords, cut at C clusters (the grouping MASC, arXiv 2510.04220, prefers to k-means).
+  It has no randomness: the seed is recorded but changes nothing.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 from coarse2fine.config import UserError
 from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest
 
-METHODS = ("kmeans", "random", "balanced")
+METHODS = ("kmeans", "random", "balanced", "agglomerative")
 
 
 def member_table(phi: torch.Tensor, num_coarse: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +148,19 @@ def _balanced(x: np.ndarray, c: int, seed: int, n_init: int, max_iter: int, roun
     return labels
 
 
+def _agglomerative(x: np.ndarray, c: int) -> np.ndarray:
+    """Average-linkage tree cut at c clusters; labels renumbered by each cluster's smallest code, so the
+    result depends on the codewords only (not on the library's internal label order)."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    raw = AgglomerativeClustering(n_clusters=c, linkage="average", metric="euclidean").fit_predict(x)
+    first = np.full(c, len(x), dtype=np.int64)
+    np.minimum.at(first, raw, np.arange(len(x)))
+    rank = np.empty(c, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(c)
+    return rank[raw]
+
+
 def cluster_codebook(codewords: torch.Tensor, num_coarse: int, method: str = "kmeans", seed: int = 0,
                      fingerprint: str = "", n_init: int = 1, max_iter: int = 300) -> CoarseMap:
     """codewords [K, D] (already L2-normalised) -> CoarseMap with `num_coarse` clusters."""
@@ -164,6 +180,11 @@ def cluster_codebook(codewords: torch.Tensor, num_coarse: int, method: str = "km
         if len(empty):
             raise UserError(f"k-means left {len(empty)} of {num_coarse} clusters empty (the codebook has "
                             "duplicate codewords); use fewer clusters or --method balanced")
+    elif method == "agglomerative":
+        if k > 32768:  # the pairwise distances are held in memory: 8 K^2 bytes
+            raise UserError(f"agglomerative clustering of {k} codes needs {8 * k * k / 2**30:.0f} GB of distances; "
+                            "use --method kmeans")
+        labels = _agglomerative(x, num_coarse)
     else:
         if k * num_coarse > 64_000_000:
             raise UserError("balanced clustering of this size needs > 0.5 GB of distances; use --method kmeans")

