@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's pipeline, command by command, on emoji64 at 64 px with 8x8 codes (VQ-64-f8): tokenizer
+# The pipeline of docs/usage.md, command by command, on emoji64 at 64 px with 8x8 codes (VQ-64-f8): tokenizer
 # (or TOK, one already trained with the same command), reconstructions, codes of the train split (with
 # flips) and of the test split, k-means to K/32 clusters, stage 1, stage 2 and the baseline (the same
 # preset, batch and steps; trained side by side as one-thread processes), samples of both with the

@@ -243,16 +243,35 @@ def test_help_of_every_subcommand_works(capsys):
 
 
 def test_readme_commands_parse():
-    """The README's command lines use the current flag names (argparse would reject a retired one)."""
+    """The command lines of the README and of docs/usage.md use the current flag names (argparse would
+    reject a retired one)."""
     import shlex
 
-    lines = [ln.split("  #")[0].strip() for ln in (REPO / "README.md").read_text().splitlines()]
-    cmds = [shlex.split(ln)[1:] for ln in lines if ln.startswith("coarse2fine ")]
-    assert len(cmds) >= 10
-    parser = build_parser()
-    for argv in cmds:
-        args = parser.parse_args(argv)
-        assert callable(args.func), argv
+    for page, least in (("README.md", 8), ("docs/usage.md", 15)):
+        lines = [ln.split("  #")[0].strip() for ln in (REPO / page).read_text().splitlines()]
+        cmds = [shlex.split(ln)[1:] for ln in lines if ln.startswith("coarse2fine ")]
+        assert len(cmds) >= least, page
+        parser = build_parser()
+        for argv in cmds:
+            args = parser.parse_args(argv)
+            assert callable(args.func), (page, argv)
+
+
+def test_readme_is_a_front_page():
+    """README.md stays a front page: about 150 lines, one result table, and every relative link resolves
+    (its numbers point at the docs/ page holding their evidence)."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 160
+    tables = [b for b in text.split("\n\n") if b.lstrip().startswith("|") and re.search(r"\d\.\d", b)]
+    assert len(tables) == 1, "one headline result table; the studies live in docs/results.md"
+    for page in ["README.md", *(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))]:
+        body = (REPO / page).read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", body):
+            if not target.startswith("http"):
+                assert ((REPO / page).parent / target).exists(), (page, target)
+    assert "min" not in "".join(ln for ln in text.splitlines() if ln.startswith("|")), "no timing table"
 
 
 @pytest.mark.parametrize("field,value", [("cfg_scale", float("nan")), ("cfg_scale", float("inf")),
