@@ -178,12 +178,14 @@ def load_json(path: str | Path) -> dict[str, Any]:
 class TrainConfig:
     """Optimisation settings shared by the coarse, fine and baseline models.
 
+    The defaults ARE the "llamagen" recipe (see TRAIN_RECIPES): TrainConfig(steps=n) equals
+    TrainConfig(**train_recipe("GPT-B", n)). For another preset's recipe, start from train_recipe(preset, n).
     lr is given per global batch of 256 (LlamaGen's convention) and scaled linearly by
     batch_size / 256. batch_size is the global batch: split over processes and accumulation steps.
     """
 
     steps: int = 1000
-    batch_size: int = 64
+    batch_size: int = 256
     lr: float = 1e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 0
@@ -204,7 +206,7 @@ class TrainConfig:
     # being the logsumexp of its members' logits; needs a coarse map. 0 = off (plain baseline)
     cluster_loss_weight: float = 0.0
     # which recipe (train_recipe) the defaults came from; provenance only, the values above are what runs
-    recipe: str = "custom"
+    recipe: str = "llamagen"
 
     @property
     def scaled_lr(self) -> float:
@@ -228,24 +230,28 @@ class TrainConfig:
 # cosine decay. LlamaGen's ImageNet recipe (lr 1e-4 per 256, constant, no warmup) left GPT-tiny near chance
 # after 400 steps on a 1.5k-image folder (baseline loss 8.04 vs ln 4096 = 8.32), where the "cpu" recipe
 # trains. "llamagen" (GPT-B and larger) is LlamaGen's c2i recipe: batch 256, lr 1e-4, constant, wd 0.05,
-# AdamW 0.9/0.95, clip 1.0.
+# AdamW 0.9/0.95, clip 1.0 -- the TrainConfig defaults themselves, so it lists nothing but its warm-up.
+# warmup_frac: the warm-up as a fraction of the run's steps, rounded (train_recipe).
 TRAIN_RECIPES: dict[str, dict[str, Any]] = {
-    "cpu": dict(steps=1000, batch_size=64, lr=4e-3, schedule="cosine", warmup_frac=0.05, weight_decay=0.05),
-    "llamagen": dict(batch_size=256, lr=1e-4, schedule="constant", warmup_frac=0.0, weight_decay=0.05),
+    "cpu": dict(steps=1000, batch_size=64, lr=4e-3, schedule="cosine", warmup_frac=0.05),
+    "llamagen": dict(warmup_frac=0.0),
 }
 CPU_PRESETS = ("GPT-tiny", "GPT-small", "GPT-medium")
 
 
 def train_recipe(preset: str, steps: int | None = None) -> dict[str, Any]:
-    """TrainConfig fields of the preset's recipe (warmup = its fraction of `steps`, or of the recipe's own
-    step count), with "recipe" naming it. Flags given on the command line override these."""
+    """TrainConfig fields of the preset's recipe run for `steps` (default: the recipe's own step count),
+    its warm-up that fraction of them, with "recipe" naming it. The one route from a preset to its
+    optimisation settings: the CLI (training.plan), the demo and the studies call it; settings given
+    explicitly override these."""
     if preset not in GPT_PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(GPT_PRESETS)}")
     name = "cpu" if preset in CPU_PRESETS else "llamagen"
-    r = dict(TRAIN_RECIPES[name])
+    r = {k: getattr(TrainConfig, k) for k in ("batch_size", "lr", "schedule", "weight_decay")}  # what recipes set
+    r.update(TRAIN_RECIPES[name])
     frac = r.pop("warmup_frac")
     n = steps or r.get("steps") or TrainConfig.steps
-    return {**r, "warmup_steps": int(round(frac * n)), "recipe": name}
+    return {**r, "steps": n, "warmup_steps": int(round(frac * n)), "recipe": name}
 
 
 DISC_LOSSES = ("hinge", "vanilla", "non-saturating")  # the discriminator's side of the GAN loss

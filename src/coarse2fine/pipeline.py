@@ -297,6 +297,14 @@ class ARPipeline(Pipeline):
         return self._output(codes, labels, None, t, decode_images)
 
 
+def load_pretrained(name_or_path, device="cpu", dtype=torch.float32, revision: str | None = None, cache_dir=None,
+                    local_files_only: bool = False, token=None) -> Pipeline:
+    """A release folder (or Hub repo id) as the pipeline its model_index.json names: CTFPipeline or ARPipeline."""
+    folder = release.resolve(name_or_path, revision, cache_dir, local_files_only, token)
+    cls = {"CTFPipeline": CTFPipeline, "ARPipeline": ARPipeline}[release.pipeline_class(folder)]
+    return cls.from_pretrained(folder, device, dtype)
+
+
 def save_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, nrow: int = 8,
                  replace: list[Path] = ()) -> None:
     """PNGs named {index:06d}_c{label}.png, grid.png, and samples.npz (arr_0 uint8 [N, H, W, 3] as

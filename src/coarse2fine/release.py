@@ -76,6 +76,18 @@ def write_index(folder: Path, pipeline: str, components: dict[str, str], default
     return index
 
 
+def pipeline_class(folder: str | Path) -> str:
+    """The pipeline class an exported folder holds ("CTFPipeline" or "ARPipeline"), from its model_index.json."""
+    root = Path(folder)
+    if not is_export(root):
+        raise UserError(f"{root} holds no {INDEX}; --pipeline takes a folder written by `coarse2fine export` (or "
+                        "save_pretrained) or a Hugging Face repo id (run directories: --coarse/--fine or --baseline)")
+    name = load_json(root / INDEX).get("_class_name")
+    if name not in LAYOUTS:
+        raise UserError(f"{root}/{INDEX} names pipeline {name!r}; this coarse2fine loads {' or '.join(LAYOUTS)}")
+    return name
+
+
 def read_index(folder: str | Path, pipeline: str) -> tuple[dict[str, Path], dict[str, StageSampling]]:
     """model_index.json of an exported folder -> ({component: its sub-folder}, {stage: sampling
     defaults}), checked: the pipeline class, every component present and inside the folder (an export

@@ -10,8 +10,9 @@ from coarse2fine.cli import build_parser, main
 
 
 def _sample(tiny_runs, out, *flags, mode="ctf"):
-    base = (["--coarse", str(tiny_runs["coarse"]), "--fine", str(tiny_runs["fine"])] if mode == "ctf"
-            else ["--baseline", str(tiny_runs["baseline"])])
+    base = {"ctf": ["--coarse", str(tiny_runs["coarse"]), "--fine", str(tiny_runs["fine"])],
+            "baseline": ["--baseline", str(tiny_runs["baseline"])],
+            "pipeline": ["--pipeline", str(tiny_runs["release"])]}[mode]
     argv = ["sample", *base, "--classes", "0,3", "--per-class", "2", "--device", "cpu", "--threads", "1",
             "--out", str(out), *flags]
     assert main(argv) == 0, argv
@@ -53,6 +54,7 @@ CASES = {
     "--fine": ([], "ctf", "same"),
     "--fine-decoding": (["--fine-decoding", "network"], "ctf", "same"),  # the no-network ones: test_demo_quick
     "--out": ([], "ctf", "same"),
+    "--pipeline": ([], "pipeline", "same"),  # the export of the same runs: the same images
 }
 
 
@@ -68,7 +70,7 @@ def test_sample_flag(tiny_runs, ref, tmp_path, flag):
     if flag == "--tokenizer":
         extra = ["--tokenizer", str(tiny_runs["tok"])]
     images, labels = _sample(tiny_runs, tmp_path / "s", *extra, mode=mode)
-    ref_images, ref_labels = ref[mode]
+    ref_images, ref_labels = ref["ctf" if mode == "pipeline" else mode]
     if isinstance(want, tuple):
         other, _ = _sample(tiny_runs, tmp_path / "other", *want[1], mode=mode)
         assert np.array_equal(images, other)
@@ -96,3 +98,36 @@ def test_sample_out_is_written_fresh(tiny_runs, tmp_path, capsys):
     (out / "mine.txt").write_text("keep")
     assert main(["sample", "--baseline", str(tiny_runs["baseline"]), "--device", "cpu", "--out", str(out)]) == 2
     assert "did not write" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+
+
+def test_sample_from_a_baseline_release_folder(tiny_runs, ref, tmp_path, capsys):
+    """`--pipeline` takes a baseline export too (its model_index.json says which), samples what --baseline
+    samples, and refuses the stage-2 flags and the flags a release folder already answers."""
+    out = tmp_path / "b"
+    assert main(["sample", "--pipeline", str(tiny_runs["release_baseline"]), "--classes", "0,3", "--per-class", "2",
+                 "--device", "cpu", "--threads", "1", "--out", str(out)]) == 0
+    with np.load(out / "samples.npz") as z:
+        assert np.array_equal(z["arr_0"], ref["baseline"][0])
+    for extra, said in ((["--cfg-2", "2"], "--cfg-2 applies to the CTF stage 2 only"),
+                        (["--tokenizer", str(tiny_runs["tok"])], "--tokenizer comes from the release folder")):
+        assert main(["sample", "--pipeline", str(tiny_runs["release_baseline"]), "--device", "cpu",
+                     "--out", str(tmp_path / "x"), *extra]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["sample", "--pipeline", str(tiny_runs["tok"]), "--device", "cpu", "--out", str(tmp_path / "y")]) == 2
+    assert "holds no model_index.json" in capsys.readouterr().err
+
+
+def test_sample_fid_from_a_release_folder(tiny_runs, tmp_path, one_thread):
+    """`sample-fid --pipeline` samples what the runs it was exported from sample, with the folder's own
+    sampling defaults, and records the folder as its source."""
+    import json
+
+    common = ["--num-samples", "10", "--batch-size", "5", "--device", "cpu", "--no-progress"]
+    assert main(["sample-fid", "--coarse", str(tiny_runs["coarse"]), "--fine", str(tiny_runs["fine"]), *common,
+                 "--out", str(tmp_path / "runs")]) == 0
+    assert main(["sample-fid", "--pipeline", str(tiny_runs["release"]), *common, "--out", str(tmp_path / "rel")]) == 0
+    with np.load(tmp_path / "runs" / "samples.npz") as a, np.load(tmp_path / "rel" / "samples.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
+    settings = json.loads((tmp_path / "rel" / "fid_run.json").read_text())["settings"]
+    assert settings["runs"] == {"pipeline": str(tiny_runs["release"].resolve())} and settings["kind"] == "ctf"
+    assert settings["stage1"] == json.loads((tmp_path / "runs" / "fid_run.json").read_text())["settings"]["stage1"]

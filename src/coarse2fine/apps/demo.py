@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from coarse2fine import distributed
-from coarse2fine.config import TrainConfig, UserError
+from coarse2fine.config import TrainConfig, UserError, train_recipe
 from coarse2fine.apps.demo_stages import STAGES
 from coarse2fine.data.builtin import demo_asset_dir
 from coarse2fine.fileio import atomic_write_bytes
@@ -275,9 +275,10 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
 
     # 4. the three models, same backbone, batch and steps
     meta = CodeStore(out / "codes_train").meta
-    tcfg = TrainConfig(steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, warmup_steps=max(1, plan.steps // 20),
-                       schedule="cosine", seed=plan.seed, log_every=max(1, plan.steps // 30),
-                       ckpt_every=plan.steps, ema_decay=0.0, precision=precision)
+    # the preset's recipe (warm-up, schedule, decay) at the demo's steps, batch and step size
+    tcfg = TrainConfig(**{**train_recipe(plan.gpt_preset, plan.steps), "batch_size": plan.batch_size,
+                          "lr": plan.lr, "seed": plan.seed, "log_every": max(1, plan.steps // 30),
+                          "ckpt_every": plan.steps, "ema_decay": 0.0, "precision": precision})
     workers = stage_workers(plan)
     bar.start("models", f"training coarse, fine and baseline ({plan.gpt_preset}, {plan.steps} steps each, "
                         f"{workers} process(es) at once)")

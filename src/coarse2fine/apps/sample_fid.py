@@ -118,9 +118,14 @@ def write_adm_npz(png_paths: list[Path], labels: np.ndarray, path: str | Path) -
     return n, h, w
 
 
-def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype):
-    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype, pipeline=None):
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline, load_pretrained
 
+    if pipeline is not None:
+        if baseline or coarse or fine or tokenizer:
+            raise UserError("give either --pipeline or run directories (--baseline, --coarse/--fine, --tokenizer), "
+                            "not both")
+        return load_pretrained(pipeline, device, dtype)
     if baseline and (coarse or fine):
         raise UserError("give either --baseline or --coarse/--fine, not both")
     if baseline:
@@ -131,14 +136,17 @@ def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype):
 
 
 def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coarse: str | Path | None = None,
-               fine: str | Path | None = None, tokenizer: str | Path | None = None, num_samples: int = 50_000,
-               batch_size: int = 64, seed: int = 0, stage1: StageSampling | None = None,
-               stage2: StageSampling | None = None, bf16: bool = False, image_size_eval: int | None = None,
-               device: str | None = None, progress: bool = True) -> dict[str, Any]:
+               fine: str | Path | None = None, pipeline: str | Path | None = None,
+               tokenizer: str | Path | None = None, num_samples: int = 50_000, batch_size: int = 64, seed: int = 0,
+               stage1: StageSampling | dict | None = None, stage2: StageSampling | dict | None = None,
+               bf16: bool = False, image_size_eval: int | None = None, device: str | None = None,
+               progress: bool = True) -> dict[str, Any]:
     """Sample `num_samples` class-balanced images into out_dir (see module docstring); resumable.
 
-    stage1: sampling knobs of the baseline / CTF stage 1; stage2: CTF stage 2 (pipeline defaults when
-    None). Returns the summary also stored in out_dir/fid_run.json.
+    What samples: run directories (baseline, or coarse + fine, tokenizer optional) or `pipeline`, a
+    release folder or Hub repo id. stage1: sampling knobs of the baseline / CTF stage 1; stage2: CTF
+    stage 2; each a StageSampling, or a dict of the knobs that differ from the pipeline's own defaults
+    (pipe.defaults()), or None for those defaults. Returns the summary also stored in out_dir/fid_run.json.
     One process (group) per out_dir: rank 0 holds its lock, and first removes the temp files of a
     killed run."""
     if batch_size < 1:
@@ -151,25 +159,36 @@ def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coars
         if info.is_main:
             for d in (out, out / "samples"):
                 remove_stale_temp_files(d)
-        return _sample_fid(info, out, baseline, coarse, fine, tokenizer, num_samples, batch_size, seed, stage1,
-                           stage2, bf16, image_size_eval, progress)
+        return _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samples, batch_size, seed,
+                           stage1, stage2, bf16, image_size_eval, progress)
 
 
-def _sample_fid(info, out, baseline, coarse, fine, tokenizer, num_samples, batch_size, seed, stage1, stage2, bf16,
-                image_size_eval, progress) -> dict[str, Any]:
+def _stage_opts(given: StageSampling | dict | None, default: StageSampling) -> StageSampling:
+    from dataclasses import replace
+
+    if isinstance(given, StageSampling):
+        return given
+    return replace(default, **(given or {}))
+
+
+def _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samples, batch_size, seed, stage1,
+                stage2, bf16, image_size_eval, progress) -> dict[str, Any]:
     """sample_fid under the lock of `out`."""
-    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
+    from coarse2fine.pipeline import CTFPipeline
 
     dtype = torch.bfloat16 if bf16 else torch.float32
-    pipe = _load_pipeline(baseline, coarse, fine, tokenizer, info.device, dtype)
-    is_ctf = baseline is None
-    s1 = stage1 or (CTF_COARSE_DEFAULT if is_ctf else BASELINE_DEFAULT)
-    s2 = stage2 or CTF_FINE_DEFAULT
+    pipe = _load_pipeline(baseline, coarse, fine, tokenizer, info.device, dtype, pipeline)
+    is_ctf = isinstance(pipe, CTFPipeline)
+    defaults = pipe.defaults()  # the pipeline's own: an export's sampling_defaults, else the library's
+    s1 = _stage_opts(stage1, defaults["stage1"])
+    s2 = _stage_opts(stage2, defaults["stage2"]) if is_ctf else None
     labels = class_schedule(num_samples, pipe.num_classes)
     folder = out / "samples"
-    settings = {"kind": "ctf" if is_ctf else "baseline",
-                "runs": {k: str(Path(v).resolve()) for k, v in
-                         (("baseline", baseline), ("coarse", coarse), ("fine", fine), ("tokenizer", tokenizer)) if v},
+    runs = {k: str(Path(v).resolve()) for k, v in
+            (("baseline", baseline), ("coarse", coarse), ("fine", fine), ("tokenizer", tokenizer)) if v}
+    if pipeline is not None:  # a Hub id stays a name (its cache path is not the user's)
+        runs["pipeline"] = str(Path(pipeline).resolve()) if Path(pipeline).is_dir() else str(pipeline)
+    settings = {"kind": "ctf" if is_ctf else "baseline", "runs": runs,
                 "num_samples": num_samples, "num_classes": pipe.num_classes, "batch_size": batch_size, "seed": seed,
                 "stage1": vars(s1), "stage2": vars(s2) if is_ctf else None, "bf16": bf16,
                 "image_size_eval": image_size_eval}

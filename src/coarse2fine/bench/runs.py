@@ -21,6 +21,7 @@ from coarse2fine.stages import ClusterLoss, stage_config, stage_spec
 # 1.1 for CTF, top-k off) are imported, not restated, so the bench cannot drift from them
 from coarse2fine.pipeline import decode
 from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
+from coarse2fine.tokenizer.clustering import default_num_coarse
 from coarse2fine.sampling import generate_ar, generate_fine, generate_naive
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -37,7 +38,7 @@ class SampleBench:
     grid: int = 0  # 0 = the preset's grid; GPT-B shapes on CPU use 8 (64 tokens), stated in results
     num_classes: int = 0  # 0 = the preset's
     codebook_size: int = 0  # 0 = the VQ preset's K
-    num_coarse: int = 0  # 0 = K // 32 (paper: 16384 -> 512)
+    num_coarse: int = 0  # 0 = default_num_coarse(K) (paper: 16384 -> 512)
     dtype: str = "fp32"
     weights: str = "autocast"  # "autocast": fp32 weights under autocast; "cast": weights stored in dtype
     device: str = "cpu"
@@ -64,7 +65,7 @@ def build_models(sb: SampleBench):
     vcfg = vq_config(sb.vq_preset)
     preset = gpt_config(sb.preset)
     K = sb.codebook_size or vcfg.codebook_size
-    C = sb.num_coarse or max(2, K // 32)
+    C = sb.num_coarse or default_num_coarse(K)
     g, classes = sb.grid or preset.grid, sb.num_classes or preset.num_classes
     if vcfg.grid != g:  # the decoder must see the token grid the transformers produce
         vcfg = vq_config(sb.vq_preset, image_size=g * vcfg.downsample)
@@ -214,7 +215,7 @@ def bound_record(preset: str, fine_preset: str, batch: int, peak: float, bw: flo
     one-pass stage 2 and the VQ decode. Pipeline defaults (CFG in the AR loops, none in stage 2)."""
     g = grid or gpt_config(preset).grid
     K = codebook_size or vq_config(vq_preset).codebook_size
-    C = num_coarse or max(2, K // 32)
+    C = num_coarse or default_num_coarse(K)
     nc = gpt_config(preset).num_classes
     e = torch.empty(0, dtype=DTYPES[dtype]).element_size()
     with torch.device("meta"):
@@ -312,7 +313,7 @@ def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) ->
     device = torch.device(tb.device)
     vcfg = vq_config(tb.vq_preset)
     K = tb.codebook_size or vcfg.codebook_size
-    C = tb.num_coarse or max(2, K // 32)
+    C = tb.num_coarse or default_num_coarse(K)
     g = tb.grid or gpt_config(tb.preset).grid
     out = []
     for part in tb.parts:

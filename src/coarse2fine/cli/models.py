@@ -105,10 +105,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=cmd_eval_tokens)
 
-    p = sub.add_parser("sample", help="sample images from a CTF pair of runs or from a baseline run")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--coarse", help="stage-1 run directory (needs --fine)")
-    g.add_argument("--baseline", help="baseline run directory")
+    p = sub.add_parser("sample", help="sample images from a CTF pair of runs, a baseline run or a release folder")
+    add_pipeline_source(p)
     p.add_argument("--fine", help="stage-2 run directory (with --coarse; not with a --fine-decoding that needs no "
                                   "stage-2 model)")
     p.add_argument("--fine-decoding", default=None, choices=list(FINE_DECODINGS),
@@ -137,21 +135,58 @@ def add_vq_preset(p: argparse.ArgumentParser) -> None:
                         "their own, so it is refused with one")
 
 
+def add_pipeline_source(p: argparse.ArgumentParser) -> None:
+    """What samples: a CTF pair of runs (--coarse, with --fine), a baseline run, or a release folder."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--coarse", help="stage-1 run directory (needs --fine)")
+    g.add_argument("--baseline", help="baseline run directory")
+    g.add_argument("--pipeline", help="a release folder (`coarse2fine export`, save_pretrained) or a Hugging Face "
+                                      "repo id owner/name; CTF or baseline, as its model_index.json says")
+
+
+def open_pipeline(args, dtype: torch.dtype):
+    """The pipeline the flags name (add_pipeline_source), on args.device in `dtype`. A release folder carries
+    its tokenizer and every stage, so --fine and --tokenizer are refused with it, and a baseline folder
+    refuses the stage-2 flags as --baseline does."""
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline, load_pretrained
+
+    if getattr(args, "pipeline", None):
+        reject_unused(args, ["--fine", "--tokenizer"], "comes from the release folder with --pipeline; drop it")
+        pipe = load_pretrained(args.pipeline, args.device, dtype)
+        if isinstance(pipe, ARPipeline):
+            reject_unused(args, STAGE2_FLAGS + (["--fine-decoding"] if getattr(args, "fine_decoding", None) else []),
+                          f"applies to the CTF stage 2 only; {args.pipeline} is a baseline pipeline: drop it")
+        elif getattr(args, "fine_decoding", None) not in (None, "network"):
+            reject_unused(args, STAGE2_FLAGS, f"is for the stage-2 network; --fine-decoding {args.fine_decoding} "
+                                              "uses none, drop it")
+        return pipe
+    if args.coarse:
+        return CTFPipeline.from_runs(args.coarse, args.fine, args.tokenizer, args.device, dtype)
+    return ARPipeline.from_runs(args.baseline, args.tokenizer, args.device, dtype)
+
+
+STAGE2_FLAGS = ["--cfg-2", "--temperature-2", "--top-k-2", "--top-p-2"]
+
+
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    """Stage 1 (and the baseline) use --cfg/--temperature/--top-k/--top-p; stage 2 the -2 variants.
-    Defaults: sampling.CTF_COARSE_DEFAULT / CTF_FINE_DEFAULT (the paper's) and BASELINE_DEFAULT
-    (LlamaGen's). --temperature and the stage-2 flags default to None so that the mode decides (and a
-    baseline run can refuse the stage-2 ones); sampling_opts fills them in."""
+    """Stage 1 (and the baseline) use --cfg/--temperature/--top-k/--top-p/--cfg-interval; stage 2 the -2
+    variants. Every one defaults to None ("not given"): the pipeline's own defaults (pipe.defaults(): a
+    release folder's sampling_defaults, else sampling.CTF_COARSE_DEFAULT / CTF_FINE_DEFAULT, the paper's,
+    and BASELINE_DEFAULT, LlamaGen's) fill in the rest (sampling_opts), and a baseline can refuse the
+    stage-2 ones."""
     from coarse2fine.sampling import BASELINE_DEFAULT as B, CTF_COARSE_DEFAULT as S1, CTF_FINE_DEFAULT as S2
 
     p.add_argument("--cfg", type=nonneg_float, default=None,
-                   help=f"CFG scale, stage 1 / baseline (1.0 = off; default {S1.cfg_scale} CTF, {B.cfg_scale} baseline)")
-    p.add_argument("--cfg-interval", type=cfg_interval, default=-1,
-                   help="apply CFG to the first N tokens only (-1 = all; default -1)")
+                   help=f"CFG scale, stage 1 / baseline (1.0 = off; default: the pipeline's, {S1.cfg_scale} CTF, "
+                        f"{B.cfg_scale} baseline)")
+    p.add_argument("--cfg-interval", type=cfg_interval, default=None,
+                   help=f"apply CFG to the first N tokens only (-1 = all; default: the pipeline's, {S1.cfg_interval})")
     p.add_argument("--temperature", type=positive_float, default=None,
-                   help=f"stage 1 / baseline (default {S1.temperature} CTF, {B.temperature} baseline)")
-    p.add_argument("--top-k", type=nonneg_int, default=0, help="stage 1 / baseline top-k (0 = all; default 0)")
-    p.add_argument("--top-p", type=probability, default=1.0, help="stage 1 / baseline top-p (1.0 = off; default 1.0)")
+                   help=f"stage 1 / baseline (default: the pipeline's, {S1.temperature} CTF, {B.temperature} baseline)")
+    p.add_argument("--top-k", type=nonneg_int, default=None,
+                   help=f"stage 1 / baseline top-k (0 = all; default: the pipeline's, {S1.top_k})")
+    p.add_argument("--top-p", type=probability, default=None,
+                   help=f"stage 1 / baseline top-p (1.0 = off; default: the pipeline's, {S1.top_p})")
     p.add_argument("--cfg-2", type=nonneg_float, default=None, help=f"stage-2 CFG scale (1.0 = off; default {S2.cfg_scale})")
     p.add_argument("--temperature-2", type=positive_float, default=None,
                    help=f"stage-2 temperature (default {S2.temperature})")
@@ -167,27 +202,30 @@ def check_mode(args) -> None:
     if args.coarse and not args.fine and network:
         raise UserError("--coarse needs --fine (the stage-2 run), or --fine-decoding random-member|centroid-member")
     if args.coarse and not network:
-        reject_unused(args, ["--fine", "--cfg-2", "--temperature-2", "--top-k-2", "--top-p-2"],
+        reject_unused(args, ["--fine", *STAGE2_FLAGS],
                       f"is for the stage-2 network; --fine-decoding {decoding} uses none, drop it")
     if args.baseline:
-        reject_unused(args, ["--fine", "--cfg-2", "--temperature-2", "--top-k-2", "--top-p-2"]
-                      + (["--fine-decoding"] if decoding is not None else []),
+        reject_unused(args, ["--fine", *STAGE2_FLAGS] + (["--fine-decoding"] if decoding is not None else []),
                       "applies to the CTF stage 2 only; drop it with --baseline")
 
 
-def sampling_opts(args, baseline: bool):
-    """(stage 1 or baseline, stage 2) StageSampling: the flags given, the defaults of sampling.py otherwise."""
+def given_sampling(args) -> tuple[dict, dict]:
+    """The sampling knobs given on the command line: ({stage 1 / baseline}, {stage 2}), StageSampling
+    field -> value; a flag left out is absent."""
+    one = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg,
+           "cfg_interval": args.cfg_interval}
+    two = {"temperature": args.temperature_2, "top_k": args.top_k_2, "top_p": args.top_p_2, "cfg_scale": args.cfg_2}
+    return ({k: v for k, v in one.items() if v is not None}, {k: v for k, v in two.items() if v is not None})
+
+
+def sampling_opts(args, defaults: dict):
+    """(stage 1 or baseline, stage 2 or None) StageSampling: the flags given over `defaults`, the
+    pipeline's own (pipe.defaults()); stage 2 is None for a baseline."""
     from dataclasses import replace
 
-    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
-
-    first = BASELINE_DEFAULT if baseline else CTF_COARSE_DEFAULT
-    given1 = {"temperature": args.temperature, "cfg_scale": args.cfg}
-    s1 = replace(first, top_k=args.top_k, top_p=args.top_p, cfg_interval=args.cfg_interval,
-                 **{k: v for k, v in given1.items() if v is not None})
-    given2 = {"temperature": args.temperature_2, "top_k": args.top_k_2, "top_p": args.top_p_2, "cfg_scale": args.cfg_2}
-    s2 = replace(CTF_FINE_DEFAULT, **{k: v for k, v in given2.items() if v is not None})
-    return s1, s2
+    given1, given2 = given_sampling(args)
+    s2 = defaults.get("stage2")
+    return replace(defaults["stage1"], **given1), (None if s2 is None else replace(s2, **given2))
 
 
 def cmd_presets(args) -> int:
@@ -324,22 +362,18 @@ def cmd_sample(args) -> int:
 
 
 def _sample(args, out: Path, owned: list[Path]) -> int:
-    from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
-
+    from coarse2fine.pipeline import CTFPipeline, save_samples
     from coarse2fine.precision import resolve_dtype
 
     dtype = resolve_dtype(args.dtype, torch.device(args.device))
-    if args.coarse:
-        pipe = CTFPipeline.from_runs(args.coarse, args.fine, args.tokenizer, args.device, dtype)
-    else:
-        pipe = ARPipeline.from_runs(args.baseline, args.tokenizer, args.device, dtype)
+    pipe = open_pipeline(args, dtype)
     labels = parse_classes(args.classes, pipe.num_classes, args.per_class)
-    s1, s2 = sampling_opts(args, baseline=bool(args.baseline))
+    s1, s2 = sampling_opts(args, pipe.defaults())
     images, timings = [], {}
     for b in range(0, len(labels), args.batch_size):
         chunk = labels[b:b + args.batch_size]
-        o = (pipe(chunk, s1, s2, seed=args.seed + b, fine_decoding=args.fine_decoding or "network") if args.coarse
-             else pipe(chunk, s1, seed=args.seed + b))
+        o = (pipe(chunk, s1, s2, seed=args.seed + b, fine_decoding=args.fine_decoding or "network")
+             if isinstance(pipe, CTFPipeline) else pipe(chunk, s1, seed=args.seed + b))
         images.append(o.images)
         for k, v in o.timings.items():
             timings[k] = timings.get(k, 0.0) + v

@@ -148,7 +148,7 @@ def lock_run(run_dir: str | Path, enabled: bool = True):
 # settings a resume may change because the computation does not depend on them: how the work is laid
 # out over processes (the global batch, data order and dropout seeds stay fixed, so a run can move to
 # another world size) and how often it logs, evaluates and checkpoints
-FREE_FIELDS = ("grad_accum", "fsdp", "log_every", "ckpt_every", "eval_every")
+FREE_FIELDS = ("grad_accum", "fsdp", "log_every", "ckpt_every", "eval_every", "recipe")  # recipe: provenance only
 
 
 def flag(name: str) -> str:
