@@ -253,7 +253,8 @@ class Study:
     def sample(self, kind: str, runs: tuple[str, ...], n: int, opts: dict, coarse_key: str | None = None):
         """Generate n images. kind "ctf": runs (coarse, fine); "ar": (baseline,). opts: StageSampling
         fields for s1 (stage 1 / baseline) and s2. Returns (uint8 [n,H,W,3], labels [n], seconds)."""
-        from coarse2fine.pipeline import ARPipeline, CTFPipeline, decode
+        from coarse2fine.pipeline import ARPipeline, CTFPipeline
+        from coarse2fine.data.sample_folder import decode_images
         from coarse2fine.sampling import StageSampling, generate_ar, generate_fine
 
         s1, s2 = StageSampling(**opts.get("s1", {})), StageSampling(**opts.get("s2", {}))
@@ -277,7 +278,7 @@ class Study:
             codes.append(generate_fine(pipe.fine_model, co, lab, s2, g2, pipe.members if pipe.restricted else None))
         if cache is not None and cached is None:
             torch.save(torch.cat(coarse_all), cache)
-        images = decode(pipe.vq, torch.cat(codes))
+        images = decode_images(pipe.vq, torch.cat(codes))
         return images.numpy(), labels.numpy(), time.time() - t
 
     def score(self, key: str, kind: str, runs: tuple[str, ...], n: int, opts: dict, coarse_key: str | None = None,

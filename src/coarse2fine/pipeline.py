@@ -12,8 +12,6 @@ Face repo id (release.resolve: snapshot_download, which can stay offline on its 
 """
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +19,13 @@ from pathlib import Path
 import torch
 
 from coarse2fine.config import UserError
-from coarse2fine.data.preprocess import to_uint8
 from coarse2fine.sampling import (BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS,
                                   StageSampling, centroid_members, check_fine_decoding, check_labels,
                                   generate_ar, generate_fine, random_member)
 from coarse2fine.tokenizer.clustering import CoarseMap
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine import release
+from coarse2fine.data import sample_folder
 from coarse2fine.checkpoint import find_run_tokenizer, load_run, load_run_tokenizer, run_fingerprint
 
 
@@ -53,13 +51,6 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     return g
 
 
-@torch.no_grad()
-def decode(vq: VQModel, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """codes [B, N] -> uint8 images [B, H, W, 3], decoded in batches."""
-    parts = [to_uint8(vq.decode_codes(codes[i:i + batch_size])) for i in range(0, len(codes), batch_size)]
-    return torch.cat(parts).permute(0, 2, 3, 1).cpu()  # [B, 3, H, W] -> [B, H, W, 3]
-
-
 class Pipeline:
     """What both pipelines share: timed parts, decoding, and release I/O (save_pretrained /
     from_pretrained / push_to_hub through release.py). `sources` names the folders the components were
@@ -78,7 +69,7 @@ class Pipeline:
         return out
 
     def _output(self, codes, labels, coarse, timings: dict[str, float], decode_images: bool) -> SampleOutput:
-        images = self._timed(timings, "decode_s", lambda: decode(self.vq, codes)) if decode_images else torch.empty(0)
+        images = self._timed(timings, "decode_s", lambda: sample_folder.decode_images(self.vq, codes)) if decode_images else torch.empty(0)
         return SampleOutput(images, codes.cpu(), labels.cpu(), None if coarse is None else coarse.cpu(), timings)
 
     def parts(self) -> dict[str, torch.nn.Module]:
@@ -303,48 +294,3 @@ def load_pretrained(name_or_path, device="cpu", dtype=torch.float32, revision: s
     folder = release.resolve(name_or_path, revision, cache_dir, local_files_only, token)
     cls = {"CTFPipeline": CTFPipeline, "ARPipeline": ARPipeline}[release.pipeline_class(folder)]
     return cls.from_pretrained(folder, device, dtype)
-
-
-def save_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, nrow: int = 8,
-                 replace: list[Path] = ()) -> None:
-    """PNGs named {index:06d}_c{label}.png, grid.png, and samples.npz (arr_0 uint8 [N, H, W, 3] as
-    the ADM evaluator reads it, plus labels int64 [N]).
-
-    Written whole or not at all: everything goes to a staging folder inside `out` first; only when
-    every file is written are the files of `replace` (an earlier output) removed and the new ones
-    moved in, samples.npz last. A failure (a full disk: the OSError names the path) leaves the
-    earlier output as it was; a kill leaves a staging folder that the next `save_samples` removes."""
-    import io
-    import tempfile
-
-    import numpy as np
-    from PIL import Image
-
-    from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.fileio import remove_stale_temp_files
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out, "sample")
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=f".sample.{os.getpid()}.", suffix=".tmp"))
-    try:
-        arr = images.numpy()
-        names = [f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels.tolist())]
-        try:
-            for img, name in zip(arr, names):
-                Image.fromarray(img).save(stage / name)
-            save_grid(arr, stage / "grid.png", nrow=nrow)
-            buf = io.BytesIO()
-            np.savez(buf, arr_0=arr, labels=labels.numpy())
-            (stage / "samples.npz").write_bytes(buf.getvalue())
-        except OSError as e:  # PIL and numpy do not name the file; the user's path is `out`, not our staging
-            if e.filename is None or str(stage) in str(e.filename):
-                raise OSError(e.errno, e.strerror or str(e), str(out)) from e
-            raise
-        for f in sorted(replace, key=lambda f: f.name != "samples.npz"):  # the npz first: it marks a whole output
-            f.unlink(missing_ok=True)
-        for name in names + ["grid.png", "samples.npz"]:
-            os.replace(stage / name, out / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-

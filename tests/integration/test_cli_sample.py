@@ -86,14 +86,14 @@ def test_sample_flag(tiny_runs, ref, tmp_path, flag):
 
 def test_sample_out_is_written_fresh(tiny_runs, tmp_path, capsys):
     """Finding 7: a reused --out kept the older, larger run's PNGs, and `eval --samples` scored the mixture."""
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     out = tmp_path / "s"
     _sample(tiny_runs, out, "--per-class", "5")  # 10 images
     images, labels = _sample(tiny_runs, out)  # 4 images into the same folder
     assert sorted(f.name for f in out.iterdir()) == [  # .lock: the folder's lock, as in a run directory
         ".lock", "000000_c0.png", "000001_c0.png", "000002_c3.png", "000003_c3.png", "grid.png", "samples.npz"]
-    loaded, loaded_labels, _ = load_samples(out)
+    loaded, loaded_labels, _ = read_samples(out)
     assert np.array_equal(loaded, images) and loaded_labels.tolist() == [0, 0, 3, 3]
     (out / "mine.txt").write_text("keep")
     assert main(["sample", "--baseline", str(tiny_runs["baseline"]), "--device", "cpu", "--out", str(out)]) == 2

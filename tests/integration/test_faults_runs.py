@@ -101,7 +101,7 @@ def test_a_second_writer_of_an_output_folder_is_refused(tiny_runs, tmp_path, cap
 def test_sample_on_a_full_disk_keeps_the_earlier_output_and_names_the_folder(tiny_runs, tmp_path, capsys, monkeypatch):
     from PIL import Image
 
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     out = tmp_path / "s"
     argv = ["sample", "--baseline", str(tiny_runs["baseline"]), "--per-class", "1", "--device", "cpu", "--out", str(out)]
@@ -118,7 +118,7 @@ def test_sample_on_a_full_disk_keeps_the_earlier_output_and_names_the_folder(tin
     one_line_error(capsys, argv + ["--seed", "1"], f"No space left on device: {out}; free some space")
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # no partial PNG, the old npz intact
     monkeypatch.setattr(Image.Image, "save", real)
-    assert main(argv + ["--seed", "1"]) == 0 and len(load_samples(out)[0]) == 10
+    assert main(argv + ["--seed", "1"]) == 0 and len(read_samples(out)[0]) == 10
 
 
 def test_extract_codes_that_failed_on_a_full_disk_is_restarted_by_the_rerun(tiny_runs, other_codes, tmp_path, capsys,

@@ -207,7 +207,7 @@ def test_eval_never_scores_a_mixture(tmp_path):
     from PIL import Image
 
     from coarse2fine.config import UserError
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
@@ -216,10 +216,10 @@ def test_eval_never_scores_a_mixture(tmp_path):
         img = imgs[i] if i < 10 else rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
         Image.fromarray(img).save(tmp_path / f"{i:06d}_c{i % 10}.png")
     with pytest.raises(UserError, match="mixes samples: 39 numbered PNGs but samples.npz holds 10"):
-        load_samples(tmp_path)
+        read_samples(tmp_path)
     for i in range(10, 39):
         (tmp_path / f"{i:06d}_c{i % 10}.png").unlink()
-    images, labels, note = load_samples(tmp_path)  # consistent: read from the npz
+    images, labels, note = read_samples(tmp_path)  # consistent: read from the npz
     assert np.array_equal(images, imgs) and labels.tolist() == list(range(10)) and "samples.npz" in note
 
 

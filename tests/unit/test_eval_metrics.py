@@ -180,7 +180,7 @@ def test_class_accuracy_per_class():
 
 
 def test_load_samples_png_names_and_npz(tmp_path):
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     imgs = shapes(3, seed=0, res=16)
     d = tmp_path / "png"
@@ -188,17 +188,17 @@ def test_load_samples_png_names_and_npz(tmp_path):
     for i, im in enumerate(imgs):
         Image.fromarray(im).save(d / f"{i:06d}_c{i + 4}.png")
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(d / "grid.png")  # as the samplers write it
-    x, y, note = load_samples(d)
+    x, y, note = read_samples(d)
     assert np.array_equal(x, imgs) and y.tolist() == [4, 5, 6] and "names" in note and "grid.png" in note
     (d / "000003.png").write_bytes((d / "000000_c4.png").read_bytes())  # one unlabelled file
-    assert load_samples(d)[1] is None
+    assert read_samples(d)[1] is None
     np.savez(tmp_path / "s.npz", arr_0=imgs, labels=np.array([1, 2, 3]))
-    assert load_samples(tmp_path / "s.npz")[1].tolist() == [1, 2, 3]
+    assert read_samples(tmp_path / "s.npz")[1].tolist() == [1, 2, 3]
     np.savez(tmp_path / "u.npz", arr_0=imgs)
-    assert load_samples(tmp_path / "u.npz")[1] is None
+    assert read_samples(tmp_path / "u.npz")[1] is None
     np.savez(tmp_path / "bad.npz", arr_0=imgs.astype(np.float32))
     with pytest.raises(UserError):
-        load_samples(tmp_path / "bad.npz")
+        read_samples(tmp_path / "bad.npz")
 
 
 def test_train_classifier_then_eval_cli(tmp_path, capsys, monkeypatch):

@@ -188,23 +188,23 @@ def test_empty_classes_names_no_class():
 
 
 def _samples(out, seed, n=6):
-    from coarse2fine.pipeline import save_samples
+    from coarse2fine.data.sample_folder import write_folder
 
     g = torch.Generator().manual_seed(seed)
-    save_samples(torch.randint(0, 256, (n, 8, 8, 3), generator=g, dtype=torch.uint8),
+    write_folder(torch.randint(0, 256, (n, 8, 8, 3), generator=g, dtype=torch.uint8),
                  torch.arange(n) % 3, out)
 
 
 def test_eval_refuses_an_npz_swapped_in_from_another_run(tmp_path):
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     _samples(tmp_path / "a", 0)
     _samples(tmp_path / "b", 1)
-    images, labels, _ = load_samples(tmp_path / "a")  # the folder's own npz: fine
+    images, labels, _ = read_samples(tmp_path / "a")  # the folder's own npz: fine
     assert images.shape == (6, 8, 8, 3)
     (tmp_path / "a" / "samples.npz").write_bytes((tmp_path / "b" / "samples.npz").read_bytes())
     with pytest.raises(UserError, match=r"samples.npz does not belong to the PNGs beside it \(image 0 differs"):
-        load_samples(tmp_path / "a")
+        read_samples(tmp_path / "a")
 
 
 def test_truncated_samples_npz_is_one_line(tmp_path, capsys):

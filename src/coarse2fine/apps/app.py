@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from coarse2fine.config import UserError, load_json
-from coarse2fine.pipeline import ARPipeline, CTFPipeline, decode
+from coarse2fine.pipeline import ARPipeline, CTFPipeline
+from coarse2fine.data.sample_folder import decode_images
 from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS, StageSampling
 
 MAX_IMAGES = 32
@@ -214,5 +215,5 @@ class Explorer:
 
     def _decode(self, codes: torch.Tensor) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        images = decode(self.pipe.vq, codes.to(self.pipe.device))
+        images = decode_images(self.pipe.vq, codes.to(self.pipe.device))
         return images.numpy(), time.perf_counter() - t0

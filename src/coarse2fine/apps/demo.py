@@ -225,7 +225,8 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     from coarse2fine.data import build_dataset
     from coarse2fine.data.codes import CodeStore, extract_codes
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+    from coarse2fine.data.sample_folder import write_folder
     from coarse2fine.sampling import StageSampling
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint
@@ -297,7 +298,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     grid = side_by_side(o_ctf.images.numpy(), o_base.images.numpy(), labels.numpy(), per_class)
     save_grid(grid, out / "samples_ctf_vs_baseline.png", nrow=2 * per_class + 1)
     for name, o in (("ctf", o_ctf), ("baseline", o_base)):
-        save_samples(o.images, o.labels, out / f"samples_{name}", nrow=plan.eval_per_class)
+        write_folder(o.images, o.labels, out / f"samples_{name}", nrow=plan.eval_per_class)
     report["sampling"] = {"ctf": o_ctf.timings, "baseline": o_base.timings, "images": len(labels)}
     bar.end()
 

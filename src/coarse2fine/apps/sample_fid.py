@@ -16,23 +16,19 @@ What makes it exact and resumable:
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from coarse2fine import distributed
 from coarse2fine.config import UserError, dump_json, load_json
-from coarse2fine.data.preprocess import to_uint8
 from coarse2fine.fileio import lock_dir, remove_stale_temp_files
+from coarse2fine.data.sample_folder import NPZ, decode_images, png_name, write_adm_npz, write_png
 from coarse2fine.sampling import StageSampling
 
 
@@ -50,72 +46,6 @@ def class_schedule(num_samples: int, num_classes: int) -> np.ndarray:
 def chunk_seed(seed: int, chunk: int) -> int:
     """Independent 63-bit seed for chunk `chunk` of a run seeded `seed`."""
     return int(np.random.SeedSequence([seed, chunk]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-def png_name(i: int, label: int) -> str:
-    return f"{i:06d}_c{label}.png"
-
-
-@torch.no_grad()
-def decode_to_uint8(vq, codes: torch.Tensor, size: int | None = None) -> np.ndarray:
-    """codes [B, N] -> uint8 [B, H, W, 3]. With `size`, the decoder output (float, [-1, 1]) is first
-    resized bicubically to size x size, as LlamaGen's --image-size-eval does (384 px models scored at 256)."""
-    x = vq.decode_codes(codes)  # [B, 3, H, W]
-    if size is not None and size != x.shape[-1]:
-        x = F.interpolate(x.float(), size=(size, size), mode="bicubic")
-    return to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()  # [B, 3, H, W] -> [B, H, W, 3]
-
-
-def _temp_name(path: Path) -> Path:
-    """The temp name of `path` while it is written: pid-named, so fileio.remove_stale_temp_files
-    can tell a killed writer's leftovers from a live one's."""
-    return path.with_name(f".{path.name}.{os.getpid()}.w.tmp")
-
-
-def _write_png(path: Path, img: np.ndarray) -> None:
-    """Whole file or nothing: write a temporary name in the same folder, then rename. A failed write
-    (a full disk) removes its temp file and raises an OSError naming `path`."""
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    tmp = _temp_name(path)
-    try:
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-
-
-def write_adm_npz(png_paths: list[Path], labels: np.ndarray, path: str | Path) -> tuple[int, int, int]:
-    """Stream PNGs into an ADM-evaluator .npz (arr_0 uint8 [N, H, W, 3], labels int64 [N]) without
-    holding all images in memory (50k x 256^2 x 3 bytes is 9.8 GB). Returns (N, H, W)."""
-    first = np.asarray(Image.open(png_paths[0]).convert("RGB"))
-    h, w = first.shape[:2]
-    n = len(png_paths)
-    path = Path(path)
-    tmp = _temp_name(path)
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (n, h, w, 3)}
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_2_0(f, header)
-                for p in png_paths:
-                    with Image.open(p) as im:
-                        if im.mode != "RGB":
-                            raise UserError(f"{p} is a {im.mode} image, expected RGB; delete it and rerun to resample it")
-                        arr = np.asarray(im)
-                    if arr.shape != (h, w, 3):
-                        raise UserError(f"{p} is {arr.shape[1]}x{arr.shape[0]}, the others {w}x{h}; delete it and rerun")
-                    f.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
-            with zf.open("labels.npy", "w") as f:
-                np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
-        os.replace(tmp, path)
-    except BaseException as e:  # a full disk, a bad PNG, an interrupt: no half npz left behind
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename in (None, str(tmp)):
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-    return n, h, w
 
 
 def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype, pipeline=None):
@@ -215,9 +145,9 @@ def _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samp
             o = pipe(cond, s1, s2, seed=chunk_seed(seed, j), decode_images=False)
         else:
             o = pipe(cond, s1, seed=chunk_seed(seed, j), decode_images=False)
-        images = decode_to_uint8(pipe.vq, o.codes.to(info.device), image_size_eval)
+        images = decode_images(pipe.vq, o.codes.to(info.device), image_size_eval, batch_size=hi - lo).numpy()
         for i, img in zip(range(lo, hi), images):
-            _write_png(folder / png_name(i, int(labels[i])), img)
+            write_png(folder / png_name(i, int(labels[i])), img)
         bar.update(1)
     bar.close()
     wall = time.time() - t0
@@ -231,11 +161,11 @@ def _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samp
         missing = [p.name for p in paths if not p.exists()]
         if missing:
             raise UserError(f"{len(missing)} samples are missing after sampling (e.g. {missing[0]}); rerun to fill them")
-        n, h, w = write_adm_npz(paths, labels, out / "samples.npz")
+        n, h, w = write_adm_npz(paths, labels, out / NPZ)
         per_class = np.bincount(labels, minlength=pipe.num_classes)
         summary = {**settings, "images": n, "height": h, "width": w, "per_class": int(per_class[0]),
                    "sampled_this_run": int(done), "world_size": info.world_size, "wall_s": wall,
-                   "images_per_s": done / max(wall, 1e-9), "npz": str((out / "samples.npz").resolve())}
+                   "images_per_s": done / max(wall, 1e-9), "npz": str((out / NPZ).resolve())}
         dump_json({"settings": settings, "summary": summary}, out / "fid_run.json")
     # no barrier after the npz: writing 50k PNGs into it can outlast a collective's timeout, and the
     # other ranks have nothing left to do

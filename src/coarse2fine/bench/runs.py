@@ -16,13 +16,13 @@ import torch
 from coarse2fine.bench import speed as bench
 from coarse2fine.config import GPTConfig, gpt_config, vq_config
 from coarse2fine.models import Transformer
-from coarse2fine.stages import ClusterLoss, stage_config, stage_spec
+from coarse2fine.data.sample_folder import decode_images
 # the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
 # 1.1 for CTF, top-k off) are imported, not restated, so the bench cannot drift from them
-from coarse2fine.pipeline import decode
 from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
-from coarse2fine.tokenizer.clustering import default_num_coarse
 from coarse2fine.sampling import generate_ar, generate_fine, generate_naive
+from coarse2fine.stages import ClusterLoss, stage_config, stage_spec
+from coarse2fine.tokenizer.clustering import default_num_coarse
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -110,7 +110,7 @@ def run_sample_bench(sb: SampleBench, log: Callable[[str], None] | None = None) 
 
     def run_decode():  # the identical operation for both methods: timed once per round, added to both
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and sb.weights != "cast"):
-            state["images"] = decode(vq, state["codes"][:n_dec])
+            state["images"] = decode_images(vq, state["codes"][:n_dec])
 
     peaks: dict[str, list[float]] = {"wall": [], "cpu": []}
 

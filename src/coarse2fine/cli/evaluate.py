@@ -32,11 +32,12 @@ def _json_safe(obj):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from coarse2fine.eval.samples import evaluate_images, format_table, load_samples
+    from coarse2fine.eval.samples import evaluate_images, format_table
+    from coarse2fine.data.sample_folder import read_samples
 
     if args.json:
         check_out_path(args.json, "--json", kind="file")
-    images, labels, label_note = load_samples(args.samples)
+    images, labels, label_note = read_samples(args.samples)
     print(f"samples: {len(images)} images {images.shape[1]}x{images.shape[2]} from {args.samples}; {label_note}")
     result = evaluate_images(
         images, labels, args.data, split=args.split, classifier_dir=args.classifier, root=args.data_root,

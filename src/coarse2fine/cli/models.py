@@ -353,17 +353,19 @@ def parse_classes(spec: str | None, num_classes: int, per_class: int) -> torch.T
 
 def cmd_sample(args) -> int:
     from coarse2fine.fileio import lock_dir
+    from coarse2fine.data.sample_folder import owned_files
 
     check_mode(args)
     out = Path(args.out)
     check_out_path(out)
     with lock_dir(out, "another `sample` process"):  # two writers would mix their images in one folder
-        return _sample(args, out, prepare_sample_dir(out))
+        return _sample(args, out, owned_files(out))
 
 
 def _sample(args, out: Path, owned: list[Path]) -> int:
-    from coarse2fine.pipeline import CTFPipeline, save_samples
+    from coarse2fine.pipeline import CTFPipeline
     from coarse2fine.precision import resolve_dtype
+    from coarse2fine.data.sample_folder import write_folder
 
     dtype = resolve_dtype(args.dtype, torch.device(args.device))
     pipe = open_pipeline(args, dtype)
@@ -378,31 +380,8 @@ def _sample(args, out: Path, owned: list[Path]) -> int:
         for k, v in o.timings.items():
             timings[k] = timings.get(k, 0.0) + v
     # an earlier sample output is replaced, never mixed with this one
-    save_samples(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8, replace=owned)
+    write_folder(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8, replace=owned)
     total = sum(timings.values())
     print(f"wrote {len(labels)} images to {out} (grid.png, samples.npz); "
           + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()) + f"; {len(labels) / max(total, 1e-9):.1f} images/s")
     return 0
-
-
-def prepare_sample_dir(out: Path) -> list[Path]:
-    """The files of an earlier `sample` output in `out` (numbered PNGs, grid.png, samples.npz), to be
-    removed before writing. Any other file is refused: it is not ours to delete, and leaving it would
-    make the folder a mixture that `eval --samples` cannot tell apart."""
-    from coarse2fine.eval.samples import SAMPLE_NAME
-    from coarse2fine.fileio import LOCK_FILE, remove_stale_temp_files
-
-    check_out_path(out)
-    if not out.is_dir():
-        return []
-    remove_stale_temp_files(out, "sample")  # the staging folder of a killed `sample`
-    ours, foreign = [], []
-    for f in sorted(out.iterdir()):
-        if f.name == LOCK_FILE:
-            continue
-        mine = f.is_file() and (f.name in ("grid.png", "samples.npz") or SAMPLE_NAME.match(f.name))
-        (ours if mine else foreign).append(f)
-    if foreign:
-        raise UserError(f"--out {out} holds {len(foreign)} file(s) that `sample` did not write (e.g. "
-                        f"{foreign[0].name}); give a new or empty directory")
-    return ours
