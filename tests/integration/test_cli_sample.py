@@ -131,3 +131,24 @@ def test_sample_fid_from_a_release_folder(tiny_runs, tmp_path, one_thread):
     settings = json.loads((tmp_path / "rel" / "fid_run.json").read_text())["settings"]
     assert settings["runs"] == {"pipeline": str(tiny_runs["release"].resolve())} and settings["kind"] == "ctf"
     assert settings["stage1"] == json.loads((tmp_path / "runs" / "fid_run.json").read_text())["settings"]["stage1"]
+
+
+def test_eval_scores_a_release_folder_as_sample_fid_samples_it(tiny_runs, tmp_path, capsys, one_thread):
+    """`eval --pipeline` samples in memory what `sample-fid --pipeline` writes (same seed, default batch), so
+    both score the same; a samples folder refuses --seed, and --pipeline needs --num-samples."""
+    import json
+
+    rel = str(tiny_runs["release"])
+    assert main(["sample-fid", "--pipeline", rel, "--num-samples", "10", "--device", "cpu", "--no-progress",
+                 "--out", str(tmp_path / "fid")]) == 0
+    score = ["--data", "default", "--ref-count", "12", "--kid-subset-size", "5", "--device", "cpu",
+             "--cache-dir", str(tmp_path / "cache")]
+    assert main(["eval", "--samples", str(tmp_path / "fid"), *score, "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["eval", "--pipeline", rel, "--num-samples", "10", *score, "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert [(r["metric"], r["value"]) for r in a["rows"]] == [(r["metric"], r["value"]) for r in b["rows"]]
+    capsys.readouterr()
+    assert main(["eval", "--pipeline", rel, *score]) == 2
+    assert "--pipeline needs --num-samples" in capsys.readouterr().err
+    assert main(["eval", "--samples", str(tmp_path / "fid"), "--seed", "1", *score]) == 2
+    assert "--seed applies to --pipeline only" in capsys.readouterr().err

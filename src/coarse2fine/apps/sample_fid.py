@@ -2,9 +2,9 @@
 
     torchrun --nproc_per_node 8 -m coarse2fine.cli sample-fid --baseline runs/llamagen/baseline --out fid/B
 
-Layout of OUT: `samples/{i:06d}_c{label}.png` (PNG, never JPEG: JPEG artefacts move FID), `samples.npz`
-(ADM evaluator format: arr_0 uint8 [N, H, W, 3] in index order, plus `labels` int64 [N]) and
-`fid_run.json` (the settings and the run summary).
+Layout of OUT (the format is data/sample_folder.py's): `samples/{i:06d}_c{label}.png` (PNG, never JPEG:
+JPEG artefacts move FID), `samples.npz` (ADM evaluator format: arr_0 uint8 [N, H, W, 3] in index order,
+plus `labels` int64 [N] and each PNG's SHA-256) and `fid_run.json` (the settings and the run summary).
 
 What makes it exact and resumable:
 - sample i has class i mod C, so any N that is a multiple of C gives exactly N / C per class;
@@ -48,6 +48,33 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+SAMPLE_BATCH = 64  # images per sampling chunk (part of the seeding)
+
+
+def sample_chunk(pipe, labels: np.ndarray, j: int, batch_size: int, seed: int, s1: StageSampling,
+                 s2: StageSampling | None, image_size_eval: int | None = None) -> np.ndarray:
+    """Chunk j of a run (labels[j * batch_size:(j + 1) * batch_size]) as uint8 images [b, H, W, 3], sampled
+    with the generator seeded chunk_seed(seed, j): the same images whichever process, or command, draws it."""
+    lo, hi = j * batch_size, min(len(labels), (j + 1) * batch_size)
+    cond = torch.from_numpy(labels[lo:hi]).to(pipe.device)
+    if s2 is not None:
+        o = pipe(cond, s1, s2, seed=chunk_seed(seed, j), decode_images=False)
+    else:
+        o = pipe(cond, s1, seed=chunk_seed(seed, j), decode_images=False)
+    return decode_images(pipe.vq, o.codes.to(pipe.device), image_size_eval, batch_size=hi - lo).numpy()
+
+
+def sample_balanced(pipe, num_samples: int, seed: int = 0, batch_size: int = SAMPLE_BATCH
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """num_samples class-balanced images (sample i has class i mod C) in memory, with the pipeline's own
+    sampling defaults: what `sample-fid` writes for the same seed and batch size. -> (uint8 [N, H, W, 3], labels)."""
+    labels = class_schedule(num_samples, pipe.num_classes)
+    d = pipe.defaults()
+    chunks = [sample_chunk(pipe, labels, j, batch_size, seed, d["stage1"], d.get("stage2"))
+              for j in range(math.ceil(num_samples / batch_size))]
+    return np.concatenate(chunks), labels
+
+
 def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype, pipeline=None):
     from coarse2fine.pipeline import ARPipeline, CTFPipeline, load_pretrained
 
@@ -67,7 +94,7 @@ def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype, pipeline=No
 
 def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coarse: str | Path | None = None,
                fine: str | Path | None = None, pipeline: str | Path | None = None,
-               tokenizer: str | Path | None = None, num_samples: int = 50_000, batch_size: int = 64, seed: int = 0,
+               tokenizer: str | Path | None = None, num_samples: int = 50_000, batch_size: int = SAMPLE_BATCH, seed: int = 0,
                stage1: StageSampling | dict | None = None, stage2: StageSampling | dict | None = None,
                bf16: bool = False, image_size_eval: int | None = None, device: str | None = None,
                progress: bool = True) -> dict[str, Any]:
@@ -140,12 +167,7 @@ def _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samp
     t0 = time.time()
     for j in mine:
         lo, hi = j * batch_size, min(num_samples, (j + 1) * batch_size)
-        cond = torch.from_numpy(labels[lo:hi]).to(info.device)
-        if is_ctf:
-            o = pipe(cond, s1, s2, seed=chunk_seed(seed, j), decode_images=False)
-        else:
-            o = pipe(cond, s1, seed=chunk_seed(seed, j), decode_images=False)
-        images = decode_images(pipe.vq, o.codes.to(info.device), image_size_eval, batch_size=hi - lo).numpy()
+        images = sample_chunk(pipe, labels, j, batch_size, seed, s1, s2, image_size_eval)
         for i, img in zip(range(lo, hi), images):
             write_png(folder / png_name(i, int(labels[i])), img)
         bar.update(1)

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from coarse2fine.cli._args import (DefaultsFormatter, add_data, add_device, add_threads, check_out_path, positive_float,
-                                   positive_int)
+                                   positive_int, reject_unused)
 from coarse2fine.fileio import atomic_write_bytes
 
 
@@ -37,8 +37,14 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.json:
         check_out_path(args.json, "--json", kind="file")
-    images, labels, label_note = read_samples(args.samples)
-    print(f"samples: {len(images)} images {images.shape[1]}x{images.shape[2]} from {args.samples}; {label_note}")
+    if args.pipeline:
+        images, labels, label_note = _sample_pipeline(args)
+        source = args.pipeline
+    else:
+        reject_unused(args, ["--seed"], "applies to --pipeline only (a samples folder is already sampled); drop it")
+        images, labels, label_note = read_samples(args.samples)
+        source = args.samples
+    print(f"samples: {len(images)} images {images.shape[1]}x{images.shape[2]} from {source}; {label_note}")
     result = evaluate_images(
         images, labels, args.data, split=args.split, classifier_dir=args.classifier, root=args.data_root,
         val_fraction=args.val_fraction,
@@ -46,13 +52,27 @@ def _eval(args: argparse.Namespace) -> int:
         inception_weights=args.inception_weights, ref_batch=args.ref_batch, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, batch_size=args.batch_size, kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size, device=args.device)
-    result["samples"] = str(args.samples)
+    result["samples"] = str(source)
     result["labels"] = label_note
     print(format_table(result))
     if args.json:
         atomic_write_bytes(Path(args.json), (json.dumps(_json_safe(result), indent=2) + "\n").encode())
         print(f"wrote {args.json}")
     return 0
+
+
+def _sample_pipeline(args: argparse.Namespace):
+    """--pipeline: --num-samples class-balanced images from a release folder, with its own sampling defaults,
+    in memory; the images `sample-fid --pipeline` writes for the same --seed (chunks of its default batch)."""
+    from coarse2fine.apps.sample_fid import sample_balanced
+    from coarse2fine.config import UserError
+    from coarse2fine.pipeline import load_pretrained
+
+    if args.num_samples is None:
+        raise UserError("--pipeline needs --num-samples N: how many class-balanced images to sample and score")
+    pipe = load_pretrained(args.pipeline, args.device)
+    images, labels = sample_balanced(pipe, args.num_samples, 0 if args.seed is None else args.seed)
+    return images, labels, f"sampled now with the pipeline's defaults ({type(pipe).__name__}, seed {args.seed or 0})"
 
 
 def register(subparsers) -> None:
@@ -65,13 +85,19 @@ def register(subparsers) -> None:
                     "True FID/IS only with --inception-weights and --ref-batch. Every score is printed with "
                     "the sample count N and reference count M; compare runs only at equal N and M.",
         formatter_class=DefaultsFormatter)
-    p.add_argument("--samples", required=True,
-                   help="folder of PNGs (labels from names like 000012_c3.png) or .npz with arr_0 uint8 "
-                        "NxHxWx3 and optional `labels` (or ADM's arr_1)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--samples",
+                     help="folder of PNGs (labels from names like 000012_c3.png) or .npz with arr_0 uint8 "
+                          "NxHxWx3 and optional `labels` (or ADM's arr_1)")
+    src.add_argument("--pipeline",
+                     help="a release folder (`coarse2fine export`) or Hugging Face repo id: sample --num-samples "
+                          "class-balanced images with its sampling defaults and score them (nothing is written)")
+    p.add_argument("--seed", type=int, default=None, help="with --pipeline: the sampling seed (default 0)")
     add_data(p)
     p.add_argument("--split", default="test", help="reference split")
     p.add_argument("--classifier", default=None, help="run dir from `coarse2fine train-classifier`")
-    p.add_argument("--num-samples", type=positive_int, default=None, help="use the first N samples (default: all)")
+    p.add_argument("--num-samples", type=positive_int, default=None,
+                   help="use the first N samples (default: all); with --pipeline, how many to sample (required)")
     p.add_argument("--ref-count", type=positive_int, default=None,
                    help="reference images: a fixed seeded subset of this size (default: the whole split)")
     p.add_argument("--feature-resolution", type=positive_int, default=64,

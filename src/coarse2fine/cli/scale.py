@@ -10,6 +10,7 @@ import json
 
 from coarse2fine.cli._args import (DefaultsFormatter, add_device, add_dtype, add_threads, nonneg_float, nonneg_int,
                                    positive_float, positive_int, reject_unused)
+from coarse2fine.apps.sample_fid import SAMPLE_BATCH
 from coarse2fine.config import VQ_PRESETS
 
 
@@ -73,7 +74,8 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", help="tokenizer run dir (default: the one recorded in the runs)")
     p.add_argument("--num-samples", type=positive_int, default=50_000,
                    help="total images; a multiple of the class count")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch (part of the seeding)")
+    p.add_argument("--batch-size", type=positive_int, default=SAMPLE_BATCH,
+                   help="images per sampling batch (part of the seeding)")
     p.add_argument("--seed", type=int, default=0, help="base random seed; chunk i uses (seed, i)")
     p.add_argument("--image-size-eval", type=positive_int, default=None,
                    help="resize decoded images (bicubic) to this size, as LlamaGen scores its 384 px models at 256")
