@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from coarse2fine.config import UserError
-from coarse2fine.stages import restrict_to_cluster
+from coarse2fine.tokenizer.clustering import restrict_to_cluster
 
 
 @dataclass

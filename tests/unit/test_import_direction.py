@@ -1,11 +1,14 @@
 """The layering of DESIGN.md, checked by parsing every import form: low layers never import high ones.
 
-Ranks follow the design's order (config/distributed < layers < tokenizer/models <
-stages/data/checkpoint/parallel < sampling < pipeline/release < training/eval < apps/bench < cli); a module
+Ranks follow the design's order (config/distributed < layers < tokenizer/models < sampling <
+stages/data/checkpoint/parallel < pipeline/release < training/eval < apps/bench < cli); a module
 may import its own rank or lower. The table is the design's, not fitted to the code: a violation is
 fixed in the code.
 """
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "coarse2fine"
 RANK = {"config": 0, "distributed": 0, "fileio": 0, "precision": 0,
         "layers": 1,
         "tokenizer": 2, "models": 2,
-        "stages": 3, "data": 3, "checkpoint": 3, "parallel": 3,
-        "sampling": 4,
+        "sampling": 3,
+        "stages": 4, "data": 4, "checkpoint": 4, "parallel": 4,
         "pipeline": 5, "release": 5,
         "training": 6, "eval": 6,
         "apps": 7, "bench": 7,
@@ -158,3 +161,14 @@ def test_a_planted_cycle_inside_a_package_is_caught(tmp_path):
     (pkg / "apps" / "a.py").write_text("from coarse2fine.config import x\nfrom coarse2fine.apps.b import g\n")
     (pkg / "apps" / "b.py").write_text("def g():\n    from coarse2fine.apps import a\n")
     assert cycles_within_groups(pkg) == [["apps.a", "apps.b", "apps.a"]]
+
+
+def test_the_sampler_imports_no_data_or_checkpoint():
+    """DESIGN.md: the sampler needs only networks and tensors, so it imports cheaply -- importing it loads
+    neither the code store (data/), nor checkpoint I/O, nor the stages' data side."""
+    code = ("import sys, coarse2fine.sampling; "
+            "print(sorted(m for m in sys.modules if m.startswith(('coarse2fine.data', 'coarse2fine.checkpoint', "
+            "'coarse2fine.stages', 'coarse2fine.training', 'coarse2fine.pipeline'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC.parent)})
+    assert out.stdout.strip() == "[]", out.stdout

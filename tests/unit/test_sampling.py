@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from coarse2fine.config import UserError, gpt_config
-from coarse2fine.stages import fine_ce, restrict_to_cluster
+from coarse2fine.stages import fine_ce
+from coarse2fine.tokenizer.clustering import restrict_to_cluster
 from coarse2fine.models import Transformer
 from coarse2fine.sampling import (StageSampling, cfg_combine, filter_logits, generate_ar, generate_fine,
                                   generate_naive, sample_logits)

@@ -195,3 +195,14 @@ def cluster_codebook(codewords: torch.Tensor, num_coarse: int, method: str = "km
 def default_num_coarse(codebook_size: int) -> int:
     """The paper's ratio: 16384 codes -> 512 clusters, i.e. ~32 codes per cluster."""
     return max(1, codebook_size // 32)
+
+
+def restrict_to_cluster(logits: torch.Tensor, coarse: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Keep, at each position, only the fine codes of that position's cluster.
+
+    logits [B, N, K]; coarse [B, N]; members [C, M] (-1 padded) -> logits [B, N, M] over the
+    cluster's members (padding at -inf). Index m of the result is fine code members[coarse, m].
+    """
+    idx = members.to(logits.device)[coarse]  # [B, N, M]
+    out = logits.gather(-1, idx.clamp(min=0))
+    return out.masked_fill(idx < 0, float("-inf"))
