@@ -97,7 +97,7 @@ def redundancy(args, k: int) -> None:
     import torch
 
     from coarse2fine.checkpoint import load_vq
-    from coarse2fine.config import dump_json
+    from coarse2fine.fileio import dump_json
     from coarse2fine.data.registry import build_dataset
     from coarse2fine.eval.analysis import redundancy as swap_psnr
     from coarse2fine.tokenizer.clustering import cluster_codebook
@@ -128,7 +128,7 @@ def speed(args, repeats: int = 5, batch: int = 64) -> None:
     import torch
 
     from coarse2fine.bench.speed import alternate, median
-    from coarse2fine.config import dump_json
+    from coarse2fine.fileio import dump_json
     from coarse2fine.pipeline import ARPipeline, CTFPipeline
     from coarse2fine.sampling import StageSampling
     from study import AR_OPTS, CTF_OPTS, MACHINE
@@ -163,7 +163,7 @@ def cost16(args, repeats: int = 3) -> None:
     import torch
 
     from coarse2fine.bench.speed import median, tokenizer_step_seconds
-    from coarse2fine.config import dump_json
+    from coarse2fine.fileio import dump_json
     from coarse2fine.stages import stage_config, stage_loss, stage_spec
     from coarse2fine.models import Transformer
     from study import MACHINE

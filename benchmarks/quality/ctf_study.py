@@ -72,7 +72,7 @@ class SeededStudy(study.Study):
     def save(self) -> None:
         inv = self.db["invocations"][-1]
         inv["wall_s"], inv["cpu_s"] = time.time() - self.t0, time.process_time() - self.c0
-        from coarse2fine.config import dump_json
+        from coarse2fine.fileio import dump_json
 
         dump_json(self.db, self.db_path)
         ctf_study_report.render_dir(self.res)

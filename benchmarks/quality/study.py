@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_report  # noqa: E402  (sibling module: tables and plots)
 from coarse2fine.stages import stage_spec  # noqa: E402
 
-from coarse2fine.config import TrainConfig, dump_json, load_json, train_recipe, vq_config  # noqa: E402
+from coarse2fine.config import TrainConfig, train_recipe, vq_config  # noqa: E402
+from coarse2fine.fileio import dump_json, load_json  # noqa: E402
 from coarse2fine.tokenizer.clustering import default_num_coarse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +122,7 @@ class Study:
         if wplan.exists() and json.loads(wplan.read_text()) != plan_d:
             raise SystemExit(f"{work} holds runs of another plan ({wplan}); use another --out or delete it")
         if not wplan.exists():  # atomic: a process started beside this one reads it
-            from coarse2fine.config import dump_json
+            from coarse2fine.fileio import dump_json
 
             dump_json(plan_d, wplan)
         self.db = json.loads(self.db_path.read_text()) if self.db_path.exists() else {}

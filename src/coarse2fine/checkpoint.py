@@ -29,8 +29,8 @@ from torch import nn
 from coarse2fine.models import Transformer
 from coarse2fine.tokenizer.vq import USAGE_WINDOW, VQModel, codebook_fingerprint
 
-from coarse2fine.config import ConfigError, GPTConfig, UserError, VQConfig, dump_json, from_dict, load_json, vq_config
-from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save, check_tensor_digest
+from coarse2fine.config import ConfigError, GPTConfig, UserError, VQConfig, from_dict, vq_config
+from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save, check_tensor_digest, dump_json, load_json
 
 FORMAT, FORMAT_VERSION = "coarse2fine", 1
 MODEL_INDEX = "model_index.json"  # the top of a release folder (release.py reads and writes it)

@@ -6,9 +6,7 @@ never ask the user to re-type model flags.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 
@@ -152,26 +150,6 @@ def to_dict(cfg) -> dict[str, Any]:
 
 def from_dict(cls, data: dict[str, Any]):
     return _coerce(cls, data)
-
-
-def dump_json(obj: dict[str, Any], path: str | Path) -> None:
-    from coarse2fine.fileio import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def load_json(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"missing {p}; is this a coarse2fine run directory?")
-    try:
-        obj = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p} is not valid JSON ({e}); re-create it or restore it from a backup") from e
-    if not isinstance(obj, dict):  # every file coarse2fine writes holds one JSON object
-        raise ConfigError(f"{p} holds a JSON {type(obj).__name__}, not an object of settings; re-create it or "
-                          "restore it from a backup")
-    return obj
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from coarse2fine.config import UserError
+from coarse2fine.config import ConfigError, UserError
 
 # ---- atomic writes ---------------------------------------------------------------------------------
 
@@ -187,3 +188,22 @@ def lock_dir(directory: str | Path, holder: str, enabled: bool = True):
     """DirLock(directory) in the process that writes it (rank 0), a no-op context elsewhere."""
     return DirLock(directory, holder) if enabled else nullcontext()
 
+
+def dump_json(obj: dict[str, Any], path: str | Path) -> None:
+    """`obj` as indented, key-sorted JSON at `path`, written atomically."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """The JSON object at `path`; a missing, damaged or non-object file is a one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"missing {p}; is this a coarse2fine run directory?")
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p} is not valid JSON ({e}); re-create it or restore it from a backup") from e
+    if not isinstance(obj, dict):  # every file coarse2fine writes holds one JSON object
+        raise ConfigError(f"{p} holds a JSON {type(obj).__name__}, not an object of settings; re-create it or "
+                          "restore it from a backup")
+    return obj

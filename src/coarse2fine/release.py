@@ -22,8 +22,8 @@ from pathlib import Path
 
 from coarse2fine.checkpoint import (FORMAT, FORMAT_VERSION, MODEL_INDEX, read_run_config, save_run, tokenizer_ref,
                                     write_run_config)
-from coarse2fine.config import UserError, load_json
-from coarse2fine.fileio import atomic_write_bytes
+from coarse2fine.config import UserError
+from coarse2fine.fileio import atomic_write_bytes, load_json
 from coarse2fine.sampling import StageSampling
 from coarse2fine.tokenizer.vq import codebook_fingerprint
 

@@ -151,6 +151,26 @@ def test_no_import_cycle_inside_a_package():
     assert cycles_within_groups(SRC) == []
 
 
+def cycles_between_groups(files: list[Path], pkg_root: Path = SRC) -> list[tuple[str, str]]:
+    """Pairs of groups (top-level modules or packages) that import each other, at any import depth: a
+    same-rank pair passes the downward rule but is still a circle (config and fileio were one)."""
+    edges = {(f.relative_to(pkg_root).with_suffix("").parts[0], g)
+             for f in files for g, _ in imported_groups(f, pkg_root.parent)}
+    return sorted((a, b) for a, b in edges if a < b and (b, a) in edges)
+
+
+def test_no_two_groups_import_each_other():
+    assert cycles_between_groups(FILES) == []
+
+
+def test_a_planted_circle_between_groups_is_caught(tmp_path):
+    pkg = tmp_path / "coarse2fine"
+    pkg.mkdir()
+    (pkg / "config.py").write_text("def f():\n    from coarse2fine.fileio import atomic_write_bytes\n")
+    (pkg / "fileio.py").write_text("from coarse2fine.config import UserError\n")
+    assert cycles_between_groups(sorted(pkg.glob("*.py")), pkg) == [("config", "fileio")]
+
+
 def test_a_planted_cycle_inside_a_package_is_caught(tmp_path):
     """The cycle check itself, on a copy of the layout with apps/a.py <-> apps/b.py (one import at
     function depth, as the old apps/demo.py <-> apps/demo_report.py cycle had)."""

@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from coarse2fine.config import UserError, load_json
+from coarse2fine.config import UserError
+from coarse2fine.fileio import load_json
 from coarse2fine.pipeline import ARPipeline, CTFPipeline
 from coarse2fine.data.sample_folder import decode_images
 from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS, StageSampling

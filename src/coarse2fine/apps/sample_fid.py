@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from coarse2fine import distributed
-from coarse2fine.config import UserError, dump_json, load_json
-from coarse2fine.fileio import lock_dir, remove_stale_temp_files
+from coarse2fine.config import UserError
+from coarse2fine.fileio import dump_json, load_json, lock_dir, remove_stale_temp_files
 from coarse2fine.data.sample_folder import NPZ, decode_images, png_name, write_adm_npz, write_png
 from coarse2fine.sampling import StageSampling
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from coarse2fine.config import ConfigError, UserError, dump_json, load_json
-from coarse2fine.fileio import atomic_write_bytes, lock_dir, remove_stale_temp_files
+from coarse2fine.config import ConfigError, UserError
+from coarse2fine.fileio import atomic_write_bytes, dump_json, load_json, lock_dir, remove_stale_temp_files
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine.checkpoint import load_vq, tokenizer_ref
 

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from coarse2fine import distributed
-from coarse2fine.config import UserError, dump_json, load_json
+from coarse2fine.config import UserError
+from coarse2fine.fileio import dump_json, load_json
 from coarse2fine.data.preprocess import UnreadableImage, center_crop_arr, load_image_file
 
 log = logging.getLogger("coarse2fine.data")

@@ -17,7 +17,8 @@ import torch
 from coarse2fine import distributed
 from coarse2fine.checkpoint import (load_train_state, read_run_config, store_tokenizer_dir, tokenizer_ref,
                                     write_run_config)
-from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, to_dict
+from coarse2fine.config import GPTConfig, TrainConfig, UserError, from_dict, to_dict
+from coarse2fine.fileio import dump_json
 from coarse2fine.data.codes import check_heldout, check_same_codes, codes_record, open_code_store
 from coarse2fine.models import Transformer, count_params
 from coarse2fine.stages import ClusterLoss, StageBatches, evaluate_tokens, stage_loss, stage_spec
