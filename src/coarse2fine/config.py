@@ -36,6 +36,9 @@ class VQConfig:
     # attention blocks in the lowest-resolution level/decoder first block (LlamaGen: 2 enc, 3 dec)
     use_attn: bool = True
 
+    def __post_init__(self) -> None:
+        check_codebook_size(self.codebook_size)
+
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
@@ -86,6 +89,13 @@ class GPTConfig:
 
 
 MAX_CODEBOOK = 16384  # LlamaGen's largest codebook: --codebook-size goes up to it
+
+
+def check_codebook_size(k: int, name: str = "codebook size") -> None:
+    """The one range check of K (VQConfig runs it on every construction; the CLI names its flag)."""
+    if not 2 <= k <= MAX_CODEBOOK:
+        raise ConfigError(f"{name} {k}: choose 2 to {MAX_CODEBOOK} (LlamaGen's largest)")
+
 VQ_PRESETS: dict[str, dict[str, Any]] = {
     "VQ-16": dict(ch_mult=(1, 1, 2, 2, 4), image_size=256),
     "VQ-8": dict(ch_mult=(1, 2, 2, 4), image_size=256),

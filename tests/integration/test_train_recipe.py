@@ -73,3 +73,23 @@ def test_plan_stage_run_is_the_one_place_that_resolves_a_run(tmp_path):
         plan_stage_run(tmp_path / "run", stage="coarse", codes=codes, head="full")
     with pytest.raises(UserError, match="^train needs --stage and --codes"):
         plan_stage_run(tmp_path / "run", stage="coarse")
+
+
+def test_the_coarse_map_is_read_once_per_run(tiny_runs, tmp_path, monkeypatch, one_thread):
+    """The plan loads the map and hands train() the object: one read for a fresh run and one for a resume
+    (the run's own copy, which train keeps beside config.json); it used to be read 2-3 times."""
+    from coarse2fine.tokenizer.clustering import CoarseMap
+
+    reads = []
+    real = CoarseMap.load.__func__
+    monkeypatch.setattr(CoarseMap, "load", classmethod(lambda cls, p: reads.append(p) or real(cls, p)))
+    out = tmp_path / "coarse"
+    argv = ["train", "--stage", "coarse", "--codes", str(tiny_runs["codes"]), "--coarse-map", str(tiny_runs["cmap"]),
+            "--preset", "GPT-tiny", "--steps", "2", "--batch-size", "4", "--dtype", "fp32", "--device", "cpu",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0 and len(reads) == 1
+    copy = CoarseMap.load(out / "coarse_map.safetensors")
+    assert (out / "coarse_map.safetensors").read_bytes() == (tiny_runs["cmap"] / "coarse_map.safetensors").read_bytes()
+    reads.clear()
+    assert main(["train", "--resume", "--steps", "3", "--no-progress", "--out", str(out)]) == 0
+    assert len(reads) == 1 and copy.source == (out / "coarse_map.safetensors").resolve()

@@ -12,7 +12,7 @@ geometry in which codes are "close"). Methods:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ class CoarseMap:
     fingerprint: str
     method: str
     seed: int
+    source: Path | None = field(default=None, compare=False)  # the file it was loaded from (load), if any
 
     @property
     def num_codes(self) -> int:
@@ -91,6 +92,8 @@ class CoarseMap:
 
     @classmethod
     def load(cls, path: str | Path) -> "CoarseMap":
+        """A map saved by `save`: its file, or a folder holding coarse_map.safetensors (the one place that
+        resolves a coarse map's path). Checked: checksum, format; `source` records the file."""
         from safetensors import SafetensorError, safe_open
 
         p = Path(path)
@@ -111,7 +114,7 @@ class CoarseMap:
         if meta.get("format") != "coarse2fine.CoarseMap/1" or set(t) != {"phi", "members", "sizes", "centroids"}:
             raise UserError(f"{p} is not a coarse2fine coarse map; create one with `coarse2fine cluster`")
         return cls(t["phi"], t["members"], t["sizes"], t["centroids"], meta["fingerprint"], meta["method"],
-                   int(meta["seed"]))
+                   int(meta["seed"]), p.resolve())
 
 
 def _kmeans(x: np.ndarray, c: int, seed: int, n_init: int, max_iter: int) -> tuple[np.ndarray, np.ndarray]:

@@ -57,13 +57,14 @@ def saved_run(out_dir: str | Path) -> dict[str, Any]:
 
 
 def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | Path, out_dir: str | Path,
-          coarse_map: str | Path | None = None, heldout_dir: str | Path | None = None,
+          coarse_map: CoarseMap | str | Path | None = None, heldout_dir: str | Path | None = None,
           restricted: bool = False, resume: bool = False, progress: bool = True,
           device: str | None = None, stop_at: int | None = None) -> dict[str, Any]:
     """Train one stage. Writes out_dir/{config.json, model.safetensors, state.pt, metrics.jsonl, tb/}.
 
     stop_at: end this call after that step (checkpoint written); `resume=True` continues the same
     schedule, refusing any setting that differs from the run's (a larger cfg.steps extends the run).
+    coarse_map: the CoarseMap (as loaded by the caller: it is read once per run), or its path.
     Returns a summary dict (final loss/accuracy, held-out token metrics, wall time)."""
     spec = stage_spec(stage)
     cfg.validate()
@@ -73,7 +74,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                         "--nproc_per_node N $(which coarse2fine) train ... --fsdp` (N may be 1), or drop --fsdp")
     out = Path(out_dir)
     store = open_code_store(codes_dir)  # extract-codes dir or a sharded ten-crop one
-    cmap = CoarseMap.load(coarse_map) if coarse_map else None
+    cmap = coarse_map if isinstance(coarse_map, CoarseMap) or coarse_map is None else CoarseMap.load(coarse_map)
     batches = StageBatches(store, stage, cmap)
     heldout = (StageBatches(check_heldout(store, open_code_store(heldout_dir), heldout_dir), stage, cmap)
                if heldout_dir else None)
@@ -101,9 +102,11 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_run_config(out, "gpt", run_meta)
-            if cmap is not None and not _same_file(coarse_map, out / "coarse_map.safetensors"):
-                shutil.copyfile(Path(coarse_map) if Path(coarse_map).is_file() else Path(coarse_map) / "coarse_map.safetensors",
-                                out / "coarse_map.safetensors")
+            copy = out / "coarse_map.safetensors"  # the run keeps its own copy (resume reads it)
+            if cmap is not None and cmap.source is None:
+                cmap.save(copy)
+            elif cmap is not None and not (copy.exists() and cmap.source == copy.resolve()):
+                shutil.copyfile(cmap.source, copy)
 
         seed_everything(cfg.seed)
         model = Transformer(model_cfg).to(info.device)
@@ -156,7 +159,7 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
         raise UserError(f"--head: the run has {'restricted' if old.get('restricted') else 'full'}; resume with it")
     copy = out / "coarse_map.safetensors"  # the run's copy of its map, compared code by code
     same = (not copy.exists() if cmap is None
-            else copy.exists() and torch.equal(CoarseMap.load(copy).phi, cmap.phi))
+            else copy.exists() and (cmap.source == copy.resolve() or torch.equal(CoarseMap.load(copy).phi, cmap.phi)))
     if not same:
         raise UserError(f"--coarse-map: not the map the run was trained with ({copy if copy.exists() else 'none'}); "
                         "leave --coarse-map out to use the run's own")
@@ -166,6 +169,3 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
     run_meta["history"] = old.get("history", []) + ([ext] if ext else [])
     return st
 
-
-def _same_file(a: str | Path, b: Path) -> bool:
-    return b.exists() and Path(a).resolve() == b.resolve()
