@@ -58,7 +58,7 @@ class Pipeline:
 
     device: torch.device
     vq: VQModel
-    sources: dict[str, Path]
+    sources: dict[str, Path]  # set by from_runs / from_pretrained; absent for a pipeline built from objects
 
     def _timed(self, timings: dict[str, float], key: str, fn):
         """fn() with its seconds (device synchronised) recorded as timings[key]."""
@@ -83,10 +83,8 @@ class Pipeline:
     def save_pretrained(self, out: str | Path) -> Path:
         """Write this pipeline (networks, tokenizer, coarse map, sampling defaults, a model card) into the
         fresh folder `out`; from_pretrained(out) gives it back. Written beside `out` and renamed into
-        place only after it loads back."""
-        if not getattr(self, "sources", None):
-            raise UserError(f"this {type(self).__name__} was built from objects, not loaded from runs or a "
-                            "folder: its run configs are unknown; load it with from_runs to save it")
+        place only after it loads back. Works on a pipeline built from objects too (diffusers saves from
+        the components): their configs come from the networks; runs add their training record and scores."""
         return release.save_pipeline(self, out)
 
     @classmethod

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from coarse2fine.checkpoint import (FORMAT, FORMAT_VERSION, MODEL_INDEX, read_run_config, save_run, tokenizer_ref,
                                     write_run_config)
-from coarse2fine.config import UserError
+from coarse2fine.config import UserError, to_dict
 from coarse2fine.fileio import atomic_write_bytes, load_json
 from coarse2fine.sampling import StageSampling
 from coarse2fine.tokenizer.vq import codebook_fingerprint
@@ -31,6 +31,7 @@ INDEX = MODEL_INDEX
 # per pipeline class: its components (sub-folders) and the stages whose sampling defaults it keeps
 LAYOUTS = {"CTFPipeline": (("tokenizer", "stage1", "stage2", "coarse_map"), ("stage1", "stage2")),
            "ARPipeline": (("tokenizer", "baseline"), ("stage1",))}
+STAGE_OF = {"stage1": "coarse", "stage2": "fine", "baseline": "baseline"}  # component -> the run's stage
 # run-config keys that name local paths or resume-only inputs: meaningless in a release folder
 _LOCAL_CODES_KEYS = ("dir", "tokenizer_dir", "tokenizer_path")
 
@@ -155,8 +156,9 @@ def check_fresh(out: str | Path) -> Path:
 
 
 def save_pipeline(pipe, out: str | Path) -> Path:
-    """Write a loaded pipeline (pipe.parts(): its networks, pipe.sources: where their configs came from,
-    pipe.defaults(): its sampling defaults) as a release folder. The folder is written beside `out` and
+    """Write a pipeline (pipe.parts(): its networks, pipe.sources: the run directories they were loaded
+    from, if any, whose configs, training record and scores go along; pipe.defaults(): its sampling
+    defaults) as a release folder. A component built from objects is described by its network's config. The folder is written beside `out` and
     renamed into place only after it loads back with the pipeline's own from_pretrained, so a failed
     save leaves nothing behind. `out` must not exist or be empty. Returns `out`."""
     out = check_fresh(out)
@@ -166,17 +168,24 @@ def save_pipeline(pipe, out: str | Path) -> Path:
         shutil.rmtree(tmp)  # left by a save that crashed
     try:
         fp = codebook_fingerprint(pipe.vq)
-        tok_meta = read_run_config(pipe.sources["tokenizer"], "vq")
+        sources = getattr(pipe, "sources", None) or {}
+        tok_meta = (read_run_config(sources["tokenizer"], "vq") if "tokenizer" in sources
+                    else {"vq": to_dict(pipe.vq.cfg)})
         save_run(tmp / "tokenizer", "vq", {**tok_meta, "fingerprint": fp}, pipe.vq)
         metas = {}
         for name, model in pipe.parts().items():
-            src = pipe.sources[name]
-            meta = read_run_config(src, "gpt")
-            meta["codes"] = {k: v for k, v in (meta.get("codes") or {}).items() if k not in _LOCAL_CODES_KEYS}
-            meta.pop("heldout", None)  # the held-out store a run was evaluated on (resume only)
+            src = sources.get(name)
+            if src is not None:
+                meta = read_run_config(src, "gpt")
+                meta["codes"] = {k: v for k, v in (meta.get("codes") or {}).items() if k not in _LOCAL_CODES_KEYS}
+                meta.pop("heldout", None)  # the held-out store a run was evaluated on (resume only)
+                meta["scores"] = run_scores(name, src) or meta.get("scores", [])
+                meta.setdefault("exported_from", src.name)
+            else:  # built from objects: what the network is, nothing of how it was trained
+                meta = {"stage": STAGE_OF[name], "gpt": to_dict(model.cfg), "scores": [],
+                        "restricted": bool(name == "stage2" and getattr(pipe, "restricted", False)),
+                        "exported_from": "objects"}
             meta["tokenizer"] = tokenizer_ref(fp, tmp / "tokenizer", tmp / name)
-            meta["scores"] = run_scores(name, src) or meta.get("scores", [])
-            meta.setdefault("exported_from", src.name)
             metas[name] = save_run(tmp / name, "gpt", meta, model)
         components = {"tokenizer": "tokenizer", **{name: name for name in metas}}
         cmap = getattr(pipe, "cmap", None)
