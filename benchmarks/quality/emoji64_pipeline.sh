@@ -37,7 +37,7 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 run $C2F sample --coarse "$OUT/coarse" --fine "$OUT/fine" --per-class 40 --out "$OUT/samples_ctf"
 run $C2F sample --baseline "$OUT/baseline" --per-class 40 --out "$OUT/samples_baseline"
-[ -f "$OUT/classifier/config.json" ] || run $C2F train-classifier "${DATA[@]}" --resolution 64 --epochs 12 --out "$OUT/classifier"
+[ -f "$OUT/classifier/config.json" ] || run $C2F train-classifier "${DATA[@]}" --image-size 64 --epochs 12 --out "$OUT/classifier"
 for s in ctf baseline; do
   run $C2F eval --samples "$OUT/samples_$s" "${DATA[@]}" --split test --classifier "$OUT/classifier" \
     --json "$OUT/eval_$s.json" | tee "$OUT/eval_$s.txt"

@@ -163,7 +163,7 @@ class Study:
             t = time.time()
             log(f"tokenizer: {p.vq_steps} steps on {len(self.train_ds)} images")
             train_tokenizer(vq_config("VQ-tiny"), self.tok_dir, self.train_ds, steps=p.vq_steps,
-                            batch_size=p.vq_batch, lr=p.vq_lr, precision="bf16", seed=p.seed, progress=False,
+                            batch_size=p.vq_batch, lr=p.vq_lr, dtype="bf16", seed=p.seed, progress=False,
                             resume=(self.tok_dir / "state.pt").exists())
             s["tokenizer_train_s"] = time.time() - t
         self.vq = load_vq(self.tok_dir)

@@ -76,7 +76,7 @@ def run_one(recipe: str, seed: int, args) -> dict:
     done = (run / "state.pt").exists() and torch.load(run / "state.pt", weights_only=True)["step"] >= args.steps
     if not done:
         train_tokenizer(arch, run, train_ds, tokenizer_recipe(args.preset), steps=args.steps, seed=seed,
-                        precision=args.dtype,
+                        dtype=args.dtype,
                         resume=(run / "state.pt").exists(), progress=False, ckpt_every=200, log_every=100,
                         **RECIPES[recipe])
     cpu_s = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu0

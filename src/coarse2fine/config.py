@@ -184,7 +184,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     ema_decay: float = 0.0  # 0 disables EMA
-    precision: str = "auto"  # "auto" | "fp32" | "bf16"
+    dtype: str = "auto"  # "auto" | "fp32" | "bf16" (precision.DTYPES)
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 500
@@ -196,6 +196,14 @@ class TrainConfig:
     # which recipe (train_recipe) the defaults came from; provenance only, the values above are what runs
     recipe: str = "llamagen"
 
+    @staticmethod
+    def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+        """Settings written before the precision had one spelling: `precision` -> dtype."""
+        d = dict(saved)
+        if "precision" in d:
+            d["dtype"] = d.pop("precision")
+        return d
+
     @property
     def scaled_lr(self) -> float:
         return self.lr * self.batch_size / 256
@@ -203,8 +211,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("steps, batch size and grad accumulation must be >= 1")
         if not 0 <= self.ema_decay < 1:
@@ -282,7 +290,7 @@ class TokenizerTrainConfig:
     disc_layers: int = 3
     disc_lr: float = 0.0            # 0: the tokenizer's lr (and its schedule)
     ema_decay: float = 0.999        # 0 disables EMA; the average warms up over the first steps
-    precision: str = "auto"         # "auto" | "fp32" | "bf16" autocast of the conv stack (quantizer in fp32)
+    dtype: str = "auto"             # "auto" | "fp32" | "bf16" autocast of the conv stack (quantizer in fp32)
     flip: bool = True               # random horizontal flips
     seed: int = 0
     reseed_dead: bool = True        # move unused codewords onto recent encoder latents
@@ -295,18 +303,21 @@ class TokenizerTrainConfig:
 
     @staticmethod
     def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
-        """Settings written before the flags were unified: `ema` (bool) -> ema_decay 0, `bf16` -> precision."""
+        """Settings written before the flags were unified: `ema` (bool) -> ema_decay 0, `bf16` and then
+        `precision` -> dtype."""
         d = dict(saved)
         if "ema" in d and not d.pop("ema"):
             d["ema_decay"] = 0.0
         if "bf16" in d:
             bf16 = d.pop("bf16")
-            d["precision"] = "auto" if bf16 is None else ("bf16" if bf16 else "fp32")
+            d["dtype"] = "auto" if bf16 is None else ("bf16" if bf16 else "fp32")
+        if "precision" in d:
+            d["dtype"] = d.pop("precision")
         return d
 
     def validate(self) -> None:
         checks = [(self.recon_loss in ("l1", "l2"), f"recon loss must be l1 or l2, got {self.recon_loss!r}"),
-                  (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
+                  (self.dtype in ("auto", "fp32", "bf16"), f"dtype must be auto, fp32 or bf16, got {self.dtype!r}"),
                   (self.disc_loss in DISC_LOSSES, f"disc loss must be one of {DISC_LOSSES}, got {self.disc_loss!r}"),
                   (self.gen_adv_loss in GEN_LOSSES, f"gen adv loss must be one of {GEN_LOSSES}, got {self.gen_adv_loss!r}"),
                   (0 <= self.ema_decay < 1, f"ema decay must be in [0, 1), got {self.ema_decay}"),

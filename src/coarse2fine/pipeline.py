@@ -6,6 +6,9 @@ stage 2 + VQ decode) and the plain AR baseline (LlamaGen), with the same knobs a
     pipe = CTFPipeline.from_pretrained("ctf-release")              # a local folder, or a HF repo id
     out = pipe(torch.tensor([0, 1, 2]), seed=0)                     # out.images: uint8 [B, H, W, 3]
 
+Precision has one spelling across the Python API: dtype = "auto" | "fp32" | "bf16" (as the CLI's --dtype) or a
+torch dtype (precision.resolve_dtype); the same goes for TrainConfig.dtype, sample_fid and extract_tencrop.
+
 Every path that pairs a model with a tokenizer checks the codebook fingerprint the model was
 trained on. A local folder is read as it is; only a name that is not a folder is taken as a Hugging
 Face repo id (release.resolve: snapshot_download, which can stay offline on its cache).
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 from coarse2fine.config import UserError
+from coarse2fine.precision import resolve_dtype
 from coarse2fine.sampling import (BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS,
                                   StageSampling, centroid_members, check_fine_decoding, check_labels,
                                   generate_ar, generate_fine, random_member)
@@ -69,7 +73,8 @@ class Pipeline:
         return out
 
     def _output(self, codes, labels, coarse, timings: dict[str, float], decode_images: bool) -> SampleOutput:
-        images = self._timed(timings, "decode_s", lambda: sample_folder.decode_images(self.vq, codes)) if decode_images else torch.empty(0)
+        images = (self._timed(timings, "decode_s", lambda: sample_folder.decode_images(self.vq, codes))
+                  if decode_images else torch.empty(0))
         return SampleOutput(images, codes.cpu(), labels.cpu(), None if coarse is None else coarse.cpu(), timings)
 
     def parts(self) -> dict[str, torch.nn.Module]:
@@ -115,10 +120,10 @@ class CTFPipeline(Pipeline):
     ("random-member", "centroid-member"; see sampling.FINE_DECODINGS)."""
 
     def __init__(self, vq: VQModel, coarse_model, fine_model, cmap: CoarseMap, restricted: bool = False,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+                 device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32):
         self.device = torch.device(device)
         self.vq, self.coarse_model, self.fine_model = vq.to(self.device).eval(), coarse_model, fine_model
-        self.cmap, self.restricted, self.dtype = cmap, restricted, dtype
+        self.cmap, self.restricted, self.dtype = cmap, restricted, resolve_dtype(dtype, self.device)
         cmap.check_fingerprint(codebook_fingerprint(vq))
         if coarse_model.cfg.vocab_size != cmap.num_coarse:
             raise UserError(f"stage-1 model predicts {coarse_model.cfg.vocab_size} coarse labels, the coarse map has "
@@ -245,9 +250,10 @@ class CTFPipeline(Pipeline):
 class ARPipeline(Pipeline):
     """The plain LlamaGen baseline: one causal model over the K fine codes."""
 
-    def __init__(self, vq: VQModel, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, vq: VQModel, model, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype = torch.float32):
         self.device = torch.device(device)
-        self.vq, self.model, self.dtype = vq.to(self.device).eval(), model, dtype
+        self.vq, self.model, self.dtype = vq.to(self.device).eval(), model, resolve_dtype(dtype, self.device)
         if model.cfg.vocab_size != vq.cfg.codebook_size:
             raise UserError(f"baseline predicts {model.cfg.vocab_size} codes but the tokenizer has "
                             f"{vq.cfg.codebook_size}; pass the tokenizer the model was trained with")

@@ -17,11 +17,10 @@ import torch
 from coarse2fine.config import UserError
 from coarse2fine.training.tokenizer import train_tokenizer
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_tokenizer_train import CFG, TRAIN, Blobs  # noqa: E402
+from fakes import CFG, TRAIN, Blobs
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-GAN = {**TRAIN, "precision": "fp32", "perceptual_weight": 0.5, "disc_weight": 0.5, "disc_start": 2,
+GAN = {**TRAIN, "dtype": "fp32", "perceptual_weight": 0.5, "disc_weight": 0.5, "disc_start": 2,
        "disc_adaptive": True, "disc_channels": 8, "disc_layers": 2, "ckpt_every": 100}
 
 

@@ -1,6 +1,5 @@
 """`train` takes its defaults from the preset's recipe, prints them and stores them in config.json."""
 import json
-from pathlib import Path
 
 import pytest
 
@@ -54,15 +53,11 @@ def test_tokenizer_defaults_come_from_the_preset(tmp_path, capsys, one_thread):
 
 def test_plan_stage_run_is_the_one_place_that_resolves_a_run(tmp_path):
     """The library resolves (recipe, given settings, saved run) without the CLI; the checks live there."""
-    import sys
-
-    import pytest
 
     from coarse2fine.config import UserError
     from coarse2fine.training.plan import plan_stage_run
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_stage_train import make_store
+    from fakes import make_store
 
     codes = make_store(tmp_path / "codes")
     plan = plan_stage_run(tmp_path / "run", stage="baseline", preset="GPT-tiny", codes=codes, given={"steps": 40, "lr": None})

@@ -210,7 +210,7 @@ def test_train_classifier_then_eval_cli(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("COARSE2FINE_CACHE", str(tmp_path / "cache"))
     clf = tmp_path / "clf"
-    assert main(["train-classifier", "--data", "default", "--resolution", "16", "--out", str(clf),
+    assert main(["train-classifier", "--data", "default", "--image-size", "16", "--out", str(clf),
                  "--epochs", "1", "--limit-per-class", "20", "--width", "8", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     cfg = json.loads((clf / "config.json").read_text())

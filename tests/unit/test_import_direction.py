@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md, checked by parsing every import form: low layers never import high ones.
+"""The layering of docs/usage.md (Layout), checked by parsing every import form: low layers never import high ones.
 
 Ranks follow the design's order (config/distributed < layers < tokenizer/models < sampling <
 stages/data/checkpoint/parallel < pipeline/release < training/eval < apps/bench < cli); a module
@@ -184,7 +184,7 @@ def test_a_planted_cycle_inside_a_package_is_caught(tmp_path):
 
 
 def test_the_sampler_imports_no_data_or_checkpoint():
-    """DESIGN.md: the sampler needs only networks and tensors, so it imports cheaply -- importing it loads
+    """docs/usage.md (Layout): the sampler needs only networks and tensors, so it imports cheaply -- importing it loads
     neither the code store (data/), nor checkpoint I/O, nor the stages' data side."""
     code = ("import sys, coarse2fine.sampling; "
             "print(sorted(m for m in sys.modules if m.startswith(('coarse2fine.data', 'coarse2fine.checkpoint', "

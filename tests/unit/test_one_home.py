@@ -80,3 +80,54 @@ def test_one_default_cluster_count():
     from coarse2fine.tokenizer.clustering import default_num_coarse
 
     assert [default_num_coarse(k) for k in (16, 4096, 16384)] == [1, 128, 512]
+
+
+def _precision_spellings():
+    """(file:line, name) of every public function parameter or class field spelling a precision otherwise
+    than `dtype`."""
+    import ast
+
+    bad = []
+    for path in sorted((REPO / "src" / "coarse2fine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+            elif isinstance(node, ast.ClassDef):
+                names = [s.target.id for s in node.body
+                         if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
+            bad += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names if n in ("precision", "bf16")]
+    return bad
+
+
+def test_one_precision_spelling_in_the_python_api():
+    """dtype = "auto" | "fp32" | "bf16" or a torch dtype, everywhere (it was precision: str, bf16: bool and
+    dtype); runs saved with `precision` still resume."""
+    import torch
+
+    from coarse2fine.config import TokenizerTrainConfig, TrainConfig
+    from coarse2fine.precision import resolve_dtype
+
+    assert _precision_spellings() == []
+    assert TrainConfig.upgrade({"precision": "fp32", "lr": 1.0}) == {"dtype": "fp32", "lr": 1.0}
+    assert TokenizerTrainConfig.upgrade({"precision": "bf16"})["dtype"] == "bf16"
+    assert resolve_dtype("fp32", "cpu") is torch.float32 and resolve_dtype(torch.bfloat16, "cpu") is torch.bfloat16
+
+
+def test_makefile_phony_targets_exist():
+    """Every target .PHONY names has a rule (it once listed bench-speed and bench-quality, which had none)."""
+    text = (REPO / "Makefile").read_text()
+    phony = re.search(r"^\.PHONY:(.*)$", text, re.M).group(1).split()
+    rules = set(re.findall(r"^([A-Za-z0-9_.-]+):(?!=)", text, re.M))
+    assert phony and set(phony) <= rules, sorted(set(phony) - rules)
+
+
+def test_docstrings_cite_files_that_exist():
+    """A docstring or comment that sends the reader to a repository page names one that is there (a test cited
+    a design guide kept outside the repository). A bare name counts when it is at the top or in docs/."""
+    missing = []
+    for path in [*(REPO / "src").rglob("*.py"), *(REPO / "tests").rglob("*.py")]:
+        for name in set(re.findall(r"(?<![\w/.-])((?:[\w.-]+/)*[A-Z][A-Za-z_]*\.md)\b", path.read_text())):
+            if not any((REPO / d / name).exists() for d in ("", "docs")) and name != "README.md":
+                missing.append(f"{path.relative_to(REPO)}: {name}")
+    assert not missing, missing

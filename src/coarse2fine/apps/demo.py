@@ -51,7 +51,7 @@ class DemoPlan:
     lr: float = 1e-3 * 256 / 48  # per global batch 256: the step size of batch 64 at 1e-3, kept at 48
     clusters: int = 0  # 0: K / 32 as the paper
     head: str = "restricted"  # stage-2 head: "restricted" (measured better) or "full" (the paper's)
-    precision: str = "auto"  # "auto" | "fp32" | "bf16" for the transformers
+    dtype: str = "auto"  # "auto" | "fp32" | "bf16" for the transformers
     workers: int = 0  # parallel training processes; 0: one per stage when >= 2 cores are free
     # sampling sharper than the paper's defaults (tau 1.1, CFG 2.0, stage 2 from all codes): short
     # CPU runs give flat distributions, and benchmarks/results/RESULTS.md measured lower tau, CFG 3
@@ -236,7 +236,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     if (out / "report.md").exists():
         raise UserError(f"{out} already holds a finished demo; choose another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    precision = demo_precision(plan.precision)
+    precision = demo_precision(plan.dtype)
     threads = distributed.configure_threads()
     bar = Progress(plan)
     report: dict = {"plan": plan.__dict__, "precision": precision, "threads": threads, "cpu": cpu_kind()}
@@ -279,7 +279,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     # the preset's recipe (warm-up, schedule, decay) at the demo's steps, batch and step size
     tcfg = TrainConfig(**{**train_recipe(plan.gpt_preset, plan.steps), "batch_size": plan.batch_size,
                           "lr": plan.lr, "seed": plan.seed, "log_every": max(1, plan.steps // 30),
-                          "ckpt_every": plan.steps, "ema_decay": 0.0, "precision": precision})
+                          "ckpt_every": plan.steps, "ema_decay": 0.0, "dtype": precision})
     workers = stage_workers(plan)
     bar.start("models", f"training coarse, fine and baseline ({plan.gpt_preset}, {plan.steps} steps each, "
                         f"{workers} process(es) at once)")

@@ -29,6 +29,7 @@ from coarse2fine import distributed
 from coarse2fine.config import UserError
 from coarse2fine.fileio import dump_json, load_json, lock_dir, remove_stale_temp_files
 from coarse2fine.data.sample_folder import NPZ, decode_images, png_name, write_adm_npz, write_png
+from coarse2fine.precision import resolve_dtype
 from coarse2fine.sampling import StageSampling
 
 
@@ -94,16 +95,18 @@ def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype, pipeline=No
 
 def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coarse: str | Path | None = None,
                fine: str | Path | None = None, pipeline: str | Path | None = None,
-               tokenizer: str | Path | None = None, num_samples: int = 50_000, batch_size: int = SAMPLE_BATCH, seed: int = 0,
+               tokenizer: str | Path | None = None, num_samples: int = 50_000, batch_size: int = SAMPLE_BATCH,
+               seed: int = 0,
                stage1: StageSampling | dict | None = None, stage2: StageSampling | dict | None = None,
-               bf16: bool = False, image_size_eval: int | None = None, device: str | None = None,
+               dtype: str | torch.dtype = "fp32", image_size_eval: int | None = None, device: str | None = None,
                progress: bool = True) -> dict[str, Any]:
     """Sample `num_samples` class-balanced images into out_dir (see module docstring); resumable.
 
     What samples: run directories (baseline, or coarse + fine, tokenizer optional) or `pipeline`, a
     release folder or Hub repo id. stage1: sampling knobs of the baseline / CTF stage 1; stage2: CTF
     stage 2; each a StageSampling, or a dict of the knobs that differ from the pipeline's own defaults
-    (pipe.defaults()), or None for those defaults. Returns the summary also stored in out_dir/fid_run.json.
+    (pipe.defaults()), or None for those defaults. dtype: "auto" | "fp32" | "bf16" or a torch dtype (the
+    sampling autocast, precision.resolve_dtype). Returns the summary also stored in out_dir/fid_run.json.
     One process (group) per out_dir: rank 0 holds its lock, and first removes the temp files of a
     killed run."""
     if batch_size < 1:
@@ -117,7 +120,7 @@ def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coars
             for d in (out, out / "samples"):
                 remove_stale_temp_files(d)
         return _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samples, batch_size, seed,
-                           stage1, stage2, bf16, image_size_eval, progress)
+                           stage1, stage2, dtype, image_size_eval, progress)
 
 
 def _stage_opts(given: StageSampling | dict | None, default: StageSampling) -> StageSampling:
@@ -129,11 +132,12 @@ def _stage_opts(given: StageSampling | dict | None, default: StageSampling) -> S
 
 
 def _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samples, batch_size, seed, stage1,
-                stage2, bf16, image_size_eval, progress) -> dict[str, Any]:
+                stage2, dtype, image_size_eval, progress) -> dict[str, Any]:
     """sample_fid under the lock of `out`."""
     from coarse2fine.pipeline import CTFPipeline
 
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = resolve_dtype(dtype, info.device)
+    bf16 = dtype == torch.bfloat16  # how fid_run.json records it
     pipe = _load_pipeline(baseline, coarse, fine, tokenizer, info.device, dtype, pipeline)
     is_ctf = isinstance(pipe, CTFPipeline)
     defaults = pipe.defaults()  # the pipeline's own: an export's sampling_defaults, else the library's

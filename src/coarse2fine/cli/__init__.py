@@ -15,19 +15,46 @@ from coarse2fine.cli._args import Parser, prepare
 from coarse2fine.config import UserError
 
 
+# `coarse2fine --help` lists the user's commands in the order a run goes through them (the whole demo first,
+# then each step, then ImageNet scale), and the developer tools apart, after them.
+PIPELINE_ORDER = ("demo", "data", "train-tokenizer", "reconstruct", "extract-codes", "cluster", "redundancy", "train",
+                  "eval-tokens", "sample", "train-classifier", "eval", "export", "app", "presets",
+                  "import-llamagen", "extract-codes-imagenet", "sample-fid")
+DEVELOPER_TOOLS = ("bench",)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="coarse2fine",
         description="Autoregressive image generation with coarse-to-fine token prediction (CTF).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands, in pipeline order")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         module.register(sub)
+    _order_help(parser, sub)
     return parser
+
+
+def _order_help(parser: argparse.ArgumentParser, sub) -> None:
+    """The subcommands in PIPELINE_ORDER (then any not placed yet, which tests/unit/test_cli.py refuses),
+    and DEVELOPER_TOOLS in a group of their own: a second view of the same subparsers action, for the
+    help only; parsing is untouched. The choices named by an "invalid choice" error follow the same order."""
+    import copy
+
+    shown = {a.dest: a for a in sub._choices_actions}
+    user = [n for n in PIPELINE_ORDER if n in shown] + sorted(set(shown) - set(PIPELINE_ORDER) - set(DEVELOPER_TOOLS))
+    order = user + [n for n in DEVELOPER_TOOLS if n in shown]
+    parsers = dict(sub.choices)
+    sub.choices.clear()
+    sub.choices.update({n: parsers[n] for n in order})
+    sub._choices_actions = [shown[n] for n in user]
+    tools = copy.copy(sub)
+    tools._choices_actions = [shown[n] for n in DEVELOPER_TOOLS if n in shown]
+    parser.add_argument_group("developer tools (benchmarks)")._group_actions.append(tools)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from coarse2fine.fileio import atomic_write_bytes
 def _train_classifier(args: argparse.Namespace) -> int:
     from coarse2fine.eval.classifier import train_classifier
 
-    train_classifier(args.data, args.resolution, args.out, epochs=args.epochs, batch_size=args.batch_size,
+    train_classifier(args.data, args.image_size, args.out, epochs=args.epochs, batch_size=args.batch_size,
                      lr=args.lr, width=args.width, seed=args.seed, root=args.data_root,
                      limit_per_class=args.limit_per_class, val_fraction=args.val_fraction)
     return 0
@@ -124,7 +124,7 @@ def register(subparsers) -> None:
                     "samples by class accuracy and an Inception-Score-like score on the data set's own classes.",
         formatter_class=DefaultsFormatter)
     add_data(t)
-    t.add_argument("--resolution", type=positive_int, default=32, help="image size in px (samples are resized to it)")
+    t.add_argument("--image-size", type=positive_int, default=32, help="image size in px (samples are resized to it)")
     t.add_argument("--out", required=True, help="output run dir (model.safetensors + config.json)")
     t.add_argument("--epochs", type=positive_int, default=8, help="training epochs")
     t.add_argument("--batch-size", type=positive_int, default=128, help="batch size")

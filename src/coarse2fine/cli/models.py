@@ -14,7 +14,8 @@ from coarse2fine.sampling import FINE_DECODINGS
 from coarse2fine.stages import STAGE_SPECS
 from coarse2fine.tokenizer.clustering import METHODS
 
-# TrainConfig field -> (flag type, help). The flag is --<field with dashes>, except precision (--dtype).
+# TrainConfig field -> (flag type, help). The flag is --<field with dashes> (--schedule and --dtype, with
+# choices, are added beside them).
 # Every flag defaults to None = "not given": a fresh run takes the preset's recipe (config.train_recipe),
 # --resume the run's saved value.
 _TRAIN_FLAGS = {
@@ -300,7 +301,7 @@ def cmd_train(args) -> int:
     from coarse2fine.training.plan import plan_stage_run
 
     check_out_path(Path(args.out))
-    given = {f: getattr(args, f) for f in _TRAIN_FLAGS} | {"schedule": args.schedule, "precision": args.dtype,
+    given = {f: getattr(args, f) for f in _TRAIN_FLAGS} | {"schedule": args.schedule, "dtype": args.dtype,
                                                            "fsdp": args.fsdp}
     plan = plan_stage_run(args.out, resume=args.resume, stage=args.stage, preset=args.preset, codes=args.codes,
                           coarse_map=args.coarse_map, heldout=args.heldout, head=args.head, given=given)

@@ -106,7 +106,7 @@ def cmd_extract(args) -> int:
 
     res = extract_tencrop(args.tokenizer, args.data_root, args.out, split=args.split, image_size=args.image_size,
                           crop_ranges=tuple(args.crop_ranges), shard_size=args.shard_size, batch_size=args.batch_size,
-                          num_workers=args.workers, bf16=_bf16(args), limit_per_class=args.limit_per_class,
+                          num_workers=args.workers, dtype=args.dtype, limit_per_class=args.limit_per_class,
                           device=args.device, progress=not args.no_progress)
     from coarse2fine.distributed import rank
 
@@ -135,18 +135,10 @@ def cmd_sample_fid(args) -> int:
     given1, given2 = given_sampling(args)  # over the pipeline's own defaults, once it is loaded
     summary = sample_fid(args.out, baseline=args.baseline, coarse=args.coarse, fine=args.fine,
                          pipeline=args.pipeline, tokenizer=args.tokenizer, num_samples=args.num_samples,
-                         batch_size=args.batch_size, seed=args.seed, stage1=given1, stage2=given2, bf16=_bf16(args),
+                         batch_size=args.batch_size, seed=args.seed, stage1=given1, stage2=given2, dtype=args.dtype,
                          image_size_eval=args.image_size_eval, device=args.device, progress=not args.no_progress)
     if summary:  # rank 0
         print(json.dumps({k: summary[k] for k in ("images", "height", "width", "per_class", "sampled_this_run",
                                                   "world_size", "wall_s", "images_per_s", "npz")}, indent=1))
     return 0
 
-
-def _bf16(args) -> bool:
-    """--dtype -> the bf16 autocast switch of the scale tools (auto: bf16 where it is fast)."""
-    import torch
-
-    from coarse2fine.precision import resolve_dtype
-
-    return resolve_dtype(args.dtype, torch.device(args.device)) == torch.bfloat16

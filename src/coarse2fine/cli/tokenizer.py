@@ -165,7 +165,7 @@ def cmd_train(args) -> int:
     ds, info = _dataset(args, size, "train", plan.data)
     train_tokenizer(plan.vq, out, ds, plan.recipe, steps=args.steps, resume=args.resume, data_info=info,
                     time_budget_s=args.time_budget, progress=not args.no_progress, device=args.device,
-                    precision=args.dtype, seed=args.seed, **given)
+                    dtype=args.dtype, seed=args.seed, **given)
     print(f"tokenizer saved in {out} (config.json, model.safetensors, state.pt)")
     return 0
 

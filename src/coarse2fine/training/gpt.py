@@ -110,7 +110,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
 
         seed_everything(cfg.seed)
         model = Transformer(model_cfg).to(info.device)
-        dtype = resolve_dtype(cfg.precision, info.device)
+        dtype = resolve_dtype(cfg.dtype, info.device)
 
         def loss(b, shared):
             tokens, cond, targets = b

@@ -182,7 +182,7 @@ def tokenizer_task(vq_cfg: VQConfig, tc: TokenizerTrainConfig, batches: "ImageBa
         return {"psnr": round(psnr_from_mse(rec["mse"]), 3), "usage": round(model.quantize.window_usage(), 4)}
 
     return Task("tokenizer", parts, lambda step: [batches.get(step).to(info.device)], tc.steps, tc.seed,
-                resolve_dtype(tc.precision, info.device), ema=ema, after_step=after_step, describe=describe,
+                resolve_dtype(tc.dtype, info.device), ema=ema, after_step=after_step, describe=describe,
                 log_every=tc.log_every, ckpt_every=tc.ckpt_every, tensorboard=False)
 
 
