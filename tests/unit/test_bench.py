@@ -205,5 +205,17 @@ def test_presets_list_the_64px_tokenizers_and_time_a_step_with_their_recipe(caps
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "VQ-64-f8" in out and "64px -> 8x8" in out and "VQ-64-f4" in out and "64px -> 16x16" in out
+    assert "CPU-s/step" not in out  # timing is a developer tool: `bench tokenizer-steps`
     t = bench.tokenizer_step_seconds("VQ-64-f8", repeats=1)
     assert (t["batch_size"], t["terms"], t["precision"]) == (16, "L2+perceptual", "fp32") and t["cpu_s"] > 0
+
+
+def test_bench_tokenizer_steps_times_the_cpu_presets_only(capsys, monkeypatch):
+    """`presets --time` moved here, beside the other developer tools; the GPU presets are skipped."""
+    seen = []
+    monkeypatch.setattr(bench, "tokenizer_step_seconds", lambda name, repeats: seen.append((name, repeats)) or
+                        {"cpu_s": 0.5, "batch_size": 16, "terms": "L2"})
+    assert main(["bench", "tokenizer-steps", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert [n for n, _ in seen] == ["VQ-tiny", "VQ-small", "VQ-64-f8", "VQ-64-f4"] and {r for _, r in seen} == {2}
+    assert "VQ-64-f8     0.50 CPU-s/step (batch 16, L2, fp32, 1 thread)" in out and "VQ-16" not in out

@@ -93,6 +93,31 @@ def register(sub) -> None:
     t.add_argument("--untimed-rounds", type=nonneg_int, default=1, help="untimed steps first (default 1)")
     _common(t)
     t.set_defaults(func=cmd_train)
+    _register_tokenizer_steps(bsub)
+
+
+def _register_tokenizer_steps(bsub) -> None:
+    k = bsub.add_parser("tokenizer-steps", help="CPU seconds of one training step of each CPU tokenizer preset, "
+                                                "with its recipe's batch and loss terms (fp32, one thread)",
+                        description="What a tokenizer run of each CPU preset costs per step here (the transformers: "
+                                    "`coarse2fine bench train`); the GPU presets (LlamaGen's recipe) are skipped.")
+    k.add_argument("--repeats", type=positive_int, default=3, help="timed steps per preset; median (default 3)")
+    k.set_defaults(func=cmd_tokenizer_steps)
+
+
+def cmd_tokenizer_steps(args) -> int:
+    import torch
+
+    from coarse2fine.bench.speed import tokenizer_step_seconds
+    from coarse2fine.config import tokenizer_recipe
+
+    torch.set_num_threads(1)
+    for name in VQ_PRESETS:
+        if tokenizer_recipe(name)["recipe"] == "llamagen":  # the GPU presets would take minutes
+            continue
+        t = tokenizer_step_seconds(name, repeats=args.repeats)
+        print(f"{name:<12} {t['cpu_s']:.2f} CPU-s/step (batch {t['batch_size']}, {t['terms']}, fp32, 1 thread)")
+    return 0
 
 
 def _common(p) -> None:

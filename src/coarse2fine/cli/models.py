@@ -9,7 +9,7 @@ import torch
 
 from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_interval, check_out_path, nonneg_float,
                                    nonneg_int, positive_float, positive_int, probability, reject_unused, unit_interval_open)
-from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, tokenizer_recipe, vq_config
+from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, vq_config
 from coarse2fine.sampling import FINE_DECODINGS
 from coarse2fine.stages import STAGE_SPECS
 from coarse2fine.tokenizer.clustering import METHODS
@@ -40,10 +40,6 @@ def register(sub) -> None:
     p = sub.add_parser("presets", help="list every model preset with its parameter count")
     p.add_argument("--vocab", type=positive_int, nargs="*", default=[16384, 512],
                    help="vocabulary sizes to count the GPT presets with (default: 16384 512)")
-    p.add_argument("--time", action="store_true",
-                   help="also measure the CPU seconds of one training step of each CPU tokenizer preset here, with "
-                        "its recipe's batch and loss terms, fp32, one thread (seconds each); the transformers: "
-                        "`coarse2fine bench train`")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("cluster", help="k-means the tokenizer codebook into coarse labels (a CoarseMap)")
@@ -238,15 +234,8 @@ def cmd_presets(args) -> int:
         cfg = vq_config(name)
         with torch.device("meta"):
             n = count_params(VQModel(cfg))
-        timing = ""
-        if args.time and tokenizer_recipe(name)["recipe"] != "llamagen":  # the GPU presets would take minutes
-            from coarse2fine.bench.speed import tokenizer_step_seconds
-
-            torch.set_num_threads(1)
-            t = tokenizer_step_seconds(name)
-            timing = f"  {t['cpu_s']:.2f} CPU-s/step (batch {t['batch_size']}, {t['terms']}, fp32, 1 thread)"
         print(f"{name:<12} {'tokenizer':<10} {'':>6} {'':>5} {'':>5}  {n / 1e6:8.2f}M  "
-              f"(K={cfg.codebook_size}, {cfg.image_size}px -> {cfg.grid}x{cfg.grid}){timing}")
+              f"(K={cfg.codebook_size}, {cfg.image_size}px -> {cfg.grid}x{cfg.grid})")
     for name in GPT_PRESETS:
         cfg = gpt_config(name)
         counts = []
