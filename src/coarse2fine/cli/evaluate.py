@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from coarse2fine.cli._args import seed_int
 from coarse2fine.cli._args import (DefaultsFormatter, add_data, add_device, add_threads, check_out_path, positive_float,
                                    positive_int)
 from coarse2fine.fileio import atomic_write_bytes
@@ -104,7 +105,7 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate (AdamW, one-cycle cosine)")
     t.add_argument("--width", type=positive_int, default=24, help="channels of the stem conv (the two stages use 2x and 4x)")
     t.add_argument("--limit-per-class", type=positive_int, default=None, help="train on at most this many images per class")
-    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--seed", type=seed_int, default=0, help="random seed")
     add_threads(t)
     t.set_defaults(func=_train_classifier)
 

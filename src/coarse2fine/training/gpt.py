@@ -91,7 +91,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
 
     run_meta = {"kind": "gpt", "stage": stage, "gpt": to_dict(model_cfg), "train": to_dict(cfg),
                 "codes": codes_record(store, codes_dir), "restricted": restricted,
-                "coarse_map": cmap.stats() | {"fingerprint": cmap.fingerprint, "method": cmap.method} if cmap else None,
+                "coarse_map": cmap.record() if cmap else None,
                 "tokenizer": tokenizer_ref(store.meta.get("tokenizer_fingerprint"),
                                            store_tokenizer_dir(store.meta, codes_dir), out)}
     run_meta["heldout"] = str(Path(heldout_dir).resolve()) if heldout_dir else None
@@ -154,6 +154,8 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
     if bool(old.get("restricted")) != run_meta["restricted"]:
         raise UserError(f"--head: the run has {'restricted' if old.get('restricted') else 'full'}; resume with it")
     copy = out / "coarse_map.safetensors"  # the run's copy of its map, compared code by code
+    if copy.exists():  # and the copy is the map the run recorded (not one put in its place since)
+        CoarseMap.load(copy).check_recorded(old.get("coarse_map"), copy, out)
     same = (not copy.exists() if cmap is None
             else copy.exists() and torch.equal(CoarseMap.load(copy).phi, cmap.phi))
     if not same:
