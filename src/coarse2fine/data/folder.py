@@ -272,8 +272,6 @@ class FolderDataset(ImageDataset):
                                 "that covers every class", split, root, len(missing), classes[missing[0]])
             paths = [p for p, k in zip(paths, keep) if k]
             labels = labels[keep]
-            paths = [p for p, k in zip(paths, keep) if k]
-            labels = labels[keep]
         super().__init__(f"folder:{Path(root).expanduser().resolve()}", classes, labels, resolution, split,
                          flip, skipped)
         self.root = class_root
