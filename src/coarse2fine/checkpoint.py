@@ -273,7 +273,7 @@ def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, A
 
 # what each run kind's config.json must hold (section: type) and may hold (checked when present): one
 # check at load, so a hand-edited or damaged file is one line here and never a KeyError or TypeError later
-_REQUIRED = {"gpt": {"stage": str, "gpt": dict, "codes": dict}, "vq": {"vq": dict}}
+_REQUIRED = {"gpt": {"stage": str, "gpt": dict}, "vq": {"vq": dict}}
 _OPTIONAL = {"train": (dict, type(None)), "codes": dict, "tokenizer": (dict, type(None)),
              "coarse_map": (dict, type(None)), "history": list, "heldout": (str, type(None)), "restricted": bool}
 _SECTION_CONFIGS = {"gpt": GPTConfig, "vq": VQConfig}

@@ -49,6 +49,9 @@ def saved_run(out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     meta = read_run_config(out, "gpt")  # format, version and kind checked
     cm = out / "coarse_map.safetensors"
+    if not (meta.get("codes") or {}).get("dir"):
+        raise UserError(f"{out}/config.json records no code store (\"codes\": {{\"dir\": ...}}), so the run cannot be "
+                        "resumed; start a new run with --codes")
     return {"stage": meta["stage"], "model_cfg": from_dict(GPTConfig, meta["gpt"]),
             "cfg": saved_settings(TrainConfig, meta.get("train"), f"{out}/config.json"),
             "codes_dir": meta["codes"]["dir"], "coarse_map": cm if cm.exists() else None,
