@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 
-from coarse2fine.cli._args import seed_int
-from coarse2fine.cli._args import add_data, add_threads, positive_int, reject_unused
+from coarse2fine.cli._args import add_data, add_threads, positive_int, reject_unused, seed_int
 from coarse2fine.cli._args import check_out_path
 from coarse2fine.cli.models import add_vq_preset
 from coarse2fine.config import UserError

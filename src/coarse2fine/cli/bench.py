@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 
-from coarse2fine.cli._args import seed_int
-from coarse2fine.cli._args import add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int
+from coarse2fine.cli._args import (add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int,
+                                   seed_int)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError
 
 

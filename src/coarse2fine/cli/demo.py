@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from coarse2fine.apps.demo import DemoPlan, run_demo
-from coarse2fine.cli._args import seed_int
-from coarse2fine.cli._args import nonneg_int, positive_int
+from coarse2fine.cli._args import nonneg_int, positive_int, seed_int
 
 
 def register(sub) -> None:

@@ -6,9 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from coarse2fine.cli._args import seed_int
-from coarse2fine.cli._args import (DefaultsFormatter, add_data, add_device, add_threads, check_out_path, positive_float,
-                                   positive_int)
+from coarse2fine.cli._args import (DefaultsFormatter, add_data, add_device, add_threads, check_out_path,
+                                   positive_float, positive_int, seed_int)
 from coarse2fine.eval.classifier import BACKBONES
 from coarse2fine.fileio import atomic_write_bytes
 

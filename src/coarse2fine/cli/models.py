@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from coarse2fine.cli._args import seed_int
 from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_interval, check_out_path, nonneg_float,
-                                   nonneg_int, positive_float, positive_int, probability, reject_unused, unit_interval_open)
+                                   nonneg_int, positive_float, positive_int, probability, reject_unused, seed_int,
+                                   unit_interval_open)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, tokenizer_recipe, vq_config
 from coarse2fine.sampling import FINE_DECODINGS
 from coarse2fine.stages import STAGE_SPECS

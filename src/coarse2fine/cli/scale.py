@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from coarse2fine.cli._args import seed_int
 from coarse2fine.cli._args import (DefaultsFormatter, add_device, add_dtype, add_threads, nonneg_float, nonneg_int,
-                                   positive_float, positive_int)
+                                   positive_float, positive_int, seed_int)
 from coarse2fine.config import VQ_PRESETS
 
 

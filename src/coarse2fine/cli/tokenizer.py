@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coarse2fine.cli._args import seed_int
-from coarse2fine.cli._args import (add_data, add_device, add_dtype, add_threads, nonneg_float, nonneg_int, positive_float,
-                                   positive_int)
+from coarse2fine.cli._args import (add_data, add_device, add_dtype, add_threads, nonneg_float, nonneg_int,
+                                   positive_float, positive_int, seed_int)
 from coarse2fine.cli._args import check_out_path
 from coarse2fine.cli.models import add_vq_preset, load_tokenizer_any
 from coarse2fine.config import (DISC_LOSSES, GEN_LOSSES, MAX_CODEBOOK, VQ_PRESETS, TokenizerTrainConfig,
