@@ -279,6 +279,11 @@ _OPTIONAL = {"train": (dict, type(None)), "codes": dict, "tokenizer": (dict, typ
 _SECTION_CONFIGS = {"gpt": GPTConfig, "vq": VQConfig}
 
 
+def _json_kind(want) -> str:
+    names = {dict: "a JSON object", list: "a JSON list", str: "a string", bool: "true or false", type(None): "null"}
+    return " or ".join(names[t] for t in (want if isinstance(want, tuple) else (want,)))
+
+
 def check_run_schema(meta: dict[str, Any], source: Path) -> None:
     """Refuse a run config.json whose sections are missing or of the wrong type, or whose model and
     training settings name unknown fields or hold values of the wrong type (ConfigError, one line)."""
@@ -287,16 +292,14 @@ def check_run_schema(meta: dict[str, Any], source: Path) -> None:
         raise ConfigError(f"{source}: kind is {kind!r}, not one of {list(RUN_KINDS)}; re-create the run or restore "
                           "config.json from a backup")
     fix = "re-create the run or restore config.json from a backup"
-    for key, want in _REQUIRED.get(kind, {}).items():
-        if key not in meta:
-            raise ConfigError(f"{source} has no {key!r} section (a {kind} run needs it); {fix}")
-        if not isinstance(meta[key], want):
-            raise ConfigError(f"{source}: {key!r} must be a JSON {'object' if want is dict else want.__name__}, "
-                              f"got {type(meta[key]).__name__} {meta[key]!r:.60}; {fix}")
-    for key, want in _OPTIONAL.items():
+    required = _REQUIRED.get(kind, {})
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise ConfigError(f"{source} has no {missing[0]!r} section (a {kind} run needs it); {fix}")
+    for key, want in {**_OPTIONAL, **required}.items():
         if key in meta and not isinstance(meta[key], want):
-            raise ConfigError(f"{source}: {key!r} holds {type(meta[key]).__name__} {meta[key]!r:.60}, not the "
-                              f"expected JSON {'object' if dict in (want if isinstance(want, tuple) else (want,)) else 'value'}; {fix}")
+            raise ConfigError(f"{source}: {key!r} must be {_json_kind(want)}, got {type(meta[key]).__name__} "
+                              f"{meta[key]!r:.60}; {fix}")
     if kind in _SECTION_CONFIGS:
         from_dict(_SECTION_CONFIGS[kind], meta[kind], f"{source} {kind!r}")
         if meta.get("train"):
