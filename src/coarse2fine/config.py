@@ -6,6 +6,9 @@ never ask the user to re-type model flags.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -128,12 +131,45 @@ GPT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _coerce(cls, data: dict[str, Any]):
-    """Build dataclass `cls` from a dict, rejecting unknown keys and restoring tuples."""
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a field annotated `hint` (int, float, bool, str, tuple[X, ...],
+    X | None). Numbers are checked as JSON has them: an int is a float, a bool is neither."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, numbers.Integral if hint is int else numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    return True
+
+
+def _kind_of(hint: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        hint, "a list" if typing.get_origin(hint) is tuple else str(hint).replace("NoneType", "null"))
+
+
+def _coerce(cls, data: dict[str, Any], source: str | None = None):
+    """Build dataclass `cls` from a dict, rejecting a non-object, unknown keys and values of the wrong
+    type (each named, with where it came from), and restoring tuples."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}the {cls.__name__} settings must be a JSON object of fields, got "
+                          f"{type(data).__name__} {data!r:.60}; re-create the file or restore it from a backup")
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(names)}")
+        raise ConfigError(f"{where}unknown {cls.__name__} field(s) {unknown}; valid: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    bad = [f"{k} must be {_kind_of(hints[k])}, got {v!r}" for k, v in data.items() if not _fits(v, hints[k])]
+    if bad:
+        raise ConfigError(f"{where}{cls.__name__} {'; '.join(bad)}; correct the value or restore the file from a "
+                          "backup")
     out = {}
     for k, v in data.items():
         if isinstance(v, list):
@@ -158,8 +194,22 @@ def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls, data: dict[str, Any]):
-    return _coerce(cls, data)
+def from_dict(cls, data: dict[str, Any], source: str | None = None):
+    """`cls` from a dict (a config.json section): unknown fields and values of the wrong type are a
+    ConfigError naming them (and `source`, the file they came from)."""
+    return _coerce(cls, data, source)
+
+
+# fields removed from the configs (they did nothing); runs written before still resume
+RETIRED_FIELDS = ("sample_every",)
+
+
+def run_settings(cls, saved: dict[str, Any], source: str):
+    """The settings dataclass `cls` (TrainConfig, TokenizerTrainConfig) of a run's config.json "train"
+    section, upgraded from older field names, each value's type checked (ConfigError naming `source`)."""
+    if hasattr(cls, "upgrade"):
+        saved = cls.upgrade(saved)
+    return from_dict(cls, {k: v for k, v in saved.items() if k not in RETIRED_FIELDS}, source)
 
 
 @dataclass

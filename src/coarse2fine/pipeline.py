@@ -29,8 +29,8 @@ from coarse2fine.sampling import (BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE
 from coarse2fine.tokenizer.clustering import CoarseMap
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine import release
+from coarse2fine.checkpoint import find_run_tokenizer, load_run, load_run_map, load_run_tokenizer, run_fingerprint
 from coarse2fine.data import sample_folder
-from coarse2fine.checkpoint import find_run_tokenizer, load_run, load_run_tokenizer, run_fingerprint
 
 
 @dataclass
@@ -50,6 +50,8 @@ def _sync(device: torch.device) -> None:
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
         return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise UserError(f"seed must be an integer from 0 to {2 ** 63 - 1}, got {seed!r}; pass a smaller seed")
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
@@ -145,9 +147,7 @@ class CTFPipeline(Pipeline):
         """Stage runs (each with its coarse_map.safetensors); the tokenizer is the one the runs record
         (relative path first) unless `tokenizer_dir` is given, and must have their fingerprint.
         fine_dir None: stage 1 only, for the decodings without a stage-2 network."""
-        return cls._load(coarse_dir, fine_dir, Path(coarse_dir) / "coarse_map.safetensors",
-                         Path(fine_dir) / "coarse_map.safetensors" if fine_dir is not None else None,
-                         tokenizer_dir, device, dtype)
+        return cls._load(coarse_dir, fine_dir, None, None, tokenizer_dir, device, dtype)
 
     @classmethod
     def _from_folder(cls, parts: dict[str, Path], defaults: dict[str, StageSampling], device, dtype):
@@ -168,11 +168,11 @@ class CTFPipeline(Pipeline):
     @classmethod
     def _load(cls, coarse_dir, fine_dir, coarse_map, fine_map, tokenizer_dir, device, dtype):
         coarse_model, cmeta = load_run(coarse_dir, "coarse", device)
-        cmap = CoarseMap.load(coarse_map)
+        cmap = load_run_map(coarse_dir, cmeta, coarse_map)
         fine_model, restricted = None, False
         if fine_dir is not None:
             fine_model, fmeta = load_run(fine_dir, "fine", device)
-            fmap = CoarseMap.load(fine_map)
+            fmap = load_run_map(fine_dir, fmeta, fine_map)
             if not torch.equal(cmap.phi, fmap.phi):
                 raise UserError(f"{coarse_dir} and {fine_dir} were trained on different coarse maps; retrain one of them")
             if run_fingerprint(cmeta) and run_fingerprint(fmeta) and run_fingerprint(cmeta) != run_fingerprint(fmeta):

@@ -286,3 +286,20 @@ def test_few_samples_are_scored_without_an_inception_score(tmp_path):
         evaluate_images(shapes(3, seed=0), None, "default", ref_count=20, **quiet)
     with pytest.raises(UserError, match="need at least 4 reference images, got 3"):
         evaluate_images(shapes(4, seed=0), None, "default", ref_count=3, **quiet)
+
+
+def test_colour_error_sees_a_hue_shift_that_keeps_brightness():
+    from coarse2fine.eval.metrics import colour_error, srgb_to_lab
+
+    white_red = srgb_to_lab(torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64))
+    assert torch.allclose(white_red[0], torch.tensor([100.0, 0.0, 0.0], dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(white_red[1], torch.tensor([53.24, 80.09, 67.20], dtype=torch.float64), atol=0.05)
+    rng = np.random.default_rng(0)
+    green = np.zeros((4, 64, 64, 3), np.uint8)
+    green[..., 1] = 160
+    brown = green.copy()
+    brown[..., 0], brown[..., 1] = 110, 90  # a green turned brown-grey
+    noise = np.clip(green.astype(int) + rng.integers(-40, 41, green.shape), 0, 255).astype(np.uint8)
+    assert colour_error(green, green) == {"delta_e": 0.0, "rgb_abs": 0.0}
+    # pixel noise averages out on the 8x8 grid; a colour drift does not
+    assert colour_error(green, brown)["delta_e"] > 10 * colour_error(green, noise)["delta_e"]

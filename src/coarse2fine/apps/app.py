@@ -124,6 +124,14 @@ class Explorer:
         meta = load_json(pipe.sources["stage1"] / "config.json")
         return cls(pipe, None, (meta.get("codes") or {}).get("classes"))
 
+    def default_knobs(self) -> Knobs:
+        """The knobs the page starts at: the pipeline's sampling defaults (an export's sampling_defaults,
+        else sampling.py's), so the page's first image is what the pipeline gives without options."""
+        s1, s2 = self.pipe.coarse_default, self.pipe.fine_default
+        tb = self.baseline.default.temperature if self.baseline is not None else BASELINE_DEFAULT.temperature
+        return Knobs(cfg=s1.cfg_scale, temperature1=s1.temperature, top_k1=s1.top_k, top_p1=s1.top_p,
+                     temperature2=s2.temperature, top_k2=s2.top_k, temperature_baseline=tb)
+
     # ---- colours --------------------------------------------------------------------------------
 
     @torch.no_grad()

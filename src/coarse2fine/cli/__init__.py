@@ -6,13 +6,13 @@ Subcommand modules stay thin: parse flags, call the library, print results. User
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import pkgutil
 import sys
 
 from coarse2fine.cli._args import Parser, prepare
 from coarse2fine.config import UserError
+from coarse2fine.fileio import describe_os_error
 
 
 # `coarse2fine --help` lists the user's commands in the order a run goes through them (the whole demo first,
@@ -73,25 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"coarse2fine {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
     return int(rc or 0)
-
-
-_OS_FIXES = {
-    errno.ENOSPC: "free some space or write to another --out",
-    errno.EDQUOT: "free some space or write to another --out",
-    errno.EACCES: "check the permissions or choose another path",
-    errno.EROFS: "the file system is read-only; choose another path",
-    errno.EEXIST: "choose another path",
-    errno.ENOTDIR: "a path component is a file, not a directory",
-    errno.EISDIR: "give a file path, not a directory",
-}
-
-
-def describe_os_error(e: OSError) -> str:
-    """One line: what failed, on which path, and the usual fix."""
-    what = e.strerror or str(e)
-    where = f": {e.filename}" if e.filename else ""
-    fix = _OS_FIXES.get(e.errno)
-    return f"{what}{where}" + (f"; {fix}" if fix else "")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 
-from coarse2fine.cli._args import add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int
+from coarse2fine.cli._args import (add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int,
+                                   seed_int)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError
 
 
@@ -125,7 +126,7 @@ def _common(p) -> None:
                    help="precision(s); sample default fp32 and bf16 on CPU, bf16 on GPU; train default fp32 bf16")
     add_device(p)
     add_threads(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--json", default="", help="write the records to this JSON file")
     p.add_argument("--md", default="", help="write the markdown tables (with command and machine) here")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines on stderr")

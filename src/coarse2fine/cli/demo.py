@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from coarse2fine.apps.demo import DemoPlan, run_demo
-from coarse2fine.cli._args import nonneg_int, positive_int
+from coarse2fine.cli._args import nonneg_int, positive_int, seed_int
 
 
 def register(sub) -> None:
@@ -25,7 +25,7 @@ def register(sub) -> None:
                    help="models trained at once, one thread each (default 0: all three when >= 2 cores)")
     p.add_argument("--eval-per-class", type=positive_int,
                    help=f"samples per class scored by FD, KID and class accuracy (default {d.eval_per_class})")
-    p.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of every step (default 0)")
     p.add_argument("--no-progress", action="store_true", help="(kept for scripts; the demo prints one line per phase)")
     p.set_defaults(func=cmd_demo)
 

@@ -6,8 +6,9 @@ import json
 import math
 from pathlib import Path
 
-from coarse2fine.cli._args import (DefaultsFormatter, add_data, add_device, add_threads, check_out_path, positive_float,
-                                   positive_int, reject_unused)
+from coarse2fine.cli._args import (DefaultsFormatter, add_data, add_device, add_threads, check_out_path,
+                                   positive_float, positive_int, reject_unused, seed_int)
+from coarse2fine.eval.classifier import BACKBONES
 from coarse2fine.fileio import atomic_write_bytes
 
 
@@ -16,7 +17,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
     train_classifier(args.data, args.image_size, args.out, epochs=args.epochs, batch_size=args.batch_size,
                      lr=args.lr, width=args.width, seed=args.seed, root=args.data_root,
-                     limit_per_class=args.limit_per_class, val_fraction=args.val_fraction)
+                     limit_per_class=args.limit_per_class, val_fraction=args.val_fraction,
+                     backbone=args.backbone, feature_resolution=args.feature_resolution)
     return 0
 
 
@@ -92,7 +94,7 @@ def register(subparsers) -> None:
     src.add_argument("--pipeline",
                      help="a release folder (`coarse2fine export`) or Hugging Face repo id: sample --num-samples "
                           "class-balanced images with its sampling defaults and score them (nothing is written)")
-    p.add_argument("--seed", type=int, default=None, help="with --pipeline: the sampling seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=None, help="with --pipeline: the sampling seed (default 0)")
     add_data(p)
     p.add_argument("--split", default="test", help="reference split")
     p.add_argument("--classifier", default=None, help="run dir from `coarse2fine train-classifier`")
@@ -131,7 +133,12 @@ def register(subparsers) -> None:
     t.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate (AdamW, one-cycle cosine)")
     t.add_argument("--width", type=positive_int, default=24, help="channels of the stem conv (the two stages use 2x and 4x)")
     t.add_argument("--limit-per-class", type=positive_int, default=None, help="train on at most this many images per class")
-    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--seed", type=seed_int, default=0, help="random seed")
+    t.add_argument("--backbone", choices=BACKBONES, default="cnn",
+                   help="cnn: the small CNN trained from scratch; lite0-probe: a linear probe on frozen "
+                        "EfficientNet-Lite0 features (stronger on small colour sets such as emoji64)")
+    t.add_argument("--feature-resolution", type=positive_int, default=128,
+                   help="lite0-probe: the size the images are resized to for the features")
     add_threads(t)
     t.set_defaults(func=_train_classifier)
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
 
 from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_interval, check_out_path, nonneg_float,
-                                   nonneg_int, positive_float, positive_int, probability, reject_unused, unit_interval_open)
+                                   nonneg_int, positive_float, positive_int, probability, reject_unused, seed_int,
+                                   unit_interval_open)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, vq_config
 from coarse2fine.sampling import FINE_DECODINGS
 from coarse2fine.stages import STAGE_SPECS
@@ -49,7 +51,7 @@ def register(sub) -> None:
                    help="number of coarse labels C (default K/32, paper: 512)")
     p.add_argument("--method", default="kmeans", choices=list(METHODS),
                    help="kmeans (the paper), random (ablation), balanced (equal-size k-means) or agglomerative (average linkage, as MASC); default kmeans")
-    p.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the k-means initialisation (default 0)")
     p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts (best inertia kept; default 1)")
     p.add_argument("--out", required=True, help="output file (.safetensors) or directory")
     add_threads(p)
@@ -115,7 +117,7 @@ def register(sub) -> None:
     p.add_argument("--per-class", type=positive_int, default=4, help="images per class (default 4)")
     p.add_argument("--batch-size", type=positive_int, default=64,
                    help="images per sampling batch; batch b is seeded with --seed + b (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="base random seed (default 0)")
     p.add_argument("--out", required=True,
                    help="output directory: numbered PNGs, grid.png, samples.npz; must be new, empty or "
                         "hold only an earlier `sample` output (which is replaced)")
@@ -267,6 +269,12 @@ def cmd_cluster(args) -> int:
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint
 
+    out = Path(args.out)
+    path = out / "coarse_map.safetensors" if out.suffix != ".safetensors" else out
+    if any((path.parent / f).exists() for f in ("config.json", "state.pt", "model.safetensors")):
+        # a run's map is part of the run: its models were trained on that one (and its record names it)
+        raise UserError(f"--out {args.out}: {path.parent} is a run directory, whose coarse map is the one its models "
+                        "were trained on; write the new map to another folder (e.g. --out maps/new)")
     vq = load_tokenizer_any(args.tokenizer, args.vq_preset)
     k = vq.cfg.codebook_size
     c = args.clusters or default_num_coarse(k)
@@ -274,8 +282,6 @@ def cmd_cluster(args) -> int:
         raise UserError(f"--clusters {c} is more than the codebook's {k} codes")
     cmap = cluster_codebook(vq.codebook_normalized(), c, args.method, args.seed,
                             codebook_fingerprint(vq), n_init=args.n_init)
-    out = Path(args.out)
-    path = out / "coarse_map.safetensors" if out.suffix != ".safetensors" else out
     cmap.save(path)
     st = cmap.stats()
     print(f"{args.method}: {k} codes -> {c} clusters; size mean {st['mean_size']:.1f}, min {st['min_size']}, "
@@ -305,14 +311,13 @@ def cmd_train(args) -> int:
 
 def cmd_eval_tokens(args) -> int:
     from coarse2fine.data.codes import open_code_store
-    from coarse2fine.tokenizer.clustering import CoarseMap
-    from coarse2fine.checkpoint import check_run_codes, load_run
+    from coarse2fine.checkpoint import check_run_codes, load_run, load_run_map
     from coarse2fine.stages import StageBatches, evaluate_tokens, stage_spec
 
     model, meta = load_run(args.run, device=args.device)
     stage = meta["stage"]
     spec = stage_spec(stage)
-    cmap = CoarseMap.load(Path(args.run) / "coarse_map.safetensors") if spec.needs_coarse_map else None
+    cmap = load_run_map(args.run, meta) if spec.needs_coarse_map else None
     store = open_code_store(args.codes)
     check_run_codes(meta, args.run, store.meta, args.codes)  # codes of another tokenizer: garbage metrics
     batches = StageBatches(store, stage, cmap)
@@ -348,7 +353,8 @@ def cmd_sample(args) -> int:
     check_mode(args)
     out = Path(args.out)
     check_out_path(out)
-    with lock_dir(out, "another `sample` process"):  # two writers would mix their images in one folder
+    # two writers would mix their images in one folder; a failure into a new folder removes it
+    with lock_dir(out, "another `sample` process", clean_failed=()):
         return _sample(args, out, owned_files(out))
 
 
@@ -362,6 +368,7 @@ def _sample(args, out: Path, owned: list[Path]) -> int:
     labels = parse_classes(args.classes, pipe.num_classes, args.per_class)
     s1, s2 = sampling_opts(args, pipe.defaults())
     images, timings = [], {}
+    progress = SampleProgress(len(labels), args.batch_size, pipe.vq.cfg.image_size)
     for b in range(0, len(labels), args.batch_size):
         chunk = labels[b:b + args.batch_size]
         o = (pipe(chunk, s1, s2, seed=args.seed + b, fine_decoding=args.fine_decoding or "network")
@@ -369,9 +376,37 @@ def _sample(args, out: Path, owned: list[Path]) -> int:
         images.append(o.images)
         for k, v in o.timings.items():
             timings[k] = timings.get(k, 0.0) + v
+        progress.done(b // args.batch_size + 1)
     # an earlier sample output is replaced, never mixed with this one
     write_folder(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8, replace=owned)
     total = sum(timings.values())
     print(f"wrote {len(labels)} images to {out} (grid.png, samples.npz); "
           + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()) + f"; {len(labels) / max(total, 1e-9):.1f} images/s")
     return 0
+
+
+class SampleProgress:
+    """What a long `sample` says on stdout: the size of the job up front (images, batches, the memory the
+    images take until they are written), then after the first batch an estimate of the time left, and
+    a progress line every EVERY_S seconds. A one-batch job says nothing extra."""
+
+    EVERY_S = 10.0
+    WARN_BYTES = 1 << 30  # images are held in memory until all are sampled
+
+    def __init__(self, n: int, batch: int, image_size: int):
+        self.batches, self.t0, self.last = -(-n // batch), time.perf_counter(), 0.0
+        if self.batches > 1:
+            mem = n * image_size * image_size * 3
+            print(f"sampling {n} images in {self.batches} batches of {batch} ({mem / 2**20:.0f} MB of images in "
+                  "memory until they are written)", flush=True)
+            if mem > self.WARN_BYTES:
+                print(f"warning: {n} images need {mem / 2**30:.1f} GB of memory and as many PNG files; lower "
+                      "--per-class or sample in parts (--classes, --seed) if that is more than intended", flush=True)
+
+    def done(self, i: int) -> None:
+        now = time.perf_counter() - self.t0
+        if self.batches > 1 and i < self.batches and (i == 1 or now - self.last >= self.EVERY_S):
+            self.last = now
+            print(f"batch {i}/{self.batches} after {now:.1f} s; about {now / i * (self.batches - i):.0f} s left",
+                  flush=True)
+

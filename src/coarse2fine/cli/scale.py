@@ -9,7 +9,7 @@ import argparse
 import json
 
 from coarse2fine.cli._args import (DefaultsFormatter, add_device, add_dtype, add_threads, nonneg_float, nonneg_int,
-                                   positive_float, positive_int, reject_unused)
+                                   positive_float, positive_int, reject_unused, seed_int)
 from coarse2fine.apps.sample_fid import SAMPLE_BATCH
 from coarse2fine.config import VQ_PRESETS
 
@@ -76,7 +76,7 @@ def register(sub) -> None:
                    help="total images; a multiple of the class count")
     p.add_argument("--batch-size", type=positive_int, default=SAMPLE_BATCH,
                    help="images per sampling batch (part of the seeding)")
-    p.add_argument("--seed", type=int, default=0, help="base random seed; chunk i uses (seed, i)")
+    p.add_argument("--seed", type=seed_int, default=0, help="base random seed; chunk i uses (seed, i)")
     p.add_argument("--image-size-eval", type=positive_int, default=None,
                    help="resize decoded images (bicubic) to this size, as LlamaGen scores its 384 px models at 256")
     add_dtype(p, "fp32", "autocast precision while sampling (LlamaGen's FID runs use bf16)")

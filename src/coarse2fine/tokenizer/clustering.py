@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from coarse2fine.config import UserError
-from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest
+from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest, tensor_digest
 
 METHODS = ("kmeans", "random", "balanced", "agglomerative")
 
@@ -80,15 +80,47 @@ class CoarseMap:
 
     def stats(self) -> dict[str, float]:
         s = self.sizes.float()
+        # one cluster has no spread (torch's sample std of one value is nan, with a warning)
+        std = s.std().item() if self.num_coarse > 1 else 0.0
         return {"clusters": self.num_coarse, "codes": self.num_codes, "mean_size": s.mean().item(),
-                "min_size": int(s.min()), "max_size": int(s.max()), "std_size": s.std().item(),
+                "min_size": int(s.min()), "max_size": int(s.max()), "std_size": std,
                 "empty": int((s == 0).sum())}
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the map's tensors: what its file's checksum holds, and what a run trained on the map
+        records (config.json "coarse_map" "sha256"), so another map put in its place is recognised."""
+        return tensor_digest(self._tensors())
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"phi": self.phi, "members": self.members, "sizes": self.sizes, "centroids": self.centroids}
+
+    def record(self) -> dict:
+        """What a run trained on this map records of it (config.json "coarse_map")."""
+        return self.stats() | {"fingerprint": self.fingerprint, "method": self.method, "sha256": self.digest}
+
+    def check_recorded(self, recorded: dict | None, path: str | Path, run: str | Path) -> None:
+        """Refuse a map that is not the one `run` recorded (by checksum; runs older than the checksum by
+        fingerprint, method and cluster sizes): a map swapped in beside a run would be sampled silently."""
+        if not isinstance(recorded, dict):
+            return
+        if recorded.get("sha256"):
+            same, what = recorded["sha256"] == self.digest, f"checksum {recorded['sha256'][:12]}"
+        else:
+            mine = self.record()
+            keys = [k for k in ("fingerprint", "method", "clusters", "codes", "min_size", "max_size") if k in recorded]
+            same = all(recorded[k] == mine[k] for k in keys) and (
+                "std_size" not in recorded or abs(recorded["std_size"] - mine["std_size"]) < 1e-6)
+            what = "fingerprint, method and cluster sizes"
+        if not same:
+            raise UserError(f"coarse map {path} is not the one {run} was trained with (its config.json records "
+                            f"another map: {what}); put the run's own map back (the --coarse-map it was trained "
+                            "with) or retrain the run on this map")
 
     def save(self, path: str | Path) -> None:
         meta = {"fingerprint": self.fingerprint, "method": self.method, "seed": str(self.seed),
                 "format": "coarse2fine.CoarseMap/1"}
-        atomic_save_safetensors({"phi": self.phi, "members": self.members, "sizes": self.sizes,
-                                 "centroids": self.centroids}, path, metadata=meta)
+        atomic_save_safetensors(self._tensors(), path, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "CoarseMap":

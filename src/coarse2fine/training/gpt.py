@@ -50,6 +50,9 @@ def saved_run(out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     meta = read_run_config(out, "gpt")  # format, version and kind checked
     cm = out / "coarse_map.safetensors"
+    if not (meta.get("codes") or {}).get("dir"):
+        raise UserError(f"{out}/config.json records no code store (\"codes\": {{\"dir\": ...}}), so the run cannot be "
+                        "resumed; start a new run with --codes")
     return {"stage": meta["stage"], "model_cfg": from_dict(GPTConfig, meta["gpt"]),
             "cfg": saved_settings(TrainConfig, meta.get("train"), f"{out}/config.json"),
             "codes_dir": meta["codes"]["dir"], "coarse_map": cm if cm.exists() else None,
@@ -93,7 +96,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
 
     run_meta = {"kind": "gpt", "stage": stage, "gpt": to_dict(model_cfg), "train": to_dict(cfg),
                 "codes": codes_record(store, codes_dir), "restricted": restricted,
-                "coarse_map": cmap.stats() | {"fingerprint": cmap.fingerprint, "method": cmap.method} if cmap else None,
+                "coarse_map": cmap.record() if cmap else None,
                 "tokenizer": tokenizer_ref(store.meta.get("tokenizer_fingerprint"),
                                            store_tokenizer_dir(store.meta, codes_dir), out)}
     run_meta["heldout"] = str(Path(heldout_dir).resolve()) if heldout_dir else None
@@ -158,8 +161,11 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
     if bool(old.get("restricted")) != run_meta["restricted"]:
         raise UserError(f"--head: the run has {'restricted' if old.get('restricted') else 'full'}; resume with it")
     copy = out / "coarse_map.safetensors"  # the run's copy of its map, compared code by code
-    same = (not copy.exists() if cmap is None
-            else copy.exists() and (cmap.source == copy.resolve() or torch.equal(CoarseMap.load(copy).phi, cmap.phi)))
+    held = None  # the copy, read once (it is the map given when the plan loaded the run's own)
+    if copy.exists():  # and the copy is the map the run recorded (not one put in its place since)
+        held = cmap if cmap is not None and cmap.source == copy.resolve() else CoarseMap.load(copy)
+        held.check_recorded(old.get("coarse_map"), copy, out)
+    same = held is None if cmap is None else held is not None and (held is cmap or torch.equal(held.phi, cmap.phi))
     if not same:
         raise UserError(f"--coarse-map: not the map the run was trained with ({copy if copy.exists() else 'none'}); "
                         "leave --coarse-map out to use the run's own")
