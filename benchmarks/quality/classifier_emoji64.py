@@ -57,7 +57,14 @@ def main() -> int:
              "| classifier | test accuracy | balanced | train CPU-min |", "|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['test_accuracy']:.3f} | {r['balanced']:.3f} | {r['cpu_s'] / 60:.1f} |")
-    lines += ["", f"Machine: {next(iter(results.values()))['machine']}." if results else ""]
+    probes = {n: r for n, r in results.items() if "val_accuracy" in r["train"]}
+    if probes:
+        best = max(probes, key=lambda n: probes[n]["train"]["val_accuracy"])
+        lines += ["", f"Chosen by validation accuracy (a tenth of the training split, never the test split): **{best}** "
+                  f"(validation {probes[best]['train']['val_accuracy']:.3f}, test {probes[best]['test_accuracy']:.3f}). "
+                  "The probes' L2 penalty is chosen the same way, from "
+                  + ", ".join(sorted({k for r in probes.values() for k in r['train']['val_scores']}, key=float)) + "."]
+    lines += ["", f"Machine: {next(iter(results.values()))['machine']}, other jobs sharing the two cores." if results else ""]
     (args.results / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

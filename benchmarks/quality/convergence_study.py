@@ -27,7 +27,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
+from coarse2fine.tokenizer.clustering import default_num_coarse  # noqa: E402
+
 K = 16384
+C = default_num_coarse(K)  # the paper's ratio, 512
 STEPS = 2000
 CHECKPOINTS = (125, 250, 500, 1000, 2000)  # log-spaced: each twice the last
 CLUSTER_STEPS = 600  # k-means against agglomerative clusters: a shorter schedule, the codebook study's
@@ -48,19 +51,65 @@ def study_argv(args, phases: str, extra: tuple[str, ...] = ()) -> list[str]:
 
 def prepare(args) -> None:
     """The tokenizer and the study setup (codes, classifier, k-means map, reference features), built by
-    the first lane to get here while the others wait."""
+    the first lane to get here while the others wait. The setup runs with the lanes' own plan (the
+    checkpoints are part of it): a work dir refuses a plan other than the one it was made with."""
     import codebook_study
+    import ctf_study
 
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / ".prepare.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         codebook_study.tokenizer(args, K)
-        codebook_study.setup(args, K)
+        if not (args.results / f"K{K}" / "results_setup.json").exists():
+            ctf_study.main(study_argv(args, "setup"))
+
+
+def cluster_swap(args, n_images: int = 180) -> None:
+    """Paper Fig. 1(b) for both groupings at C = 512 on the study's tokenizer, no training: every code of
+    180 test images swapped for a random member of its cluster, PSNR of the swapped decoding against the
+    plain reconstruction (higher: the clusters hold codes that decode alike), and the cluster sizes."""
+    import json
+
+    import torch
+
+    import codebook_study
+    from coarse2fine.checkpoint import load_vq
+    from coarse2fine.data.registry import build_dataset
+    from coarse2fine.eval.analysis import redundancy
+    from coarse2fine.tokenizer.clustering import CoarseMap, cluster_codebook
+    from coarse2fine.tokenizer.vq import codebook_fingerprint
+
+    vq = load_vq(codebook_study.tok_dir(args.out, K)).eval()
+    maps, seconds = {}, {}
+    for method in ("kmeans", "agglomerative", "random"):
+        path = args.out / f"K{K}" / "maps" / f"{method}-{C}.safetensors"
+        t = time.process_time()
+        if path.exists():
+            maps[method] = CoarseMap.load(path)
+        else:
+            log(f"clustering {K} codewords into {C} ({method})")
+            maps[method] = cluster_codebook(vq.codebook_normalized(), C, method, 0, codebook_fingerprint(vq))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            maps[method].save(path)
+            seconds[method] = time.process_time() - t
+    test = build_dataset("emoji64", 64, "test")
+    idx = torch.linspace(0, len(test) - 1, n_images).round().long()
+    images = torch.stack([test[int(i)][0] for i in idx])
+    with torch.no_grad():
+        stats, _ = redundancy(vq, images, maps, seed=0)
+    for method, m in maps.items():
+        stats[method] |= {"sizes": m.stats(), "cluster_cpu_s": seconds.get(method)}
+    dest = args.results / f"K{K}_clusters"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "swap.json").write_text(json.dumps({"K": K, "C": C, "n_images": n_images, "stats": stats,
+                                                "command": "convergence_study.py --lane cluster-swap"}, indent=1))
+    log(", ".join(f"{m}: swap PSNR {stats[m]['psnr_vs_reconstruction']:.2f} dB" for m in maps))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lane", choices=("ctf", "baseline", "agglomerative"), help="what this process trains")
+    ap.add_argument("--lane", choices=("ctf", "baseline", "agglomerative", "cluster-swap"),
+                    help="what this process trains (cluster-swap: k-means vs agglomerative swap PSNR, no training)")
     ap.add_argument("--seeds", default="0", help="model seeds (comma list)")
     ap.add_argument("--steps", type=int, default=STEPS, help="schedule length of every transformer")
     ap.add_argument("--checkpoints", default=",".join(map(str, CHECKPOINTS)),
@@ -80,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         import ctf_study
 
         prepare(args)
-        if args.lane == "agglomerative":
+        if args.lane == "cluster-swap":
+            cluster_swap(args)
+        elif args.lane == "agglomerative":
             # the setup (tokenizer, codes, classifier, k-means map, features) is linked, nothing retrained
             ctf_study.main(["--data", "emoji64", "--tokenizer", str(codebook_study.tok_dir(args.out, K)), "--out", str(args.out / f"K{K}_clusters"),
                             "--results", str(args.results / f"K{K}_clusters"), "--reuse-setup",
