@@ -223,6 +223,7 @@ def generate_fine(model, coarse: torch.Tensor, cond: torch.Tensor, opts: StageSa
     out = torch.empty(B, N, dtype=torch.long, device=coarse.device)
     if members is not None:
         members = members.to(coarse.device)
+    rows: list[torch.Tensor] = []  # the output weight as the head uses it, formed at the first chunk
     with torch.autocast(coarse.device.type, dtype=dtype, enabled=dtype != torch.float32):
         for s in range(0, B, per_chunk):
             c, y = coarse[s:s + per_chunk], cond[s:s + per_chunk]
@@ -230,11 +231,13 @@ def generate_fine(model, coarse: torch.Tensor, cond: torch.Tensor, opts: StageSa
             x_tok = c.repeat(groups, 1)  # [G b, N]
             x_cond = _cfg_cond(y, cfg.num_classes, opts.use_cfg)  # [G b]
 
-            def head(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-                h = h[:, 1:].reshape(groups, b * N, -1)  # [G, P, D]; position 0 is the class token
+            def head(h: torch.Tensor, weight: torch.Tensor, s=s, b=b, c=c) -> torch.Tensor:
+                h = h[:, 1:].to(dtype).reshape(groups, b * N, -1)  # [G, P, D]; position 0 is the class token
+                if not rows:  # cast once, not in every product below (as autocast would)
+                    rows.extend([weight.to(dtype)] if members is None else _member_rows(weight.to(dtype), members))
                 if members is None:
-                    return _sample_full_head(h, weight, opts, u[s:s + b].reshape(-1))
-                return _sample_restricted_head(h, weight, c.reshape(-1), members, opts, u[s:s + b].reshape(-1))
+                    return _sample_full_head(h, rows[0], opts, u[s:s + b].reshape(-1))
+                return _sample_restricted_head(h, rows, c.reshape(-1), members, opts, u[s:s + b].reshape(-1))
 
             out[s:s + b] = model(x_tok, x_cond, head=head).view(b, N)
     return out
@@ -253,30 +256,36 @@ def _sample_full_head(h: torch.Tensor, weight: torch.Tensor, opts: StageSampling
     step = max(1, FULL_HEAD_CHUNK_VALUES // (h.size(0) * K))
     out = torch.empty(P, dtype=torch.long, device=h.device)
     for s in range(0, P, step):
-        logits = _guided(h[:, s:s + step] @ weight.t(), opts)  # [p, K]
+        x = h[:, s:s + step]  # [G, p, D]
+        logits = _guided((x.flatten(0, 1) @ weight.t()).view(x.size(0), x.size(1), K), opts)  # [p, K]
         out[s:s + step] = sample_logits(logits, opts.temperature, opts.top_k, opts.top_p, u=u[s:s + step])
     return out
 
 
-def _sample_restricted_head(h: torch.Tensor, weight: torch.Tensor, coarse: torch.Tensor, members: torch.Tensor,
+def _member_rows(weight: torch.Tensor, members: torch.Tensor) -> list[torch.Tensor]:
+    """weight [K, D], members [C, M] (-1 padded) -> C x [M_c, D]: each cluster's rows, in member order."""
+    valid = members >= 0
+    return list(weight[members[valid]].split(valid.sum(1).tolist()))
+
+
+def _sample_restricted_head(h: torch.Tensor, rows: list[torch.Tensor], coarse: torch.Tensor, members: torch.Tensor,
                             opts: StageSampling, u: torch.Tensor) -> torch.Tensor:
-    """h [G, P, D] normed hidden states, weight [K, D], coarse [P], members [C, M] (-1 padded), u [P]
-    -> codes [P], each a member of its position's cluster.
+    """h [G, P, D] normed hidden states, rows C x [M_c, D] (`_member_rows`), coarse [P], members [C, M]
+    (-1 padded), u [P] -> codes [P], each a member of its position's cluster.
 
     The logits land in a [P, M] table in member order, -inf where a cluster has fewer than M members:
     the table that gathering the full logits at `members[coarse]` gives, sampled the same way."""
     C, M = members.shape
-    valid = members >= 0
     order = torch.argsort(coarse, stable=True)  # positions grouped by cluster
     counts = torch.bincount(coarse, minlength=C).tolist()  # [C]
-    sizes = valid.sum(1).tolist()  # [C]
-    rows = weight[members[valid]].split(sizes)  # C x [M_c, D]: member rows, in member order
     hs = h[:, order].split(counts, dim=1)  # C x [G, n_c, D]
     table = torch.full((len(order), M), float("-inf"), device=h.device)  # [P, M], grouped order
     start = 0
-    for n, x, w, m in zip(counts, hs, rows, sizes):
+    for n, x, w in zip(counts, hs, rows):
         if n:
-            table[start:start + n, :m] = _guided(x @ w.t(), opts)  # [n_c, M_c]
+            m = w.size(0)
+            logits = (x.flatten(0, 1) @ w.t()).view(x.size(0), n, m)  # [G, n_c, M_c], one 2-D product
+            table[start:start + n, :m] = _guided(logits, opts)
             start += n
     rank = sample_logits(table, opts.temperature, min(opts.top_k, M), opts.top_p, u=u[order])  # [P]
     codes = torch.empty_like(coarse)

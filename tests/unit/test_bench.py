@@ -6,7 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from coarse2fine.bench import speed as bench
-from coarse2fine.bench.runs import SampleBench, TrainBench, run_sample_bench, run_train_bench
+from coarse2fine.bench.runs import SampleBench, TrainBench, build_models, run_sample_bench, run_train_bench
 from coarse2fine.cli import main
 from coarse2fine.config import gpt_config
 from coarse2fine.models import Transformer
@@ -141,6 +141,12 @@ def test_tiny_sample_bench_end_to_end(tmp_path):
     r = run_sample_bench(sb)
     w = r["wall"]
     assert r["tokens"] == 16 and r["rows_ar"] == 4
+    # stage 2 samples through the restricted head of a random coarse map: its counted head FLOPs are
+    # each position's cluster size, not K
+    K, width = r["vocab"]["K"], r["head_members_per_position"]
+    assert r["fine_head"] == "restricted" and 1 <= width < K / 4
+    fine_cfg = build_models(sb)["fine"].cfg
+    assert r["flops"]["stage2"] == bench.full_forward_flops(fine_cfg, 2, 17, head_positions=16, head_width=width)
     assert set(w["median_s"]) >= {"stage1", "stage2", "decode", "baseline", "ctf_total", "baseline_total"}
     assert w["ratio_ctf_over_baseline"] == pytest.approx(w["images_per_s"]["ctf"] / w["images_per_s"]["baseline"])
     assert 0 < r["cpu"]["loops"]["baseline"]["frac_of_matmul_peak"] < 2

@@ -37,6 +37,9 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64, as the paper)")
     s.add_argument("--codebook-size", type=nonneg_int, default=0, help="K (default: the VQ preset's)")
     s.add_argument("--clusters", type=nonneg_int, default=0, help="C coarse labels (clusters; default K/32)")
+    s.add_argument("--fine-head", choices=["restricted", "full"], default="restricted",
+                   help="stage 2 scores each position's cluster members (default, the trainer's default head; "
+                        "a random coarse map) or all K codes (a stage 2 trained with --head full)")
     s.add_argument("--repeats", type=positive_int, default=5, help="timed rounds; the median is reported (default 5)")
     s.add_argument("--untimed-rounds", type=nonneg_int, default=1, help="untimed rounds first (default 1)")
     s.add_argument("--naive-repeats", type=nonneg_int, default=1,
@@ -133,7 +136,7 @@ def cmd_sample(args) -> int:
         for d in dtypes:
             sb = SampleBench(preset=preset, fine_preset=args.fine_preset, vq_preset=vq, batch=args.batch_size,
                              grid=args.grid, codebook_size=args.codebook_size, num_coarse=args.clusters,
-                             dtype=d, weights=args.weights, device=args.device, compile_mode=mode,
+                             fine_head=args.fine_head, dtype=d, weights=args.weights, device=args.device, compile_mode=mode,
                              repeats=args.repeats, warmup=args.untimed_rounds, naive_repeats=args.naive_repeats,
                              decode=not args.no_decode, decode_images=args.decode_images,
                              mem_gbps=args.mem_gbps, seed=args.seed)
@@ -212,7 +215,8 @@ def sample_tables(recs: list[dict]) -> str:
         dt = sb["dtype"] + ("" if sb["weights"] == "autocast" else " cast") + (f" {sb['compile_mode']}"
                                                                               if sb["compile_mode"] else "")
         by_cpu = f" {r['cpu']['ratio_ctf_over_baseline']:.2f} |" if "cpu" in r else (" - |" if cpu else "")
-        a.append(f"| {sb['preset']} ({r['fine_preset']}) | {dt} | {r['tokens']} | {m['stage1']:.3f} "
+        head = "" if sb.get("fine_head", "restricted") == "restricted" else ", full head"
+        a.append(f"| {sb['preset']} ({r['fine_preset']}{head}) | {dt} | {r['tokens']} | {m['stage1']:.3f} "
                  f"| {m['stage2']:.3f} | {_g(m.get('decode'), '.3f')} | {ips['ctf']:.2f} | {m['baseline']:.3f} "
                  f"| {ips['baseline']:.2f} | **{w['ratio_ctf_over_baseline']:.2f}** | {w['ratio_no_decode']:.2f} |"
                  + by_cpu)
