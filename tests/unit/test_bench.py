@@ -182,6 +182,11 @@ def test_bound_is_a_per_step_roofline():
         m = Transformer(cfg)
     assert slow_mem["bound_s"]["baseline"] == pytest.approx(bench.decode_bytes(cfg, m, 4, 64, torch.float32) / 1e6)
     assert fast_mem["bound_s"]["decode"] > 0 and fast_mem["ratio_ctf_over_baseline"] > 0
+    # stage 2's restricted head: K / C member logits per image position instead of K
+    full = bound_record("GPT-tiny", "", 2, peak=1e12, bw=0.0, vq_preset="VQ-tiny", dtype="fp32", fine_head="full")
+    fine = gpt_config("GPT-tiny", vocab_size=4096, causal=False, input_vocab_size=128)
+    head_saved = 2 * 64 * 2 * fine.dim * (4096 - 4096 / 128)
+    assert (full["bound_s"]["stage2"] - fast_mem["bound_s"]["stage2"]) * 1e12 == pytest.approx(head_saved)
 
 
 def test_presets_list_the_64px_tokenizers_and_time_a_step_with_their_recipe(capsys):

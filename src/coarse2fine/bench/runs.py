@@ -226,10 +226,11 @@ def vq_decode_flops(vq_preset: str, grid: int) -> int:
 
 def bound_record(preset: str, fine_preset: str, batch: int, peak: float, bw: float, grid: int = 0,
                  vq_preset: str = "VQ-16", codebook_size: int = 0, num_coarse: int = 0,
-                 dtype: str = "bf16") -> dict:
+                 dtype: str = "bf16", fine_head: str = "restricted") -> dict:
     """Least seconds per batch of CTF and the baseline on a machine with matmul peak `peak` (FLOP/s)
     and memory bandwidth `bw` (bytes/s): per-step rooflines for the AR loops, FLOPs / peak for the
-    one-pass stage 2 and the VQ decode. Pipeline defaults (CFG in the AR loops, none in stage 2)."""
+    one-pass stage 2 and the VQ decode. Pipeline defaults (CFG in the AR loops, none in stage 2).
+    fine_head "restricted": stage 2 scores K / C members per position (clusters met evenly), "full": K."""
     g = grid or gpt_config(preset).grid
     K = codebook_size or vq_config(vq_preset).codebook_size
     C = num_coarse or max(2, K // 32)
@@ -243,10 +244,12 @@ def bound_record(preset: str, fine_preset: str, batch: int, peak: float, bw: flo
     s2_rows = 2 * batch if CTF_FINE_DEFAULT.use_cfg else batch
     t = {"baseline": bench.decode_bound_s(base.cfg, bench.weight_bytes(base, DTYPES[dtype]), rows, N, peak, bw, e),
          "stage1": bench.decode_bound_s(coarse.cfg, bench.weight_bytes(coarse, DTYPES[dtype]), rows, N, peak, bw, e),
-         "stage2": bench.full_forward_flops(fine.cfg, s2_rows, N + 1) / peak,
+         "stage2": bench.full_forward_flops(fine.cfg, s2_rows, N + 1, head_positions=N,
+                                            head_width=K / C if fine_head == "restricted" else K) / peak,
          "decode": batch * vq_decode_flops(vq_preset, g) / peak}
     ctf, basel = t["stage1"] + t["stage2"] + t["decode"], t["baseline"] + t["decode"]
     return {"preset": preset, "fine_preset": fine_preset or preset, "batch": batch, "tokens": N, "dtype": dtype,
+            "fine_head": fine_head,
             "peak_flop_per_s": peak, "bytes_per_s": bw, "bound_s": t,
             "images_per_s": {"ctf": batch / ctf, "baseline": batch / basel,
                              "ctf_no_decode": batch / (ctf - t["decode"]),

@@ -73,6 +73,8 @@ def register(sub) -> None:
     b.add_argument("--peak-tflops", type=nonneg_float, default=0.0, help="dense matmul peak, TFLOP/s (default: measured)")
     b.add_argument("--mem-gbps", type=nonneg_float, default=0.0, help="memory bandwidth, GB/s (default: measured)")
     b.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="weight/KV precision (default bf16)")
+    b.add_argument("--fine-head", choices=["restricted", "full"], default="restricted",
+                   help="stage 2 scores K/C cluster members per position (default) or all K codes")
     add_device(b)
     add_threads(b)
     b.add_argument("--json", default="", help="write the records to this JSON file")
@@ -153,7 +155,8 @@ def cmd_bound(args) -> int:
     _check_outputs(args)
     peak = args.peak_tflops * 1e12 or bench.matmul_flops_per_s(DTYPES[args.dtype], args.device, seconds=1.0)
     bw = args.mem_gbps * 1e9 or bench.copy_bytes_per_s(args.device)
-    recs = [bound_record(p, args.fine_preset, args.batch_size, peak, bw, args.grid, args.vq_preset, dtype=args.dtype)
+    recs = [bound_record(p, args.fine_preset, args.batch_size, peak, bw, args.grid, args.vq_preset, dtype=args.dtype,
+                         fine_head=args.fine_head)
             for p in args.preset]
     _emit(args, recs, bound_table(recs), "Computed on")
     return 0
@@ -247,7 +250,8 @@ def sample_tables(recs: list[dict]) -> str:
 def bound_table(recs: list[dict]) -> str:
     r0 = recs[0]
     rows = [f"Machine model: matmul peak {r0['peak_flop_per_s'] / 1e12:.3g} TFLOP/s, memory {r0['bytes_per_s'] / 1e9:.4g} "
-            f"GB/s, {r0['dtype']} weights and KV cache, batch {r0['batch']}, {r0['tokens']} tokens.\n",
+            f"GB/s, {r0['dtype']} weights and KV cache, batch {r0['batch']}, {r0['tokens']} tokens, stage-2 head "
+            f"{r0.get('fine_head', 'full')}.\n",
             "| backbone (stage 2) | baseline loop ms | stage 1 ms | stage 2 ms | decode ms | CTF img/s | baseline img/s "
             "| **CTF / baseline** | w/o decode |", "|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
