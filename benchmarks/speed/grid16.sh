@@ -23,8 +23,8 @@ run() {
     c2f bench sample --preset GPT-tiny GPT-small "${GRID[@]}" --dtype fp32 bf16 --threads 1 --repeats 3 \
         --untimed-rounds 0 --naive-repeats 0 --decode-images 4 "${@:2}" \
         --json "$OUT/speed_ctf_grid16_cpu.json" --md "$OUT/speed_ctf_grid16_cpu.md" ;;
-  compile)  # the decode loop, eager vs torch.compile, against the matmul peak
-    "$PY" benchmarks/speed/decode_compile.py --preset GPT-small --repeats 3 "${@:2}" \
+  compile)  # the decode loop, eager vs torch.compile, against the matmul peak (the first 64 of 256 steps)
+    "$PY" benchmarks/speed/decode_compile.py --preset GPT-small --tokens 64 --repeats 3 "${@:2}" \
         --json "$OUT/speed_decode_compile_grid16_cpu.json" --md "$OUT/speed_decode_compile_grid16_cpu.md" ;;
   profile)  # where a decode step's time goes
     "$PY" benchmarks/speed/decode_profile.py --preset GPT-small --tokens 64 "${@:2}" \
