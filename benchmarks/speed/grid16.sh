@@ -29,11 +29,18 @@ run() {
   profile)  # where a decode step's time goes
     "$PY" benchmarks/speed/decode_profile.py --preset GPT-small --tokens 64 "${@:2}" \
         --md "$OUT/speed_decode_profile_grid16_cpu.md" ;;
-  bound)  # rooflines with this machine's measured peak and bandwidth, stage 2 = the same backbone and GPT-L
+  bound)  # rooflines at this machine's limits: the matmul peaks per CPU second and the copy bandwidth that
+           # the ctf step measured (read from its JSON); stage 2 = the same backbone, and GPT-L as the paper
     for D in fp32 bf16; do
-      c2f bench bound --preset GPT-tiny GPT-small GPT-B GPT-L --fine-preset "" --grid 16 --dtype "$D" --threads 1 \
-          "${@:2}" --json "$OUT/speed_bound_grid16_cpu_$D.json" --md "$OUT/speed_bound_grid16_cpu_$D.md"
-      c2f bench bound --preset GPT-B GPT-L --fine-preset GPT-L --grid 16 --dtype "$D" --threads 1 "${@:2}" \
+      read -r PEAK BW < <("$PY" -c 'import json, statistics as st, sys
+recs = [r for r in json.load(open(sys.argv[1])) if r["bench"]["dtype"] == sys.argv[2]]
+print(st.median(p for r in recs for p in r["cpu"]["matmul_peaks"]) / 1e12,
+      st.median(r["mem_bandwidth_bytes_per_s"] for r in recs) / 1e9)' "$OUT/speed_ctf_grid16_cpu.json" "$D")
+      c2f bench bound --preset GPT-tiny GPT-small GPT-B GPT-L --fine-preset "" --grid 16 --dtype "$D" \
+          --peak-tflops "$PEAK" --mem-gbps "$BW" "${@:2}" \
+          --json "$OUT/speed_bound_grid16_cpu_$D.json" --md "$OUT/speed_bound_grid16_cpu_$D.md"
+      c2f bench bound --preset GPT-B GPT-L --fine-preset GPT-L --grid 16 --dtype "$D" \
+          --peak-tflops "$PEAK" --mem-gbps "$BW" "${@:2}" \
           --json "$OUT/speed_bound_grid16_cpu_${D}_l.json" --md "$OUT/speed_bound_grid16_cpu_${D}_l.md"
     done ;;
   gptb)  # GPT-B at the paper's grid: one timed round after the memory probe (each candidate runs minutes)
@@ -45,7 +52,7 @@ run() {
 }
 
 if [ "$STEP" = all ]; then
-  for s in stage2 ctf compile profile bound gptb; do run "$s"; done
+  for s in stage2 ctf bound compile profile gptb; do run "$s"; done
 else
   run "$STEP" "$@"
 fi

@@ -257,7 +257,7 @@ def bound_table(recs: list[dict]) -> str:
     for r in recs:
         t, ips = r["bound_s"], r["images_per_s"]
         rows.append(f"| {r['preset']} ({r['fine_preset']}) | {1e3 * t['baseline']:.1f} | {1e3 * t['stage1']:.1f} "
-                    f"| {1e3 * t['stage2']:.1f} | {1e3 * t['decode']:.1f} | {ips['ctf']:.0f} | {ips['baseline']:.0f} "
+                    f"| {1e3 * t['stage2']:.1f} | {1e3 * t['decode']:.1f} | {ips['ctf']:.3g} | {ips['baseline']:.3g} "
                     f"| **{r['ratio_ctf_over_baseline']:.2f}** | {r['ratio_no_decode']:.2f} |")
     return "\n".join(rows) + ("\n\nLower bounds, not measurements: each AR step costs at least max(FLOPs / peak, "
                               "bytes / bandwidth); stage 2 and the decode at least FLOPs / peak.\n")
