@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all bench-speed bench-quality clean
+.PHONY: install demo test test-all clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

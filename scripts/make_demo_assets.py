@@ -50,7 +50,7 @@ def build(out: Path, vq_steps: int = 1200, clf_epochs: int = 8, limit_per_class:
         ds = build_dataset("default", 32, "train", limit_per_class=limit_per_class)
         log(f"tokenizer: VQ-tiny, {vq_steps} steps, fp32, 1 thread")
         run = train_tokenizer("VQ-tiny", Path(tmp) / "tokenizer", ds, steps=vq_steps, batch_size=32, seed=0,
-                              precision="fp32", progress=False)
+                              dtype="fp32", progress=False)
         _keep(run, out / "tokenizer")
         log(f"tokenizer done in {time.time() - t:.0f} s")
         t = time.time()

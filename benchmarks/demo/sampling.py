@@ -17,15 +17,18 @@ from coarse2fine.apps.demo import DemoPlan
 from coarse2fine.apps.demo_report import evaluate_both
 from coarse2fine.distributed import configure_threads
 from coarse2fine.pipeline import ARPipeline, CTFPipeline
-from coarse2fine.sampling import StageSampling
+from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, StageSampling
 
+_D = DemoPlan()  # the demo's sampling, from its one home
 SETTINGS = {
-    "paper (tau 1.1, CFG 2.0; stage 2 tau 1.1 from all codes; baseline tau 1.0, CFG 2.0)":
-        (StageSampling(temperature=1.1, cfg_scale=2.0), StageSampling(temperature=1.1),
-         StageSampling(temperature=1.0, cfg_scale=2.0)),
-    "demo (tau 0.9, CFG 3.0; stage 2 greedy; baseline tau 0.9, CFG 3.0)":
-        (StageSampling(temperature=0.9, cfg_scale=3.0), StageSampling(top_k=1),
-         StageSampling(temperature=0.9, cfg_scale=3.0)),
+    f"paper (tau {CTF_COARSE_DEFAULT.temperature}, CFG {CTF_COARSE_DEFAULT.cfg_scale}; stage 2 tau "
+    f"{CTF_FINE_DEFAULT.temperature} from all codes; baseline tau {BASELINE_DEFAULT.temperature}, CFG "
+    f"{BASELINE_DEFAULT.cfg_scale})":
+        (CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, BASELINE_DEFAULT),
+    f"demo (tau {_D.temperature}, CFG {_D.cfg_scale}; stage 2 greedy; baseline tau {_D.temperature}, CFG "
+    f"{_D.cfg_scale})":
+        (StageSampling(temperature=_D.temperature, cfg_scale=_D.cfg_scale), StageSampling(top_k=_D.fine_top_k),
+         StageSampling(temperature=_D.temperature, cfg_scale=_D.cfg_scale)),
 }
 
 

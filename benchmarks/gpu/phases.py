@@ -102,6 +102,7 @@ def run_sample(args, size: dict) -> dict:
     from coarse2fine.bench import speed as bench
     from coarse2fine.bench.gpu import read_json
     from coarse2fine.bench.runs import DTYPES, SampleBench, bound_record, run_sample_bench
+    from coarse2fine.sampling import CTF_COARSE_DEFAULT
 
     preset, kind = args.item.split(":")
     dev = torch.device(size["device"])
@@ -126,7 +127,8 @@ def run_sample(args, size: dict) -> dict:
             if med.get(part)}
     summary = {
         "preset": preset, "fine_preset": size["fine_preset"], "mode": mode or "eager", "dtype": size["dtype"],
-        "weights": "cast", "batch": size["batch"], "tokens": rec["tokens"], "cfg_scale": 2.0,
+        "weights": "cast", "batch": size["batch"], "tokens": rec["tokens"],
+        "cfg_scale": CTF_COARSE_DEFAULT.cfg_scale,  # the pipelines' defaults, which run_sample_bench samples with
         "seconds": {k: med[k] for k in ("baseline", "stage1", "stage2", "decode") if k in med},
         "images_per_s": ips, "ratio_ctf_over_baseline": w["ratio_ctf_over_baseline"],
         "ratio_no_decode": w["ratio_no_decode"], "bound_seconds": bound["bound_s"],

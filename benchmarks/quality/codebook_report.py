@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 import ctf_study_report as csr
+
+from coarse2fine.tokenizer.clustering import default_num_coarse
 
 KS = (1024, 4096, 16384)
 GAPS = (("FD", True), ("KID", True), ("ClassAcc", False), ("NLL", True))  # (metric, lower is better)
@@ -23,9 +24,9 @@ def per_k(res: Path, k: int) -> dict | None:
     db = csr.merge(d)
     if not db["plan"]:
         return None
-    step, km = db["plan"]["steps"], f"kmeans-{k // 32}"
+    step, km = db["plan"]["steps"], f"kmeans-{default_num_coarse(k)}"
     seeds = sorted({r["seed"] for n, r in db["runs"].items() if n.startswith("baseline")})
-    out = {"K": k, "C": k // 32, "steps": step, "seeds": [], "rows": {}, "setup": db["setup"],
+    out = {"K": k, "C": default_num_coarse(k), "steps": step, "seeds": [], "rows": {}, "setup": db["setup"],
            "redundancy": _load(d / "redundancy.json"), "tokenizer": _load(d / "tokenizer.json"), "members": {}}
     for s in seeds:
         row = {}
@@ -91,8 +92,8 @@ def render(res: Path, work: Path | None = None) -> None:
             v = red.get(name, {}).get("psnr_vs_reconstruction")
             return f"{v:.2f}" if v is not None else "-"
         L.append(f"| {k} | {t.get('psnr_test_db', float('nan')):.2f} | {t.get('usage_test', float('nan')):.3f} | "
-                 f"{sw(f'kmeans-{k // 128}')} | {sw(f'kmeans-{k // 32}')} | {sw(f'kmeans-{k // 8}')} | "
-                 f"{sw(f'random-{k // 32}')} | {t.get('train_cpu_min', float('nan')):.1f} |")
+                 f"{sw(f'kmeans-{k // 128}')} | {sw(f'kmeans-{default_num_coarse(k)}')} | {sw(f'kmeans-{k // 8}')} | "
+                 f"{sw(f'random-{default_num_coarse(k)}')} | {t.get('train_cpu_min', float('nan')):.1f} |")
     L += ["", "## The gap, CTF minus baseline, at each K (mean ± std over the seeds)", "",
           "| K | C | seeds | FD base | FD CTF | Δ FD ↓ | ClassAcc base | ClassAcc CTF | Δ ClassAcc ↑ | KID base | "
           "KID CTF | NLL base | NLL CTF | Δ NLL ↓ | train CPU-s base | train CPU-s CTF |",
@@ -205,7 +206,7 @@ def plot(rs: list[dict], speed: dict | None, res: Path) -> None:
                      for d in (128, 32, 8) if f"kmeans-{r['K'] // d}" in red)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"K={r['K']}")
-        rnd = red.get(f"random-{r['K'] // 32}")
+        rnd = red.get(f"random-{default_num_coarse(r['K'])}")
         if rnd:
             ax.scatter([32], [rnd["psnr_vs_reconstruction"]], marker="x", color="black", s=20)
     ax.set_xscale("log", base=2)

@@ -40,6 +40,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
+from coarse2fine.tokenizer.clustering import default_num_coarse  # noqa: E402
+
 KS = (1024, 4096, 16384)
 STEPS = 600
 DIVISORS = (128, 32, 8)  # the redundancy curve's cluster counts, C = K / divisor
@@ -95,7 +97,7 @@ def redundancy(args, k: int) -> None:
     import torch
 
     from coarse2fine.checkpoint import load_vq
-    from coarse2fine.config import dump_json
+    from coarse2fine.fileio import dump_json
     from coarse2fine.data.registry import build_dataset
     from coarse2fine.eval.analysis import redundancy as swap_psnr
     from coarse2fine.tokenizer.clustering import cluster_codebook
@@ -126,7 +128,7 @@ def speed(args, repeats: int = 5, batch: int = 64) -> None:
     import torch
 
     from coarse2fine.bench.speed import alternate, median
-    from coarse2fine.config import dump_json
+    from coarse2fine.fileio import dump_json
     from coarse2fine.pipeline import ARPipeline, CTFPipeline
     from coarse2fine.sampling import StageSampling
     from study import AR_OPTS, CTF_OPTS, MACHINE
@@ -135,7 +137,8 @@ def speed(args, repeats: int = 5, batch: int = 64) -> None:
     pipes = {}
     for k in KS:
         runs = args.out / f"K{k}" / "runs"
-        names = {"ctf": (f"coarse_kmeans-{k // 32}_s0", f"fine_kmeans-{k // 32}_s0"), "baseline": ("baseline_s0",)}
+        c = default_num_coarse(k)
+        names = {"ctf": (f"coarse_kmeans-{c}_s0", f"fine_kmeans-{c}_s0"), "baseline": ("baseline_s0",)}
         if not all((runs / n / "model.safetensors").exists() for v in names.values() for n in v):
             log(f"speed: K={k} is not trained yet; skipped")
             continue
@@ -160,7 +163,7 @@ def cost16(args, repeats: int = 3) -> None:
     import torch
 
     from coarse2fine.bench.speed import median, tokenizer_step_seconds
-    from coarse2fine.config import dump_json
+    from coarse2fine.fileio import dump_json
     from coarse2fine.stages import stage_config, stage_loss, stage_spec
     from coarse2fine.models import Transformer
     from study import MACHINE
@@ -172,7 +175,8 @@ def cost16(args, repeats: int = 3) -> None:
                                    perceptual_weight=0.0, disc_weight=0.0)
         res["tokenizer"][preset] = t
         log(f"cost16: tokenizer {preset}: {t}")
-    k, c = 16384, 16384 // 32
+    k = 16384
+    c = default_num_coarse(k)
     # balanced clusters of 32 stand in for k-means ones (whose largest cluster sets the restricted head's width)
     members = torch.arange(k).view(c, k // c)
     for grid in (8, 16):

@@ -9,7 +9,8 @@ scores every pipeline at log-spaced checkpoints: FD and KID (EfficientNet-Lite0,
     S=".venv/bin/python benchmarks/quality/convergence_study.py"
     $S --lane ctf --seeds 0 &  $S --lane baseline --seeds 0 &   # tokenizer + setup once (a lock), then
                                                                # CTF and the baseline side by side
-    $S --lane agglomerative --seeds 0     # CTF on average-linkage clusters (MASC) at the same C, full length
+    $S --lane agglomerative --seeds 0     # CTF on k-means vs average-linkage clusters (MASC), C = 512,
+                                          # both at a 600-step schedule (the codebook study's length)
     $S --report                           # benchmarks/results/convergence_emoji64/report.md + plots
 
 Every lane resumes: finished runs, checkpoints and scores are reused. Work dir: --out.
@@ -29,6 +30,7 @@ sys.path.insert(0, str(HERE))
 K = 16384
 STEPS = 2000
 CHECKPOINTS = (125, 250, 500, 1000, 2000)  # log-spaced: each twice the last
+CLUSTER_STEPS = 600  # k-means against agglomerative clusters: a shorter schedule, the codebook study's
 
 
 def log(msg: str) -> None:
@@ -74,11 +76,17 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     if args.lane:
+        import codebook_study
         import ctf_study
 
         prepare(args)
         if args.lane == "agglomerative":
-            ctf_study.main(study_argv(args, "peers", ("--peers", "agglomerative")))
+            # the setup (tokenizer, codes, classifier, k-means map, features) is linked, nothing retrained
+            ctf_study.main(["--data", "emoji64", "--tokenizer", str(codebook_study.tok_dir(args.out, K)), "--out", str(args.out / f"K{K}_clusters"),
+                            "--results", str(args.results / f"K{K}_clusters"), "--reuse-setup",
+                            str(args.out / f"K{K}"), "--steps", str(CLUSTER_STEPS), "--checkpoints",
+                            str(CLUSTER_STEPS), "--threads", "1", "--phases", "headline,peers",
+                            "--headline-pipelines", "ctf", "--peers", "agglomerative", "--seeds", args.seeds])
         else:
             ctf_study.main(study_argv(args, "headline", ("--headline-pipelines", args.lane)))
     if args.report or not args.lane:

@@ -39,7 +39,7 @@ from coarse2fine.stages import stage_spec  # noqa: E402
 from ctf_study_report import ctf_runs, run_name  # noqa: E402
 from study import AR_OPTS, CTF_OPTS, Plan, log  # noqa: E402
 
-from coarse2fine.config import TrainConfig  # noqa: E402
+from coarse2fine.config import TrainConfig, train_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADLINE_STEPS = 3000
@@ -72,7 +72,7 @@ class SeededStudy(study.Study):
     def save(self) -> None:
         inv = self.db["invocations"][-1]
         inv["wall_s"], inv["cpu_s"] = time.time() - self.t0, time.process_time() - self.c0
-        from coarse2fine.config import dump_json
+        from coarse2fine.fileio import dump_json
 
         dump_json(self.db, self.db_path)
         ctf_study_report.render_dir(self.res)
@@ -123,9 +123,9 @@ class SeededStudy(study.Study):
             return name
         c = int(mapname.split("-")[1]) if mapname else 1
         mcfg = stage_config(preset or p.preset, stage, self.meta["codebook_size"], c, self.meta["num_classes"], self.meta["grid"])
-        tkw = dict(steps=p.steps, batch_size=p.batch, lr=p.lr, warmup_steps=max(1, p.steps // 20),
-                   schedule="cosine", seed=seed, log_every=max(1, p.steps // 10), ckpt_every=max(1, p.steps // 10),
-                   ema_decay=0.0)
+        # the preset's recipe (cosine, 5% warm-up) at the study's steps, batch and step size
+        tkw = dict(train_recipe(preset or p.preset, p.steps), batch_size=p.batch, lr=p.lr, seed=seed,
+                   log_every=max(1, p.steps // 10), ckpt_every=max(1, p.steps // 10), ema_decay=0.0)
         if cluster_loss:
             tkw["cluster_loss_weight"] = cluster_loss
         tcfg = TrainConfig(**tkw)

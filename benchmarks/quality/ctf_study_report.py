@@ -11,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from coarse2fine.config import train_recipe
+from coarse2fine.sampling import BASELINE_DEFAULT as B, CTF_COARSE_DEFAULT as S1, CTF_FINE_DEFAULT as S2
 from coarse2fine.stages import stage_spec
+from coarse2fine.tokenizer.clustering import default_num_coarse
 
 METRICS = ["FD", "KID", "Precision", "Recall", "ClassAcc", "IS"]
 LOWER_BETTER = {"FD", "KID", "NLL"}
@@ -110,7 +113,7 @@ def render_dir(res: Path) -> None:
         return
     p, s = db["plan"], db["setup"]
     K = s.get("tokenizer", {}).get("K", 4096)
-    km = f"kmeans-{K // 32}"
+    km = f"kmeans-{default_num_coarse(K)}"
     seeds = seeds_of(db)
     last = p["steps"]
     L = [f"# CTF vs the AR baseline on `{p['data']}`, trained {p['steps']} steps, {len(seeds)} seed(s)", ""]
@@ -193,10 +196,11 @@ def _setup(db: dict, km: str) -> list[str]:
     dtypes = sorted({r.get("dtype", "?") for r in db["runs"].values()})
     L.append(f"- models: `{p['preset']}` for baseline, stage 1 and stage 2 (bidirectional, cluster-restricted "
              f"head); {p['steps']} steps, batch {p['batch']}, AdamW lr {p['lr'] * p['batch'] / 256:.1e}, cosine with "
-             f"{max(1, p['steps'] // 20)} warmup steps, no EMA; clusters: k-means K/32 ({km}); training dtype "
+             f"{train_recipe(p['preset'], p['steps'])['warmup_steps']} warmup steps, no EMA; clusters: k-means K/32 "
+             f"({km}); training dtype "
              f"{', '.join(dtypes)}")
-    L.append("- sampling: CTF τ1 1.1, τ2 1.1, CFG 2.0 on stage 1 (paper Sec. 5.1); baseline τ 1.0, CFG 2.0 "
-             f"(LlamaGen); {p['n_head']} class-balanced images per score, the same sampling noise for every model")
+    L.append(f"- sampling: CTF τ1 {S1.temperature}, τ2 {S2.temperature}, CFG {S1.cfg_scale} on stage 1 (paper Sec. "
+             f"5.1); baseline τ {B.temperature}, CFG {B.cfg_scale} (LlamaGen); {p['n_head']} class-balanced images per score, the same sampling noise for every model")
     clf = s.get("classifier")
     if clf:
         L.append(f"- classifier for ClassAcc / IS-clf: held-out accuracy {clf['accuracy']:.3f} on {clf['count']} "
@@ -341,7 +345,7 @@ def _speed_runs(db: dict, name: str) -> tuple[str, ...]:
     p = db["plan"]
     kind, preset = name.split(" ", 1)
     tag = "" if preset == p["preset"] else f"_{preset}"
-    km = f"kmeans-{db['setup'].get('tokenizer', {}).get('K', 4096) // 32}"
+    km = f"kmeans-{default_num_coarse(db['setup'].get('tokenizer', {}).get('K', 4096))}"
     return ctf_runs(km, 0, tag) if kind == "CTF" else (run_name("baseline", None, 0, tag),)
 
 

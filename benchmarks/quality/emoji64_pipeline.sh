@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's pipeline, command by command, on emoji64 at 64 px with 8x8 codes (VQ-64-f8): tokenizer
+# The pipeline of docs/usage.md, command by command, on emoji64 at 64 px with 8x8 codes (VQ-64-f8): tokenizer
 # (or TOK, one already trained with the same command), reconstructions, codes of the train split (with
 # flips) and of the test split, k-means to K/32 clusters, stage 1, stage 2 and the baseline (the same
 # preset, batch and steps; trained side by side as one-thread processes), samples of both with the
@@ -37,7 +37,7 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 run $C2F sample --coarse "$OUT/coarse" --fine "$OUT/fine" --per-class 40 --out "$OUT/samples_ctf"
 run $C2F sample --baseline "$OUT/baseline" --per-class 40 --out "$OUT/samples_baseline"
-[ -f "$OUT/classifier/config.json" ] || run $C2F train-classifier "${DATA[@]}" --resolution 64 --epochs 12 --out "$OUT/classifier"
+[ -f "$OUT/classifier/config.json" ] || run $C2F train-classifier "${DATA[@]}" --image-size 64 --epochs 12 --out "$OUT/classifier"
 for s in ctf baseline; do
   run $C2F eval --samples "$OUT/samples_$s" "${DATA[@]}" --split test --classifier "$OUT/classifier" \
     --json "$OUT/eval_$s.json" | tee "$OUT/eval_$s.txt"

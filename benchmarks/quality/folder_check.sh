@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's pipeline, command by command and with its defaults, on a plain class folder of your own
+# The pipeline of docs/usage.md, command by command and with its defaults, on a plain class folder of your own
 # images (ROOT/<class>/<image>): tokenizer, codes (the seeded 5% held-out split as `val`), clusters,
 # stage 1, stage 2, the baseline, samples of both, then held-out NLL and image scores.
 #

@@ -33,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_report  # noqa: E402  (sibling module: tables and plots)
 from coarse2fine.stages import stage_spec  # noqa: E402
 
-from coarse2fine.config import TrainConfig, dump_json, load_json, vq_config  # noqa: E402
+from coarse2fine.config import TrainConfig, train_recipe, vq_config  # noqa: E402
+from coarse2fine.fileio import dump_json, load_json  # noqa: E402
+from coarse2fine.tokenizer.clustering import default_num_coarse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,7 +122,7 @@ class Study:
         if wplan.exists() and json.loads(wplan.read_text()) != plan_d:
             raise SystemExit(f"{work} holds runs of another plan ({wplan}); use another --out or delete it")
         if not wplan.exists():  # atomic: a process started beside this one reads it
-            from coarse2fine.config import dump_json
+            from coarse2fine.fileio import dump_json
 
             dump_json(plan_d, wplan)
         self.db = json.loads(self.db_path.read_text()) if self.db_path.exists() else {}
@@ -161,7 +163,7 @@ class Study:
             t = time.time()
             log(f"tokenizer: {p.vq_steps} steps on {len(self.train_ds)} images")
             train_tokenizer(vq_config("VQ-tiny"), self.tok_dir, self.train_ds, steps=p.vq_steps,
-                            batch_size=p.vq_batch, lr=p.vq_lr, precision="bf16", seed=p.seed, progress=False,
+                            batch_size=p.vq_batch, lr=p.vq_lr, dtype="bf16", seed=p.seed, progress=False,
                             resume=(self.tok_dir / "state.pt").exists())
             s["tokenizer_train_s"] = time.time() - t
         self.vq = load_vq(self.tok_dir)
@@ -228,9 +230,9 @@ class Study:
         c = int(mapname.split("-")[1]) if mapname else 1
         mcfg = stage_config(preset or p.preset, stage, self.meta["codebook_size"], c, self.meta["num_classes"],
                             self.meta["grid"])
-        tcfg = TrainConfig(steps=p.steps, batch_size=p.batch, lr=p.lr, warmup_steps=max(1, p.steps // 20),
-                           schedule="cosine", seed=p.seed, log_every=max(1, p.steps // 10), ckpt_every=p.steps,
-                           ema_decay=0.0)
+        tcfg = TrainConfig(**{**train_recipe(preset or p.preset, p.steps), "batch_size": p.batch, "lr": p.lr,
+                              "seed": p.seed, "log_every": max(1, p.steps // 10), "ckpt_every": p.steps,
+                              "ema_decay": 0.0})
         log(f"train {name}: step {done} -> {step} of {p.steps}")
         summ = train(stage, mcfg, tcfg, self.work / "codes_train", run, coarse_map=map_path,
                      heldout_dir=self.work / "codes_test", restricted=restricted,
@@ -252,7 +254,8 @@ class Study:
     def sample(self, kind: str, runs: tuple[str, ...], n: int, opts: dict, coarse_key: str | None = None):
         """Generate n images. kind "ctf": runs (coarse, fine); "ar": (baseline,). opts: StageSampling
         fields for s1 (stage 1 / baseline) and s2. Returns (uint8 [n,H,W,3], labels [n], seconds)."""
-        from coarse2fine.pipeline import ARPipeline, CTFPipeline, decode
+        from coarse2fine.pipeline import ARPipeline, CTFPipeline
+        from coarse2fine.data.sample_folder import decode_images
         from coarse2fine.sampling import StageSampling, generate_ar, generate_fine
 
         s1, s2 = StageSampling(**opts.get("s1", {})), StageSampling(**opts.get("s2", {}))
@@ -276,7 +279,7 @@ class Study:
             codes.append(generate_fine(pipe.fine_model, co, lab, s2, g2, pipe.members if pipe.restricted else None))
         if cache is not None and cached is None:
             torch.save(torch.cat(coarse_all), cache)
-        images = decode(pipe.vq, torch.cat(codes))
+        images = decode_images(pipe.vq, torch.cat(codes))
         return images.numpy(), labels.numpy(), time.time() - t
 
     def score(self, key: str, kind: str, runs: tuple[str, ...], n: int, opts: dict, coarse_key: str | None = None,
@@ -303,8 +306,25 @@ class Study:
         return e
 
 
-CTF_OPTS = {"s1": {"temperature": 1.1, "cfg_scale": 2.0}, "s2": {"temperature": 1.1}}  # paper Sec. 5.1
-AR_OPTS = {"s1": {"temperature": 1.0, "cfg_scale": 2.0}}  # LlamaGen's sampling defaults
+def _knobs(s) -> dict:
+    """A StageSampling as the results record it: its temperature and the knobs it sets off their neutral value."""
+    from dataclasses import fields
+
+    from coarse2fine.sampling import StageSampling
+
+    off = StageSampling()
+    return {"temperature": s.temperature, **{f.name: getattr(s, f.name) for f in fields(s)
+                                             if f.name != "temperature" and getattr(s, f.name) != getattr(off, f.name)}}
+
+
+def _defaults():
+    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
+
+    return ({"s1": _knobs(CTF_COARSE_DEFAULT), "s2": _knobs(CTF_FINE_DEFAULT)},  # paper Sec. 5.1
+            {"s1": _knobs(BASELINE_DEFAULT)})  # LlamaGen's sampling defaults
+
+
+CTF_OPTS, AR_OPTS = _defaults()  # the library's sampling defaults (sampling.py), in the results' spelling
 
 
 def _with(opts: dict, stage: str, **kw) -> dict:
@@ -412,7 +432,7 @@ def redundancy(st: Study) -> None:
     idx = torch.randperm(len(st.test_ds), generator=g)[:st.plan.redundancy_n].tolist()
     images = torch.stack([st.test_ds[i][0] for i in idx])
     stats, rows = measure(st.vq, images, maps, st.plan.seed)
-    c = st.vq.cfg.codebook_size // 32
+    c = default_num_coarse(st.vq.cfg.codebook_size)
     show = {k: v for k, v in rows.items() if k in ("original", "reconstruction", f"kmeans-{c}", f"random-{c}")}
     save_grid(figure(show, 10), st.res / "redundancy.png", nrow=10)
     st.db["setup"]["redundancy"] = {"n": len(idx), **stats}

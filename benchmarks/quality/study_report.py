@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from coarse2fine.tokenizer.clustering import default_num_coarse
+
 METRICS = ["FD", "KID", "Precision", "Recall", "ClassAcc", "IS"]
 LOWER_BETTER = {"FD", "KID"}
 # Paper Table 1 (ImageNet 256x256): (FID, IS) of LlamaGen and LlamaGen + CTF at equal backbone size.
@@ -62,7 +64,7 @@ def render(db: dict, res: Path) -> None:
     wall = sum(i["wall_s"] for i in inv)
     cpu = sum(i["cpu_s"] for i in inv)
     K = s.get("tokenizer", {}).get("K", 4096)
-    C = K // 32
+    C = default_num_coarse(K)
     names = db.get("metric_names", {})
     L = [f"# CTF vs AR baseline on `{p['data']}` ({p['resolution']} px)", ""]
     L += ["Commands (in order; later ones resume the same work dir):", ""]
@@ -216,7 +218,7 @@ def plot_convergence(db: dict, res: Path) -> None:
 
     E, p = db["entries"], db["plan"]
     K = db["setup"].get("tokenizer", {}).get("K", 4096)
-    C = K // 32
+    C = default_num_coarse(K)
     panels = [("FD", "FD-EffNetLite0 ↓"), ("ClassAcc", "class accuracy ↑"), ("IS", "IS-clf ↑"), ("NLL", "held-out NLL ↓")]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for ax, (m, title) in zip(axes, panels):

@@ -76,7 +76,7 @@ def run_one(recipe: str, seed: int, args) -> dict:
     done = (run / "state.pt").exists() and torch.load(run / "state.pt", weights_only=True)["step"] >= args.steps
     if not done:
         train_tokenizer(arch, run, train_ds, tokenizer_recipe(args.preset), steps=args.steps, seed=seed,
-                        precision=args.dtype,
+                        dtype=args.dtype,
                         resume=(run / "state.pt").exists(), progress=False, ckpt_every=200, log_every=100,
                         **RECIPES[recipe])
     cpu_s = resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu0
@@ -115,31 +115,60 @@ def report(args) -> None:
     from PIL import Image
 
     rows = [json.loads(p.read_text()) for p in sorted(args.out.glob("results_*.json"))]
+    rows = [r for r in rows if "_K" not in r["command"]]  # the codebook-size runs report elsewhere
+    if not rows:
+        print(f"no results in {args.out} yet")
+        return
     dest = args.report_dir
     dest.mkdir(parents=True, exist_ok=True)
-    lines = ["# Tokenizer losses on emoji64 (issue 22)", "",
-             f"`{rows[0]['command'].split(' --seeds')[0]} --seeds N` per seed, then `--report`. Preset "
-             f"{rows[0]['preset']} (64x64 -> 8x8 codes, K = {rows[0]['train'].get('codebook_size', 4096)}), "
-             f"{rows[0]['steps']} steps, batch {rows[0]['train']['batch_size']}, emoji64 train split (5,145 images); "
-             "scores on the 573 test images. Reconstruction FD: EfficientNet-Lite0 features at 64 px of the "
-             "reconstructions against those of their originals (the perceptual loss uses Lite2, not Lite0). "
-             f"Machine: {rows[0]['machine']['cpu']}, flags {rows[0]['machine']['flags']}, "
-             f"{rows[0]['machine']['dtype']}, one thread per process, two processes side by side.", "",
-             "| recipe | seeds | PSNR dB ↑ | recon FD ↓ | test codebook usage ↑ | train CPU-min |", "|---|---|---|---|---|---|"]
+    r0 = rows[0]
+    lines = ["# Tokenizer losses on emoji64: colour, shape and features (issues 22, 29)", "",
+             f"`benchmarks/quality/tokenizer_study.py --seeds N --recipes R --steps {r0['steps']}` per run, then "
+             f"`--report`. Preset {r0['preset']} (64x64 -> 8x8 codes, K = {r0['codebook_size']}), "
+             f"{r0['steps']} steps of batch {r0['train']['batch_size']} on emoji64's train split (5,145 images); "
+             "scores on the 573 test images:", "",
+             "- PSNR of the reconstructions (dB, higher is better);",
+             "- reconstruction FD: EfficientNet-Lite0 features at 64 px of the reconstructions against their "
+             "originals' (the perceptual loss runs on Lite2, a sibling network; both barely see hue);",
+             "- colour error: both images average-pooled to 8x8 cells (one cell per code), then the mean CIE76 "
+             "ΔE in Lab (about 2.3 is a just-noticeable difference) and the mean absolute RGB difference (0-255): "
+             "a colour drift that a feature metric cannot hide.", "",
+             f"Machine: {r0['machine']['cpu']}, flags {r0['machine']['flags']}, dtype {r0['machine']['dtype']} "
+             "(auto: bf16 autocast where the CPU has AVX512-BF16), one thread per process, other jobs sharing "
+             "the two cores (train CPU-min is each run's own CPU time).", "",
+             "| recipe | loss terms | seeds | PSNR dB ↑ | recon FD ↓ | ΔE (8x8) ↓ | RGB err (8x8) ↓ | test usage ↑ "
+             "| train CPU-min |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def terms(r: dict) -> str:
+        t = r["train"]
+        out = ["L2"]
+        if t.get("perceptual_weight"):
+            depth = t.get("perceptual_depth", 5)
+            out.append(f"perceptual {t['perceptual_weight']:g}" + (f" (taps 1-{depth})" if depth < 5 else "")
+                       + (f", ramp {t['perceptual_ramp']}" if t.get("perceptual_ramp") else ""))
+        if t.get("colour_weight"):
+            out.append(f"colour {t['colour_weight']:g}")
+        if t.get("disc_weight"):
+            out.append(f"PatchGAN {t['disc_weight']:g}")
+        return " + ".join(out)
+
     for recipe in RECIPES:
         rs = [r for r in rows if r["recipe"] == recipe]
         if not rs:
             continue
 
         def ms(k, fmt):
-            v = np.array([r[k] for r in rs], dtype=float)
+            v = np.array([r[k] for r in rs if k in r], dtype=float)
+            if not len(v):
+                return "-"
             return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v.mean():{fmt}}"
-        lines.append(f"| {recipe} | {','.join(str(r['seed']) for r in rs)} | {ms('psnr_test_db', '.2f')} | "
-                     f"{ms('recon_fd_lite0_64', '.1f')} | {ms('usage_test', '.3f')} | {ms('train_cpu_min', '.1f')} |")
+        lines.append(f"| {recipe} | {terms(rs[0])} | {','.join(str(r['seed']) for r in rs)} | "
+                     f"{ms('psnr_test_db', '.2f')} | {ms('recon_fd_lite0_64', '.0f')} | {ms('colour_delta_e', '.2f')} | "
+                     f"{ms('colour_rgb_abs', '.1f')} | {ms('usage_test', '.3f')} | {ms('train_cpu_min', '.1f')} |")
     lines += ["", "± is the sample standard deviation over the seeds. Per run:", ""]
-    lines += [f"- {r['recipe']} seed {r['seed']}: PSNR {r['psnr_test_db']:.2f}, recon FD {r['recon_fd_lite0_64']:.2f}, "
-              f"usage {r['usage_test']:.4f}, {r['train_cpu_min']:.1f} CPU-min" for r in rows]
-    (dest / "report.md").write_text("\n".join(lines) + "\n")
+    lines += [f"- {r['recipe']} seed {r['seed']}: PSNR {r['psnr_test_db']:.2f}, recon FD {r['recon_fd_lite0_64']:.1f}, "
+              f"ΔE {r.get('colour_delta_e', float('nan')):.2f}, usage {r['usage_test']:.4f}, "
+              f"{r['train_cpu_min']:.1f} CPU-min" for r in rows]
     # figure: 16 test images spread over the classes, then each recipe's reconstructions (seed 0)
     import torch
 
@@ -149,19 +178,20 @@ def report(args) -> None:
     test = build_dataset("emoji64", 64, "test")
     pick = np.linspace(0, len(test) - 1, 16).round().astype(int)
     raw = np.stack([test.get_raw(int(i)) for i in pick])  # [16, 64, 64, 3] uint8
-    strips = [raw]
+    strips, shown = [raw], []
     for recipe in RECIPES:
         run = args.out / f"{recipe}_s0"
-        if (run / "model.safetensors").exists():
+        if (run / "model.safetensors").exists() and (args.out / f"results_{recipe}_s0.json").exists():
             vq = load_vq(run).eval()
             with torch.no_grad():
                 x = torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 127.5 - 1
                 rec = vq.decode_codes(vq.encode(x)).clamp(-1, 1)
             strips.append(((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+            shown.append(recipe)
     grid = np.concatenate([np.concatenate(list(s), axis=1) for s in strips], axis=0)
     Image.fromarray(grid).save(dest / "recon.png")
-    lines += ["", "recon.png: 16 test images spread over the 9 classes (top), then the reconstructions of "
-              + ", ".join(f"{r} (seed 0)" for r in RECIPES) + ", one row each."]
+    lines += ["", "recon.png: 16 test images spread over the 9 classes (top row), then the seed-0 reconstructions of "
+              + ", ".join(shown) + ", one row each, in that order."]
     (dest / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -33,7 +33,8 @@ from coarse2fine.bench.runs import DTYPES, random_members
 from coarse2fine.config import gpt_config
 from coarse2fine.models import Transformer
 from coarse2fine.sampling import CTF_FINE_DEFAULT, StageSampling, cfg_combine, generate_fine, sample_logits
-from coarse2fine.stages import restrict_to_cluster, stage_config
+from coarse2fine.stages import stage_config
+from coarse2fine.tokenizer.clustering import restrict_to_cluster
 
 CANDIDATES = ("old_full", "old_restricted", "full", "restricted")
 

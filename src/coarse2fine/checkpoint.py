@@ -27,10 +27,12 @@ import torch
 from torch import nn
 
 from coarse2fine.models import Transformer
+from coarse2fine.tokenizer.clustering import CoarseMap
 from coarse2fine.tokenizer.vq import USAGE_WINDOW, VQModel, codebook_fingerprint
 
-from coarse2fine.config import ConfigError, GPTConfig, UserError, VQConfig, dump_json, from_dict, load_json, vq_config
-from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save, check_tensor_digest
+from coarse2fine.config import (ConfigError, GPTConfig, TokenizerTrainConfig, TrainConfig, UserError, VQConfig,
+                                from_dict, run_settings, vq_config)
+from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save, check_tensor_digest, dump_json, load_json
 
 FORMAT, FORMAT_VERSION = "coarse2fine", 1
 MODEL_INDEX = "model_index.json"  # the top of a release folder (release.py reads and writes it)
@@ -265,7 +267,43 @@ def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, A
                         f"{FORMAT_VERSION}: upgrade coarse2fine")
     if kind is not None and meta.get("kind") != kind:
         raise UserError(f"{run} is a {meta.get('kind')!r} run, not a {kind!r} run")
+    check_run_schema(meta, run / "config.json")
     return {**meta, "format_version": version}
+
+
+# what each run kind's config.json must hold (section: type) and may hold (checked when present): one
+# check at load, so a hand-edited or damaged file is one line here and never a KeyError or TypeError later
+_REQUIRED = {"gpt": {"stage": str, "gpt": dict}, "vq": {"vq": dict}}
+_OPTIONAL = {"train": (dict, type(None)), "codes": dict, "tokenizer": (dict, type(None)),
+             "coarse_map": (dict, type(None)), "history": list, "heldout": (str, type(None)), "restricted": bool}
+_SECTION_CONFIGS = {"gpt": GPTConfig, "vq": VQConfig}
+
+
+def _json_kind(want) -> str:
+    names = {dict: "a JSON object", list: "a JSON list", str: "a string", bool: "true or false", type(None): "null"}
+    return " or ".join(names[t] for t in (want if isinstance(want, tuple) else (want,)))
+
+
+def check_run_schema(meta: dict[str, Any], source: Path) -> None:
+    """Refuse a run config.json whose sections are missing or of the wrong type, or whose model and
+    training settings name unknown fields or hold values of the wrong type (ConfigError, one line)."""
+    kind = meta.get("kind")
+    if kind not in RUN_KINDS:
+        raise ConfigError(f"{source}: kind is {kind!r}, not one of {list(RUN_KINDS)}; re-create the run or restore "
+                          "config.json from a backup")
+    fix = "re-create the run or restore config.json from a backup"
+    required = _REQUIRED.get(kind, {})
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise ConfigError(f"{source} has no {missing[0]!r} section (a {kind} run needs it); {fix}")
+    for key, want in {**_OPTIONAL, **required}.items():
+        if key in meta and not isinstance(meta[key], want):
+            raise ConfigError(f"{source}: {key!r} must be {_json_kind(want)}, got {type(meta[key]).__name__} "
+                              f"{meta[key]!r:.60}; {fix}")
+    if kind in _SECTION_CONFIGS:
+        from_dict(_SECTION_CONFIGS[kind], meta[kind], f"{source} {kind!r}")
+        if meta.get("train"):
+            run_settings(TrainConfig if kind == "gpt" else TokenizerTrainConfig, meta["train"], f"{source} 'train'")
 
 
 def load_run_weights(run_dir: str | Path, model: nn.Module) -> nn.Module:
@@ -285,6 +323,26 @@ def load_run(run_dir: str | Path, expect_stage: str | None = None, device: str |
         raise UserError(f"{run} holds a {meta['stage']} model, but a {expect_stage} model is needed here")
     model = load_run_weights(run, Transformer(from_dict(GPTConfig, meta["gpt"])))
     return model.to(device).eval(), meta
+
+
+def load_run_map(run_dir: str | Path, meta: dict, path: str | Path | None = None) -> CoarseMap:
+    """The coarse map a stage run was trained on: `path` (an export's shared map), else the run's own
+    copy, checked against what the run's config.json records of it (CoarseMap.check_recorded)."""
+    run = Path(run_dir)
+    p = Path(path) if path is not None else run / "coarse_map.safetensors"
+    if not p.is_file():
+        if (run.parent / MODEL_INDEX).is_file():  # a component of an exported folder: its map is shared
+            raise UserError(f"{run} is a component of the exported folder {run.parent}, not a run directory; load "
+                            f"the folder whole: CTFPipeline.from_pretrained({str(run.parent)!r}) or "
+                            f"`coarse2fine app --pipeline {run.parent}`")
+        if path is not None:
+            raise UserError(f"coarse map {p} is missing from the exported folder; copy the whole folder again or "
+                            "export it again")
+        raise UserError(f"{run} has no coarse_map.safetensors (a stage run keeps a copy of the map it was trained "
+                        "on); copy the run directory whole again, or retrain it with --coarse-map")
+    cmap = CoarseMap.load(p)
+    cmap.check_recorded(meta.get("coarse_map"), p, run)
+    return cmap
 
 
 def load_vq(run_dir: str | Path) -> VQModel:

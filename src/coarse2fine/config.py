@@ -6,9 +6,10 @@ never ask the user to re-type model flags.
 from __future__ import annotations
 
 import dataclasses
-import json
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 
@@ -37,6 +38,9 @@ class VQConfig:
     image_size: int = 256
     # attention blocks in the lowest-resolution level/decoder first block (LlamaGen: 2 enc, 3 dec)
     use_attn: bool = True
+
+    def __post_init__(self) -> None:
+        check_codebook_size(self.codebook_size)
 
     @property
     def downsample(self) -> int:
@@ -88,6 +92,13 @@ class GPTConfig:
 
 
 MAX_CODEBOOK = 16384  # LlamaGen's largest codebook: --codebook-size goes up to it
+
+
+def check_codebook_size(k: int, name: str = "codebook size") -> None:
+    """The one range check of K (VQConfig runs it on every construction; the CLI names its flag)."""
+    if not 2 <= k <= MAX_CODEBOOK:
+        raise ConfigError(f"{name} {k}: choose 2 to {MAX_CODEBOOK} (LlamaGen's largest)")
+
 VQ_PRESETS: dict[str, dict[str, Any]] = {
     "VQ-16": dict(ch_mult=(1, 1, 2, 2, 4), image_size=256),
     "VQ-8": dict(ch_mult=(1, 2, 2, 4), image_size=256),
@@ -120,12 +131,45 @@ GPT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _coerce(cls, data: dict[str, Any]):
-    """Build dataclass `cls` from a dict, rejecting unknown keys and restoring tuples."""
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a field annotated `hint` (int, float, bool, str, tuple[X, ...],
+    X | None). Numbers are checked as JSON has them: an int is a float, a bool is neither."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, numbers.Integral if hint is int else numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    return True
+
+
+def _kind_of(hint: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        hint, "a list" if typing.get_origin(hint) is tuple else str(hint).replace("NoneType", "null"))
+
+
+def _coerce(cls, data: dict[str, Any], source: str | None = None):
+    """Build dataclass `cls` from a dict, rejecting a non-object, unknown keys and values of the wrong
+    type (each named, with where it came from), and restoring tuples."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}the {cls.__name__} settings must be a JSON object of fields, got "
+                          f"{type(data).__name__} {data!r:.60}; re-create the file or restore it from a backup")
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(names)}")
+        raise ConfigError(f"{where}unknown {cls.__name__} field(s) {unknown}; valid: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    bad = [f"{k} must be {_kind_of(hints[k])}, got {v!r}" for k, v in data.items() if not _fits(v, hints[k])]
+    if bad:
+        raise ConfigError(f"{where}{cls.__name__} {'; '.join(bad)}; correct the value or restore the file from a "
+                          "backup")
     out = {}
     for k, v in data.items():
         if isinstance(v, list):
@@ -150,40 +194,36 @@ def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(cls, data: dict[str, Any]):
-    return _coerce(cls, data)
+def from_dict(cls, data: dict[str, Any], source: str | None = None):
+    """`cls` from a dict (a config.json section): unknown fields and values of the wrong type are a
+    ConfigError naming them (and `source`, the file they came from)."""
+    return _coerce(cls, data, source)
 
 
-def dump_json(obj: dict[str, Any], path: str | Path) -> None:
-    from coarse2fine.fileio import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+# fields removed from the configs (they did nothing); runs written before still resume
+RETIRED_FIELDS = ("sample_every",)
 
 
-def load_json(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"missing {p}; is this a coarse2fine run directory?")
-    try:
-        obj = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p} is not valid JSON ({e}); re-create it or restore it from a backup") from e
-    if not isinstance(obj, dict):  # every file coarse2fine writes holds one JSON object
-        raise ConfigError(f"{p} holds a JSON {type(obj).__name__}, not an object of settings; re-create it or "
-                          "restore it from a backup")
-    return obj
+def run_settings(cls, saved: dict[str, Any], source: str):
+    """The settings dataclass `cls` (TrainConfig, TokenizerTrainConfig) of a run's config.json "train"
+    section, upgraded from older field names, each value's type checked (ConfigError naming `source`)."""
+    if hasattr(cls, "upgrade"):
+        saved = cls.upgrade(saved)
+    return from_dict(cls, {k: v for k, v in saved.items() if k not in RETIRED_FIELDS}, source)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings shared by the coarse, fine and baseline models.
 
+    The defaults ARE the "llamagen" recipe (see TRAIN_RECIPES): TrainConfig(steps=n) equals
+    TrainConfig(**train_recipe("GPT-B", n)). For another preset's recipe, start from train_recipe(preset, n).
     lr is given per global batch of 256 (LlamaGen's convention) and scaled linearly by
     batch_size / 256. batch_size is the global batch: split over processes and accumulation steps.
     """
 
     steps: int = 1000
-    batch_size: int = 64
+    batch_size: int = 256
     lr: float = 1e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 0
@@ -194,7 +234,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     ema_decay: float = 0.0  # 0 disables EMA
-    precision: str = "auto"  # "auto" | "fp32" | "bf16"
+    dtype: str = "auto"  # "auto" | "fp32" | "bf16" (precision.DTYPES)
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 500
@@ -204,7 +244,15 @@ class TrainConfig:
     # being the logsumexp of its members' logits; needs a coarse map. 0 = off (plain baseline)
     cluster_loss_weight: float = 0.0
     # which recipe (train_recipe) the defaults came from; provenance only, the values above are what runs
-    recipe: str = "custom"
+    recipe: str = "llamagen"
+
+    @staticmethod
+    def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+        """Settings written before the precision had one spelling: `precision` -> dtype."""
+        d = dict(saved)
+        if "precision" in d:
+            d["dtype"] = d.pop("precision")
+        return d
 
     @property
     def scaled_lr(self) -> float:
@@ -213,8 +261,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("steps, batch size and grad accumulation must be >= 1")
         if not 0 <= self.ema_decay < 1:
@@ -228,24 +276,28 @@ class TrainConfig:
 # cosine decay. LlamaGen's ImageNet recipe (lr 1e-4 per 256, constant, no warmup) left GPT-tiny near chance
 # after 400 steps on a 1.5k-image folder (baseline loss 8.04 vs ln 4096 = 8.32), where the "cpu" recipe
 # trains. "llamagen" (GPT-B and larger) is LlamaGen's c2i recipe: batch 256, lr 1e-4, constant, wd 0.05,
-# AdamW 0.9/0.95, clip 1.0.
+# AdamW 0.9/0.95, clip 1.0 -- the TrainConfig defaults themselves, so it lists nothing but its warm-up.
+# warmup_frac: the warm-up as a fraction of the run's steps, rounded (train_recipe).
 TRAIN_RECIPES: dict[str, dict[str, Any]] = {
-    "cpu": dict(steps=1000, batch_size=64, lr=4e-3, schedule="cosine", warmup_frac=0.05, weight_decay=0.05),
-    "llamagen": dict(batch_size=256, lr=1e-4, schedule="constant", warmup_frac=0.0, weight_decay=0.05),
+    "cpu": dict(steps=1000, batch_size=64, lr=4e-3, schedule="cosine", warmup_frac=0.05),
+    "llamagen": dict(warmup_frac=0.0),
 }
 CPU_PRESETS = ("GPT-tiny", "GPT-small", "GPT-medium")
 
 
 def train_recipe(preset: str, steps: int | None = None) -> dict[str, Any]:
-    """TrainConfig fields of the preset's recipe (warmup = its fraction of `steps`, or of the recipe's own
-    step count), with "recipe" naming it. Flags given on the command line override these."""
+    """TrainConfig fields of the preset's recipe run for `steps` (default: the recipe's own step count),
+    its warm-up that fraction of them, with "recipe" naming it. The one route from a preset to its
+    optimisation settings: the CLI (training.plan), the demo and the studies call it; settings given
+    explicitly override these."""
     if preset not in GPT_PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(GPT_PRESETS)}")
     name = "cpu" if preset in CPU_PRESETS else "llamagen"
-    r = dict(TRAIN_RECIPES[name])
+    r = {k: getattr(TrainConfig, k) for k in ("batch_size", "lr", "schedule", "weight_decay")}  # what recipes set
+    r.update(TRAIN_RECIPES[name])
     frac = r.pop("warmup_frac")
     n = steps or r.get("steps") or TrainConfig.steps
-    return {**r, "warmup_steps": int(round(frac * n)), "recipe": name}
+    return {**r, "steps": n, "warmup_steps": int(round(frac * n)), "recipe": name}
 
 
 DISC_LOSSES = ("hinge", "vanilla", "non-saturating")  # the discriminator's side of the GAN loss
@@ -288,7 +340,7 @@ class TokenizerTrainConfig:
     disc_layers: int = 3
     disc_lr: float = 0.0            # 0: the tokenizer's lr (and its schedule)
     ema_decay: float = 0.999        # 0 disables EMA; the average warms up over the first steps
-    precision: str = "auto"         # "auto" | "fp32" | "bf16" autocast of the conv stack (quantizer in fp32)
+    dtype: str = "auto"             # "auto" | "fp32" | "bf16" autocast of the conv stack (quantizer in fp32)
     flip: bool = True               # random horizontal flips
     seed: int = 0
     reseed_dead: bool = True        # move unused codewords onto recent encoder latents
@@ -301,18 +353,21 @@ class TokenizerTrainConfig:
 
     @staticmethod
     def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
-        """Settings written before the flags were unified: `ema` (bool) -> ema_decay 0, `bf16` -> precision."""
+        """Settings written before the flags were unified: `ema` (bool) -> ema_decay 0, `bf16` and then
+        `precision` -> dtype."""
         d = dict(saved)
         if "ema" in d and not d.pop("ema"):
             d["ema_decay"] = 0.0
         if "bf16" in d:
             bf16 = d.pop("bf16")
-            d["precision"] = "auto" if bf16 is None else ("bf16" if bf16 else "fp32")
+            d["dtype"] = "auto" if bf16 is None else ("bf16" if bf16 else "fp32")
+        if "precision" in d:
+            d["dtype"] = d.pop("precision")
         return d
 
     def validate(self) -> None:
         checks = [(self.recon_loss in ("l1", "l2"), f"recon loss must be l1 or l2, got {self.recon_loss!r}"),
-                  (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
+                  (self.dtype in ("auto", "fp32", "bf16"), f"dtype must be auto, fp32 or bf16, got {self.dtype!r}"),
                   (self.disc_loss in DISC_LOSSES, f"disc loss must be one of {DISC_LOSSES}, got {self.disc_loss!r}"),
                   (self.gen_adv_loss in GEN_LOSSES, f"gen adv loss must be one of {GEN_LOSSES}, got {self.gen_adv_loss!r}"),
                   (0 <= self.ema_decay < 1, f"ema decay must be in [0, 1), got {self.ema_decay}"),

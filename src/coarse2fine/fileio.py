@@ -9,9 +9,11 @@
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -23,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from coarse2fine.config import UserError
+from coarse2fine.config import ConfigError, UserError
 
 # ---- atomic writes ---------------------------------------------------------------------------------
 
@@ -146,6 +148,28 @@ def check_tensor_digest(path: str | Path, tensors: Mapping[str, torch.Tensor], m
                          f"(a bad copy, disk or transfer); {fix}")
 
 
+# ---- errors of the file system, in one line ------------------------------------------------------------
+
+_OS_FIXES = {
+    errno.ENOSPC: "free some space or write to another --out",
+    errno.EDQUOT: "free some space or write to another --out",
+    errno.EACCES: "check the permissions or choose another path",
+    errno.EPERM: "check the permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.EEXIST: "choose another path",
+    errno.ENOTDIR: "a path component is a file, not a directory",
+    errno.EISDIR: "give a file path, not a directory",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line: what failed, on which path, and the usual fix."""
+    what = e.strerror or str(e)
+    where = f": {e.filename}" if e.filename else ""
+    fix = _OS_FIXES.get(e.errno)
+    return f"{what}{where}" + (f"; {fix}" if fix else "")
+
+
 # ---- one writer per directory ----------------------------------------------------------------------------
 
 LOCK_FILE = ".lock"
@@ -154,10 +178,18 @@ LOCK_FILE = ".lock"
 class DirLock:
     """An exclusive lock on a directory: `<dir>/.lock`, held with fcntl.flock for as long as the
     writer runs (the OS drops it when the process dies, so a crash never leaves a stale lock). The
-    file holds the holder's pid, for the error message of the process that is refused."""
+    file holds the holder's pid, for the error message of the process that is refused.
 
-    def __init__(self, directory: str | Path, holder: str = "another training process"):
-        self.path = Path(directory) / LOCK_FILE
+    A command that fails into a folder it created removes that folder again (`clean_failed`: the names
+    of files worth keeping, such as a checkpoint to resume from; None never removes), so a failure
+    leaves nothing behind that a rerun or another command would stumble on."""
+
+    def __init__(self, directory: str | Path, holder: str = "another training process",
+                 clean_failed: tuple[str, ...] | None = None):
+        directory = Path(directory)
+        self.path = directory / LOCK_FILE
+        self.created = _first_missing(directory)  # the top folder this lock makes, None if it exists
+        self.clean_failed = clean_failed
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -179,11 +211,60 @@ class DirLock:
     def __enter__(self) -> "DirLock":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.release()
+        if exc_type is not None and self.created is not None and self.clean_failed is not None:
+            if not any((self.path.parent / name).exists() for name in self.clean_failed):
+                shutil.rmtree(self.created, ignore_errors=True)
 
 
-def lock_dir(directory: str | Path, holder: str, enabled: bool = True):
+def _first_missing(directory: Path) -> Path | None:
+    """The topmost folder of `directory`'s path that does not exist yet (what mkdir(parents=True) makes)."""
+    top = None
+    for d in (directory, *directory.parents):
+        if d.exists():
+            return top
+        top = d
+    return top
+
+
+def lock_dir(directory: str | Path, holder: str, enabled: bool = True, clean_failed: tuple[str, ...] | None = None):
     """DirLock(directory) in the process that writes it (rank 0), a no-op context elsewhere."""
-    return DirLock(directory, holder) if enabled else nullcontext()
+    return DirLock(directory, holder, clean_failed) if enabled else nullcontext()
 
+
+def dump_json(obj: dict[str, Any], path: str | Path) -> None:
+    """`obj` as indented, key-sorted JSON at `path`, written atomically."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """The JSON object at `path`; a missing, damaged or non-object file is a one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"missing {p}; is this a coarse2fine run directory?")
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p} is not valid JSON ({e}); re-create it or restore it from a backup") from e
+    if not isinstance(obj, dict):  # every file coarse2fine writes holds one JSON object
+        raise ConfigError(f"{p} holds a JSON {type(obj).__name__}, not an object of settings; re-create it or "
+                          "restore it from a backup")
+    return obj
+
+
+def lock_holder(directory: str | Path) -> str | None:
+    """The pid of a live process holding `directory`'s lock (a run being trained, an output being
+    written), or None when nobody holds it. Takes nothing: the lock is tried and let go at once."""
+    p = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError:  # no lock file: never locked, or not ours to read
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)
+    return None

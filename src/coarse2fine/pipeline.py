@@ -6,14 +6,15 @@ stage 2 + VQ decode) and the plain AR baseline (LlamaGen), with the same knobs a
     pipe = CTFPipeline.from_pretrained("ctf-release")              # a local folder, or a HF repo id
     out = pipe(torch.tensor([0, 1, 2]), seed=0)                     # out.images: uint8 [B, H, W, 3]
 
+Precision has one spelling across the Python API: dtype = "auto" | "fp32" | "bf16" (as the CLI's --dtype) or a
+torch dtype (precision.resolve_dtype); the same goes for TrainConfig.dtype, sample_fid and extract_tencrop.
+
 Every path that pairs a model with a tokenizer checks the codebook fingerprint the model was
 trained on. A local folder is read as it is; only a name that is not a folder is taken as a Hugging
 Face repo id (release.resolve: snapshot_download, which can stay offline on its cache).
 """
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +22,15 @@ from pathlib import Path
 import torch
 
 from coarse2fine.config import UserError
-from coarse2fine.data.preprocess import to_uint8
+from coarse2fine.precision import resolve_dtype
 from coarse2fine.sampling import (BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS,
                                   StageSampling, centroid_members, check_fine_decoding, check_labels,
                                   generate_ar, generate_fine, random_member)
 from coarse2fine.tokenizer.clustering import CoarseMap
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine import release
-from coarse2fine.checkpoint import find_run_tokenizer, load_run, load_run_tokenizer, run_fingerprint
+from coarse2fine.checkpoint import find_run_tokenizer, load_run, load_run_map, load_run_tokenizer, run_fingerprint
+from coarse2fine.data import sample_folder
 
 
 @dataclass
@@ -48,16 +50,11 @@ def _sync(device: torch.device) -> None:
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
         return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise UserError(f"seed must be an integer from 0 to {2 ** 63 - 1}, got {seed!r}; pass a smaller seed")
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
-
-
-@torch.no_grad()
-def decode(vq: VQModel, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """codes [B, N] -> uint8 images [B, H, W, 3], decoded in batches."""
-    parts = [to_uint8(vq.decode_codes(codes[i:i + batch_size])) for i in range(0, len(codes), batch_size)]
-    return torch.cat(parts).permute(0, 2, 3, 1).cpu()  # [B, 3, H, W] -> [B, H, W, 3]
 
 
 class Pipeline:
@@ -67,7 +64,7 @@ class Pipeline:
 
     device: torch.device
     vq: VQModel
-    sources: dict[str, Path]
+    sources: dict[str, Path]  # set by from_runs / from_pretrained; absent for a pipeline built from objects
 
     def _timed(self, timings: dict[str, float], key: str, fn):
         """fn() with its seconds (device synchronised) recorded as timings[key]."""
@@ -78,7 +75,8 @@ class Pipeline:
         return out
 
     def _output(self, codes, labels, coarse, timings: dict[str, float], decode_images: bool) -> SampleOutput:
-        images = self._timed(timings, "decode_s", lambda: decode(self.vq, codes)) if decode_images else torch.empty(0)
+        images = (self._timed(timings, "decode_s", lambda: sample_folder.decode_images(self.vq, codes))
+                  if decode_images else torch.empty(0))
         return SampleOutput(images, codes.cpu(), labels.cpu(), None if coarse is None else coarse.cpu(), timings)
 
     def parts(self) -> dict[str, torch.nn.Module]:
@@ -92,10 +90,8 @@ class Pipeline:
     def save_pretrained(self, out: str | Path) -> Path:
         """Write this pipeline (networks, tokenizer, coarse map, sampling defaults, a model card) into the
         fresh folder `out`; from_pretrained(out) gives it back. Written beside `out` and renamed into
-        place only after it loads back."""
-        if not getattr(self, "sources", None):
-            raise UserError(f"this {type(self).__name__} was built from objects, not loaded from runs or a "
-                            "folder: its run configs are unknown; load it with from_runs to save it")
+        place only after it loads back. Works on a pipeline built from objects too (diffusers saves from
+        the components): their configs come from the networks; runs add their training record and scores."""
         return release.save_pipeline(self, out)
 
     @classmethod
@@ -126,10 +122,10 @@ class CTFPipeline(Pipeline):
     ("random-member", "centroid-member"; see sampling.FINE_DECODINGS)."""
 
     def __init__(self, vq: VQModel, coarse_model, fine_model, cmap: CoarseMap, restricted: bool = False,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+                 device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32):
         self.device = torch.device(device)
         self.vq, self.coarse_model, self.fine_model = vq.to(self.device).eval(), coarse_model, fine_model
-        self.cmap, self.restricted, self.dtype = cmap, restricted, dtype
+        self.cmap, self.restricted, self.dtype = cmap, restricted, resolve_dtype(dtype, self.device)
         cmap.check_fingerprint(codebook_fingerprint(vq))
         if coarse_model.cfg.vocab_size != cmap.num_coarse:
             raise UserError(f"stage-1 model predicts {coarse_model.cfg.vocab_size} coarse labels, the coarse map has "
@@ -151,9 +147,7 @@ class CTFPipeline(Pipeline):
         """Stage runs (each with its coarse_map.safetensors); the tokenizer is the one the runs record
         (relative path first) unless `tokenizer_dir` is given, and must have their fingerprint.
         fine_dir None: stage 1 only, for the decodings without a stage-2 network."""
-        return cls._load(coarse_dir, fine_dir, Path(coarse_dir) / "coarse_map.safetensors",
-                         Path(fine_dir) / "coarse_map.safetensors" if fine_dir is not None else None,
-                         tokenizer_dir, device, dtype)
+        return cls._load(coarse_dir, fine_dir, None, None, tokenizer_dir, device, dtype)
 
     @classmethod
     def _from_folder(cls, parts: dict[str, Path], defaults: dict[str, StageSampling], device, dtype):
@@ -174,11 +168,11 @@ class CTFPipeline(Pipeline):
     @classmethod
     def _load(cls, coarse_dir, fine_dir, coarse_map, fine_map, tokenizer_dir, device, dtype):
         coarse_model, cmeta = load_run(coarse_dir, "coarse", device)
-        cmap = CoarseMap.load(coarse_map)
+        cmap = load_run_map(coarse_dir, cmeta, coarse_map)
         fine_model, restricted = None, False
         if fine_dir is not None:
             fine_model, fmeta = load_run(fine_dir, "fine", device)
-            fmap = CoarseMap.load(fine_map)
+            fmap = load_run_map(fine_dir, fmeta, fine_map)
             if not torch.equal(cmap.phi, fmap.phi):
                 raise UserError(f"{coarse_dir} and {fine_dir} were trained on different coarse maps; retrain one of them")
             if run_fingerprint(cmeta) and run_fingerprint(fmeta) and run_fingerprint(cmeta) != run_fingerprint(fmeta):
@@ -256,9 +250,10 @@ class CTFPipeline(Pipeline):
 class ARPipeline(Pipeline):
     """The plain LlamaGen baseline: one causal model over the K fine codes."""
 
-    def __init__(self, vq: VQModel, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, vq: VQModel, model, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype = torch.float32):
         self.device = torch.device(device)
-        self.vq, self.model, self.dtype = vq.to(self.device).eval(), model, dtype
+        self.vq, self.model, self.dtype = vq.to(self.device).eval(), model, resolve_dtype(dtype, self.device)
         if model.cfg.vocab_size != vq.cfg.codebook_size:
             raise UserError(f"baseline predicts {model.cfg.vocab_size} codes but the tokenizer has "
                             f"{vq.cfg.codebook_size}; pass the tokenizer the model was trained with")
@@ -297,46 +292,9 @@ class ARPipeline(Pipeline):
         return self._output(codes, labels, None, t, decode_images)
 
 
-def save_samples(images: torch.Tensor, labels: torch.Tensor, out: str | Path, nrow: int = 8,
-                 replace: list[Path] = ()) -> None:
-    """PNGs named {index:06d}_c{label}.png, grid.png, and samples.npz (arr_0 uint8 [N, H, W, 3] as
-    the ADM evaluator reads it, plus labels int64 [N]).
-
-    Written whole or not at all: everything goes to a staging folder inside `out` first; only when
-    every file is written are the files of `replace` (an earlier output) removed and the new ones
-    moved in, samples.npz last. A failure (a full disk: the OSError names the path) leaves the
-    earlier output as it was; a kill leaves a staging folder that the next `save_samples` removes."""
-    import io
-    import tempfile
-
-    import numpy as np
-    from PIL import Image
-
-    from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.fileio import remove_stale_temp_files
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out, "sample")
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=f".sample.{os.getpid()}.", suffix=".tmp"))
-    try:
-        arr = images.numpy()
-        names = [f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels.tolist())]
-        try:
-            for img, name in zip(arr, names):
-                Image.fromarray(img).save(stage / name)
-            save_grid(arr, stage / "grid.png", nrow=nrow)
-            buf = io.BytesIO()
-            np.savez(buf, arr_0=arr, labels=labels.numpy())
-            (stage / "samples.npz").write_bytes(buf.getvalue())
-        except OSError as e:  # PIL and numpy do not name the file; the user's path is `out`, not our staging
-            if e.filename is None or str(stage) in str(e.filename):
-                raise OSError(e.errno, e.strerror or str(e), str(out)) from e
-            raise
-        for f in sorted(replace, key=lambda f: f.name != "samples.npz"):  # the npz first: it marks a whole output
-            f.unlink(missing_ok=True)
-        for name in names + ["grid.png", "samples.npz"]:
-            os.replace(stage / name, out / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
+def load_pretrained(name_or_path, device="cpu", dtype=torch.float32, revision: str | None = None, cache_dir=None,
+                    local_files_only: bool = False, token=None) -> Pipeline:
+    """A release folder (or Hub repo id) as the pipeline its model_index.json names: CTFPipeline or ARPipeline."""
+    folder = release.resolve(name_or_path, revision, cache_dir, local_files_only, token)
+    cls = {"CTFPipeline": CTFPipeline, "ARPipeline": ARPipeline}[release.pipeline_class(folder)]
+    return cls.from_pretrained(folder, device, dtype)

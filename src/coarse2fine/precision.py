@@ -40,8 +40,15 @@ def _cpu_has_bf16_flags() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """"fp32" / "bf16" / "auto" (bf16 where it is native, see bf16_native) -> the autocast dtype."""
+DTYPES = ("auto", "fp32", "bf16")  # the one spelling of a precision: the CLI's --dtype, the API's dtype=
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype:
+    """"fp32" / "bf16" / "auto" (bf16 where it is native, see bf16_native), or a torch dtype as it is ->
+    the autocast dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    device, precision = torch.device(device), dtype
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
@@ -52,7 +59,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
                           "AVX2 CPU); use --dtype auto (bf16 only where native) or fp32", UserWarning, stacklevel=2)
         return torch.bfloat16
     if precision != "auto":
-        raise ConfigError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        raise ConfigError(f"dtype must be auto, fp32 or bf16, got {precision!r}")
     return torch.bfloat16 if bf16_native(device.type) else torch.float32
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from coarse2fine.checkpoint import (FORMAT, FORMAT_VERSION, MODEL_INDEX, read_run_config, save_run, tokenizer_ref,
                                     write_run_config)
-from coarse2fine.config import UserError, load_json
-from coarse2fine.fileio import atomic_write_bytes
+from coarse2fine.config import UserError, to_dict
+from coarse2fine.fileio import LOCK_FILE, atomic_write_bytes, describe_os_error, load_json, lock_holder
 from coarse2fine.sampling import StageSampling
 from coarse2fine.tokenizer.vq import codebook_fingerprint
 
@@ -31,6 +32,7 @@ INDEX = MODEL_INDEX
 # per pipeline class: its components (sub-folders) and the stages whose sampling defaults it keeps
 LAYOUTS = {"CTFPipeline": (("tokenizer", "stage1", "stage2", "coarse_map"), ("stage1", "stage2")),
            "ARPipeline": (("tokenizer", "baseline"), ("stage1",))}
+STAGE_OF = {"stage1": "coarse", "stage2": "fine", "baseline": "baseline"}  # component -> the run's stage
 # run-config keys that name local paths or resume-only inputs: meaningless in a release folder
 _LOCAL_CODES_KEYS = ("dir", "tokenizer_dir", "tokenizer_path")
 
@@ -53,15 +55,15 @@ def resolve(name_or_path: str | Path, revision: str | None = None, cache_dir: st
                         "(or save_pretrained) or a Hugging Face repo id such as owner/name")
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError as e:  # pragma: no cover - a dependency; only a broken install lacks it
         raise UserError(f"{name}: loading a repo id needs huggingface_hub ({e}); pip install huggingface_hub, "
                         "or pass a local folder") from e
     try:
         return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token,
                                       local_files_only=local_files_only))
-    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, *hub_errors()) as e:
+        first = _first_line(e)
         raise UserError(f"{name}: no local folder of that name, and the Hugging Face repo could not be loaded "
                         f"({first}); pass a local export folder, or connect and check the repo id") from e
 
@@ -74,6 +76,18 @@ def write_index(folder: Path, pipeline: str, components: dict[str, str], default
              "sampling_defaults": {stage: asdict(s) for stage, s in defaults.items()}}
     atomic_write_bytes(folder / INDEX, (json.dumps(index, indent=1) + "\n").encode())
     return index
+
+
+def pipeline_class(folder: str | Path) -> str:
+    """The pipeline class an exported folder holds ("CTFPipeline" or "ARPipeline"), from its model_index.json."""
+    root = Path(folder)
+    if not is_export(root):
+        raise UserError(f"{root} holds no {INDEX}; --pipeline takes a folder written by `coarse2fine export` (or "
+                        "save_pretrained) or a Hugging Face repo id (run directories: --coarse/--fine or --baseline)")
+    name = load_json(root / INDEX).get("_class_name")
+    if name not in LAYOUTS:
+        raise UserError(f"{root}/{INDEX} names pipeline {name!r}; this coarse2fine loads {' or '.join(LAYOUTS)}")
+    return name
 
 
 def read_index(folder: str | Path, pipeline: str) -> tuple[dict[str, Path], dict[str, StageSampling]]:
@@ -103,8 +117,16 @@ def read_index(folder: str | Path, pipeline: str) -> tuple[dict[str, Path], dict
     for name in needed:
         sub = (root / comps[name]).resolve()
         if sub == inside or not sub.is_relative_to(inside):
-            raise UserError(f"{root}/{INDEX}: component {name} is {comps[name]!r}, outside the exported "
-                            "folder; an export is self-contained: copy that component into it or export again")
+            given = root / comps[name]  # a link inside the folder, as the user sees it, is named as such
+            link = next((p for p in (given, *given.parents) if p != root and p.is_relative_to(root) and p.is_symlink()),
+                        None)
+            what = (f"{link.relative_to(root)} is a link to {sub}" if link is not None else
+                    f"component {name} is {comps[name]!r}")
+            raise UserError(f"{root}/{INDEX}: {what}, outside the exported folder (component {name}); an export is "
+                            "self-contained: copy that component into it (not a link) or export again")
+        if not (sub / "config.json").is_file():
+            raise UserError(f"{root}: component {name} ({comps[name]}/) is missing or incomplete (no config.json); "
+                            "the folder was copied in part: copy the whole folder again or export it again")
         parts[name] = sub
     return parts, _sampling_defaults(root, index.get("sampling_defaults"), stages)
 
@@ -135,55 +157,100 @@ def _sampling_defaults(root: Path, given, stages: tuple[str, ...]) -> dict[str, 
 # ---- writing a pipeline ----------------------------------------------------------------------------
 
 def check_fresh(out: str | Path) -> Path:
-    """A release is saved into a folder that does not exist or is empty; anything else is refused."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} is not empty; a pipeline is saved into a fresh folder: choose another or remove it")
+    """A release is saved into a folder that does not exist or is empty (a `.lock` nobody holds, left by
+    a killed command, counts as empty) and that this user may write; anything else is refused. Returns
+    `out` as an absolute path (so that `.` has a name to save beside)."""
+    out = Path(os.path.abspath(out))
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder; a pipeline is saved into a new or empty folder: choose "
+                        "another path")
+    if out.is_dir():
+        left = [f for f in out.iterdir() if not (f.name == LOCK_FILE and lock_holder(out) is None)]
+        if left:
+            raise UserError(f"{out} is not empty ({len(left)} entries, e.g. {left[0].name}); a pipeline is saved into "
+                            "a fresh folder: choose another or remove it")
+    # the release is written beside `out`, then moved in: both must be writable. Root could write either
+    # anyway; the mode says the owner may not, and the folder's owner meant it
+    for d in (out, out.parent) if out.is_dir() else (next(p for p in out.parents if p.exists()),):
+        if not d.stat().st_mode & stat.S_IWUSR:
+            raise UserError(f"{d} is read-only (mode {stat.S_IMODE(d.stat().st_mode):o}); `chmod u+w {d}` or "
+                            "choose another folder")
     return out
+
+
+def check_not_training(pipe) -> None:
+    """Refuse to save a pipeline whose runs are being trained right now: their weights are those of the
+    moment, while their config.json (and so the model card) describes the finished run."""
+    for name, src in sorted((getattr(pipe, "sources", None) or {}).items()):
+        pid = lock_holder(src)
+        if pid is not None:
+            raise UserError(f"{src} ({name}) is being trained right now (pid {pid} holds its lock): its weights are "
+                            "those of the moment, not of the finished run; export it after the run ends")
 
 
 def save_pipeline(pipe, out: str | Path) -> Path:
-    """Write a loaded pipeline (pipe.parts(): its networks, pipe.sources: where their configs came from,
-    pipe.defaults(): its sampling defaults) as a release folder. The folder is written beside `out` and
-    renamed into place only after it loads back with the pipeline's own from_pretrained, so a failed
-    save leaves nothing behind. `out` must not exist or be empty. Returns `out`."""
+    """Write a pipeline (pipe.parts(): its networks; pipe.sources: the run directories they were loaded
+    from, if any, whose configs, training record and scores go along; pipe.defaults(): its sampling
+    defaults) as a release folder. A component built from objects is described by its network's config.
+    The folder is written beside `out` and moved into place only after it loads back with the pipeline's
+    own from_pretrained, so a failed save leaves nothing behind; an existing empty `out` is kept (its
+    mode, owner, and any shell inside it) and filled. `out` must not exist or be empty. Returns `out`. A
+    file-system failure (no permission, a full disk) is a UserError naming the path."""
     out = check_fresh(out)
-    cls_name = type(pipe).__name__
+    check_not_training(pipe)
     tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a save that crashed
     try:
-        fp = codebook_fingerprint(pipe.vq)
-        tok_meta = read_run_config(pipe.sources["tokenizer"], "vq")
-        save_run(tmp / "tokenizer", "vq", {**tok_meta, "fingerprint": fp}, pipe.vq)
-        metas = {}
-        for name, model in pipe.parts().items():
-            src = pipe.sources[name]
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a save that crashed
+        _write_release(pipe, out.name, tmp)
+        if out.exists():
+            (out / LOCK_FILE).unlink(missing_ok=True)  # nobody's (check_fresh)
+            for f in tmp.iterdir():
+                os.replace(f, out / f.name)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot save the pipeline to {out}: {describe_os_error(e)}") from e
+        raise
+    return out
+
+
+def _write_release(pipe, name: str, tmp: Path) -> None:
+    cls_name = type(pipe).__name__
+    fp = codebook_fingerprint(pipe.vq)
+    sources = getattr(pipe, "sources", None) or {}
+    tok_meta = (read_run_config(sources["tokenizer"], "vq") if "tokenizer" in sources
+                else {"vq": to_dict(pipe.vq.cfg)})
+    save_run(tmp / "tokenizer", "vq", {**tok_meta, "fingerprint": fp}, pipe.vq)
+    metas = {}
+    for comp, model in pipe.parts().items():
+        src = sources.get(comp)
+        if src is not None:
             meta = read_run_config(src, "gpt")
             meta["codes"] = {k: v for k, v in (meta.get("codes") or {}).items() if k not in _LOCAL_CODES_KEYS}
             meta.pop("heldout", None)  # the held-out store a run was evaluated on (resume only)
-            meta["tokenizer"] = tokenizer_ref(fp, tmp / "tokenizer", tmp / name)
-            meta["scores"] = run_scores(name, src) or meta.get("scores", [])
+            meta["scores"] = run_scores(comp, src) or meta.get("scores", [])
             meta.setdefault("exported_from", src.name)
-            metas[name] = save_run(tmp / name, "gpt", meta, model)
-        components = {"tokenizer": "tokenizer", **{name: name for name in metas}}
-        cmap = getattr(pipe, "cmap", None)
-        if cmap is not None:
-            cmap.save(tmp / "coarse_map" / "coarse_map.safetensors")
-            write_run_config(tmp / "coarse_map", "coarse_map", {"fingerprint": cmap.fingerprint,
-                                                               "method": cmap.method, **cmap.stats()})
-            components["coarse_map"] = "coarse_map"
-        defaults = pipe.defaults()
-        write_index(tmp, cls_name, components, defaults)
-        atomic_write_bytes(tmp / "README.md", model_card(out.name, pipe, metas, tok_meta, defaults).encode())
-        type(pipe).from_pretrained(tmp)  # what users will do: it must load before it is published
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        else:  # built from objects: what the network is, nothing of how it was trained
+            meta = {"stage": STAGE_OF[comp], "gpt": to_dict(model.cfg), "scores": [],
+                    "restricted": bool(comp == "stage2" and getattr(pipe, "restricted", False)),
+                    "exported_from": "objects"}
+        meta["tokenizer"] = tokenizer_ref(fp, tmp / "tokenizer", tmp / comp)
+        metas[comp] = save_run(tmp / comp, "gpt", meta, model)
+    components = {"tokenizer": "tokenizer", **{comp: comp for comp in metas}}
+    cmap = getattr(pipe, "cmap", None)
+    if cmap is not None:
+        cmap.save(tmp / "coarse_map" / "coarse_map.safetensors")
+        write_run_config(tmp / "coarse_map", "coarse_map", {"fingerprint": cmap.fingerprint,
+                                                           "method": cmap.method, **cmap.stats()})
+        components["coarse_map"] = "coarse_map"
+    defaults = pipe.defaults()
+    write_index(tmp, cls_name, components, defaults)
+    atomic_write_bytes(tmp / "README.md", model_card(name, pipe, metas, tok_meta, defaults).encode())
+    type(pipe).from_pretrained(tmp)  # what users will do: it must load before it is published
 
 
 def model_card(name: str, pipe, metas: dict[str, dict], tok_meta: dict, defaults: dict[str, StageSampling]) -> str:
@@ -251,6 +318,33 @@ def push_folder(folder: Path, repo_id: str, token: str | bool | None = None, pri
     commit URL. Needs the network and a token with write access."""
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message))
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message))
+    except hub_errors() as e:
+        raise UserError(f"cannot push to the Hugging Face repo {repo_id} ({type(e).__name__}: {_first_line(e)}); "
+                        "check the network (and HF_HUB_OFFLINE, HF_ENDPOINT), the repo id and that the token may "
+                        "write to it") from e
+
+
+def hub_errors() -> tuple[type[BaseException], ...]:
+    """What the Hub client raises for an offline mode, an unreachable endpoint or a refused request:
+    its own HTTP errors, OSError, and its transport library's errors (httpx2, httpx or requests,
+    whichever this huggingface_hub uses)."""
+    import importlib
+
+    from huggingface_hub.errors import HfHubHTTPError
+
+    errs: list[type[BaseException]] = [HfHubHTTPError, OSError, ValueError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errs.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errs)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from coarse2fine.config import GPTConfig, UserError, gpt_config
 from coarse2fine.data.codes import CodeStore
-from coarse2fine.tokenizer.clustering import CoarseMap, member_table
+from coarse2fine.tokenizer.clustering import CoarseMap, member_table, restrict_to_cluster
 
 
 @dataclass(frozen=True)
@@ -92,17 +92,6 @@ def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
     acc = (logits.argmax(-1) == targets).float().mean()
     return loss, acc
-
-
-def restrict_to_cluster(logits: torch.Tensor, coarse: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """Keep, at each position, only the fine codes of that position's cluster.
-
-    logits [B, N, K]; coarse [B, N]; members [C, M] (-1 padded) -> logits [B, N, M] over the
-    cluster's members (padding at -inf). Index m of the result is fine code members[coarse, m].
-    """
-    idx = members.to(logits.device)[coarse]  # [B, N, M]
-    out = logits.gather(-1, idx.clamp(min=0))
-    return out.masked_fill(idx < 0, float("-inf"))
 
 
 def fine_ce(logits: torch.Tensor, codes: torch.Tensor, coarse: torch.Tensor | None = None,

@@ -113,7 +113,7 @@ def test_one_bf16_training_step_per_stage(device, tmp_path):
     for stage in STAGE_SPECS:
         cfg = stage_config("GPT-small", stage, K, C, 10, GRID)
         out = tmp_path / stage
-        s = train(stage, cfg, TrainConfig(steps=1, batch_size=8, precision="bf16", log_every=1, ckpt_every=1),
+        s = train(stage, cfg, TrainConfig(steps=1, batch_size=8, dtype="bf16", log_every=1, ckpt_every=1),
                   codes, out, coarse_map=cmap if stage != "baseline" else None, restricted=stage == "fine",
                   progress=False, device=device.type)
         assert s["dtype"] == "bfloat16" and math.isfinite(s["loss"]), (stage, s)

@@ -15,7 +15,7 @@ def one_thread():
 def tiny_runs(tmp_path_factory):
     """Tokenizer, code store, CoarseMap and coarse/fine/baseline runs made through the CLI itself, as
     small as they go (20 images, 2-3 steps each, ~10 s): for tests of what the commands do with runs,
-    not of what the models learn. Returns a dict of paths."""
+    not of what the models learn; plus an exported release folder of each kind. Returns a dict of paths."""
     from coarse2fine.cli import main
 
     n = torch.get_num_threads()
@@ -34,6 +34,9 @@ def tiny_runs(tmp_path_factory):
         cm = ["--coarse-map", str(p["cmap"] / "coarse_map.safetensors")] if stage != "baseline" else []
         steps.append(["train", "--stage", stage, "--codes", str(p["codes"]), *cm, "--preset", "GPT-tiny", "--steps",
                       "3", "--batch-size", "4", "--lr", "0.1", "--dtype", "fp32", "--out", str(p[stage]), *quiet])
+    p["release"], p["release_baseline"] = root / "release", root / "release_baseline"  # `export` of each kind
+    steps += [["export", "--coarse", str(p["coarse"]), "--fine", str(p["fine"]), "--out", str(p["release"])],
+              ["export", "--baseline", str(p["baseline"]), "--out", str(p["release_baseline"])]]
     for argv in steps:
         assert main(argv) == 0, argv
     torch.set_num_threads(n)

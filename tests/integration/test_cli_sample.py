@@ -10,8 +10,9 @@ from coarse2fine.cli import build_parser, main
 
 
 def _sample(tiny_runs, out, *flags, mode="ctf"):
-    base = (["--coarse", str(tiny_runs["coarse"]), "--fine", str(tiny_runs["fine"])] if mode == "ctf"
-            else ["--baseline", str(tiny_runs["baseline"])])
+    base = {"ctf": ["--coarse", str(tiny_runs["coarse"]), "--fine", str(tiny_runs["fine"])],
+            "baseline": ["--baseline", str(tiny_runs["baseline"])],
+            "pipeline": ["--pipeline", str(tiny_runs["release"])]}[mode]
     argv = ["sample", *base, "--classes", "0,3", "--per-class", "2", "--device", "cpu", "--threads", "1",
             "--out", str(out), *flags]
     assert main(argv) == 0, argv
@@ -53,6 +54,7 @@ CASES = {
     "--fine": ([], "ctf", "same"),
     "--fine-decoding": (["--fine-decoding", "network"], "ctf", "same"),  # the no-network ones: test_demo_quick
     "--out": ([], "ctf", "same"),
+    "--pipeline": ([], "pipeline", "same"),  # the export of the same runs: the same images
 }
 
 
@@ -68,7 +70,7 @@ def test_sample_flag(tiny_runs, ref, tmp_path, flag):
     if flag == "--tokenizer":
         extra = ["--tokenizer", str(tiny_runs["tok"])]
     images, labels = _sample(tiny_runs, tmp_path / "s", *extra, mode=mode)
-    ref_images, ref_labels = ref[mode]
+    ref_images, ref_labels = ref["ctf" if mode == "pipeline" else mode]
     if isinstance(want, tuple):
         other, _ = _sample(tiny_runs, tmp_path / "other", *want[1], mode=mode)
         assert np.array_equal(images, other)
@@ -84,15 +86,69 @@ def test_sample_flag(tiny_runs, ref, tmp_path, flag):
 
 def test_sample_out_is_written_fresh(tiny_runs, tmp_path, capsys):
     """Finding 7: a reused --out kept the older, larger run's PNGs, and `eval --samples` scored the mixture."""
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     out = tmp_path / "s"
     _sample(tiny_runs, out, "--per-class", "5")  # 10 images
     images, labels = _sample(tiny_runs, out)  # 4 images into the same folder
     assert sorted(f.name for f in out.iterdir()) == [  # .lock: the folder's lock, as in a run directory
         ".lock", "000000_c0.png", "000001_c0.png", "000002_c3.png", "000003_c3.png", "grid.png", "samples.npz"]
-    loaded, loaded_labels, _ = load_samples(out)
+    loaded, loaded_labels, _ = read_samples(out)
     assert np.array_equal(loaded, images) and loaded_labels.tolist() == [0, 0, 3, 3]
     (out / "mine.txt").write_text("keep")
     assert main(["sample", "--baseline", str(tiny_runs["baseline"]), "--device", "cpu", "--out", str(out)]) == 2
     assert "did not write" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+
+
+def test_sample_from_a_baseline_release_folder(tiny_runs, ref, tmp_path, capsys):
+    """`--pipeline` takes a baseline export too (its model_index.json says which), samples what --baseline
+    samples, and refuses the stage-2 flags and the flags a release folder already answers."""
+    out = tmp_path / "b"
+    assert main(["sample", "--pipeline", str(tiny_runs["release_baseline"]), "--classes", "0,3", "--per-class", "2",
+                 "--device", "cpu", "--threads", "1", "--out", str(out)]) == 0
+    with np.load(out / "samples.npz") as z:
+        assert np.array_equal(z["arr_0"], ref["baseline"][0])
+    for extra, said in ((["--cfg-2", "2"], "--cfg-2 applies to the CTF stage 2 only"),
+                        (["--tokenizer", str(tiny_runs["tok"])], "--tokenizer comes from the release folder")):
+        assert main(["sample", "--pipeline", str(tiny_runs["release_baseline"]), "--device", "cpu",
+                     "--out", str(tmp_path / "x"), *extra]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["sample", "--pipeline", str(tiny_runs["tok"]), "--device", "cpu", "--out", str(tmp_path / "y")]) == 2
+    assert "holds no model_index.json" in capsys.readouterr().err
+
+
+def test_sample_fid_from_a_release_folder(tiny_runs, tmp_path, one_thread):
+    """`sample-fid --pipeline` samples what the runs it was exported from sample, with the folder's own
+    sampling defaults, and records the folder as its source."""
+    import json
+
+    common = ["--num-samples", "10", "--batch-size", "5", "--device", "cpu", "--no-progress"]
+    assert main(["sample-fid", "--coarse", str(tiny_runs["coarse"]), "--fine", str(tiny_runs["fine"]), *common,
+                 "--out", str(tmp_path / "runs")]) == 0
+    assert main(["sample-fid", "--pipeline", str(tiny_runs["release"]), *common, "--out", str(tmp_path / "rel")]) == 0
+    with np.load(tmp_path / "runs" / "samples.npz") as a, np.load(tmp_path / "rel" / "samples.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["labels"], b["labels"])
+    settings = json.loads((tmp_path / "rel" / "fid_run.json").read_text())["settings"]
+    assert settings["runs"] == {"pipeline": str(tiny_runs["release"].resolve())} and settings["kind"] == "ctf"
+    assert settings["stage1"] == json.loads((tmp_path / "runs" / "fid_run.json").read_text())["settings"]["stage1"]
+
+
+def test_eval_scores_a_release_folder_as_sample_fid_samples_it(tiny_runs, tmp_path, capsys, one_thread):
+    """`eval --pipeline` samples in memory what `sample-fid --pipeline` writes (same seed, default batch), so
+    both score the same; a samples folder refuses --seed, and --pipeline needs --num-samples."""
+    import json
+
+    rel = str(tiny_runs["release"])
+    assert main(["sample-fid", "--pipeline", rel, "--num-samples", "10", "--device", "cpu", "--no-progress",
+                 "--out", str(tmp_path / "fid")]) == 0
+    score = ["--data", "default", "--ref-count", "12", "--kid-subset-size", "5", "--device", "cpu",
+             "--cache-dir", str(tmp_path / "cache")]
+    assert main(["eval", "--samples", str(tmp_path / "fid"), *score, "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["eval", "--pipeline", rel, "--num-samples", "10", *score, "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert [(r["metric"], r["value"]) for r in a["rows"]] == [(r["metric"], r["value"]) for r in b["rows"]]
+    capsys.readouterr()
+    assert main(["eval", "--pipeline", rel, *score]) == 2
+    assert "--pipeline needs --num-samples" in capsys.readouterr().err
+    assert main(["eval", "--samples", str(tmp_path / "fid"), "--seed", "1", *score]) == 2
+    assert "--seed applies to --pipeline only" in capsys.readouterr().err

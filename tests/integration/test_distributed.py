@@ -92,7 +92,7 @@ def kill_tree(proc):
 
 def tcfg(steps, batch, **kw):
     """What the CLI's train_flags resolve to: the GPT-tiny recipe, then the flags given."""
-    base = {**train_recipe("GPT-tiny", steps), "steps": steps, "batch_size": batch, "lr": 3e-3, "precision": "fp32",
+    base = {**train_recipe("GPT-tiny", steps), "steps": steps, "batch_size": batch, "lr": 3e-3, "dtype": "fp32",
             "log_every": 1}
     return TrainConfig(**{**base, **kw})
 
@@ -212,7 +212,7 @@ def test_tokenizer_two_processes_equal_one(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ds = build_dataset("default", 32, limit_per_class=2)
     train_tokenizer("VQ-tiny", tmp_path / "one", ds, steps=2, batch_size=4, lr=0.5, reseed_dead=False, ema_decay=0.0,
-                    precision="fp32", progress=False, device="cpu")
+                    dtype="fp32", progress=False, device="cpu")
     x = torch.stack([torch.from_numpy(ds.get_raw(i)) for i in range(8)]).permute(0, 3, 1, 2).float() / 127.5 - 1
     torch.manual_seed(0)
     init = VQModel(vq_config("VQ-tiny")).eval()

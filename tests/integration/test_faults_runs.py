@@ -101,7 +101,7 @@ def test_a_second_writer_of_an_output_folder_is_refused(tiny_runs, tmp_path, cap
 def test_sample_on_a_full_disk_keeps_the_earlier_output_and_names_the_folder(tiny_runs, tmp_path, capsys, monkeypatch):
     from PIL import Image
 
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     out = tmp_path / "s"
     argv = ["sample", "--baseline", str(tiny_runs["baseline"]), "--per-class", "1", "--device", "cpu", "--out", str(out)]
@@ -118,7 +118,7 @@ def test_sample_on_a_full_disk_keeps_the_earlier_output_and_names_the_folder(tin
     one_line_error(capsys, argv + ["--seed", "1"], f"No space left on device: {out}; free some space")
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # no partial PNG, the old npz intact
     monkeypatch.setattr(Image.Image, "save", real)
-    assert main(argv + ["--seed", "1"]) == 0 and len(load_samples(out)[0]) == 10
+    assert main(argv + ["--seed", "1"]) == 0 and len(read_samples(out)[0]) == 10
 
 
 def test_extract_codes_that_failed_on_a_full_disk_is_restarted_by_the_rerun(tiny_runs, other_codes, tmp_path, capsys,
@@ -206,3 +206,161 @@ def test_export_sampling_defaults_are_honoured_and_checked(exported, tmp_path):
     _edit_index(folder, sampling_defaults={"stage1": {"temprature": 1.0}})
     with pytest.raises(UserError, match="stage1 must hold some of"):
         CTFPipeline.from_pretrained(folder)
+
+
+# ---- issue 33: a run's coarse map, exports of runs, outputs of failed commands ---------------------------------
+
+def test_a_coarse_map_put_in_place_of_a_runs_own_is_refused(tiny_runs, tmp_path, capsys):
+    from coarse2fine.tokenizer.clustering import CoarseMap
+
+    fine = shutil.copytree(tiny_runs["fine"], tmp_path / "fine")
+    own = CoarseMap.load(fine / "coarse_map.safetensors")
+    assert json.loads((fine / "config.json").read_text())["coarse_map"]["sha256"] == own.digest  # recorded
+    other = tmp_path / "other"
+    assert main(["cluster", "--tokenizer", str(tiny_runs["tok"]), "--clusters", "8", "--method", "random", "--out",
+                 str(other)]) == 0
+    shutil.copyfile(other / "coarse_map.safetensors", fine / "coarse_map.safetensors")
+    one_line_error(capsys, ["sample", "--coarse", tiny_runs["coarse"], "--fine", fine, "--per-class", "1", "--out",
+                            tmp_path / "s", "--device", "cpu"],
+                   f"coarse map {fine / 'coarse_map.safetensors'} is not the one {fine} was trained with")
+    before = (fine / "config.json").read_text()
+    one_line_error(capsys, ["train", "--resume", "--out", fine, "--steps", "6", *QUIET], "is not the one")
+    assert (fine / "config.json").read_text() == before
+
+
+def test_cluster_refuses_to_write_into_a_run_directory(tiny_runs, tmp_path, capsys):
+    run = shutil.copytree(tiny_runs["coarse"], tmp_path / "coarse")
+    before = (run / "coarse_map.safetensors").read_bytes()
+    one_line_error(capsys, ["cluster", "--tokenizer", tiny_runs["tok"], "--clusters", "4", "--out", run],
+                   f"{run} is a run directory", "write the new map to another folder")
+    assert (run / "coarse_map.safetensors").read_bytes() == before
+
+
+def test_export_of_a_run_being_trained_is_refused(tiny_runs, tmp_path, capsys):
+    fine = shutil.copytree(tiny_runs["fine"], tmp_path / "fine")
+    holder = _hold_lock(fine)  # a training process holds the run's lock
+    try:
+        one_line_error(capsys, ["export", "--coarse", tiny_runs["coarse"], "--fine", fine, "--out", tmp_path / "e"],
+                       f"{fine} (stage2) is being trained right now (pid {holder.pid}", "export it after the run ends")
+    finally:
+        holder.communicate("")
+    assert not (tmp_path / "e").exists()
+    assert main(["export", "--coarse", str(tiny_runs["coarse"]), "--fine", str(fine), "--out", str(tmp_path / "e")]) == 0
+
+
+def test_export_into_the_current_empty_folder(tiny_runs, tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir(mode=0o750)
+    inode = here.stat().st_ino
+    monkeypatch.chdir(here)
+    assert main(["export", "--coarse", str(tiny_runs["coarse"]), "--fine", str(tiny_runs["fine"]), "--out", "."]) == 0
+    assert (here / "model_index.json").is_file() and here.stat().st_ino == inode  # filled, not replaced
+    assert oct(here.stat().st_mode & 0o777) == "0o750" and sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+def test_save_pretrained_failures_are_the_librarys_one_line(tiny_runs, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from coarse2fine import release
+    from coarse2fine.config import UserError
+    from coarse2fine.pipeline import CTFPipeline
+
+    pipe = CTFPipeline.from_runs(tiny_runs["coarse"], tiny_runs["fine"])
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)  # an empty read-only folder: root could write it, its mode says no
+    with pytest.raises(UserError, match=r"ro is read-only \(mode 555\); `chmod u\+w"):
+        pipe.save_pretrained(ro)
+    assert oct(ro.stat().st_mode & 0o777) == "0o555" and not any(ro.iterdir())  # was: replaced, mode changed
+    with pytest.raises(UserError, match="is read-only"):
+        pipe.save_pretrained(ro / "x")  # its parent cannot be written
+
+    def denied(pipe, name, tmp):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+    monkeypatch.setattr(release, "_write_release", denied)  # e.g. a parent this (non-root) user cannot write
+    with pytest.raises(UserError, match=r"cannot save the pipeline to .*Permission denied: .*check the permissions"):
+        pipe.save_pretrained(tmp_path / "out")
+    monkeypatch.undo()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match=r"cannot push to the Hugging Face repo me/x \(OfflineModeIsEnabled"):
+        pipe.push_to_hub("me/x")  # was: the Hub library's own exception
+
+
+def test_sample_that_fails_into_a_new_folder_leaves_nothing(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "new" / "s"
+    one_line_error(capsys, ["sample", "--baseline", tiny_runs["baseline"], "--classes", "99", "--out", out,
+                            "--device", "cpu"], "class ids [99] out of range")
+    assert not (tmp_path / "new").exists()  # was: a folder holding only .lock, refused by export as "not empty"
+    out.mkdir(parents=True)
+    (out / ".lock").write_text("12345\n")  # what a killed command leaves; nobody holds it
+    assert main(["export", "--baseline", str(tiny_runs["baseline"]), "--out", str(out)]) == 0
+
+
+def test_a_long_sample_says_how_long_it_will_take(tiny_runs, tmp_path, capsys):
+    assert main(["sample", "--baseline", str(tiny_runs["baseline"]), "--per-class", "2", "--batch-size", "8",
+                 "--out", str(tmp_path / "s"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "sampling 20 images in 3 batches of 8" in out and "batch 1/3 after" in out and "s left" in out
+
+
+def test_exported_parts_passed_as_runs_name_the_folder(exported, tmp_path, capsys):
+    one_line_error(capsys, ["sample", "--coarse", exported / "stage1", "--fine", exported / "stage2", "--out",
+                            tmp_path / "s", "--device", "cpu"],
+                   f"{exported / 'stage1'} is a component of the exported folder {exported}", "from_pretrained")
+    part = shutil.copytree(exported, tmp_path / "part")
+    shutil.rmtree(part / "coarse_map")
+    from coarse2fine.config import UserError
+    from coarse2fine.pipeline import CTFPipeline
+
+    with pytest.raises(UserError, match=r"component coarse_map \(coarse_map/\) is missing") as e:
+        CTFPipeline.from_pretrained(part)
+    assert "coarse2fine cluster" not in str(e.value)  # was: advised creating a map
+
+
+def test_a_link_out_of_an_export_is_named_as_a_link(exported, tmp_path):
+    from coarse2fine.config import UserError
+    from coarse2fine.pipeline import CTFPipeline
+
+    folder = shutil.copytree(exported, tmp_path / "ctf")
+    shutil.move(folder / "stage1", tmp_path / "stage1")
+    (folder / "stage1").symlink_to(tmp_path / "stage1")
+    with pytest.raises(UserError, match=f"stage1 is a link to {tmp_path / 'stage1'}, outside the exported folder"):
+        CTFPipeline.from_pretrained(folder)
+
+
+def test_the_page_starts_at_the_exports_sampling_defaults(exported, tmp_path):
+    from coarse2fine.apps.app import Explorer
+
+    folder = shutil.copytree(exported, tmp_path / "ctf")
+    _edit_index(folder, sampling_defaults={"stage1": {"temperature": 0.5, "cfg_scale": 3.0, "top_k": 7},
+                                           "stage2": {"temperature": 0.7, "top_k": 5}})
+    ex = Explorer.from_pretrained(folder)
+    k = ex.default_knobs()
+    assert (k.temperature1, k.cfg, k.top_k1, k.temperature2, k.top_k2) == (0.5, 3.0, 7, 0.7, 5)
+    assert k.stage1() == ex.pipe.coarse_default and k.stage2() == ex.pipe.fine_default
+
+
+def test_the_page_shows_the_exports_sampling_defaults(exported, tmp_path):
+    pytest.importorskip("gradio")  # the page's extra; the knobs it starts at are checked above without it
+    from coarse2fine.apps.app import Explorer
+    from coarse2fine.apps.app_page import build
+
+    folder = shutil.copytree(exported, tmp_path / "ctf")
+    _edit_index(folder, sampling_defaults={"stage1": {"temperature": 0.5, "top_k": 7},
+                                           "stage2": {"temperature": 0.7, "top_k": 5}})
+    shown = {c.elem_id: c.value for c in build(Explorer.from_pretrained(folder)).blocks.values()
+             if getattr(c, "elem_id", None)}
+    assert (shown["c2f-t1"], shown["c2f-k1"], shown["c2f-t2"], shown["c2f-k2"]) == (0.5, 7, 0.7, 5)
+
+
+def test_heldout_codes_missing_classes_are_warned_about(tiny_runs, tmp_path, caplog):
+    held = shutil.copytree(tiny_runs["codes"], tmp_path / "held")
+    labels = np.load(held / "labels.npy")
+    np.save(held / "labels.npy", np.where(labels == 3, 2, labels))  # class 3 has no codes
+    m = json.loads((held / "meta.json").read_text())
+    m.pop("labels_sha256", None)
+    (held / "meta.json").write_text(json.dumps(m))
+    with caplog.at_level("WARNING", logger="coarse2fine.data"):
+        assert main(["train", "--stage", "baseline", "--codes", str(tiny_runs["codes"]), "--heldout", str(held),
+                     "--preset", "GPT-tiny", "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "r"),
+                     *QUIET]) == 0
+    assert f"--heldout {held} has no codes of 1 of its 10 classes" in caplog.text

@@ -171,7 +171,7 @@ def test_cluster_extract_and_train_on_imported_tokenizer(files, tmp_path, capsys
         assert np.array_equal(store.codes[np.arange(i * v, (i + 1) * v)], direct.numpy()), i
     # the stage trainer reads the sharded store directly
     mcfg = stage_config("GPT-tiny", "baseline", 4096, 0, 3, SIZE // 4)
-    s = train("baseline", mcfg, TrainConfig(steps=2, batch_size=8, precision="fp32"), codes, tmp_path / "run",
+    s = train("baseline", mcfg, TrainConfig(steps=2, batch_size=8, dtype="fp32"), codes, tmp_path / "run",
               progress=False)
     assert s["steps_this_run"] == 2 and math.isfinite(s["loss"])
 

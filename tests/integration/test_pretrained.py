@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from coarse2fine.config import UserError
 from coarse2fine.pipeline import ARPipeline, CTFPipeline
+from coarse2fine.sampling import StageSampling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,13 +50,32 @@ def test_save_then_load_gives_the_same_samples_and_saves_again_identically(tiny_
 
 
 def test_saved_sampling_defaults_are_the_pipelines_own(tiny_runs, tmp_path):
-    from coarse2fine.sampling import StageSampling
-
     pipe = CTFPipeline.from_runs(tiny_runs["coarse"], tiny_runs["fine"])
     pipe.coarse_default, pipe.fine_default = StageSampling(0.5, cfg_scale=1.0), StageSampling(0.7)
     back = CTFPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "p"))
     assert (back.coarse_default, back.fine_default) == (pipe.coarse_default, pipe.fine_default)
     assert torch.equal(back(LABELS, seed=1).codes, pipe(LABELS, seed=1).codes)
+
+
+def test_save_a_pipeline_built_from_objects(tiny_runs, tmp_path):
+    """save_pretrained needs no run directories (diffusers saves from the components): a pipeline built
+    from a tokenizer, networks and a coarse map saves, loads back and samples the same."""
+    from coarse2fine.checkpoint import load_run, load_vq
+    from coarse2fine.tokenizer.clustering import CoarseMap
+
+    vq = load_vq(tiny_runs["tok"])
+    coarse, _ = load_run(tiny_runs["coarse"])
+    fine, _ = load_run(tiny_runs["fine"])
+    pipe = CTFPipeline(vq, coarse, fine, CoarseMap.load(tiny_runs["cmap"]), restricted=True)
+    pipe.coarse_default = StageSampling(0.5, cfg_scale=3.0)
+    back = CTFPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "ctf"))
+    assert back.restricted and back.coarse_default == pipe.coarse_default
+    assert torch.equal(back(LABELS, seed=1).codes, pipe(LABELS, seed=1).codes)
+    assert "from run `objects`" in (tmp_path / "ctf" / "README.md").read_text()
+    baseline, _ = load_run(tiny_runs["baseline"])
+    base = ARPipeline(vq, baseline)
+    back = ARPipeline.from_pretrained(base.save_pretrained(tmp_path / "base"))
+    assert torch.equal(back(LABELS, seed=2).codes, base(LABELS, seed=2).codes)
 
 
 def test_save_refusals(tiny_runs, tmp_path):
@@ -65,13 +85,10 @@ def test_save_refusals(tiny_runs, tmp_path):
     with pytest.raises(UserError, match="is not empty"):
         pipe.save_pretrained(tmp_path / "full")
     assert (tmp_path / "full" / "x").read_text() == "keep me"
-    bare = ARPipeline(pipe.vq, pipe.model)  # built from objects: no run configs to write
-    with pytest.raises(UserError, match="built from objects"):
-        bare.save_pretrained(tmp_path / "bare")
     stage1_only = CTFPipeline.from_runs(tiny_runs["coarse"])
     with pytest.raises(UserError, match="no stage-2 model"):
         stage1_only.save_pretrained(tmp_path / "s1")
-    assert not (tmp_path / "bare").exists() and not (tmp_path / "s1").exists()
+    assert not (tmp_path / "s1").exists()
     assert not list(tmp_path.glob(".*partial"))
 
 

@@ -11,22 +11,7 @@ from coarse2fine.tokenizer.clustering import cluster_codebook
 from coarse2fine.checkpoint import load_run
 from coarse2fine.training.gpt import train
 
-K, C, GRID, NCLS = 64, 8, 4, 3
-
-
-def make_store(path, n=48, seed=0, fingerprint="fp"):
-    """A code store in the extract-codes format, with class-dependent structure to learn."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, NCLS, n)
-    codes = (labels[:, None] * 7 + np.arange(GRID * GRID)[None] + rng.integers(0, 3, (n, GRID * GRID))) % K
-    path.mkdir(parents=True)
-    np.save(path / "codes.npy", codes.astype(np.int16))
-    np.save(path / "labels.npy", labels.astype(np.int64))
-    meta = {"num_classes": NCLS, "classes": [f"c{i}" for i in range(NCLS)], "grid": GRID, "codebook_size": K,
-            "tokenizer_fingerprint": fingerprint, "tokenizer_dir": "", "flip": False, "dataset": "synthetic",
-            "split": "train", "count": n}
-    (path / "meta.json").write_text(json.dumps(meta))
-    return path
+from fakes import C, GRID, K, NCLS, make_store
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +27,7 @@ def setup(tmp_path_factory):
 
 def _cfg(steps, **kw):
     kw = {"lr": 1e-2, **kw}
-    return TrainConfig(steps=steps, batch_size=8, warmup_steps=2, schedule="cosine", precision="fp32",
+    return TrainConfig(steps=steps, batch_size=8, warmup_steps=2, schedule="cosine", dtype="fp32",
                        log_every=1, ckpt_every=100, ema_decay=0.9, **kw)
 
 

@@ -17,11 +17,10 @@ import torch
 from coarse2fine.config import UserError
 from coarse2fine.training.tokenizer import train_tokenizer
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_tokenizer_train import CFG, TRAIN, Blobs  # noqa: E402
+from fakes import CFG, TRAIN, Blobs
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-GAN = {**TRAIN, "precision": "fp32", "perceptual_weight": 0.5, "disc_weight": 0.5, "disc_start": 2,
+GAN = {**TRAIN, "dtype": "fp32", "perceptual_weight": 0.5, "disc_weight": 0.5, "disc_start": 2,
        "disc_adaptive": True, "disc_channels": 8, "disc_layers": 2, "ckpt_every": 100}
 
 
@@ -109,3 +108,35 @@ def test_train_tokenizer_help_shows_every_loss_term(capsys):
                  "--disc-weight", "--disc-start", "--disc-loss", "--gen-adv-loss", "--disc-adaptive", "--codebook-size"):
         assert flag in out, flag
     assert "VQ-16/VQ-8: 0.5" in out and "VQ-16/VQ-8: 20000" in out  # LlamaGen's defaults are shown
+
+
+def test_colour_term_and_shallow_ramped_perceptual_resume_exactly(tmp_path):
+    """The issue-29 loss options reach the loss, the ramp starts the perceptual term near 0, and a
+    resumed run is bit-identical to an uninterrupted one."""
+    from coarse2fine.tokenizer.perceptual import PerceptualLoss
+
+    torch.set_num_threads(1)
+    tc = {**TRAIN, "dtype": "fp32", "perceptual_weight": 0.5, "perceptual_depth": 2, "perceptual_ramp": 4,
+          "colour_weight": 1.0, "ckpt_every": 100}
+    full = train_tokenizer(CFG, tmp_path / "full", Blobs(), tc, steps=4, progress=False)
+    train_tokenizer(CFG, tmp_path / "part", Blobs(), tc, steps=4, stop_at_step=2, progress=False)
+    part = train_tokenizer(CFG, tmp_path / "part", Blobs(), tc, steps=4, resume=True, progress=False)
+    a, b = _state(full), _state(part)
+    for key in ("model", "optimizer", "ema", "step"):
+        _assert_same(a[key], b[key], key)
+    rows = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["colour"] > 0 and r["perceptual"] > 0 for r in rows)
+    saved = json.loads((full / "config.json").read_text())["train"]
+    assert (saved["perceptual_depth"], saved["perceptual_ramp"], saved["colour_weight"]) == (2, 4, 1.0)
+    shallow = PerceptualLoss(16, depth=2)
+    assert shallow.taps == (0, 3) and len(shallow.blocks) == 4  # only the blocks up to the last tap run
+    # the terms change the optimisation: without them the weights differ
+    plain = train_tokenizer(CFG, tmp_path / "plain", Blobs(), {**TRAIN, "dtype": "fp32", "ckpt_every": 100},
+                            steps=4, progress=False)
+    assert not torch.equal(_state(plain)["model"]["decoder.conv_out.weight"], a["model"]["decoder.conv_out.weight"])
+
+
+def test_bad_perceptual_depth_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="perceptual depth"):
+        train_tokenizer(CFG, tmp_path / "r", Blobs(), {**TRAIN, "perceptual_weight": 1.0, "perceptual_depth": 6},
+                        steps=2, progress=False)

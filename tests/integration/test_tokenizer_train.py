@@ -10,42 +10,14 @@ from PIL import Image
 
 from coarse2fine.checkpoint import load_weights
 from coarse2fine.cli import main
-from coarse2fine.config import UserError, VQConfig
+from coarse2fine.config import UserError
 from coarse2fine.data.codes import CodeStore, extract_codes
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine.checkpoint import load_vq
 from coarse2fine.training.tokenizer import evaluate_reconstruction, train_tokenizer
 
 
-class Interrupted(Exception):
-    pass
-
-
-class Blobs:
-    """ImageDataset stand-in: n smooth random RGB images (uint8) with 4 classes. get_raw raises
-    Interrupted at index `fail_at` (to simulate a crash mid-extraction)."""
-
-    def __init__(self, n: int = 40, resolution: int = 16, fail_at: int | None = None):
-        g = np.random.default_rng(0)
-        low = g.integers(0, 256, size=(n, 4, 4, 3)).astype(np.uint8)
-        self.images = np.stack([np.asarray(Image.fromarray(im).resize((resolution, resolution), Image.BICUBIC))
-                                for im in low])
-        self.labels = np.arange(n, dtype=np.int64) % 4
-        self.classes, self.num_classes = ["a", "b", "c", "d"], 4
-        self.name, self.split, self.resolution, self.fail_at = "blobs", "train", resolution, fail_at
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def get_raw(self, i: int) -> np.ndarray:
-        if i == self.fail_at:
-            raise Interrupted
-        return self.images[i]
-
-
-CFG = VQConfig(codebook_size=64, codebook_embed_dim=4, ch=16, ch_mult=(1, 2), z_channels=16,
-               num_res_blocks=1, image_size=16, use_attn=True)
-TRAIN = dict(batch_size=8, lr=2e-3, warmup_steps=2, reseed_every=2, log_every=1, ckpt_every=2, ema_decay=0.999, flip=True)
+from fakes import CFG, TRAIN, Blobs, Interrupted
 
 
 def metrics(run) -> list[dict]:

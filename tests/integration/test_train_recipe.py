@@ -1,6 +1,5 @@
 """`train` takes its defaults from the preset's recipe, prints them and stores them in config.json."""
 import json
-from pathlib import Path
 
 import pytest
 
@@ -54,15 +53,11 @@ def test_tokenizer_defaults_come_from_the_preset(tmp_path, capsys, one_thread):
 
 def test_plan_stage_run_is_the_one_place_that_resolves_a_run(tmp_path):
     """The library resolves (recipe, given settings, saved run) without the CLI; the checks live there."""
-    import sys
-
-    import pytest
 
     from coarse2fine.config import UserError
     from coarse2fine.training.plan import plan_stage_run
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_stage_train import make_store
+    from fakes import make_store
 
     codes = make_store(tmp_path / "codes")
     plan = plan_stage_run(tmp_path / "run", stage="baseline", preset="GPT-tiny", codes=codes, given={"steps": 40, "lr": None})
@@ -73,3 +68,23 @@ def test_plan_stage_run_is_the_one_place_that_resolves_a_run(tmp_path):
         plan_stage_run(tmp_path / "run", stage="coarse", codes=codes, head="full")
     with pytest.raises(UserError, match="^train needs --stage and --codes"):
         plan_stage_run(tmp_path / "run", stage="coarse")
+
+
+def test_the_coarse_map_is_read_once_per_run(tiny_runs, tmp_path, monkeypatch, one_thread):
+    """The plan loads the map and hands train() the object: one read for a fresh run and one for a resume
+    (the run's own copy, which train keeps beside config.json); it used to be read 2-3 times."""
+    from coarse2fine.tokenizer.clustering import CoarseMap
+
+    reads = []
+    real = CoarseMap.load.__func__
+    monkeypatch.setattr(CoarseMap, "load", classmethod(lambda cls, p: reads.append(p) or real(cls, p)))
+    out = tmp_path / "coarse"
+    argv = ["train", "--stage", "coarse", "--codes", str(tiny_runs["codes"]), "--coarse-map", str(tiny_runs["cmap"]),
+            "--preset", "GPT-tiny", "--steps", "2", "--batch-size", "4", "--dtype", "fp32", "--device", "cpu",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0 and len(reads) == 1
+    copy = CoarseMap.load(out / "coarse_map.safetensors")
+    assert (out / "coarse_map.safetensors").read_bytes() == (tiny_runs["cmap"] / "coarse_map.safetensors").read_bytes()
+    reads.clear()
+    assert main(["train", "--resume", "--steps", "3", "--no-progress", "--out", str(out)]) == 0
+    assert len(reads) == 1 and copy.source == (out / "coarse_map.safetensors").resolve()

@@ -19,8 +19,7 @@ from coarse2fine.stages import stage_config
 from coarse2fine.tokenizer.clustering import cluster_codebook
 from coarse2fine.training.gpt import train
 from coarse2fine.training.tokenizer import train_tokenizer
-from test_stage_train import C, GRID, K, NCLS, make_store
-from test_tokenizer_train import CFG, TRAIN, Blobs
+from fakes import CFG, GRID, TRAIN, Blobs, C, K, NCLS, make_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
@@ -36,7 +35,7 @@ def data(tmp_path_factory):
 
 
 def _cfg(**kw):
-    base = dict(steps=4, batch_size=8, lr=1e-2, warmup_steps=1, schedule="cosine", precision="fp32", log_every=1,
+    base = dict(steps=4, batch_size=8, lr=1e-2, warmup_steps=1, schedule="cosine", dtype="fp32", log_every=1,
                 ckpt_every=2)
     return TrainConfig(**{**base, **kw})
 
@@ -156,7 +155,7 @@ KILL_AFTER_CHECKPOINT = """
 import os, sys
 sys.path.insert(0, {tests!r})
 import torch
-from test_stage_train import C, GRID, K, NCLS
+from fakes import C, GRID, K, NCLS
 from coarse2fine.config import TrainConfig
 from coarse2fine.stages import stage_config
 from coarse2fine.training import gpt, loop
@@ -174,8 +173,8 @@ gpt.train("baseline", stage_config("GPT-tiny", "baseline", K, C, NCLS, GRID), cf
 
 def test_kill_after_checkpoint_keeps_log_and_partial_line_does_not_block_resume(data, tmp_path):
     store, _ = data
-    cfg = dict(steps=6, batch_size=8, lr=1e-2, precision="fp32", log_every=100, ckpt_every=2)
-    script = KILL_AFTER_CHECKPOINT.format(tests=os.path.dirname(__file__), cfg=cfg, store=str(store),
+    cfg = dict(steps=6, batch_size=8, lr=1e-2, dtype="fp32", log_every=100, ckpt_every=2)
+    script = KILL_AFTER_CHECKPOINT.format(tests=os.path.dirname(os.path.dirname(__file__)), cfg=cfg, store=str(store),
                                           out=str(tmp_path / "run"))
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"})

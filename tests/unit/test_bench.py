@@ -112,12 +112,30 @@ def test_matmul_rate_is_the_flops_of_one_matmul_over_its_best_time(monkeypatch):
     assert seen == [(64, 64)] * 4 and rate == 2 * 64 ** 3 / 0.25  # 2 n^3 multiply-adds, the fastest repeat
 
 
-def test_memory_probe_sees_a_touched_allocation():
+@pytest.mark.parametrize("resettable", [True, False])
+def test_memory_probe_sees_a_touched_allocation(monkeypatch, resettable):
+    """Both probes see a 64 MiB allocation: the resettable high-water mark, and the lifetime one (a kernel
+    without clear_refs), whose peak is at least the RSS during the allocation."""
+    import pathlib
+
+    real = pathlib.Path.write_text
+    if resettable:
+        try:
+            real(pathlib.Path("/proc/self/clear_refs"), "5")
+        except OSError:
+            pytest.skip("this kernel lets no process reset its RSS high-water mark")
+    else:
+        def no_clear_refs(self, *a, **k):
+            if str(self) == "/proc/self/clear_refs":
+                raise PermissionError("clear_refs refused")
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(pathlib.Path, "write_text", no_clear_refs)
     with bench.peak_memory("cpu") as pm:
         x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
         del x
-    if pm.kind == "peak RSS":  # Linux with a resettable high-water mark
-        assert pm.rise_mib > 50
+    assert pm.kind == ("peak RSS" if resettable else "lifetime peak RSS")
+    assert pm.rise_mib > 50
 
 
 def test_two_level_sampler_follows_softmax_and_respects_filters():
@@ -149,7 +167,12 @@ def test_tiny_sample_bench_end_to_end(tmp_path):
     assert r["flops"]["stage2"] == bench.full_forward_flops(fine_cfg, 2, 17, head_positions=16, head_width=width)
     assert set(w["median_s"]) >= {"stage1", "stage2", "decode", "baseline", "ctf_total", "baseline_total"}
     assert w["ratio_ctf_over_baseline"] == pytest.approx(w["images_per_s"]["ctf"] / w["images_per_s"]["baseline"])
-    assert 0 < r["cpu"]["loops"]["baseline"]["frac_of_matmul_peak"] < 2
+    # the fraction of the matmul peak is the loop's counted FLOPs over its median time over the measured peak
+    # (its size depends on the machine; its arithmetic does not)
+    cpu, loop = r["cpu"], r["cpu"]["loops"]["baseline"]
+    assert loop["flop_per_s"] == pytest.approx(r["flops"]["baseline"] / cpu["median_s"]["baseline"])
+    assert loop["frac_of_matmul_peak"] == pytest.approx(loop["flop_per_s"] / cpu["matmul_peak_flop_per_s"])
+    assert cpu["matmul_peak_flop_per_s"] == pytest.approx(bench.median(cpu["matmul_peaks"]))
     assert r["naive"]["wall"]["time_s"] > 0
     out = tmp_path / "s.json"
     rc = main(["bench", "sample", "--preset", "GPT-tiny", "--grid", "4", "--batch-size", "2", "--repeats", "1",
@@ -193,5 +216,17 @@ def test_presets_list_the_64px_tokenizers_and_time_a_step_with_their_recipe(caps
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "VQ-64-f8" in out and "64px -> 8x8" in out and "VQ-64-f4" in out and "64px -> 16x16" in out
+    assert "CPU-s/step" not in out  # timing is a developer tool: `bench tokenizer-steps`
     t = bench.tokenizer_step_seconds("VQ-64-f8", repeats=1)
     assert (t["batch_size"], t["terms"], t["precision"]) == (16, "L2+perceptual", "fp32") and t["cpu_s"] > 0
+
+
+def test_bench_tokenizer_steps_times_the_cpu_presets_only(capsys, monkeypatch):
+    """`presets --time` moved here, beside the other developer tools; the GPU presets are skipped."""
+    seen = []
+    monkeypatch.setattr(bench, "tokenizer_step_seconds", lambda name, repeats: seen.append((name, repeats)) or
+                        {"cpu_s": 0.5, "batch_size": 16, "terms": "L2"})
+    assert main(["bench", "tokenizer-steps", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert [n for n, _ in seen] == ["VQ-tiny", "VQ-small", "VQ-64-f8", "VQ-64-f4"] and {r for _, r in seen} == {2}
+    assert "VQ-64-f8     0.50 CPU-s/step (batch 16, L2, fp32, 1 thread)" in out and "VQ-16" not in out

@@ -20,9 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("coarse2fine",)):
     """(command path, parser) for the top-level parser and every (nested) subcommand."""
     yield path, parser
+    # help lines as --help shows them: the developer tools are a second view of the same subparsers action
+    shown = [a for g in parser._action_groups for a in g._group_actions if isinstance(a, argparse._SubParsersAction)]
     for a in parser._actions:
         if isinstance(a, argparse._SubParsersAction):
-            helps = {c.dest: c.help for c in a._choices_actions}
+            helps = {c.dest: c.help for view in shown for c in view._choices_actions}
             for name, sub in a.choices.items():
                 assert helps.get(name), f"{' '.join(path)} {name} has no help line"
                 yield from _walk(sub, path + (name,))
@@ -40,7 +42,7 @@ def test_every_flag_of_every_subcommand_has_help():
 
 # Old names of one concept, removed in favour of the docs/cli.md vocabulary.
 RETIRED = {"--root": "--data-root", "--batch": "--batch-size", "--precision": "--dtype", "--bf16": "--dtype",
-           "--no-bf16": "--dtype", "--no-ema": "--ema-decay", "--warmup": "--untimed-rounds", "--num-coarse": "--clusters", "--n": "--num-images", "--eval-n": "--num-images", "--limit": "--max-sequences"}
+           "--no-bf16": "--dtype", "--resolution": "--image-size", "--no-ema": "--ema-decay", "--warmup": "--untimed-rounds", "--num-coarse": "--clusters", "--n": "--num-images", "--eval-n": "--num-images", "--limit": "--max-sequences"}
 
 
 def test_one_name_per_concept():
@@ -56,6 +58,74 @@ def test_one_name_per_concept():
         if "--dtype" in flags:  # bench compares named precisions (one or several), so has no 'auto'
             want = {"fp32", "bf16"} if path[1] == "bench" else {"auto", "fp32", "bf16"}
             assert set(flags["--dtype"].choices) == want, path
+
+
+# One flag per meaning (docs/cli.md): concept -> (its flag, spellings that must never become a flag). The
+# synonyms are the names such a flag takes elsewhere (argparse, LlamaGen, torchrun scripts, our own past).
+SYNONYMS = {
+    "image size in px": ("--image-size", ["--resolution", "--img-size", "--image-resolution", "--size", "--res"]),
+    "images / sequences per batch": ("--batch-size", ["--batch", "--bs", "--global-batch-size", "--per-proc-batch-size"]),
+    "precision": ("--dtype", ["--precision", "--bf16", "--fp32", "--amp", "--mixed-precision"]),
+    "data location": ("--data-root", ["--root", "--data-dir", "--data-path", "--dataset-root"]),
+    "data set name": ("--data", ["--dataset", "--data-name"]),
+    "number of coarse clusters C": ("--clusters", ["--num-coarse", "--n-clusters", "--num-clusters", "--k"]),
+    "how many generated samples": ("--num-samples", ["--n-samples", "--num-fid-samples", "--samples-count"]),
+    "how many data images are measured": ("--num-images", ["--n", "--n-images", "--eval-n"]),
+    "CPU threads": ("--threads", ["--num-threads", "--nthreads", "--omp-threads"]),
+    "output": ("--out", ["--output", "--out-dir", "--output-dir", "--results-dir"]),
+    "learning-rate warm-up": ("--warmup-steps", ["--warmup", "--warmup-iters"]),
+    # import-llamagen --ema (pick a file's stored EMA weights) is another meaning, so not listed here
+    "EMA of the released weights": ("--ema-decay", ["--no-ema", "--ema-rate", "--ema-beta"]),
+    "classifier-free guidance scale": ("--cfg", ["--cfg-scale", "--guidance-scale", "--guidance"]),
+    "a release folder": ("--pipeline", ["--release", "--export", "--pretrained", "--model-dir"]),
+}
+
+
+def synonyms_in(parser: argparse.ArgumentParser) -> list[str]:
+    """'<command>: <synonym> (say <flag>)' for every refused spelling a (sub)command defines."""
+    found = []
+    for path, p in _walk(parser):
+        flags = _flags(p)
+        for concept, (flag, others) in SYNONYMS.items():
+            found += [f"{' '.join(path)}: {s} (say {flag}: {concept})" for s in others if s in flags]
+    return found
+
+
+def test_no_synonym_of_a_documented_flag():
+    assert synonyms_in(build_parser()) == []
+    doc = (REPO / "docs" / "cli.md").read_text()
+    for concept, (flag, _) in SYNONYMS.items():  # the page states every concept's one flag
+        assert f"`{flag}" in doc, (concept, flag)
+
+
+def test_a_new_synonym_cannot_pass():
+    """The check above fails on a subcommand that adds a synonym, here the classifier's old --resolution."""
+    from coarse2fine.cli._args import Parser
+
+    parser = Parser(prog="coarse2fine")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("train-classifier", help="x").add_argument("--resolution", type=int)
+    assert synonyms_in(parser) == ["coarse2fine train-classifier: --resolution (say --image-size: image size in px)"]
+
+
+def test_help_lists_the_pipeline_in_order_and_developer_tools_apart(capsys):
+    """`coarse2fine --help`: the user's commands in the order a run goes through them, every subcommand
+    placed, and the developer tools after them in a group of their own."""
+    import re
+
+    from coarse2fine.cli import DEVELOPER_TOOLS, PIPELINE_ORDER
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    user, tools = text.split("commands, in pipeline order:")[1].split("developer tools")
+    listed = lambda block: re.findall(r"^    ([a-z][a-z-]+)", block, re.M)  # noqa: E731
+    assert listed(user) == list(PIPELINE_ORDER) and listed(tools) == list(DEVELOPER_TOOLS)
+    parser = build_parser()
+    names = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(names) == set(PIPELINE_ORDER) | set(DEVELOPER_TOOLS)
+    assert list(PIPELINE_ORDER).index("train") < list(PIPELINE_ORDER).index("sample") < \
+        list(PIPELINE_ORDER).index("eval")
 
 
 HEAVY = ["train", "train-tokenizer", "extract-codes", "extract-codes-imagenet", "reconstruct", "cluster", "sample",
@@ -120,7 +190,7 @@ NUMBERS = [  # (argv, text the one line must contain); every one tracebacked or 
     (["eval-tokens", "--run", "r", "--codes", "c", "--max-sequences", "0"], "--max-sequences"),
     (["train-classifier", "--out", "o", "--epochs", "0"], "--epochs"),
     (["redundancy", "--tokenizer", "t", "--out", "o", "--num-images", "0"], "--num-images"),
-    (["data", "show", "default", "--resolution", "nan"], "--resolution"),
+    (["data", "show", "default", "--image-size", "nan"], "--image-size"),
     (["bench", "sample", "--repeats", "0"], "--repeats"),
     (["bench", "bound", "--mem-gbps", "-1"], "--mem-gbps"),
     (["presets", "--vocab", "0"], "--vocab"),
@@ -190,7 +260,7 @@ def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "p.png"))
 
     monkeypatch.setattr("coarse2fine.cli.data.save_grid", full)
-    _one_line_error(capsys, ["data", "show", "default", "--resolution", "8", "--per-class", "1", "--out",
+    _one_line_error(capsys, ["data", "show", "default", "--image-size", "8", "--per-class", "1", "--out",
                              str(tmp_path / "p.png")], "No space left on device", "p.png", "another --out")
 
 
@@ -207,7 +277,7 @@ def test_eval_never_scores_a_mixture(tmp_path):
     from PIL import Image
 
     from coarse2fine.config import UserError
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
@@ -216,10 +286,10 @@ def test_eval_never_scores_a_mixture(tmp_path):
         img = imgs[i] if i < 10 else rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
         Image.fromarray(img).save(tmp_path / f"{i:06d}_c{i % 10}.png")
     with pytest.raises(UserError, match="mixes samples: 39 numbered PNGs but samples.npz holds 10"):
-        load_samples(tmp_path)
+        read_samples(tmp_path)
     for i in range(10, 39):
         (tmp_path / f"{i:06d}_c{i % 10}.png").unlink()
-    images, labels, note = load_samples(tmp_path)  # consistent: read from the npz
+    images, labels, note = read_samples(tmp_path)  # consistent: read from the npz
     assert np.array_equal(images, imgs) and labels.tolist() == list(range(10)) and "samples.npz" in note
 
 
@@ -243,16 +313,35 @@ def test_help_of_every_subcommand_works(capsys):
 
 
 def test_readme_commands_parse():
-    """The README's command lines use the current flag names (argparse would reject a retired one)."""
+    """The command lines of the README and of docs/usage.md use the current flag names (argparse would
+    reject a retired one)."""
     import shlex
 
-    lines = [ln.split("  #")[0].strip() for ln in (REPO / "README.md").read_text().splitlines()]
-    cmds = [shlex.split(ln)[1:] for ln in lines if ln.startswith("coarse2fine ")]
-    assert len(cmds) >= 10
-    parser = build_parser()
-    for argv in cmds:
-        args = parser.parse_args(argv)
-        assert callable(args.func), argv
+    for page, least in (("README.md", 8), ("docs/usage.md", 15)):
+        lines = [ln.split("  #")[0].strip() for ln in (REPO / page).read_text().splitlines()]
+        cmds = [shlex.split(ln)[1:] for ln in lines if ln.startswith("coarse2fine ")]
+        assert len(cmds) >= least, page
+        parser = build_parser()
+        for argv in cmds:
+            args = parser.parse_args(argv)
+            assert callable(args.func), (page, argv)
+
+
+def test_readme_is_a_front_page():
+    """README.md stays a front page: about 150 lines, one result table, and every relative link resolves
+    (its numbers point at the docs/ page holding their evidence)."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 160
+    tables = [b for b in text.split("\n\n") if b.lstrip().startswith("|") and re.search(r"\d\.\d", b)]
+    assert len(tables) == 1, "one headline result table; the studies live in docs/results.md"
+    for page in ["README.md", *(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))]:
+        body = (REPO / page).read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", body):
+            if not target.startswith("http"):
+                assert ((REPO / page).parent / target).exists(), (page, target)
+    assert "min" not in "".join(ln for ln in text.splitlines() if ln.startswith("|")), "no timing table"
 
 
 @pytest.mark.parametrize("field,value", [("cfg_scale", float("nan")), ("cfg_scale", float("inf")),

@@ -256,7 +256,7 @@ def test_folder_split_layout(tmp_path: Path):
 
 def test_cli_show_default_writes_grid(tmp_path: Path, capsys):
     out = tmp_path / "preview.png"
-    assert main(["data", "show", "default", "--resolution", "16", "--per-class", "4", "--out", str(out)]) == 0
+    assert main(["data", "show", "default", "--image-size", "16", "--per-class", "4", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "10000 images, 10 classes, 0 skipped" in text and "Ankle boot" in text
     with Image.open(out) as im:

@@ -180,7 +180,7 @@ def test_class_accuracy_per_class():
 
 
 def test_load_samples_png_names_and_npz(tmp_path):
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     imgs = shapes(3, seed=0, res=16)
     d = tmp_path / "png"
@@ -188,17 +188,17 @@ def test_load_samples_png_names_and_npz(tmp_path):
     for i, im in enumerate(imgs):
         Image.fromarray(im).save(d / f"{i:06d}_c{i + 4}.png")
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(d / "grid.png")  # as the samplers write it
-    x, y, note = load_samples(d)
+    x, y, note = read_samples(d)
     assert np.array_equal(x, imgs) and y.tolist() == [4, 5, 6] and "names" in note and "grid.png" in note
     (d / "000003.png").write_bytes((d / "000000_c4.png").read_bytes())  # one unlabelled file
-    assert load_samples(d)[1] is None
+    assert read_samples(d)[1] is None
     np.savez(tmp_path / "s.npz", arr_0=imgs, labels=np.array([1, 2, 3]))
-    assert load_samples(tmp_path / "s.npz")[1].tolist() == [1, 2, 3]
+    assert read_samples(tmp_path / "s.npz")[1].tolist() == [1, 2, 3]
     np.savez(tmp_path / "u.npz", arr_0=imgs)
-    assert load_samples(tmp_path / "u.npz")[1] is None
+    assert read_samples(tmp_path / "u.npz")[1] is None
     np.savez(tmp_path / "bad.npz", arr_0=imgs.astype(np.float32))
     with pytest.raises(UserError):
-        load_samples(tmp_path / "bad.npz")
+        read_samples(tmp_path / "bad.npz")
 
 
 def test_train_classifier_then_eval_cli(tmp_path, capsys, monkeypatch):
@@ -210,7 +210,7 @@ def test_train_classifier_then_eval_cli(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("COARSE2FINE_CACHE", str(tmp_path / "cache"))
     clf = tmp_path / "clf"
-    assert main(["train-classifier", "--data", "default", "--resolution", "16", "--out", str(clf),
+    assert main(["train-classifier", "--data", "default", "--image-size", "16", "--out", str(clf),
                  "--epochs", "1", "--limit-per-class", "20", "--width", "8", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     cfg = json.loads((clf / "config.json").read_text())
@@ -286,3 +286,20 @@ def test_few_samples_are_scored_without_an_inception_score(tmp_path):
         evaluate_images(shapes(3, seed=0), None, "default", ref_count=20, **quiet)
     with pytest.raises(UserError, match="need at least 4 reference images, got 3"):
         evaluate_images(shapes(4, seed=0), None, "default", ref_count=3, **quiet)
+
+
+def test_colour_error_sees_a_hue_shift_that_keeps_brightness():
+    from coarse2fine.eval.metrics import colour_error, srgb_to_lab
+
+    white_red = srgb_to_lab(torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64))
+    assert torch.allclose(white_red[0], torch.tensor([100.0, 0.0, 0.0], dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(white_red[1], torch.tensor([53.24, 80.09, 67.20], dtype=torch.float64), atol=0.05)
+    rng = np.random.default_rng(0)
+    green = np.zeros((4, 64, 64, 3), np.uint8)
+    green[..., 1] = 160
+    brown = green.copy()
+    brown[..., 0], brown[..., 1] = 110, 90  # a green turned brown-grey
+    noise = np.clip(green.astype(int) + rng.integers(-40, 41, green.shape), 0, 255).astype(np.uint8)
+    assert colour_error(green, green) == {"delta_e": 0.0, "rgb_abs": 0.0}
+    # pixel noise averages out on the 8x8 grid; a colour drift does not
+    assert colour_error(green, brown)["delta_e"] > 10 * colour_error(green, noise)["delta_e"]

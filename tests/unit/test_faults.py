@@ -188,23 +188,23 @@ def test_empty_classes_names_no_class():
 
 
 def _samples(out, seed, n=6):
-    from coarse2fine.pipeline import save_samples
+    from coarse2fine.data.sample_folder import write_folder
 
     g = torch.Generator().manual_seed(seed)
-    save_samples(torch.randint(0, 256, (n, 8, 8, 3), generator=g, dtype=torch.uint8),
+    write_folder(torch.randint(0, 256, (n, 8, 8, 3), generator=g, dtype=torch.uint8),
                  torch.arange(n) % 3, out)
 
 
 def test_eval_refuses_an_npz_swapped_in_from_another_run(tmp_path):
-    from coarse2fine.eval.samples import load_samples
+    from coarse2fine.data.sample_folder import read_samples
 
     _samples(tmp_path / "a", 0)
     _samples(tmp_path / "b", 1)
-    images, labels, _ = load_samples(tmp_path / "a")  # the folder's own npz: fine
+    images, labels, _ = read_samples(tmp_path / "a")  # the folder's own npz: fine
     assert images.shape == (6, 8, 8, 3)
     (tmp_path / "a" / "samples.npz").write_bytes((tmp_path / "b" / "samples.npz").read_bytes())
     with pytest.raises(UserError, match=r"samples.npz does not belong to the PNGs beside it \(image 0 differs"):
-        load_samples(tmp_path / "a")
+        read_samples(tmp_path / "a")
 
 
 def test_truncated_samples_npz_is_one_line(tmp_path, capsys):
@@ -261,3 +261,212 @@ def test_digest_is_in_the_safetensors_metadata(tmp_path):
         meta = f.metadata()
     assert meta["kind"] == "x" and re.fullmatch(r"[0-9a-f]{64}", meta[DIGEST_KEY])
     assert json.dumps(meta)  # plain strings only, as safetensors requires
+
+
+# ---- issue 33: run configs checked at load, failures that leave nothing behind, warnings ------------------
+
+def _gpt_run_config(run, **edit):
+    """A stage run's config.json (no weights: the checks come first), with `edit` applied."""
+    from coarse2fine.config import TrainConfig, gpt_config, to_dict
+
+    meta = {"format": "coarse2fine", "format_version": 1, "kind": "gpt", "stage": "coarse",
+            "gpt": to_dict(gpt_config("GPT-tiny")), "train": to_dict(TrainConfig()), "codes": {"dir": "codes"}}
+    meta.update(edit)
+    meta = {k: v for k, v in meta.items() if v is not Ellipsis}
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(meta))
+    return run
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"gpt": ...}, "config.json has no 'gpt' section (a gpt run needs it)"),  # was: KeyError: 'gpt'
+    ({"gpt": "x"}, "'gpt' must be a JSON object, got str 'x'"),  # was: unknown GPTConfig field(s) ['x']
+    ({"gpt": {"dim": "wide"}}, "GPTConfig dim must be an integer, got 'wide'"),
+])
+def test_a_run_config_is_checked_against_its_schema_at_load(tmp_path, capsys, edit, needle):
+    run = _gpt_run_config(tmp_path / "c", **edit)
+    one_line_error(capsys, ["sample", "--coarse", run, "--fine", run, "--device", "cpu", "--out", tmp_path / "s"],
+                   needle, "restore")
+    assert not (tmp_path / "s").exists()  # the failed command leaves no output folder behind
+
+
+def test_resume_with_a_mistyped_setting_is_refused_before_anything_is_written(tmp_path, capsys):
+    from coarse2fine.config import TrainConfig, to_dict
+
+    run = _gpt_run_config(tmp_path / "r", train={**to_dict(TrainConfig()), "lr": "fast"})
+    before = (run / "config.json").read_bytes()
+    out, _ = one_line_error(capsys, ["train", "--resume", "--out", run, "--steps", "2000", "--device", "cpu",
+                                     "--no-progress"], "'train': TrainConfig lr must be a number, got 'fast'")
+    assert "extending" not in out and (run / "config.json").read_bytes() == before  # was: a history entry
+
+
+def test_a_seed_out_of_range_is_one_line(tmp_path, capsys):
+    from coarse2fine.cli import main
+    from coarse2fine.pipeline import _generator
+
+    with pytest.raises(SystemExit) as e:  # argparse's one line (was: Overflow when unpacking long long)
+        main(["sample", "--baseline", str(tmp_path), "--seed", str(2 ** 64), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "argument --seed: must be an integer from 0 to 9223372036854775807" in err
+    with pytest.raises(UserError, match="seed must be an integer from 0 to"):
+        _generator(2 ** 64, torch.device("cpu"))  # the API, too
+
+
+@pytest.mark.parametrize("preset, layers, most", [("VQ-tiny", 4, 3), ("VQ-tiny", 8, 3), ("VQ-64-f8", 5, 4)])
+def test_a_discriminator_too_deep_for_the_images_is_refused_before_the_run_starts(tmp_path, capsys, preset, layers,
+                                                                                   most):
+    from coarse2fine.tokenizer.discriminator import PatchDiscriminator
+
+    out = tmp_path / "tok"
+    one_line_error(capsys, ["train-tokenizer", "--data", "default", "--limit-per-class", "1", "--vq-preset", preset,
+                            "--steps", "1", "--disc-weight", "0.5", "--disc-layers", layers, "--out", out,
+                            "--device", "cpu", "--no-progress"],
+                   f"--disc-layers {layers}", f"use --disc-layers {most} or fewer")
+    assert not out.exists()  # was: a RuntimeError from the convolution, after the run directory was made
+    size = 64 if preset == "VQ-64-f8" else 32
+    disc = PatchDiscriminator(4, most).eval()
+    assert disc(torch.zeros(1, 3, size, size)).shape[-1] == PatchDiscriminator.patch_grid(size, most) >= 1
+
+
+def test_a_tokenizer_run_that_fails_at_step_0_leaves_no_folder(tmp_path, monkeypatch):
+    from coarse2fine.cli import main
+    from coarse2fine.training import tokenizer as tok_train
+
+    def crash(*a, **kw):
+        raise RuntimeError("boom at step 0")
+    monkeypatch.setattr(tok_train, "fit", crash)
+    out = tmp_path / "runs" / "tok"
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["train-tokenizer", "--data", "default", "--limit-per-class", "1", "--vq-preset", "VQ-tiny", "--steps",
+              "1", "--batch-size", "4", "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert not (tmp_path / "runs").exists()  # was: config.json, an empty metrics.jsonl and .lock
+
+
+def test_a_failed_write_keeps_a_folder_that_existed_or_holds_a_checkpoint(tmp_path):
+    from coarse2fine.fileio import DirLock
+
+    old = tmp_path / "old"
+    old.mkdir()
+    with pytest.raises(RuntimeError), DirLock(old, clean_failed=()):
+        raise RuntimeError
+    assert old.is_dir()  # not ours: kept
+    new = tmp_path / "new"
+    with pytest.raises(RuntimeError), DirLock(new, clean_failed=("state.pt",)):
+        (new / "state.pt").write_text("x")
+        raise RuntimeError
+    assert (new / "state.pt").exists()  # something to resume from: kept
+
+
+WORKER = """
+import os, sys, time
+from coarse2fine.apps.demo_stages import exit_with_parent
+exit_with_parent(int(sys.argv[1]), poll_s=0.1)
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+PARENT = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(__import__("os").getpid())], stdout=subprocess.PIPE,
+                         text=True)
+print(child.stdout.readline().strip(), flush=True)
+child.wait()
+"""
+
+
+def test_demo_workers_end_when_the_demo_is_killed(tmp_path):
+    import signal
+    import time
+
+    import coarse2fine
+
+    src = str(Path(coarse2fine.__file__).parents[1])  # the code under test, wherever it was imported from
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, WORKER], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": src})
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)  # the demo killed with -9: no chance to stop its workers
+    parent.wait()
+
+    def alive(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in ("Z", "X")
+        except FileNotFoundError:
+            return False
+    deadline = time.time() + 20
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(child)  # was: it trained on to the end
+
+
+def test_a_val_split_of_single_image_classes_says_why_it_is_empty(tmp_path):
+    from coarse2fine.data.folder import FolderDataset
+
+    for c, name in enumerate(("a", "b")):
+        (tmp_path / name).mkdir()
+        _jpeg(tmp_path / name / "0.jpg", c)
+    with pytest.raises(UserError, match="every class has a single image") as e:
+        FolderDataset(tmp_path, 16, split="val", val_fraction=0.05)
+    assert "use a fraction > 0" not in str(e.value)  # was: advised the fraction already in use
+
+
+def test_a_val_split_missing_a_class_is_warned_about(tmp_path, caplog):
+    from coarse2fine.data.folder import FolderDataset
+
+    for c, (name, n) in enumerate((("a", 4), ("b", 1))):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            _jpeg(tmp_path / name / f"{i}.jpg", 10 * c + i)
+    with caplog.at_level("WARNING", logger="coarse2fine.data"):
+        ds = FolderDataset(tmp_path, 16, split="val", val_fraction=0.5)
+    assert ds.class_counts().tolist() == [2, 0]
+    assert "has no image of 1 class(es) (e.g. 'b')" in caplog.text
+
+
+def test_a_class_folder_linked_to_another_is_warned_about(tmp_path, caplog):
+    from coarse2fine.data.folder import FolderDataset
+
+    (tmp_path / "cat").mkdir()
+    _jpeg(tmp_path / "cat" / "0.jpg", 0)
+    (tmp_path / "dog").symlink_to(tmp_path / "cat")
+    with caplog.at_level("WARNING", logger="coarse2fine.data"):
+        FolderDataset(tmp_path, 16, val_fraction=0.0)
+    assert "class folders cat and dog are the same folder (dog links to it)" in caplog.text
+
+
+@pytest.mark.parametrize("name, size, word", [("default", 64, "upsampled 2.3x"), ("emoji64", 32, "downsampled 2.0x")])
+def test_data_resampled_by_a_large_factor_is_warned_about(caplog, name, size, word):
+    from coarse2fine.data import build_dataset
+    from coarse2fine.data.datasets import warn_resampled
+
+    with caplog.at_level("WARNING", logger="coarse2fine.data"):
+        assert warn_resampled(build_dataset(name, size, limit_per_class=1))
+        assert not warn_resampled(build_dataset("default", 32, limit_per_class=1))  # 28 -> 32 px: the usual
+    assert word in caplog.text and caplog.text.count("WARNING") == 1
+
+
+def test_a_discriminator_that_never_starts_is_warned_about(caplog):
+    from coarse2fine.training.tokenizer import _resolve
+
+    with caplog.at_level("WARNING", logger="coarse2fine.train"):
+        _resolve("VQ-tiny", None, {"steps": 100, "disc_weight": 0.5, "disc_start": 100})
+    assert "--disc-start 100 is at or beyond --steps 100: the discriminator never trains" in caplog.text
+
+
+def test_a_one_cluster_map_has_no_nan_and_no_warning(capsys):
+    from coarse2fine.tokenizer.clustering import cluster_codebook
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was: torch's degrees-of-freedom warning, then "std nan"
+        st = cluster_codebook(torch.nn.functional.normalize(torch.randn(2, 4), dim=1), 1).stats()
+    assert st["std_size"] == 0.0 and st["clusters"] == 1
+
+
+def test_saving_a_pipeline_onto_a_file_says_it_is_a_file(tmp_path):
+    from coarse2fine.release import check_fresh
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):  # was: "is not empty"
+        check_fresh(tmp_path / "f")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / ".lock").write_text("123\n")  # left by a killed command; nobody holds it
+    assert check_fresh(tmp_path / "d") == tmp_path / "d"

@@ -1,11 +1,14 @@
-"""The layering of DESIGN.md, checked by parsing every import form: low layers never import high ones.
+"""The layering of docs/usage.md (Layout), checked by parsing every import form: low layers never import high ones.
 
-Ranks follow the design's order (config/distributed < layers < tokenizer/models <
-stages/data/checkpoint/parallel < sampling < pipeline/release < training/eval < apps/bench < cli); a module
+Ranks follow the design's order (config/distributed < layers < tokenizer/models < sampling <
+stages/data/checkpoint/parallel < pipeline/release < training/eval < apps/bench < cli); a module
 may import its own rank or lower. The table is the design's, not fitted to the code: a violation is
 fixed in the code.
 """
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "coarse2fine"
 RANK = {"config": 0, "distributed": 0, "fileio": 0, "precision": 0,
         "layers": 1,
         "tokenizer": 2, "models": 2,
-        "stages": 3, "data": 3, "checkpoint": 3, "parallel": 3,
-        "sampling": 4,
+        "sampling": 3,
+        "stages": 4, "data": 4, "checkpoint": 4, "parallel": 4,
         "pipeline": 5, "release": 5,
         "training": 6, "eval": 6,
         "apps": 7, "bench": 7,
@@ -148,6 +151,26 @@ def test_no_import_cycle_inside_a_package():
     assert cycles_within_groups(SRC) == []
 
 
+def cycles_between_groups(files: list[Path], pkg_root: Path = SRC) -> list[tuple[str, str]]:
+    """Pairs of groups (top-level modules or packages) that import each other, at any import depth: a
+    same-rank pair passes the downward rule but is still a circle (config and fileio were one)."""
+    edges = {(f.relative_to(pkg_root).with_suffix("").parts[0], g)
+             for f in files for g, _ in imported_groups(f, pkg_root.parent)}
+    return sorted((a, b) for a, b in edges if a < b and (b, a) in edges)
+
+
+def test_no_two_groups_import_each_other():
+    assert cycles_between_groups(FILES) == []
+
+
+def test_a_planted_circle_between_groups_is_caught(tmp_path):
+    pkg = tmp_path / "coarse2fine"
+    pkg.mkdir()
+    (pkg / "config.py").write_text("def f():\n    from coarse2fine.fileio import atomic_write_bytes\n")
+    (pkg / "fileio.py").write_text("from coarse2fine.config import UserError\n")
+    assert cycles_between_groups(sorted(pkg.glob("*.py")), pkg) == [("config", "fileio")]
+
+
 def test_a_planted_cycle_inside_a_package_is_caught(tmp_path):
     """The cycle check itself, on a copy of the layout with apps/a.py <-> apps/b.py (one import at
     function depth, as the old apps/demo.py <-> apps/demo_report.py cycle had)."""
@@ -158,3 +181,14 @@ def test_a_planted_cycle_inside_a_package_is_caught(tmp_path):
     (pkg / "apps" / "a.py").write_text("from coarse2fine.config import x\nfrom coarse2fine.apps.b import g\n")
     (pkg / "apps" / "b.py").write_text("def g():\n    from coarse2fine.apps import a\n")
     assert cycles_within_groups(pkg) == [["apps.a", "apps.b", "apps.a"]]
+
+
+def test_the_sampler_imports_no_data_or_checkpoint():
+    """docs/usage.md (Layout): the sampler needs only networks and tensors, so it imports cheaply -- importing it loads
+    neither the code store (data/), nor checkpoint I/O, nor the stages' data side."""
+    code = ("import sys, coarse2fine.sampling; "
+            "print(sorted(m for m in sys.modules if m.startswith(('coarse2fine.data', 'coarse2fine.checkpoint', "
+            "'coarse2fine.stages', 'coarse2fine.training', 'coarse2fine.pipeline'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC.parent)})
+    assert out.stdout.strip() == "[]", out.stdout

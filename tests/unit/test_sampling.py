@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from coarse2fine.config import UserError, gpt_config
-from coarse2fine.stages import fine_ce, restrict_to_cluster
+from coarse2fine.stages import fine_ce
+from coarse2fine.tokenizer.clustering import restrict_to_cluster
 from coarse2fine.models import Transformer
 from coarse2fine.sampling import (StageSampling, cfg_combine, filter_logits, generate_ar, generate_fine,
                                   generate_naive, sample_logits)
@@ -60,13 +61,17 @@ def test_seed_reproduces_and_cache_matches_naive():
 
 
 def test_cfg_interval_stops_guidance():
+    """Guidance on the first n tokens only: the first n tokens are the fully guided ones, the rest are not
+    (an ignored interval fails the second assert), and n = 0 is no guidance at all."""
     m = _model()
     cond = torch.tensor([1, 2])
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    full = generate_ar(m, cond, StageSampling(cfg_scale=3.0), g())
-    first4 = generate_ar(m, cond, StageSampling(cfg_scale=3.0, cfg_interval=4), g())
+    full = generate_ar(m, cond, StageSampling(cfg_scale=8.0), g())
+    first4 = generate_ar(m, cond, StageSampling(cfg_scale=8.0, cfg_interval=4), g())
     none = generate_ar(m, cond, StageSampling(cfg_scale=1.0), g())
     assert torch.equal(full[:, :4], first4[:, :4])
+    assert not torch.equal(full, first4), "the interval changed nothing: guidance ran past token 4"
+    assert torch.equal(generate_ar(m, cond, StageSampling(cfg_scale=8.0, cfg_interval=0), g()), none)
     assert not torch.equal(full, none)
 
 

@@ -230,3 +230,15 @@ def test_lookup_in_blocks_equals_one_distance_matrix():
     d = z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1)[None, :] - 2.0 * z @ e.t()
     assert torch.equal(q.lookup(z), d.argmin(dim=1))
     assert q.lookup(z[:0]).shape == (0,)
+
+
+def test_vq_config_checks_its_codebook_size():
+    """The range lives in the config, so a Python caller is checked as the CLI is (it names its flag)."""
+    from coarse2fine.config import ConfigError, VQConfig, vq_config
+
+    for k in (1, 16385):
+        with pytest.raises(ConfigError, match=f"codebook size {k}: choose 2 to 16384"):
+            VQConfig(codebook_size=k)
+    with pytest.raises(ConfigError, match="codebook size 20000"):
+        vq_config("VQ-tiny", codebook_size=20000)
+    assert VQConfig(codebook_size=2).codebook_size == 2 and vq_config("VQ-16").codebook_size == 16384

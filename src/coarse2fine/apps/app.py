@@ -17,8 +17,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from coarse2fine.config import UserError, load_json
-from coarse2fine.pipeline import ARPipeline, CTFPipeline, decode
+from coarse2fine.config import UserError
+from coarse2fine.fileio import load_json
+from coarse2fine.pipeline import ARPipeline, CTFPipeline
+from coarse2fine.data.sample_folder import decode_images
 from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS, StageSampling
 
 MAX_IMAGES = 32
@@ -122,6 +124,14 @@ class Explorer:
         meta = load_json(pipe.sources["stage1"] / "config.json")
         return cls(pipe, None, (meta.get("codes") or {}).get("classes"))
 
+    def default_knobs(self) -> Knobs:
+        """The knobs the page starts at: the pipeline's sampling defaults (an export's sampling_defaults,
+        else sampling.py's), so the page's first image is what the pipeline gives without options."""
+        s1, s2 = self.pipe.coarse_default, self.pipe.fine_default
+        tb = self.baseline.default.temperature if self.baseline is not None else BASELINE_DEFAULT.temperature
+        return Knobs(cfg=s1.cfg_scale, temperature1=s1.temperature, top_k1=s1.top_k, top_p1=s1.top_p,
+                     temperature2=s2.temperature, top_k2=s2.top_k, temperature_baseline=tb)
+
     # ---- colours --------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -214,5 +224,5 @@ class Explorer:
 
     def _decode(self, codes: torch.Tensor) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        images = decode(self.pipe.vq, codes.to(self.pipe.device))
+        images = decode_images(self.pipe.vq, codes.to(self.pipe.device))
         return images.numpy(), time.perf_counter() - t0

@@ -76,7 +76,7 @@ def build(ex: Explorer):
             return gr.update(), gr.update(), "**Error:** press Generate first; Redraw details keeps its coarse maps"
         return run(ex.redraw, prev, Knobs(temperature2=t2, top_k2=k2, decoding=dec), progress=progress)
 
-    d = Knobs()  # the defaults shown: sampling.py's
+    d = ex.default_knobs()  # the defaults shown: the pipeline's (an export's sampling_defaults)
     with gr.Blocks(title="coarse2fine: coarse map, then details") as page:
         gr.Markdown("## coarse2fine: coarse-to-fine generation\nStage 1 writes a **coarse map** (one cluster "
                     "per token, shown in the cluster's mean colour); stage 2 fills in the **details** in one step. "

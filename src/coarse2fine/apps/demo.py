@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from coarse2fine import distributed
-from coarse2fine.config import TrainConfig, UserError
+from coarse2fine.config import TrainConfig, UserError, train_recipe
 from coarse2fine.apps.demo_stages import STAGES
 from coarse2fine.data.builtin import demo_asset_dir
 from coarse2fine.fileio import atomic_write_bytes
@@ -51,7 +51,7 @@ class DemoPlan:
     lr: float = 1e-3 * 256 / 48  # per global batch 256: the step size of batch 64 at 1e-3, kept at 48
     clusters: int = 0  # 0: K / 32 as the paper
     head: str = "restricted"  # stage-2 head: "restricted" (measured better) or "full" (the paper's)
-    precision: str = "auto"  # "auto" | "fp32" | "bf16" for the transformers
+    dtype: str = "auto"  # "auto" | "fp32" | "bf16" for the transformers
     workers: int = 0  # parallel training processes; 0: one per stage when >= 2 cores are free
     # sampling sharper than the paper's defaults (tau 1.1, CFG 2.0, stage 2 from all codes): short
     # CPU runs give flat distributions, and benchmarks/results/RESULTS.md measured lower tau, CFG 3
@@ -225,7 +225,8 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     from coarse2fine.data import build_dataset
     from coarse2fine.data.codes import CodeStore, extract_codes
     from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+    from coarse2fine.data.sample_folder import write_folder
     from coarse2fine.sampling import StageSampling
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint
@@ -235,7 +236,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     if (out / "report.md").exists():
         raise UserError(f"{out} already holds a finished demo; choose another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    precision = demo_precision(plan.precision)
+    precision = demo_precision(plan.dtype)
     threads = distributed.configure_threads()
     bar = Progress(plan)
     report: dict = {"plan": plan.__dict__, "precision": precision, "threads": threads, "cpu": cpu_kind()}
@@ -275,9 +276,10 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
 
     # 4. the three models, same backbone, batch and steps
     meta = CodeStore(out / "codes_train").meta
-    tcfg = TrainConfig(steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, warmup_steps=max(1, plan.steps // 20),
-                       schedule="cosine", seed=plan.seed, log_every=max(1, plan.steps // 30),
-                       ckpt_every=plan.steps, ema_decay=0.0, precision=precision)
+    # the preset's recipe (warm-up, schedule, decay) at the demo's steps, batch and step size
+    tcfg = TrainConfig(**{**train_recipe(plan.gpt_preset, plan.steps), "batch_size": plan.batch_size,
+                          "lr": plan.lr, "seed": plan.seed, "log_every": max(1, plan.steps // 30),
+                          "ckpt_every": plan.steps, "ema_decay": 0.0, "dtype": precision})
     workers = stage_workers(plan)
     bar.start("models", f"training coarse, fine and baseline ({plan.gpt_preset}, {plan.steps} steps each, "
                         f"{workers} process(es) at once)")
@@ -296,7 +298,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     grid = side_by_side(o_ctf.images.numpy(), o_base.images.numpy(), labels.numpy(), per_class)
     save_grid(grid, out / "samples_ctf_vs_baseline.png", nrow=2 * per_class + 1)
     for name, o in (("ctf", o_ctf), ("baseline", o_base)):
-        save_samples(o.images, o.labels, out / f"samples_{name}", nrow=plan.eval_per_class)
+        write_folder(o.images, o.labels, out / f"samples_{name}", nrow=plan.eval_per_class)
     report["sampling"] = {"ctf": o_ctf.timings, "baseline": o_base.timings, "images": len(labels)}
     bar.end()
 

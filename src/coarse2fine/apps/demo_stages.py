@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -40,8 +41,21 @@ def train_one(stage: str, out: Path, plan, tcfg: TrainConfig, meta: dict, cluste
                  restricted=spec.restricted_head and plan.head == "restricted")
 
 
-def _child(stage: str, out: str, plan, tcfg: TrainConfig, meta: dict, clusters: int) -> None:
-    """Entry point of a spawned stage process: one thread, output into <run>/train.log."""
+def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """End this process (as a kill would: the run resumes from its last checkpoint) once `parent` is gone,
+    e.g. killed with -9, which gives it no chance to stop its workers. A watcher thread polls getppid:
+    portable, and it costs a wake-up per second."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _child(stage: str, out: str, plan, tcfg: TrainConfig, meta: dict, clusters: int, parent: int) -> None:
+    """Entry point of a spawned stage process: one thread, output into <run>/train.log; it ends with the demo."""
+    exit_with_parent(parent)
     run = Path(out) / stage
     run.mkdir(parents=True, exist_ok=True)
     fd = os.open(run / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -91,7 +105,7 @@ def _run_parallel(out, plan, tcfg, meta, clusters, workers, bar, summaries) -> N
         while pending or running:
             while pending and len(running) < workers:
                 stage = pending.pop(0)
-                p = ctx.Process(target=_child, args=(stage, str(out), plan, tcfg, meta, clusters), name=f"demo-{stage}")
+                p = ctx.Process(target=_child, args=(stage, str(out), plan, tcfg, meta, clusters, os.getpid()), name=f"demo-{stage}")
                 p.start()
                 running[stage] = p
             time.sleep(POLL_S)

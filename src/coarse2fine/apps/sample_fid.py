@@ -2,9 +2,9 @@
 
     torchrun --nproc_per_node 8 -m coarse2fine.cli sample-fid --baseline runs/llamagen/baseline --out fid/B
 
-Layout of OUT: `samples/{i:06d}_c{label}.png` (PNG, never JPEG: JPEG artefacts move FID), `samples.npz`
-(ADM evaluator format: arr_0 uint8 [N, H, W, 3] in index order, plus `labels` int64 [N]) and
-`fid_run.json` (the settings and the run summary).
+Layout of OUT (the format is data/sample_folder.py's): `samples/{i:06d}_c{label}.png` (PNG, never JPEG:
+JPEG artefacts move FID), `samples.npz` (ADM evaluator format: arr_0 uint8 [N, H, W, 3] in index order,
+plus `labels` int64 [N] and each PNG's SHA-256) and `fid_run.json` (the settings and the run summary).
 
 What makes it exact and resumable:
 - sample i has class i mod C, so any N that is a multiple of C gives exactly N / C per class;
@@ -16,23 +16,20 @@ What makes it exact and resumable:
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from coarse2fine import distributed
-from coarse2fine.config import UserError, dump_json, load_json
-from coarse2fine.data.preprocess import to_uint8
-from coarse2fine.fileio import lock_dir, remove_stale_temp_files
+from coarse2fine.config import UserError
+from coarse2fine.fileio import dump_json, load_json, lock_dir, remove_stale_temp_files
+from coarse2fine.data.sample_folder import NPZ, decode_images, png_name, write_adm_npz, write_png
+from coarse2fine.precision import resolve_dtype
 from coarse2fine.sampling import StageSampling
 
 
@@ -52,75 +49,41 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def png_name(i: int, label: int) -> str:
-    return f"{i:06d}_c{label}.png"
+SAMPLE_BATCH = 64  # images per sampling chunk (part of the seeding)
 
 
-@torch.no_grad()
-def decode_to_uint8(vq, codes: torch.Tensor, size: int | None = None) -> np.ndarray:
-    """codes [B, N] -> uint8 [B, H, W, 3]. With `size`, the decoder output (float, [-1, 1]) is first
-    resized bicubically to size x size, as LlamaGen's --image-size-eval does (384 px models scored at 256)."""
-    x = vq.decode_codes(codes)  # [B, 3, H, W]
-    if size is not None and size != x.shape[-1]:
-        x = F.interpolate(x.float(), size=(size, size), mode="bicubic")
-    return to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()  # [B, 3, H, W] -> [B, H, W, 3]
+def sample_chunk(pipe, labels: np.ndarray, j: int, batch_size: int, seed: int, s1: StageSampling,
+                 s2: StageSampling | None, image_size_eval: int | None = None) -> np.ndarray:
+    """Chunk j of a run (labels[j * batch_size:(j + 1) * batch_size]) as uint8 images [b, H, W, 3], sampled
+    with the generator seeded chunk_seed(seed, j): the same images whichever process, or command, draws it."""
+    lo, hi = j * batch_size, min(len(labels), (j + 1) * batch_size)
+    cond = torch.from_numpy(labels[lo:hi]).to(pipe.device)
+    if s2 is not None:
+        o = pipe(cond, s1, s2, seed=chunk_seed(seed, j), decode_images=False)
+    else:
+        o = pipe(cond, s1, seed=chunk_seed(seed, j), decode_images=False)
+    return decode_images(pipe.vq, o.codes.to(pipe.device), image_size_eval, batch_size=hi - lo).numpy()
 
 
-def _temp_name(path: Path) -> Path:
-    """The temp name of `path` while it is written: pid-named, so fileio.remove_stale_temp_files
-    can tell a killed writer's leftovers from a live one's."""
-    return path.with_name(f".{path.name}.{os.getpid()}.w.tmp")
+def sample_balanced(pipe, num_samples: int, seed: int = 0, batch_size: int = SAMPLE_BATCH
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """num_samples class-balanced images (sample i has class i mod C) in memory, with the pipeline's own
+    sampling defaults: what `sample-fid` writes for the same seed and batch size. -> (uint8 [N, H, W, 3], labels)."""
+    labels = class_schedule(num_samples, pipe.num_classes)
+    d = pipe.defaults()
+    chunks = [sample_chunk(pipe, labels, j, batch_size, seed, d["stage1"], d.get("stage2"))
+              for j in range(math.ceil(num_samples / batch_size))]
+    return np.concatenate(chunks), labels
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
-    """Whole file or nothing: write a temporary name in the same folder, then rename. A failed write
-    (a full disk) removes its temp file and raises an OSError naming `path`."""
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    tmp = _temp_name(path)
-    try:
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype, pipeline=None):
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline, load_pretrained
 
-
-def write_adm_npz(png_paths: list[Path], labels: np.ndarray, path: str | Path) -> tuple[int, int, int]:
-    """Stream PNGs into an ADM-evaluator .npz (arr_0 uint8 [N, H, W, 3], labels int64 [N]) without
-    holding all images in memory (50k x 256^2 x 3 bytes is 9.8 GB). Returns (N, H, W)."""
-    first = np.asarray(Image.open(png_paths[0]).convert("RGB"))
-    h, w = first.shape[:2]
-    n = len(png_paths)
-    path = Path(path)
-    tmp = _temp_name(path)
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (n, h, w, 3)}
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_2_0(f, header)
-                for p in png_paths:
-                    with Image.open(p) as im:
-                        if im.mode != "RGB":
-                            raise UserError(f"{p} is a {im.mode} image, expected RGB; delete it and rerun to resample it")
-                        arr = np.asarray(im)
-                    if arr.shape != (h, w, 3):
-                        raise UserError(f"{p} is {arr.shape[1]}x{arr.shape[0]}, the others {w}x{h}; delete it and rerun")
-                    f.write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
-            with zf.open("labels.npy", "w") as f:
-                np.lib.format.write_array(f, np.asarray(labels, dtype=np.int64))
-        os.replace(tmp, path)
-    except BaseException as e:  # a full disk, a bad PNG, an interrupt: no half npz left behind
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename in (None, str(tmp)):
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-    return n, h, w
-
-
-def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype):
-    from coarse2fine.pipeline import ARPipeline, CTFPipeline
-
+    if pipeline is not None:
+        if baseline or coarse or fine or tokenizer:
+            raise UserError("give either --pipeline or run directories (--baseline, --coarse/--fine, --tokenizer), "
+                            "not both")
+        return load_pretrained(pipeline, device, dtype)
     if baseline and (coarse or fine):
         raise UserError("give either --baseline or --coarse/--fine, not both")
     if baseline:
@@ -131,14 +94,19 @@ def _load_pipeline(baseline, coarse, fine, tokenizer, device, dtype):
 
 
 def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coarse: str | Path | None = None,
-               fine: str | Path | None = None, tokenizer: str | Path | None = None, num_samples: int = 50_000,
-               batch_size: int = 64, seed: int = 0, stage1: StageSampling | None = None,
-               stage2: StageSampling | None = None, bf16: bool = False, image_size_eval: int | None = None,
-               device: str | None = None, progress: bool = True) -> dict[str, Any]:
+               fine: str | Path | None = None, pipeline: str | Path | None = None,
+               tokenizer: str | Path | None = None, num_samples: int = 50_000, batch_size: int = SAMPLE_BATCH,
+               seed: int = 0,
+               stage1: StageSampling | dict | None = None, stage2: StageSampling | dict | None = None,
+               dtype: str | torch.dtype = "fp32", image_size_eval: int | None = None, device: str | None = None,
+               progress: bool = True) -> dict[str, Any]:
     """Sample `num_samples` class-balanced images into out_dir (see module docstring); resumable.
 
-    stage1: sampling knobs of the baseline / CTF stage 1; stage2: CTF stage 2 (pipeline defaults when
-    None). Returns the summary also stored in out_dir/fid_run.json.
+    What samples: run directories (baseline, or coarse + fine, tokenizer optional) or `pipeline`, a
+    release folder or Hub repo id. stage1: sampling knobs of the baseline / CTF stage 1; stage2: CTF
+    stage 2; each a StageSampling, or a dict of the knobs that differ from the pipeline's own defaults
+    (pipe.defaults()), or None for those defaults. dtype: "auto" | "fp32" | "bf16" or a torch dtype (the
+    sampling autocast, precision.resolve_dtype). Returns the summary also stored in out_dir/fid_run.json.
     One process (group) per out_dir: rank 0 holds its lock, and first removes the temp files of a
     killed run."""
     if batch_size < 1:
@@ -151,25 +119,37 @@ def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coars
         if info.is_main:
             for d in (out, out / "samples"):
                 remove_stale_temp_files(d)
-        return _sample_fid(info, out, baseline, coarse, fine, tokenizer, num_samples, batch_size, seed, stage1,
-                           stage2, bf16, image_size_eval, progress)
+        return _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samples, batch_size, seed,
+                           stage1, stage2, dtype, image_size_eval, progress)
 
 
-def _sample_fid(info, out, baseline, coarse, fine, tokenizer, num_samples, batch_size, seed, stage1, stage2, bf16,
-                image_size_eval, progress) -> dict[str, Any]:
+def _stage_opts(given: StageSampling | dict | None, default: StageSampling) -> StageSampling:
+    from dataclasses import replace
+
+    if isinstance(given, StageSampling):
+        return given
+    return replace(default, **(given or {}))
+
+
+def _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samples, batch_size, seed, stage1,
+                stage2, dtype, image_size_eval, progress) -> dict[str, Any]:
     """sample_fid under the lock of `out`."""
-    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
+    from coarse2fine.pipeline import CTFPipeline
 
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    pipe = _load_pipeline(baseline, coarse, fine, tokenizer, info.device, dtype)
-    is_ctf = baseline is None
-    s1 = stage1 or (CTF_COARSE_DEFAULT if is_ctf else BASELINE_DEFAULT)
-    s2 = stage2 or CTF_FINE_DEFAULT
+    dtype = resolve_dtype(dtype, info.device)
+    bf16 = dtype == torch.bfloat16  # how fid_run.json records it
+    pipe = _load_pipeline(baseline, coarse, fine, tokenizer, info.device, dtype, pipeline)
+    is_ctf = isinstance(pipe, CTFPipeline)
+    defaults = pipe.defaults()  # the pipeline's own: an export's sampling_defaults, else the library's
+    s1 = _stage_opts(stage1, defaults["stage1"])
+    s2 = _stage_opts(stage2, defaults["stage2"]) if is_ctf else None
     labels = class_schedule(num_samples, pipe.num_classes)
     folder = out / "samples"
-    settings = {"kind": "ctf" if is_ctf else "baseline",
-                "runs": {k: str(Path(v).resolve()) for k, v in
-                         (("baseline", baseline), ("coarse", coarse), ("fine", fine), ("tokenizer", tokenizer)) if v},
+    runs = {k: str(Path(v).resolve()) for k, v in
+            (("baseline", baseline), ("coarse", coarse), ("fine", fine), ("tokenizer", tokenizer)) if v}
+    if pipeline is not None:  # a Hub id stays a name (its cache path is not the user's)
+        runs["pipeline"] = str(Path(pipeline).resolve()) if Path(pipeline).is_dir() else str(pipeline)
+    settings = {"kind": "ctf" if is_ctf else "baseline", "runs": runs,
                 "num_samples": num_samples, "num_classes": pipe.num_classes, "batch_size": batch_size, "seed": seed,
                 "stage1": vars(s1), "stage2": vars(s2) if is_ctf else None, "bf16": bf16,
                 "image_size_eval": image_size_eval}
@@ -191,14 +171,9 @@ def _sample_fid(info, out, baseline, coarse, fine, tokenizer, num_samples, batch
     t0 = time.time()
     for j in mine:
         lo, hi = j * batch_size, min(num_samples, (j + 1) * batch_size)
-        cond = torch.from_numpy(labels[lo:hi]).to(info.device)
-        if is_ctf:
-            o = pipe(cond, s1, s2, seed=chunk_seed(seed, j), decode_images=False)
-        else:
-            o = pipe(cond, s1, seed=chunk_seed(seed, j), decode_images=False)
-        images = decode_to_uint8(pipe.vq, o.codes.to(info.device), image_size_eval)
+        images = sample_chunk(pipe, labels, j, batch_size, seed, s1, s2, image_size_eval)
         for i, img in zip(range(lo, hi), images):
-            _write_png(folder / png_name(i, int(labels[i])), img)
+            write_png(folder / png_name(i, int(labels[i])), img)
         bar.update(1)
     bar.close()
     wall = time.time() - t0
@@ -212,11 +187,11 @@ def _sample_fid(info, out, baseline, coarse, fine, tokenizer, num_samples, batch
         missing = [p.name for p in paths if not p.exists()]
         if missing:
             raise UserError(f"{len(missing)} samples are missing after sampling (e.g. {missing[0]}); rerun to fill them")
-        n, h, w = write_adm_npz(paths, labels, out / "samples.npz")
+        n, h, w = write_adm_npz(paths, labels, out / NPZ)
         per_class = np.bincount(labels, minlength=pipe.num_classes)
         summary = {**settings, "images": n, "height": h, "width": w, "per_class": int(per_class[0]),
                    "sampled_this_run": int(done), "world_size": info.world_size, "wall_s": wall,
-                   "images_per_s": done / max(wall, 1e-9), "npz": str((out / "samples.npz").resolve())}
+                   "images_per_s": done / max(wall, 1e-9), "npz": str((out / NPZ).resolve())}
         dump_json({"settings": settings, "summary": summary}, out / "fid_run.json")
     # no barrier after the npz: writing 50k PNGs into it can outlast a collective's timeout, and the
     # other ranks have nothing left to do

@@ -16,12 +16,13 @@ import torch
 from coarse2fine.bench import speed as bench
 from coarse2fine.config import GPTConfig, gpt_config, vq_config
 from coarse2fine.models import Transformer
-from coarse2fine.stages import ClusterLoss, stage_config, stage_spec
+from coarse2fine.data.sample_folder import decode_images
 # the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
 # 1.1 for CTF, top-k off) are imported, not restated, so the bench cannot drift from them
-from coarse2fine.pipeline import decode
 from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
 from coarse2fine.sampling import generate_ar, generate_fine, generate_naive
+from coarse2fine.stages import ClusterLoss, stage_config, stage_spec
+from coarse2fine.tokenizer.clustering import default_num_coarse
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -37,7 +38,7 @@ class SampleBench:
     grid: int = 0  # 0 = the preset's grid; GPT-B shapes on CPU use 8 (64 tokens), stated in results
     num_classes: int = 0  # 0 = the preset's
     codebook_size: int = 0  # 0 = the VQ preset's K
-    num_coarse: int = 0  # 0 = K // 32 (paper: 16384 -> 512)
+    num_coarse: int = 0  # 0 = default_num_coarse(K) (paper: 16384 -> 512)
     fine_head: str = "restricted"  # stage 2 scores each position's cluster members, or "full": all K codes
     dtype: str = "fp32"
     weights: str = "autocast"  # "autocast": fp32 weights under autocast; "cast": weights stored in dtype
@@ -76,7 +77,7 @@ def build_models(sb: SampleBench):
     vcfg = vq_config(sb.vq_preset)
     preset = gpt_config(sb.preset)
     K = sb.codebook_size or vcfg.codebook_size
-    C = sb.num_coarse or max(2, K // 32)
+    C = sb.num_coarse or default_num_coarse(K)
     g, classes = sb.grid or preset.grid, sb.num_classes or preset.num_classes
     if vcfg.grid != g:  # the decoder must see the token grid the transformers produce
         vcfg = vq_config(sb.vq_preset, image_size=g * vcfg.downsample)
@@ -122,7 +123,7 @@ def run_sample_bench(sb: SampleBench, log: Callable[[str], None] | None = None) 
 
     def run_decode():  # the identical operation for both methods: timed once per round, added to both
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32 and sb.weights != "cast"):
-            state["images"] = decode(vq, state["codes"][:n_dec])
+            state["images"] = decode_images(vq, state["codes"][:n_dec])
 
     peaks: dict[str, list[float]] = {"wall": [], "cpu": []}
 
@@ -233,7 +234,7 @@ def bound_record(preset: str, fine_preset: str, batch: int, peak: float, bw: flo
     fine_head "restricted": stage 2 scores K / C members per position (clusters met evenly), "full": K."""
     g = grid or gpt_config(preset).grid
     K = codebook_size or vq_config(vq_preset).codebook_size
-    C = num_coarse or max(2, K // 32)
+    C = num_coarse or default_num_coarse(K)
     nc = gpt_config(preset).num_classes
     e = torch.empty(0, dtype=DTYPES[dtype]).element_size()
     with torch.device("meta"):
@@ -333,7 +334,7 @@ def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) ->
     device = torch.device(tb.device)
     vcfg = vq_config(tb.vq_preset)
     K = tb.codebook_size or vcfg.codebook_size
-    C = tb.num_coarse or max(2, K // 32)
+    C = tb.num_coarse or default_num_coarse(K)
     g = tb.grid or gpt_config(tb.preset).grid
     out = []
     for part in tb.parts:

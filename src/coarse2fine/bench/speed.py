@@ -278,7 +278,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     return info
 
 
-def tokenizer_step_seconds(preset: str, repeats: int = 3, precision: str = "fp32", vq_overrides: dict | None = None,
+def tokenizer_step_seconds(preset: str, repeats: int = 3, dtype: str = "fp32", vq_overrides: dict | None = None,
                            **train_overrides) -> dict:
     """CPU seconds of one training step of a tokenizer preset with its recipe (batch and loss terms),
     through the one training loop on random images: the median of `repeats` steps after one untimed
@@ -290,7 +290,7 @@ def tokenizer_step_seconds(preset: str, repeats: int = 3, precision: str = "fp32
     from coarse2fine.training.tokenizer import tokenizer_task
 
     vq_cfg = vq_config(preset, **(vq_overrides or {}))
-    tc = TokenizerTrainConfig(**{**tokenizer_recipe(preset), **train_overrides, "precision": precision})
+    tc = TokenizerTrainConfig(**{**tokenizer_recipe(preset), **train_overrides, "dtype": dtype})
 
     class RandomImages:
         def get(self, step: int) -> torch.Tensor:
@@ -306,5 +306,5 @@ def tokenizer_step_seconds(preset: str, repeats: int = 3, precision: str = "fp32
         train_step(task, tc.disc_start + i, info)
         times.append(time.process_time() - c0)
     terms = [t for t, on in (("perceptual", tc.perceptual_weight > 0), ("GAN", tc.disc_weight > 0)) if on]
-    return {"preset": preset, "batch_size": tc.batch_size, "cpu_s": median(times[1:]), "precision": precision,
+    return {"preset": preset, "batch_size": tc.batch_size, "cpu_s": median(times[1:]), "precision": dtype,
             "terms": "+".join(["L2" if tc.recon_loss == "l2" else "L1"] + terms), "threads": torch.get_num_threads()}

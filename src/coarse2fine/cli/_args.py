@@ -59,6 +59,13 @@ def nonneg_int(s: str) -> int:
     return _number(int, s, lambda v: v >= 0, "an integer >= 0")
 
 
+SEED_LIMIT = 2 ** 63  # torch and numpy generators take seeds below it (offsets per batch stay in range)
+
+
+def seed_int(s: str) -> int:
+    return _number(int, s, lambda v: 0 <= v < SEED_LIMIT, f"an integer from 0 to {SEED_LIMIT - 1}")
+
+
 def finite_float(s: str) -> float:
     return _number(float, s, math.isfinite, "a finite number")
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 
-from coarse2fine.cli._args import add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int
+from coarse2fine.cli._args import (add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int,
+                                   seed_int)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError
 
 
@@ -98,6 +99,31 @@ def register(sub) -> None:
     t.add_argument("--untimed-rounds", type=nonneg_int, default=1, help="untimed steps first (default 1)")
     _common(t)
     t.set_defaults(func=cmd_train)
+    _register_tokenizer_steps(bsub)
+
+
+def _register_tokenizer_steps(bsub) -> None:
+    k = bsub.add_parser("tokenizer-steps", help="CPU seconds of one training step of each CPU tokenizer preset, "
+                                                "with its recipe's batch and loss terms (fp32, one thread)",
+                        description="What a tokenizer run of each CPU preset costs per step here (the transformers: "
+                                    "`coarse2fine bench train`); the GPU presets (LlamaGen's recipe) are skipped.")
+    k.add_argument("--repeats", type=positive_int, default=3, help="timed steps per preset; median (default 3)")
+    k.set_defaults(func=cmd_tokenizer_steps)
+
+
+def cmd_tokenizer_steps(args) -> int:
+    import torch
+
+    from coarse2fine.bench.speed import tokenizer_step_seconds
+    from coarse2fine.config import tokenizer_recipe
+
+    torch.set_num_threads(1)
+    for name in VQ_PRESETS:
+        if tokenizer_recipe(name)["recipe"] == "llamagen":  # the GPU presets would take minutes
+            continue
+        t = tokenizer_step_seconds(name, repeats=args.repeats)
+        print(f"{name:<12} {t['cpu_s']:.2f} CPU-s/step (batch {t['batch_size']}, {t['terms']}, fp32, 1 thread)")
+    return 0
 
 
 def _common(p) -> None:
@@ -105,7 +131,7 @@ def _common(p) -> None:
                    help="precision(s); sample default fp32 and bf16 on CPU, bf16 on GPU; train default fp32 bf16")
     add_device(p)
     add_threads(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--json", default="", help="write the records to this JSON file")
     p.add_argument("--md", default="", help="write the markdown tables (with command and machine) here")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines on stderr")

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ps.add_argument("--val-fraction", type=unit_interval_open, default=None,
                     help="plain image folders: the seeded fraction of each class held out as split val/test "
                          "(default 0.05)")
-    ps.add_argument("--resolution", type=positive_int, default=32, help="preview image size in px (default 32)")
+    ps.add_argument("--image-size", type=positive_int, default=32, help="preview image size in px (default 32)")
     ps.add_argument("--out", default="preview.png", help="PNG file to write (default preview.png)")
     ps.add_argument("--per-class", type=positive_int, default=8, help="images per row/class in the grid (default 8)")
     ps.add_argument("--max-classes", type=positive_int, default=20,
@@ -80,7 +80,7 @@ def preview_indices(labels: np.ndarray, classes: int, per_class: int) -> list[li
 
 def cmd_show(args: argparse.Namespace) -> int:
     check_out_path(args.out, kind="file")
-    ds = build_dataset(args.name, args.resolution, split=args.split, root=args.data_root,
+    ds = build_dataset(args.name, args.image_size, split=args.split, root=args.data_root,
                        limit_per_class=args.limit_per_class, val_fraction=args.val_fraction)
     counts = ds.class_counts()
     width = max([len(c) for c in ds.classes] + [5])

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
 
 from coarse2fine.cli._args import (add_device, add_dtype, add_threads, cfg_interval, check_out_path, nonneg_float,
-                                   nonneg_int, positive_float, positive_int, probability, reject_unused, unit_interval_open)
-from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, tokenizer_recipe, vq_config
+                                   nonneg_int, positive_float, positive_int, probability, reject_unused, seed_int,
+                                   unit_interval_open)
+from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, vq_config
 from coarse2fine.sampling import FINE_DECODINGS
 from coarse2fine.stages import STAGE_SPECS
 from coarse2fine.tokenizer.clustering import METHODS
 
-# TrainConfig field -> (flag type, help). The flag is --<field with dashes>, except precision (--dtype).
+# TrainConfig field -> (flag type, help). The flag is --<field with dashes> (--schedule and --dtype, with
+# choices, are added beside them).
 # Every flag defaults to None = "not given": a fresh run takes the preset's recipe (config.train_recipe),
 # --resume the run's saved value.
 _TRAIN_FLAGS = {
@@ -39,10 +42,6 @@ def register(sub) -> None:
     p = sub.add_parser("presets", help="list every model preset with its parameter count")
     p.add_argument("--vocab", type=positive_int, nargs="*", default=[16384, 512],
                    help="vocabulary sizes to count the GPT presets with (default: 16384 512)")
-    p.add_argument("--time", action="store_true",
-                   help="also measure the CPU seconds of one training step of each CPU tokenizer preset here, with "
-                        "its recipe's batch and loss terms, fp32, one thread (seconds each); the transformers: "
-                        "`coarse2fine bench train`")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("cluster", help="k-means the tokenizer codebook into coarse labels (a CoarseMap)")
@@ -52,7 +51,7 @@ def register(sub) -> None:
                    help="number of coarse labels C (default K/32, paper: 512)")
     p.add_argument("--method", default="kmeans", choices=list(METHODS),
                    help="kmeans (the paper), random (ablation), balanced (equal-size k-means) or agglomerative (average linkage, as MASC); default kmeans")
-    p.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the k-means initialisation (default 0)")
     p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts (best inertia kept; default 1)")
     p.add_argument("--out", required=True, help="output file (.safetensors) or directory")
     add_threads(p)
@@ -105,10 +104,8 @@ def register(sub) -> None:
     add_threads(p)
     p.set_defaults(func=cmd_eval_tokens)
 
-    p = sub.add_parser("sample", help="sample images from a CTF pair of runs or from a baseline run")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--coarse", help="stage-1 run directory (needs --fine)")
-    g.add_argument("--baseline", help="baseline run directory")
+    p = sub.add_parser("sample", help="sample images from a CTF pair of runs, a baseline run or a release folder")
+    add_pipeline_source(p)
     p.add_argument("--fine", help="stage-2 run directory (with --coarse; not with a --fine-decoding that needs no "
                                   "stage-2 model)")
     p.add_argument("--fine-decoding", default=None, choices=list(FINE_DECODINGS),
@@ -120,7 +117,7 @@ def register(sub) -> None:
     p.add_argument("--per-class", type=positive_int, default=4, help="images per class (default 4)")
     p.add_argument("--batch-size", type=positive_int, default=64,
                    help="images per sampling batch; batch b is seeded with --seed + b (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="base random seed (default 0)")
     p.add_argument("--out", required=True,
                    help="output directory: numbered PNGs, grid.png, samples.npz; must be new, empty or "
                         "hold only an earlier `sample` output (which is replaced)")
@@ -137,21 +134,58 @@ def add_vq_preset(p: argparse.ArgumentParser) -> None:
                         "their own, so it is refused with one")
 
 
+def add_pipeline_source(p: argparse.ArgumentParser) -> None:
+    """What samples: a CTF pair of runs (--coarse, with --fine), a baseline run, or a release folder."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--coarse", help="stage-1 run directory (needs --fine)")
+    g.add_argument("--baseline", help="baseline run directory")
+    g.add_argument("--pipeline", help="a release folder (`coarse2fine export`, save_pretrained) or a Hugging Face "
+                                      "repo id owner/name; CTF or baseline, as its model_index.json says")
+
+
+def open_pipeline(args, dtype: torch.dtype):
+    """The pipeline the flags name (add_pipeline_source), on args.device in `dtype`. A release folder carries
+    its tokenizer and every stage, so --fine and --tokenizer are refused with it, and a baseline folder
+    refuses the stage-2 flags as --baseline does."""
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline, load_pretrained
+
+    if getattr(args, "pipeline", None):
+        reject_unused(args, ["--fine", "--tokenizer"], "comes from the release folder with --pipeline; drop it")
+        pipe = load_pretrained(args.pipeline, args.device, dtype)
+        if isinstance(pipe, ARPipeline):
+            reject_unused(args, STAGE2_FLAGS + (["--fine-decoding"] if getattr(args, "fine_decoding", None) else []),
+                          f"applies to the CTF stage 2 only; {args.pipeline} is a baseline pipeline: drop it")
+        elif getattr(args, "fine_decoding", None) not in (None, "network"):
+            reject_unused(args, STAGE2_FLAGS, f"is for the stage-2 network; --fine-decoding {args.fine_decoding} "
+                                              "uses none, drop it")
+        return pipe
+    if args.coarse:
+        return CTFPipeline.from_runs(args.coarse, args.fine, args.tokenizer, args.device, dtype)
+    return ARPipeline.from_runs(args.baseline, args.tokenizer, args.device, dtype)
+
+
+STAGE2_FLAGS = ["--cfg-2", "--temperature-2", "--top-k-2", "--top-p-2"]
+
+
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    """Stage 1 (and the baseline) use --cfg/--temperature/--top-k/--top-p; stage 2 the -2 variants.
-    Defaults: sampling.CTF_COARSE_DEFAULT / CTF_FINE_DEFAULT (the paper's) and BASELINE_DEFAULT
-    (LlamaGen's). --temperature and the stage-2 flags default to None so that the mode decides (and a
-    baseline run can refuse the stage-2 ones); sampling_opts fills them in."""
+    """Stage 1 (and the baseline) use --cfg/--temperature/--top-k/--top-p/--cfg-interval; stage 2 the -2
+    variants. Every one defaults to None ("not given"): the pipeline's own defaults (pipe.defaults(): a
+    release folder's sampling_defaults, else sampling.CTF_COARSE_DEFAULT / CTF_FINE_DEFAULT, the paper's,
+    and BASELINE_DEFAULT, LlamaGen's) fill in the rest (sampling_opts), and a baseline can refuse the
+    stage-2 ones."""
     from coarse2fine.sampling import BASELINE_DEFAULT as B, CTF_COARSE_DEFAULT as S1, CTF_FINE_DEFAULT as S2
 
     p.add_argument("--cfg", type=nonneg_float, default=None,
-                   help=f"CFG scale, stage 1 / baseline (1.0 = off; default {S1.cfg_scale} CTF, {B.cfg_scale} baseline)")
-    p.add_argument("--cfg-interval", type=cfg_interval, default=-1,
-                   help="apply CFG to the first N tokens only (-1 = all; default -1)")
+                   help=f"CFG scale, stage 1 / baseline (1.0 = off; default: the pipeline's, {S1.cfg_scale} CTF, "
+                        f"{B.cfg_scale} baseline)")
+    p.add_argument("--cfg-interval", type=cfg_interval, default=None,
+                   help=f"apply CFG to the first N tokens only (-1 = all; default: the pipeline's, {S1.cfg_interval})")
     p.add_argument("--temperature", type=positive_float, default=None,
-                   help=f"stage 1 / baseline (default {S1.temperature} CTF, {B.temperature} baseline)")
-    p.add_argument("--top-k", type=nonneg_int, default=0, help="stage 1 / baseline top-k (0 = all; default 0)")
-    p.add_argument("--top-p", type=probability, default=1.0, help="stage 1 / baseline top-p (1.0 = off; default 1.0)")
+                   help=f"stage 1 / baseline (default: the pipeline's, {S1.temperature} CTF, {B.temperature} baseline)")
+    p.add_argument("--top-k", type=nonneg_int, default=None,
+                   help=f"stage 1 / baseline top-k (0 = all; default: the pipeline's, {S1.top_k})")
+    p.add_argument("--top-p", type=probability, default=None,
+                   help=f"stage 1 / baseline top-p (1.0 = off; default: the pipeline's, {S1.top_p})")
     p.add_argument("--cfg-2", type=nonneg_float, default=None, help=f"stage-2 CFG scale (1.0 = off; default {S2.cfg_scale})")
     p.add_argument("--temperature-2", type=positive_float, default=None,
                    help=f"stage-2 temperature (default {S2.temperature})")
@@ -167,27 +201,30 @@ def check_mode(args) -> None:
     if args.coarse and not args.fine and network:
         raise UserError("--coarse needs --fine (the stage-2 run), or --fine-decoding random-member|centroid-member")
     if args.coarse and not network:
-        reject_unused(args, ["--fine", "--cfg-2", "--temperature-2", "--top-k-2", "--top-p-2"],
+        reject_unused(args, ["--fine", *STAGE2_FLAGS],
                       f"is for the stage-2 network; --fine-decoding {decoding} uses none, drop it")
     if args.baseline:
-        reject_unused(args, ["--fine", "--cfg-2", "--temperature-2", "--top-k-2", "--top-p-2"]
-                      + (["--fine-decoding"] if decoding is not None else []),
+        reject_unused(args, ["--fine", *STAGE2_FLAGS] + (["--fine-decoding"] if decoding is not None else []),
                       "applies to the CTF stage 2 only; drop it with --baseline")
 
 
-def sampling_opts(args, baseline: bool):
-    """(stage 1 or baseline, stage 2) StageSampling: the flags given, the defaults of sampling.py otherwise."""
+def given_sampling(args) -> tuple[dict, dict]:
+    """The sampling knobs given on the command line: ({stage 1 / baseline}, {stage 2}), StageSampling
+    field -> value; a flag left out is absent."""
+    one = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg,
+           "cfg_interval": args.cfg_interval}
+    two = {"temperature": args.temperature_2, "top_k": args.top_k_2, "top_p": args.top_p_2, "cfg_scale": args.cfg_2}
+    return ({k: v for k, v in one.items() if v is not None}, {k: v for k, v in two.items() if v is not None})
+
+
+def sampling_opts(args, defaults: dict):
+    """(stage 1 or baseline, stage 2 or None) StageSampling: the flags given over `defaults`, the
+    pipeline's own (pipe.defaults()); stage 2 is None for a baseline."""
     from dataclasses import replace
 
-    from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
-
-    first = BASELINE_DEFAULT if baseline else CTF_COARSE_DEFAULT
-    given1 = {"temperature": args.temperature, "cfg_scale": args.cfg}
-    s1 = replace(first, top_k=args.top_k, top_p=args.top_p, cfg_interval=args.cfg_interval,
-                 **{k: v for k, v in given1.items() if v is not None})
-    given2 = {"temperature": args.temperature_2, "top_k": args.top_k_2, "top_p": args.top_p_2, "cfg_scale": args.cfg_2}
-    s2 = replace(CTF_FINE_DEFAULT, **{k: v for k, v in given2.items() if v is not None})
-    return s1, s2
+    given1, given2 = given_sampling(args)
+    s2 = defaults.get("stage2")
+    return replace(defaults["stage1"], **given1), (None if s2 is None else replace(s2, **given2))
 
 
 def cmd_presets(args) -> int:
@@ -199,15 +236,8 @@ def cmd_presets(args) -> int:
         cfg = vq_config(name)
         with torch.device("meta"):
             n = count_params(VQModel(cfg))
-        timing = ""
-        if args.time and tokenizer_recipe(name)["recipe"] != "llamagen":  # the GPU presets would take minutes
-            from coarse2fine.bench.speed import tokenizer_step_seconds
-
-            torch.set_num_threads(1)
-            t = tokenizer_step_seconds(name)
-            timing = f"  {t['cpu_s']:.2f} CPU-s/step (batch {t['batch_size']}, {t['terms']}, fp32, 1 thread)"
         print(f"{name:<12} {'tokenizer':<10} {'':>6} {'':>5} {'':>5}  {n / 1e6:8.2f}M  "
-              f"(K={cfg.codebook_size}, {cfg.image_size}px -> {cfg.grid}x{cfg.grid}){timing}")
+              f"(K={cfg.codebook_size}, {cfg.image_size}px -> {cfg.grid}x{cfg.grid})")
     for name in GPT_PRESETS:
         cfg = gpt_config(name)
         counts = []
@@ -239,6 +269,12 @@ def cmd_cluster(args) -> int:
     from coarse2fine.tokenizer.clustering import cluster_codebook, default_num_coarse
     from coarse2fine.tokenizer.vq import codebook_fingerprint
 
+    out = Path(args.out)
+    path = out / "coarse_map.safetensors" if out.suffix != ".safetensors" else out
+    if any((path.parent / f).exists() for f in ("config.json", "state.pt", "model.safetensors")):
+        # a run's map is part of the run: its models were trained on that one (and its record names it)
+        raise UserError(f"--out {args.out}: {path.parent} is a run directory, whose coarse map is the one its models "
+                        "were trained on; write the new map to another folder (e.g. --out maps/new)")
     vq = load_tokenizer_any(args.tokenizer, args.vq_preset)
     k = vq.cfg.codebook_size
     c = args.clusters or default_num_coarse(k)
@@ -246,8 +282,6 @@ def cmd_cluster(args) -> int:
         raise UserError(f"--clusters {c} is more than the codebook's {k} codes")
     cmap = cluster_codebook(vq.codebook_normalized(), c, args.method, args.seed,
                             codebook_fingerprint(vq), n_init=args.n_init)
-    out = Path(args.out)
-    path = out / "coarse_map.safetensors" if out.suffix != ".safetensors" else out
     cmap.save(path)
     st = cmap.stats()
     print(f"{args.method}: {k} codes -> {c} clusters; size mean {st['mean_size']:.1f}, min {st['min_size']}, "
@@ -262,7 +296,7 @@ def cmd_train(args) -> int:
     from coarse2fine.training.plan import plan_stage_run
 
     check_out_path(Path(args.out))
-    given = {f: getattr(args, f) for f in _TRAIN_FLAGS} | {"schedule": args.schedule, "precision": args.dtype,
+    given = {f: getattr(args, f) for f in _TRAIN_FLAGS} | {"schedule": args.schedule, "dtype": args.dtype,
                                                            "fsdp": args.fsdp}
     plan = plan_stage_run(args.out, resume=args.resume, stage=args.stage, preset=args.preset, codes=args.codes,
                           coarse_map=args.coarse_map, heldout=args.heldout, head=args.head, given=given)
@@ -277,14 +311,13 @@ def cmd_train(args) -> int:
 
 def cmd_eval_tokens(args) -> int:
     from coarse2fine.data.codes import open_code_store
-    from coarse2fine.tokenizer.clustering import CoarseMap
-    from coarse2fine.checkpoint import check_run_codes, load_run
+    from coarse2fine.checkpoint import check_run_codes, load_run, load_run_map
     from coarse2fine.stages import StageBatches, evaluate_tokens, stage_spec
 
     model, meta = load_run(args.run, device=args.device)
     stage = meta["stage"]
     spec = stage_spec(stage)
-    cmap = CoarseMap.load(Path(args.run) / "coarse_map.safetensors") if spec.needs_coarse_map else None
+    cmap = load_run_map(args.run, meta) if spec.needs_coarse_map else None
     store = open_code_store(args.codes)
     check_run_codes(meta, args.run, store.meta, args.codes)  # codes of another tokenizer: garbage metrics
     batches = StageBatches(store, stage, cmap)
@@ -315,60 +348,65 @@ def parse_classes(spec: str | None, num_classes: int, per_class: int) -> torch.T
 
 def cmd_sample(args) -> int:
     from coarse2fine.fileio import lock_dir
+    from coarse2fine.data.sample_folder import owned_files
 
     check_mode(args)
     out = Path(args.out)
     check_out_path(out)
-    with lock_dir(out, "another `sample` process"):  # two writers would mix their images in one folder
-        return _sample(args, out, prepare_sample_dir(out))
+    # two writers would mix their images in one folder; a failure into a new folder removes it
+    with lock_dir(out, "another `sample` process", clean_failed=()):
+        return _sample(args, out, owned_files(out))
 
 
 def _sample(args, out: Path, owned: list[Path]) -> int:
-    from coarse2fine.pipeline import ARPipeline, CTFPipeline, save_samples
-
+    from coarse2fine.pipeline import CTFPipeline
     from coarse2fine.precision import resolve_dtype
+    from coarse2fine.data.sample_folder import write_folder
 
     dtype = resolve_dtype(args.dtype, torch.device(args.device))
-    if args.coarse:
-        pipe = CTFPipeline.from_runs(args.coarse, args.fine, args.tokenizer, args.device, dtype)
-    else:
-        pipe = ARPipeline.from_runs(args.baseline, args.tokenizer, args.device, dtype)
+    pipe = open_pipeline(args, dtype)
     labels = parse_classes(args.classes, pipe.num_classes, args.per_class)
-    s1, s2 = sampling_opts(args, baseline=bool(args.baseline))
+    s1, s2 = sampling_opts(args, pipe.defaults())
     images, timings = [], {}
+    progress = SampleProgress(len(labels), args.batch_size, pipe.vq.cfg.image_size)
     for b in range(0, len(labels), args.batch_size):
         chunk = labels[b:b + args.batch_size]
-        o = (pipe(chunk, s1, s2, seed=args.seed + b, fine_decoding=args.fine_decoding or "network") if args.coarse
-             else pipe(chunk, s1, seed=args.seed + b))
+        o = (pipe(chunk, s1, s2, seed=args.seed + b, fine_decoding=args.fine_decoding or "network")
+             if isinstance(pipe, CTFPipeline) else pipe(chunk, s1, seed=args.seed + b))
         images.append(o.images)
         for k, v in o.timings.items():
             timings[k] = timings.get(k, 0.0) + v
+        progress.done(b // args.batch_size + 1)
     # an earlier sample output is replaced, never mixed with this one
-    save_samples(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8, replace=owned)
+    write_folder(torch.cat(images), labels, out, nrow=args.per_class if args.per_class > 1 else 8, replace=owned)
     total = sum(timings.values())
     print(f"wrote {len(labels)} images to {out} (grid.png, samples.npz); "
           + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()) + f"; {len(labels) / max(total, 1e-9):.1f} images/s")
     return 0
 
 
-def prepare_sample_dir(out: Path) -> list[Path]:
-    """The files of an earlier `sample` output in `out` (numbered PNGs, grid.png, samples.npz), to be
-    removed before writing. Any other file is refused: it is not ours to delete, and leaving it would
-    make the folder a mixture that `eval --samples` cannot tell apart."""
-    from coarse2fine.eval.samples import SAMPLE_NAME
-    from coarse2fine.fileio import LOCK_FILE, remove_stale_temp_files
+class SampleProgress:
+    """What a long `sample` says on stdout: the size of the job up front (images, batches, the memory the
+    images take until they are written), then after the first batch an estimate of the time left, and
+    a progress line every EVERY_S seconds. A one-batch job says nothing extra."""
 
-    check_out_path(out)
-    if not out.is_dir():
-        return []
-    remove_stale_temp_files(out, "sample")  # the staging folder of a killed `sample`
-    ours, foreign = [], []
-    for f in sorted(out.iterdir()):
-        if f.name == LOCK_FILE:
-            continue
-        mine = f.is_file() and (f.name in ("grid.png", "samples.npz") or SAMPLE_NAME.match(f.name))
-        (ours if mine else foreign).append(f)
-    if foreign:
-        raise UserError(f"--out {out} holds {len(foreign)} file(s) that `sample` did not write (e.g. "
-                        f"{foreign[0].name}); give a new or empty directory")
-    return ours
+    EVERY_S = 10.0
+    WARN_BYTES = 1 << 30  # images are held in memory until all are sampled
+
+    def __init__(self, n: int, batch: int, image_size: int):
+        self.batches, self.t0, self.last = -(-n // batch), time.perf_counter(), 0.0
+        if self.batches > 1:
+            mem = n * image_size * image_size * 3
+            print(f"sampling {n} images in {self.batches} batches of {batch} ({mem / 2**20:.0f} MB of images in "
+                  "memory until they are written)", flush=True)
+            if mem > self.WARN_BYTES:
+                print(f"warning: {n} images need {mem / 2**30:.1f} GB of memory and as many PNG files; lower "
+                      "--per-class or sample in parts (--classes, --seed) if that is more than intended", flush=True)
+
+    def done(self, i: int) -> None:
+        now = time.perf_counter() - self.t0
+        if self.batches > 1 and i < self.batches and (i == 1 or now - self.last >= self.EVERY_S):
+            self.last = now
+            print(f"batch {i}/{self.batches} after {now:.1f} s; about {now / i * (self.batches - i):.0f} s left",
+                  flush=True)
+

@@ -9,7 +9,8 @@ import argparse
 import json
 
 from coarse2fine.cli._args import (DefaultsFormatter, add_device, add_dtype, add_threads, nonneg_float, nonneg_int,
-                                   positive_float, positive_int)
+                                   positive_float, positive_int, reject_unused, seed_int)
+from coarse2fine.apps.sample_fid import SAMPLE_BATCH
 from coarse2fine.config import VQ_PRESETS
 
 
@@ -66,15 +67,16 @@ def register(sub) -> None:
                     "what is missing. Writes OUT/samples/*.png (lossless; never JPEG for FID), OUT/samples.npz "
                     "(arr_0 uint8 NxHxWx3 for the ADM evaluator, plus labels) and OUT/fid_run.json.",
         formatter_class=DefaultsFormatter)
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--baseline", help="baseline run dir (e.g. an imported LlamaGen c2i model)")
-    g.add_argument("--coarse", help="CTF stage-1 run dir (needs --fine)")
+    from coarse2fine.cli.models import add_pipeline_source, add_sampling_flags
+
+    add_pipeline_source(p)
     p.add_argument("--fine", help="CTF stage-2 run dir")
     p.add_argument("--tokenizer", help="tokenizer run dir (default: the one recorded in the runs)")
     p.add_argument("--num-samples", type=positive_int, default=50_000,
                    help="total images; a multiple of the class count")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per sampling batch (part of the seeding)")
-    p.add_argument("--seed", type=int, default=0, help="base random seed; chunk i uses (seed, i)")
+    p.add_argument("--batch-size", type=positive_int, default=SAMPLE_BATCH,
+                   help="images per sampling batch (part of the seeding)")
+    p.add_argument("--seed", type=seed_int, default=0, help="base random seed; chunk i uses (seed, i)")
     p.add_argument("--image-size-eval", type=positive_int, default=None,
                    help="resize decoded images (bicubic) to this size, as LlamaGen scores its 384 px models at 256")
     add_dtype(p, "fp32", "autocast precision while sampling (LlamaGen's FID runs use bf16)")
@@ -82,8 +84,6 @@ def register(sub) -> None:
     add_threads(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or log lines")
-    from coarse2fine.cli.models import add_sampling_flags
-
     add_sampling_flags(p)
     p.add_argument("--cfg-interval-llamagen", type=nonneg_float, default=None,
                    help="LlamaGen's --cfg-interval C instead of --cfg-interval: guidance on tokens 0..floor(C)+1, "
@@ -106,7 +106,7 @@ def cmd_extract(args) -> int:
 
     res = extract_tencrop(args.tokenizer, args.data_root, args.out, split=args.split, image_size=args.image_size,
                           crop_ranges=tuple(args.crop_ranges), shard_size=args.shard_size, batch_size=args.batch_size,
-                          num_workers=args.workers, bf16=_bf16(args), limit_per_class=args.limit_per_class,
+                          num_workers=args.workers, dtype=args.dtype, limit_per_class=args.limit_per_class,
                           device=args.device, progress=not args.no_progress)
     from coarse2fine.distributed import rank
 
@@ -119,32 +119,26 @@ def cmd_extract(args) -> int:
 
 
 def cmd_sample_fid(args) -> int:
-    from coarse2fine.cli.models import check_mode, sampling_opts
+    from coarse2fine.cli.models import check_mode, given_sampling
     from coarse2fine.config import UserError
     from coarse2fine.apps.sample_fid import sample_fid
 
     check_mode(args)
+    if args.pipeline:
+        reject_unused(args, ["--fine", "--tokenizer"], "comes from the release folder with --pipeline; drop it")
     if args.cfg_interval_llamagen is not None:
         from coarse2fine.apps.llamagen import cfg_interval_from_llamagen
 
-        if args.cfg_interval != -1:
+        if args.cfg_interval is not None:
             raise UserError("give --cfg-interval or --cfg-interval-llamagen, not both")
         args.cfg_interval = cfg_interval_from_llamagen(args.cfg_interval_llamagen)
-    s1, s2 = sampling_opts(args, baseline=bool(args.baseline))
+    given1, given2 = given_sampling(args)  # over the pipeline's own defaults, once it is loaded
     summary = sample_fid(args.out, baseline=args.baseline, coarse=args.coarse, fine=args.fine,
-                         tokenizer=args.tokenizer, num_samples=args.num_samples, batch_size=args.batch_size,
-                         seed=args.seed, stage1=s1, stage2=s2 if args.coarse else None, bf16=_bf16(args),
+                         pipeline=args.pipeline, tokenizer=args.tokenizer, num_samples=args.num_samples,
+                         batch_size=args.batch_size, seed=args.seed, stage1=given1, stage2=given2, dtype=args.dtype,
                          image_size_eval=args.image_size_eval, device=args.device, progress=not args.no_progress)
     if summary:  # rank 0
         print(json.dumps({k: summary[k] for k in ("images", "height", "width", "per_class", "sampled_this_run",
                                                   "world_size", "wall_s", "images_per_s", "npz")}, indent=1))
     return 0
 
-
-def _bf16(args) -> bool:
-    """--dtype -> the bf16 autocast switch of the scale tools (auto: bf16 where it is fast)."""
-    import torch
-
-    from coarse2fine.precision import resolve_dtype
-
-    return resolve_dtype(args.dtype, torch.device(args.device)) == torch.bfloat16

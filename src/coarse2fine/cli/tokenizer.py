@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coarse2fine.cli._args import (add_data, add_device, add_dtype, add_threads, nonneg_float, nonneg_int, positive_float,
-                                   positive_int)
+from coarse2fine.cli._args import (add_data, add_device, add_dtype, add_threads, nonneg_float, nonneg_int,
+                                   positive_float, positive_int, seed_int)
 from coarse2fine.cli._args import check_out_path
 from coarse2fine.cli.models import add_vq_preset, load_tokenizer_any
 from coarse2fine.config import (DISC_LOSSES, GEN_LOSSES, MAX_CODEBOOK, VQ_PRESETS, TokenizerTrainConfig,
@@ -78,7 +78,7 @@ def register(sub) -> None:
             {"action": argparse.BooleanOptionalAction} if typ is bool else {"type": typ})
         p.add_argument("--" + field.replace("_", "-"), default=None, help=f"{what} ({_recipe_defaults(field)})", **kw)
     add_dtype(p, None, "autocast precision of the conv stack")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_int, help="random seed (default 0)")
     p.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
                    help="stop (with a checkpoint) after this much wall time; --resume continues")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
@@ -147,6 +147,7 @@ def _dataset(args, resolution: int, split: str, data: dict | None = None):
 
 
 def cmd_train(args) -> int:
+    from coarse2fine.data.datasets import warn_resampled
     from coarse2fine.training.plan import plan_tokenizer_run
     from coarse2fine.training.tokenizer import train_tokenizer
 
@@ -163,9 +164,10 @@ def cmd_train(args) -> int:
         print(plan.summary, flush=True)
     size = plan.vq["image_size"] if isinstance(plan.vq, dict) else plan.vq.image_size
     ds, info = _dataset(args, size, "train", plan.data)
+    warn_resampled(ds)
     train_tokenizer(plan.vq, out, ds, plan.recipe, steps=args.steps, resume=args.resume, data_info=info,
                     time_budget_s=args.time_budget, progress=not args.no_progress, device=args.device,
-                    precision=args.dtype, seed=args.seed, **given)
+                    dtype=args.dtype, seed=args.seed, **given)
     print(f"tokenizer saved in {out} (config.json, model.safetensors, state.pt)")
     return 0
 
@@ -192,12 +194,14 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_extract(args) -> int:
     from coarse2fine.data.codes import check_extract_out, extract_codes
+    from coarse2fine.data.datasets import warn_resampled
 
     out = Path(args.out)
     check_out_path(out)
     check_extract_out(out)  # before loading anything: new, empty, resumable, or a failed start to redo
     vq = _load_tokenizer(args)
     ds, info = _dataset(args, vq.cfg.image_size, args.split)
+    warn_resampled(ds)
     out = extract_codes(vq, ds, args.out, flip=not args.no_flip, batch_size=args.batch_size,
                         tokenizer_dir=args.tokenizer, data_info=info, progress=not args.no_progress)
     rows = len(ds) * (1 if args.no_flip else 2)

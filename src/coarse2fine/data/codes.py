@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,10 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from coarse2fine.config import ConfigError, UserError, dump_json, load_json
-from coarse2fine.fileio import atomic_write_bytes, lock_dir, remove_stale_temp_files
+from coarse2fine.config import ConfigError, UserError
+from coarse2fine.fileio import atomic_write_bytes, dump_json, load_json, lock_dir, remove_stale_temp_files
 from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
 from coarse2fine.checkpoint import load_vq, tokenizer_ref
+
+log = logging.getLogger("coarse2fine.data")
 
 
 def code_dtype(codebook_size: int) -> np.dtype:
@@ -306,4 +309,13 @@ def check_heldout(train_store, heldout_store, heldout_dir: str | Path):
     if a.get("num_classes") != b.get("num_classes") or (ca and cb and ca != cb):
         raise UserError(f"--heldout {heldout_dir} has {b.get('num_classes')} classes ({_shown(cb)}), the training codes "
                         f"{a.get('num_classes')} ({_shown(ca)}); extract the held-out split of the same data set")
+    labels = getattr(heldout_store, "labels", None)
+    n = b.get("num_classes")
+    if labels is not None and isinstance(n, int):
+        missing = sorted(set(range(n)) - set(np.unique(np.asarray(labels)).tolist()))
+        if missing:
+            name = cb[missing[0]] if len(cb) == n else missing[0]
+            log.warning("--heldout %s has no codes of %d of its %d classes (e.g. %r): the held-out metrics leave "
+                        "them out; extract a held-out split with images of every class", heldout_dir, len(missing),
+                        n, name)
     return heldout_store

@@ -49,6 +49,8 @@ class ImageDataset(Dataset):
         self.flip = bool(flip)
         self.skipped = int(skipped)
 
+    source_size: int | None = None  # side of the source images before resizing, when they share one
+
     def __len__(self) -> int:
         return len(self.labels)
 
@@ -100,6 +102,7 @@ class ArrayDataset(ImageDataset):
         if images.ndim == 4 and images.shape[3] != 3:
             raise ValueError(f"RGB source images must have 3 channels, got {images.shape}")
         self._source = images
+        self.source_size = int(images.shape[1])
         self._cache: np.ndarray | None = None
         nbytes = len(images) * self.resolution * self.resolution * 3
         if cache or (cache is None and nbytes <= CACHE_BYTES):
@@ -146,6 +149,26 @@ def take_per_class(labels: np.ndarray, limit_per_class: int | None) -> np.ndarra
     for c in np.unique(labels):
         keep[np.flatnonzero(labels == c)[:limit_per_class]] = True
     return np.flatnonzero(keep)
+
+
+RESAMPLE_WARN = 1.5  # a tokenizer this many times larger or smaller than the images is worth a word
+
+
+def warn_resampled(ds: ImageDataset, what: str = "tokenizer") -> bool:
+    """One warning line when the data set's images (all of one size) are resized by a large factor to
+    the model's resolution: upsampled, the model spends its codes on blur; downsampled, it never sees the
+    detail. Returns whether it warned."""
+    from coarse2fine.config import VQ_PRESETS
+
+    src, res = ds.source_size, ds.resolution
+    if not src or max(src / res, res / src) < RESAMPLE_WARN:
+        return False
+    near = min({c["image_size"] for c in VQ_PRESETS.values()}, key=lambda s: abs(s - src))
+    fits = ", ".join(n for n, c in VQ_PRESETS.items() if c["image_size"] == near)
+    log.warning("the %s works at %d px but %s's images are %d px: they are %s %.1fx; a %d px tokenizer (%s) fits "
+                "this data", what, res, ds.name, src, "upsampled" if res > src else "downsampled",
+                max(src / res, res / src), near, fits)
+    return True
 
 
 def warn_skipped(count: int, example: tuple[Path, str] | None) -> None:

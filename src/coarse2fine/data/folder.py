@@ -193,6 +193,14 @@ def scan_folder(class_root: Path, limit_per_class: int | None = None
     if loose:
         log.warning("ignored %d files directly in %s: images must be inside a class sub-folder",
                     len(loose), class_root)
+    seen: dict[Path, str] = {}
+    for d in class_dirs:  # a class folder linked to another: the same files under two labels
+        real = d.resolve()
+        if real in seen:
+            log.warning("class folders %s and %s are the same folder (%s links to it): its images are taken twice, "
+                        "under two labels; remove the link or copy the images it should hold", seen[real], d.name,
+                        d.name if d.is_symlink() else seen[real])
+        seen.setdefault(real, d.name)
     walked = [(d.name, _walk_files(d, class_root)) for d in class_dirs]
     per_class = [(name, files) for name, (files, _) in walked]
     left_out = [s for _, (_, sk) in walked for s in sk]
@@ -251,8 +259,17 @@ class FolderDataset(ImageDataset):
             held = held_out_mask(labels, self.val_fraction)
             keep = held if split != "train" else ~held
             if not keep.any():
+                fix = ("use a fraction > 0 (e.g. 0.05)" if self.val_fraction <= 0 else
+                       "every class has a single image, and a class gives held-out images only from 2 images on: add "
+                       "images, or use --split train")
                 raise UserError(f"{root} is a plain class folder and --val-fraction {self.val_fraction} sets no image "
-                                f"aside for split {split!r}; use a fraction > 0 (e.g. 0.05)")
+                                f"aside for split {split!r}; {fix}")
+            if split != "train":
+                missing = sorted(set(range(len(classes))) - set(labels[keep].tolist()))
+                if missing:
+                    log.warning("the %r split of %s has no image of %d class(es) (e.g. %r): a class gives held-out "
+                                "images only from 2 images on; add images to those classes for a held-out split "
+                                "that covers every class", split, root, len(missing), classes[missing[0]])
             paths = [p for p, k in zip(paths, keep) if k]
             labels = labels[keep]
         super().__init__(f"folder:{Path(root).expanduser().resolve()}", classes, labels, resolution, split,

@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 from coarse2fine import distributed
-from coarse2fine.config import UserError, dump_json, load_json
+from coarse2fine.config import UserError
+from coarse2fine.fileio import dump_json, load_json
+from coarse2fine.precision import resolve_dtype
 from coarse2fine.data.preprocess import UnreadableImage, center_crop_arr, load_image_file
 
 log = logging.getLogger("coarse2fine.data")
@@ -123,12 +125,13 @@ def _plan(out: Path, tokenizer_dir: Path, vq, image_root: str | Path, split: str
 
 def extract_tencrop(tokenizer_dir: str | Path, image_root: str | Path, out_dir: str | Path, split: str = "train",
                     image_size: int | None = None, crop_ranges: tuple[float, ...] = LLAMAGEN_CROP_RANGES,
-                    shard_size: int = 10_000, batch_size: int = 16, num_workers: int = 4, bf16: bool = False,
-                    limit_per_class: int | None = None, device: str | None = None, progress: bool = True,
-                    stop_after_images: int | None = None) -> dict[str, Any]:
+                    shard_size: int = 10_000, batch_size: int = 16, num_workers: int = 4,
+                    dtype: str | torch.dtype = "fp32", limit_per_class: int | None = None, device: str | None = None,
+                    progress: bool = True, stop_after_images: int | None = None) -> dict[str, Any]:
     """Encode every image of ROOT/<class>/ (or ROOT/<split>/<class>/) into V code sequences.
 
-    batch_size: images per encoder batch (x V crops). stop_after_images: end this call early once
+    batch_size: images per encoder batch (x V crops). dtype: the encoder's autocast ("auto" | "fp32" | "bf16",
+    or a torch dtype; precision.resolve_dtype). stop_after_images: end this call early once
     this rank has encoded that many images (progress kept, as after a kill). Returns the plan (all
     ranks) plus "complete": whether index.json was written."""
     from coarse2fine.checkpoint import load_vq
@@ -140,6 +143,7 @@ def extract_tencrop(tokenizer_dir: str | Path, image_root: str | Path, out_dir: 
     info = distributed.setup(device)
     tok = Path(tokenizer_dir)
     vq = load_vq(tok).to(info.device)
+    bf16 = resolve_dtype(dtype, info.device) == torch.bfloat16
     size = image_size or vq.cfg.image_size
     if size % vq.cfg.downsample:
         raise UserError(f"--image-size {size} is not a multiple of the tokenizer's downsampling {vq.cfg.downsample}")

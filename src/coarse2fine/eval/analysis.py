@@ -31,16 +31,16 @@ def swap_within_clusters(codes: torch.Tensor, cmap: CoarseMap, generator: torch.
 def redundancy(vq: VQModel, images: torch.Tensor, maps: dict[str, CoarseMap], seed: int = 0,
                batch_size: int = 64) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
     """images [B, 3, H, W] in [-1, 1]. Returns (stats per map name, uint8 image rows for a figure)."""
-    from coarse2fine.pipeline import decode
+    from coarse2fine.data.sample_folder import decode_images as decode
 
     g = torch.Generator().manual_seed(seed)
     codes = torch.cat([vq.encode(images[i:i + batch_size]).flatten(1) for i in range(0, len(images), batch_size)])
-    recon = decode(vq, codes, batch_size)
+    recon = decode(vq, codes, batch_size=batch_size)
     orig = torch.clamp(127.5 * images + 128, 0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     rows = {"original": orig, "reconstruction": recon}
     stats = {"reconstruction": {"psnr_vs_original": psnr(recon, orig).mean().item()}}
     for name, cmap in maps.items():
-        swapped = decode(vq, swap_within_clusters(codes, cmap, g), batch_size)
+        swapped = decode(vq, swap_within_clusters(codes, cmap, g), batch_size=batch_size)
         rows[name] = swapped
         p = psnr(swapped, recon)
         stats[name] = {"psnr_vs_reconstruction": p.mean().item(), "psnr_std": p.std().item(),

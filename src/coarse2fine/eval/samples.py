@@ -18,7 +18,6 @@ import io
 import json
 import os
 import re
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -32,116 +31,10 @@ from coarse2fine.eval.features import DEFAULT_FEATURE_RESOLUTION, EffNetLite0Fea
 from coarse2fine.fileio import atomic_write_bytes
 
 CACHE_VERSION = 1
-LABEL_IN_NAME = re.compile(r"_c(\d+)\.png$", re.IGNORECASE)
-SAMPLE_NAME = re.compile(r"^\d+(_c\d+)?\.png$", re.IGNORECASE)  # 000123.png / 000123_c7.png
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("COARSE2FINE_CACHE") or Path.home() / ".cache" / "coarse2fine")
-
-
-# ---- samples -------------------------------------------------------------------------------------
-
-def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Read generated samples -> (uint8 [N, H, W, 3], int64 labels [N] or None, note on labels).
-
-    .npz: `arr_0` images (NHWC uint8, or NHW gray) and labels from `labels` (coarse2fine sampler) or
-    `arr_1` (ADM / guided-diffusion). Folder: *.png sorted by name (only the numbered ones, 000123.png /
-    000123_c7.png, when there are any, so a grid.png beside them is skipped); 000123_c7.png carries
-    label 7 -- labels are used only when every file has one. A folder holding samples.npz (what
-    `coarse2fine sample` writes) is read from that file, and refused when its numbered PNGs are not
-    the same count: the folder then mixes two runs and no score of it would mean anything.
-    """
-    p = Path(path)
-    if p.is_dir() and (p / "samples.npz").is_file():
-        images, labels, note = _load_npz(p / "samples.npz")
-        pngs = sorted(f for f in p.iterdir() if SAMPLE_NAME.match(f.name))
-        if not pngs and (p / "samples").is_dir():  # sample-fid: OUT/samples/*.png beside OUT/samples.npz
-            pngs = sorted(f for f in (p / "samples").iterdir() if SAMPLE_NAME.match(f.name))
-        if pngs and len(pngs) != len(images):
-            raise UserError(f"{p} mixes samples: {len(pngs)} numbered PNGs but samples.npz holds {len(images)} "
-                            f"images; pass {p / 'samples.npz'} itself, or resample into an empty --out")
-        _check_npz_matches_pngs(p, pngs, images, labels)
-        return images, labels, note + " (the folder's samples.npz)"
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() == ".png")
-        if not files:
-            raise UserError(f"no .png files in {p}")
-        numbered = [f for f in files if SAMPLE_NAME.match(f.name)]
-        ignored = ""
-        if numbered and len(numbered) < len(files):
-            # a sample dir also holding grid.png & co: keep the numbered samples only
-            other = next(f.name for f in files if f not in numbered)
-            ignored = f"; ignored {len(files) - len(numbered)} other PNGs (e.g. {other})"
-            files = numbered
-        from PIL import Image
-
-        imgs = []
-        for f in files:
-            with Image.open(f) as im:
-                imgs.append(np.asarray(im.convert("RGB")))
-        shapes = {im.shape for im in imgs}
-        if len(shapes) != 1:
-            raise UserError(f"PNG samples in {p} differ in size ({sorted(shapes)[:4]}); resize them first")
-        images = np.stack(imgs)
-        found = [LABEL_IN_NAME.search(f.name) for f in files]
-        if all(found):
-            return images, np.array([int(m.group(1)) for m in found], np.int64), "labels from file names" + ignored
-        n_lab = sum(bool(m) for m in found)
-        return images, None, f"labels missing ({n_lab}/{len(files)} file names carry _c<label>){ignored}"
-    if not p.is_file():
-        raise UserError(f"samples {p} not found (give a folder of PNGs or an .npz with arr_0)")
-    return _load_npz(p)
-
-
-NPZ_PNG_CHECKS = 8  # PNGs compared pixel for pixel with the npz: spread over the set, first and last included
-
-
-def _check_npz_matches_pngs(folder: Path, pngs: list[Path], images: np.ndarray, labels: np.ndarray | None) -> None:
-    """A folder's samples.npz must hold its PNGs: every label in a file name must equal the npz's
-    label, and NPZ_PNG_CHECKS PNGs (lossless) must equal their npz image exactly. An npz swapped in
-    from another run of the same count fails here instead of being scored as this folder."""
-    if not pngs:
-        return
-    fix = f"pass {folder / 'samples.npz'} or the PNGs on their own, or resample into an empty --out"
-    if labels is not None:
-        named = [LABEL_IN_NAME.search(f.name) for f in pngs]
-        bad = next((f for f, m, lab in zip(pngs, named, labels) if m and int(m.group(1)) != int(lab)), None)
-        if bad is not None:
-            raise UserError(f"{folder}/samples.npz does not belong to the PNGs beside it (the labels differ, e.g. "
-                            f"{bad.name}); {fix}")
-    from PIL import Image
-
-    for i in sorted(set(np.linspace(0, len(pngs) - 1, min(NPZ_PNG_CHECKS, len(pngs))).round().astype(int))):
-        with Image.open(pngs[i]) as im:
-            png = np.asarray(im.convert("RGB"))
-        if png.shape != images[i].shape or not np.array_equal(png, images[i]):
-            raise UserError(f"{folder}/samples.npz does not belong to the PNGs beside it (image {i} differs from "
-                            f"{pngs[i].name}); {fix}")
-
-
-def _load_npz(p: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """arr_0 images and `labels` / `arr_1` labels of an .npz (see load_samples)."""
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            if "arr_0" not in z.files:
-                raise UserError(f"{p} has no arr_0 (keys {z.files})")
-            images = z["arr_0"]
-            key = "labels" if "labels" in z.files else ("arr_1" if "arr_1" in z.files else None)
-            labels = z[key] if key else None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # truncated, not an npz, a damaged member
-        raise UserError(f"cannot read samples {p} ({type(e).__name__}: {e}); the file is damaged or not an .npz: "
-                        "sample it again") from None
-    if images.ndim == 3:
-        images = np.repeat(images[..., None], 3, axis=-1)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise UserError(f"{p}: arr_0 must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
-    if labels is None:
-        return images, None, "labels missing (no `labels` or `arr_1` in the npz)"
-    labels = np.asarray(labels)
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(f"{p}: {key} must be integer [N={len(images)}], got {labels.dtype} {labels.shape}")
-    return images, labels.astype(np.int64), f"labels from npz `{key}`"
 
 
 # ---- reference statistics (cached) ---------------------------------------------------------------

@@ -12,14 +12,14 @@ geometry in which codes are "close"). Methods:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from coarse2fine.config import UserError
-from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest
+from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest, tensor_digest
 
 METHODS = ("kmeans", "random", "balanced", "agglomerative")
 
@@ -48,6 +48,7 @@ class CoarseMap:
     fingerprint: str
     method: str
     seed: int
+    source: Path | None = field(default=None, compare=False)  # the file it was loaded from (load), if any
 
     @property
     def num_codes(self) -> int:
@@ -79,18 +80,52 @@ class CoarseMap:
 
     def stats(self) -> dict[str, float]:
         s = self.sizes.float()
+        # one cluster has no spread (torch's sample std of one value is nan, with a warning)
+        std = s.std().item() if self.num_coarse > 1 else 0.0
         return {"clusters": self.num_coarse, "codes": self.num_codes, "mean_size": s.mean().item(),
-                "min_size": int(s.min()), "max_size": int(s.max()), "std_size": s.std().item(),
+                "min_size": int(s.min()), "max_size": int(s.max()), "std_size": std,
                 "empty": int((s == 0).sum())}
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the map's tensors: what its file's checksum holds, and what a run trained on the map
+        records (config.json "coarse_map" "sha256"), so another map put in its place is recognised."""
+        return tensor_digest(self._tensors())
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"phi": self.phi, "members": self.members, "sizes": self.sizes, "centroids": self.centroids}
+
+    def record(self) -> dict:
+        """What a run trained on this map records of it (config.json "coarse_map")."""
+        return self.stats() | {"fingerprint": self.fingerprint, "method": self.method, "sha256": self.digest}
+
+    def check_recorded(self, recorded: dict | None, path: str | Path, run: str | Path) -> None:
+        """Refuse a map that is not the one `run` recorded (by checksum; runs older than the checksum by
+        fingerprint, method and cluster sizes): a map swapped in beside a run would be sampled silently."""
+        if not isinstance(recorded, dict):
+            return
+        if recorded.get("sha256"):
+            same, what = recorded["sha256"] == self.digest, f"checksum {recorded['sha256'][:12]}"
+        else:
+            mine = self.record()
+            keys = [k for k in ("fingerprint", "method", "clusters", "codes", "min_size", "max_size") if k in recorded]
+            same = all(recorded[k] == mine[k] for k in keys) and (
+                "std_size" not in recorded or abs(recorded["std_size"] - mine["std_size"]) < 1e-6)
+            what = "fingerprint, method and cluster sizes"
+        if not same:
+            raise UserError(f"coarse map {path} is not the one {run} was trained with (its config.json records "
+                            f"another map: {what}); put the run's own map back (the --coarse-map it was trained "
+                            "with) or retrain the run on this map")
 
     def save(self, path: str | Path) -> None:
         meta = {"fingerprint": self.fingerprint, "method": self.method, "seed": str(self.seed),
                 "format": "coarse2fine.CoarseMap/1"}
-        atomic_save_safetensors({"phi": self.phi, "members": self.members, "sizes": self.sizes,
-                                 "centroids": self.centroids}, path, metadata=meta)
+        atomic_save_safetensors(self._tensors(), path, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "CoarseMap":
+        """A map saved by `save`: its file, or a folder holding coarse_map.safetensors (the one place that
+        resolves a coarse map's path). Checked: checksum, format; `source` records the file."""
         from safetensors import SafetensorError, safe_open
 
         p = Path(path)
@@ -111,7 +146,7 @@ class CoarseMap:
         if meta.get("format") != "coarse2fine.CoarseMap/1" or set(t) != {"phi", "members", "sizes", "centroids"}:
             raise UserError(f"{p} is not a coarse2fine coarse map; create one with `coarse2fine cluster`")
         return cls(t["phi"], t["members"], t["sizes"], t["centroids"], meta["fingerprint"], meta["method"],
-                   int(meta["seed"]))
+                   int(meta["seed"]), p.resolve())
 
 
 def _kmeans(x: np.ndarray, c: int, seed: int, n_init: int, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,3 +230,14 @@ def cluster_codebook(codewords: torch.Tensor, num_coarse: int, method: str = "km
 def default_num_coarse(codebook_size: int) -> int:
     """The paper's ratio: 16384 codes -> 512 clusters, i.e. ~32 codes per cluster."""
     return max(1, codebook_size // 32)
+
+
+def restrict_to_cluster(logits: torch.Tensor, coarse: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Keep, at each position, only the fine codes of that position's cluster.
+
+    logits [B, N, K]; coarse [B, N]; members [C, M] (-1 padded) -> logits [B, N, M] over the
+    cluster's members (padding at -inf). Index m of the result is fine code members[coarse, m].
+    """
+    idx = members.to(logits.device)[coarse]  # [B, N, M]
+    out = logits.gather(-1, idx.clamp(min=0))
+    return out.masked_fill(idx < 0, float("-inf"))

@@ -34,6 +34,25 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x)
 
+    @staticmethod
+    def patch_grid(image_size: int, n_layers: int) -> int:
+        """Side of the patch-logit grid for square images of `image_size` px (0: the stack runs out of
+        pixels, a 4x4 kernel would not fit): stride-2 convolutions halve, the stride-1 ones take 1 px."""
+        side = image_size
+        # the first conv (stride 2), n_layers more (stride 2 but the last), the output conv (stride 1)
+        for stride in [2] + [2] * (n_layers - 1) + [1] * min(n_layers, 1) + [1]:
+            if side + 2 < 4:
+                return 0
+            side = (side + 2 - 4) // stride + 1
+        return max(side, 0)
+
+    @staticmethod
+    def max_layers(image_size: int) -> int:
+        n = 0
+        while PatchDiscriminator.patch_grid(image_size, n + 1) > 0:
+            n += 1
+        return n
+
 
 def disc_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Discriminator loss on real and fake logits (any shape): hinge, or the logistic loss, which

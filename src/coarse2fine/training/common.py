@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import torch
 
-from coarse2fine.config import ConfigError, UserError, from_dict, to_dict
+from coarse2fine.config import RETIRED_FIELDS, ConfigError, UserError, from_dict, run_settings, to_dict
 from coarse2fine.fileio import DirLock, atomic_write_bytes, lock_dir
 
 # ---- schedule, EMA, precision, seeding ---------------------------------------------------------
@@ -139,8 +139,9 @@ RunLock = DirLock
 
 
 def lock_run(run_dir: str | Path, enabled: bool = True):
-    """One training process per run dir: the lock on the process that writes it (rank 0), a no-op elsewhere."""
-    return lock_dir(run_dir, "another training process", enabled)
+    """One training process per run dir: the lock on the process that writes it (rank 0), a no-op elsewhere.
+    A run that fails before its first checkpoint into a folder it created leaves no folder behind."""
+    return lock_dir(run_dir, "another training process", enabled, clean_failed=("state.pt", "model.safetensors"))
 
 
 # ---- resume check ----------------------------------------------------------------------------------
@@ -148,24 +149,18 @@ def lock_run(run_dir: str | Path, enabled: bool = True):
 # settings a resume may change because the computation does not depend on them: how the work is laid
 # out over processes (the global batch, data order and dropout seeds stay fixed, so a run can move to
 # another world size) and how often it logs, evaluates and checkpoints
-FREE_FIELDS = ("grad_accum", "fsdp", "log_every", "ckpt_every", "eval_every")
+FREE_FIELDS = ("grad_accum", "fsdp", "log_every", "ckpt_every", "eval_every", "recipe")  # recipe: provenance only
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-# fields removed from the configs (they did nothing); runs written before still resume
-RETIRED_FIELDS = ("sample_every",)
-
-
 def saved_settings(cls, saved: dict[str, Any], source: str):
     """The dataclass `cls` stored in a run's config.json ("train"), normalised (lists -> tuples)."""
     if not isinstance(saved, dict):
         raise ConfigError(f"{source} has no training settings; it cannot be resumed")
-    if hasattr(cls, "upgrade"):
-        saved = cls.upgrade(saved)
-    return from_dict(cls, {k: v for k, v in saved.items() if k not in RETIRED_FIELDS})
+    return run_settings(cls, saved, source)
 
 
 def check_resume(saved, asked, step: int, source: str, announce: bool = True) -> dict[str, Any] | None:

@@ -17,7 +17,8 @@ import torch
 from coarse2fine import distributed
 from coarse2fine.checkpoint import (load_train_state, read_run_config, store_tokenizer_dir, tokenizer_ref,
                                     write_run_config)
-from coarse2fine.config import GPTConfig, TrainConfig, UserError, dump_json, from_dict, to_dict
+from coarse2fine.config import GPTConfig, TrainConfig, UserError, from_dict, to_dict
+from coarse2fine.fileio import dump_json
 from coarse2fine.data.codes import check_heldout, check_same_codes, codes_record, open_code_store
 from coarse2fine.models import Transformer, count_params
 from coarse2fine.stages import ClusterLoss, StageBatches, evaluate_tokens, stage_loss, stage_spec
@@ -49,6 +50,9 @@ def saved_run(out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     meta = read_run_config(out, "gpt")  # format, version and kind checked
     cm = out / "coarse_map.safetensors"
+    if not (meta.get("codes") or {}).get("dir"):
+        raise UserError(f"{out}/config.json records no code store (\"codes\": {{\"dir\": ...}}), so the run cannot be "
+                        "resumed; start a new run with --codes")
     return {"stage": meta["stage"], "model_cfg": from_dict(GPTConfig, meta["gpt"]),
             "cfg": saved_settings(TrainConfig, meta.get("train"), f"{out}/config.json"),
             "codes_dir": meta["codes"]["dir"], "coarse_map": cm if cm.exists() else None,
@@ -56,13 +60,14 @@ def saved_run(out_dir: str | Path) -> dict[str, Any]:
 
 
 def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | Path, out_dir: str | Path,
-          coarse_map: str | Path | None = None, heldout_dir: str | Path | None = None,
+          coarse_map: CoarseMap | str | Path | None = None, heldout_dir: str | Path | None = None,
           restricted: bool = False, resume: bool = False, progress: bool = True,
           device: str | None = None, stop_at: int | None = None) -> dict[str, Any]:
     """Train one stage. Writes out_dir/{config.json, model.safetensors, state.pt, metrics.jsonl, tb/}.
 
     stop_at: end this call after that step (checkpoint written); `resume=True` continues the same
     schedule, refusing any setting that differs from the run's (a larger cfg.steps extends the run).
+    coarse_map: the CoarseMap (as loaded by the caller: it is read once per run), or its path.
     Returns a summary dict (final loss/accuracy, held-out token metrics, wall time)."""
     spec = stage_spec(stage)
     cfg.validate()
@@ -72,7 +77,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
                         "--nproc_per_node N $(which coarse2fine) train ... --fsdp` (N may be 1), or drop --fsdp")
     out = Path(out_dir)
     store = open_code_store(codes_dir)  # extract-codes dir or a sharded ten-crop one
-    cmap = CoarseMap.load(coarse_map) if coarse_map else None
+    cmap = coarse_map if isinstance(coarse_map, CoarseMap) or coarse_map is None else CoarseMap.load(coarse_map)
     batches = StageBatches(store, stage, cmap)
     heldout = (StageBatches(check_heldout(store, open_code_store(heldout_dir), heldout_dir), stage, cmap)
                if heldout_dir else None)
@@ -91,7 +96,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
 
     run_meta = {"kind": "gpt", "stage": stage, "gpt": to_dict(model_cfg), "train": to_dict(cfg),
                 "codes": codes_record(store, codes_dir), "restricted": restricted,
-                "coarse_map": cmap.stats() | {"fingerprint": cmap.fingerprint, "method": cmap.method} if cmap else None,
+                "coarse_map": cmap.record() if cmap else None,
                 "tokenizer": tokenizer_ref(store.meta.get("tokenizer_fingerprint"),
                                            store_tokenizer_dir(store.meta, codes_dir), out)}
     run_meta["heldout"] = str(Path(heldout_dir).resolve()) if heldout_dir else None
@@ -100,13 +105,15 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_run_config(out, "gpt", run_meta)
-            if cmap is not None and not _same_file(coarse_map, out / "coarse_map.safetensors"):
-                shutil.copyfile(Path(coarse_map) if Path(coarse_map).is_file() else Path(coarse_map) / "coarse_map.safetensors",
-                                out / "coarse_map.safetensors")
+            copy = out / "coarse_map.safetensors"  # the run keeps its own copy (resume reads it)
+            if cmap is not None and cmap.source is None:
+                cmap.save(copy)
+            elif cmap is not None and not (copy.exists() and cmap.source == copy.resolve()):
+                shutil.copyfile(cmap.source, copy)
 
         seed_everything(cfg.seed)
         model = Transformer(model_cfg).to(info.device)
-        dtype = resolve_dtype(cfg.precision, info.device)
+        dtype = resolve_dtype(cfg.dtype, info.device)
 
         def loss(b, shared):
             tokens, cond, targets = b
@@ -154,8 +161,11 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
     if bool(old.get("restricted")) != run_meta["restricted"]:
         raise UserError(f"--head: the run has {'restricted' if old.get('restricted') else 'full'}; resume with it")
     copy = out / "coarse_map.safetensors"  # the run's copy of its map, compared code by code
-    same = (not copy.exists() if cmap is None
-            else copy.exists() and torch.equal(CoarseMap.load(copy).phi, cmap.phi))
+    held = None  # the copy, read once (it is the map given when the plan loaded the run's own)
+    if copy.exists():  # and the copy is the map the run recorded (not one put in its place since)
+        held = cmap if cmap is not None and cmap.source == copy.resolve() else CoarseMap.load(copy)
+        held.check_recorded(old.get("coarse_map"), copy, out)
+    same = held is None if cmap is None else held is not None and (held is cmap or torch.equal(held.phi, cmap.phi))
     if not same:
         raise UserError(f"--coarse-map: not the map the run was trained with ({copy if copy.exists() else 'none'}); "
                         "leave --coarse-map out to use the run's own")
@@ -165,6 +175,3 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
     run_meta["history"] = old.get("history", []) + ([ext] if ext else [])
     return st
 
-
-def _same_file(a: str | Path, b: Path) -> bool:
-    return b.exists() and Path(a).resolve() == b.resolve()

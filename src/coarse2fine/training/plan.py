@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coarse2fine.config import MAX_CODEBOOK, TrainConfig, UserError, train_recipe
+from coarse2fine.config import TrainConfig, UserError, check_codebook_size, train_recipe
 from coarse2fine.data.codes import open_code_store
 from coarse2fine.stages import stage_config, stage_spec
 from coarse2fine.tokenizer.clustering import CoarseMap
@@ -29,10 +29,11 @@ class StagePlan:
 
 
 def plan_stage_run(out: str | Path, *, resume: bool = False, stage: str | None = None, preset: str | None = None,
-                   codes: str | Path | None = None, coarse_map: str | Path | None = None,
+                   codes: str | Path | None = None, coarse_map: str | Path | CoarseMap | None = None,
                    heldout: str | Path | None = None, head: str | None = None,
                    given: dict[str, Any] | None = None) -> StagePlan:
-    """given: TrainConfig fields set explicitly (None values = not given). head: "restricted" | "full"."""
+    """given: TrainConfig fields set explicitly (None values = not given). head: "restricted" | "full".
+    coarse_map: a path or a loaded CoarseMap; the plan carries it loaded, so a run reads it once."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
     summary = None
     if resume:  # a setting left out takes the run's value
@@ -59,9 +60,11 @@ def plan_stage_run(out: str | Path, *, resume: bool = False, stage: str | None =
     if head is not None:
         kw["restricted"] = head == "restricted"
     kw["restricted"] = kw["restricted"] and spec.restricted_head
+    if kw["coarse_map"] is not None and not isinstance(kw["coarse_map"], CoarseMap):
+        kw["coarse_map"] = CoarseMap.load(kw["coarse_map"])  # read once; train() takes the object
     if preset is not None or "model_cfg" not in kw:
         meta = open_code_store(kw["codes_dir"]).meta  # extract-codes or extract-codes-imagenet output
-        num_coarse = CoarseMap.load(kw["coarse_map"]).num_coarse if kw["coarse_map"] else 0
+        num_coarse = kw["coarse_map"].num_coarse if kw["coarse_map"] else 0
         kw["model_cfg"] = stage_config(preset or DEFAULT_PRESET, kw["stage"], meta["codebook_size"], num_coarse,
                                        meta["num_classes"], meta["grid"])
     return StagePlan(kw, summary)
@@ -93,9 +96,8 @@ def plan_tokenizer_run(out: str | Path, *, resume: bool = False, preset: str | N
     arch = {k: v for k, v in (arch or {}).items() if v is not None}
     data = dict(data or {})
     given = {k: v for k, v in (given or {}).items() if v is not None}
-    k = arch.get("codebook_size")
-    if k is not None and not 2 <= k <= MAX_CODEBOOK:
-        raise UserError(f"--codebook-size {k}: choose 2 to {MAX_CODEBOOK} (LlamaGen's largest)")
+    if arch.get("codebook_size") is not None:  # VQConfig checks it too; here the error names the flag
+        check_codebook_size(arch["codebook_size"], "--codebook-size")
     vq_cfg = vq_config(preset or "VQ-tiny", **arch)
     if resume:
         saved = read_run_config(out, "vq")

@@ -17,6 +17,7 @@ DDP a code counts as dead when rank 0's share of the batches did not pick it.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from coarse2fine.training.common import check_resume, lock_run, saved_settings, 
 from coarse2fine.training.loop import EMA, Part, Task, adamw, fit, restore
 
 __all__ = ["TokenizerTrainConfig", "tokenizer_recipe", "train_tokenizer", "evaluate_reconstruction", "ImageBatches"]
+log = logging.getLogger("coarse2fine.train")
 
 
 def tokenizer_lr(tc: TokenizerTrainConfig, lr: float):
@@ -58,7 +60,22 @@ def _resolve(vq_cfg: VQConfig | dict | str, train: TokenizerTrainConfig | dict |
     base.update({k: v for k, v in overrides.items() if v is not None})
     tc = from_dict(TokenizerTrainConfig, base)
     tc.validate()
+    check_disc_fits(vq_cfg, tc)
     return vq_cfg, tc
+
+
+def check_disc_fits(vq_cfg: VQConfig, tc: TokenizerTrainConfig) -> None:
+    """Refuse a PatchGAN too deep for the images (its stride-2 convolutions would leave no pixel to
+    score) before anything is built or written."""
+    if tc.disc_weight > 0 and PatchDiscriminator.patch_grid(vq_cfg.image_size, tc.disc_layers) < 1:
+        most = PatchDiscriminator.max_layers(vq_cfg.image_size)
+        raise UserError(f"--disc-layers {tc.disc_layers}: the discriminator halves {vq_cfg.image_size} px images "
+                        f"{tc.disc_layers} times and is left with no patch to score; at {vq_cfg.image_size} px use "
+                        f"--disc-layers {most} or fewer")
+    if tc.disc_weight > 0 and tc.disc_start >= tc.steps:
+        log.warning("--disc-start %d is at or beyond --steps %d: the discriminator never trains and --disc-weight "
+                    "%g does nothing in this run; lower --disc-start (or raise --steps) to use it",
+                    tc.disc_start, tc.steps, tc.disc_weight)
 
 
 def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
@@ -182,7 +199,7 @@ def tokenizer_task(vq_cfg: VQConfig, tc: TokenizerTrainConfig, batches: "ImageBa
         return {"psnr": round(psnr_from_mse(rec["mse"]), 3), "usage": round(model.quantize.window_usage(), 4)}
 
     return Task("tokenizer", parts, lambda step: [batches.get(step).to(info.device)], tc.steps, tc.seed,
-                resolve_dtype(tc.precision, info.device), ema=ema, after_step=after_step, describe=describe,
+                resolve_dtype(tc.dtype, info.device), ema=ema, after_step=after_step, describe=describe,
                 log_every=tc.log_every, ckpt_every=tc.ckpt_every, tensorboard=False)
 
 
