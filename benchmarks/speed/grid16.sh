@@ -3,7 +3,7 @@
 # Every table in benchmarks/results/speed_*grid16*_cpu.md comes from one of these steps; each .md starts
 # with its command and machine. About 40 minutes on the shared 2-core dev box.
 #
-#   benchmarks/speed/grid16.sh [stage2|ctf|compile|profile|bound|gptb|all] [extra flags for that step]
+#   benchmarks/speed/grid16.sh [stage2|stage2big|ctf|compile|profile|bound|gptb|all] [extra flags for that step]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -19,6 +19,9 @@ run() {
   stage2)  # old stage-2 sampler (whole [B, N, K] logits) vs the restricted head; memory per candidate
     "$PY" benchmarks/speed/stage2_head.py --preset GPT-tiny GPT-small --dtype fp32 bf16 --repeats 3 "${@:2}" \
         --json "$OUT/speed_stage2_grid16_cpu.json" --md "$OUT/speed_stage2_grid16_cpu.md" ;;
+  stage2big)  # GPT-B and GPT-L as stage 2, per-call cost at batch 4 (batch 64 would take minutes per candidate here)
+    "$PY" benchmarks/speed/stage2_head.py --preset GPT-B GPT-L --dtype fp32 --batch 4 --repeats 2 "${@:2}" \
+        --json "$OUT/speed_stage2_grid16_gptb_l_cpu.json" --md "$OUT/speed_stage2_grid16_gptb_l_cpu.md" ;;
   ctf)  # CTF (stage 2 through the restricted head) vs the baseline; VQ-16 decode timed on 4 images, scaled to 64
     c2f bench sample --preset GPT-tiny GPT-small "${GRID[@]}" --dtype fp32 bf16 --threads 1 --repeats 3 \
         --untimed-rounds 0 --naive-repeats 0 --decode-images 4 "${@:2}" \
@@ -47,12 +50,12 @@ print(st.median(p for r in recs for p in r["cpu"]["matmul_peaks"]) / 1e12,
     c2f bench sample --preset GPT-B "${GRID[@]}" --dtype bf16 --threads 1 --repeats 1 --untimed-rounds 0 \
         --naive-repeats 0 --decode-images 2 "${@:2}" \
         --json "$OUT/speed_ctf_grid16_gptb_cpu.json" --md "$OUT/speed_ctf_grid16_gptb_cpu.md" ;;
-  *) echo "usage: $0 [stage2|ctf|compile|profile|bound|gptb|all] [extra flags]" >&2; exit 2 ;;
+  *) echo "usage: $0 [stage2|stage2big|ctf|compile|profile|bound|gptb|all] [extra flags]" >&2; exit 2 ;;
   esac
 }
 
 if [ "$STEP" = all ]; then
-  for s in stage2 ctf bound compile profile gptb; do run "$s"; done
+  for s in stage2 stage2big ctf bound compile profile gptb; do run "$s"; done
 else
   run "$STEP" "$@"
 fi
