@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 
 from coarse2fine.config import UserError
-from coarse2fine.tokenizer.clustering import restrict_to_cluster
 
 
 @dataclass
@@ -82,19 +81,25 @@ def _icdf_pick(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                  generator: torch.Generator | None = None, block: int = 64) -> torch.Tensor:
+                  generator: torch.Generator | None = None, block: int = 64,
+                  u: torch.Tensor | None = None) -> torch.Tensor:
     """logits [..., V] -> sampled ids [...].
 
     Inverse-CDF sampling with one uniform number per row, so no host sync and B numbers drawn
     instead of B*V (B*V exponentials were a third of the CPU decode step). Two levels when V is a
     multiple of `block`: pick a block of `block` entries by the cumulative block masses, then an
-    entry inside it; a float64 cumsum over all V entries cost as much as the output head on CPU."""
+    entry inside it; a float64 cumsum over all V entries cost as much as the output head on CPU.
+    u: the rows' uniform numbers (float64, one per row in row-major order) when the caller drew them
+    (stage 2 draws all of them first and samples chunk by chunk); None draws them from `generator`."""
     logits = filter_logits(logits / max(temperature, 1e-5), top_k, top_p)
     probs = torch.softmax(logits.float(), dim=-1)
     V = probs.size(-1)
     flat = probs.reshape(-1, V)  # [R, V]
     R = flat.size(0)
-    u = torch.rand(R, 1, generator=generator, dtype=torch.float64, device=flat.device)
+    if u is None:
+        u = torch.rand(R, 1, generator=generator, dtype=torch.float64, device=flat.device)
+    else:
+        u = u.reshape(R, 1).to(torch.float64)
     if V % block or V <= 4 * block:
         w = flat.double()
         return _icdf_pick(w, u * w.sum(-1, keepdim=True)).reshape(probs.shape[:-1])
@@ -183,29 +188,109 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     return out
 
 
+# Stage 2 works through the batch in chunks of about this many transformer rows (class token and CFG
+# rows counted): the activations stay flat with the batch, and the output head sees a few thousand
+# positions at a time, enough for full-speed matrix multiplies.
+FINE_CHUNK_ROWS = 4096
+# The full (unrestricted) head's logits are formed for at most this many values at a time.
+FULL_HEAD_CHUNK_VALUES = 1 << 22
+
+
 @torch.no_grad()
 def generate_fine(model, coarse: torch.Tensor, cond: torch.Tensor, opts: StageSampling,
                   generator: torch.Generator | None = None, members: torch.Tensor | None = None,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                  dtype: torch.dtype = torch.float32, chunk_rows: int = FINE_CHUNK_ROWS) -> torch.Tensor:
     """Stage 2 in one forward pass: coarse [B, N] (+ cond [B]) -> fine codes [B, N].
 
-    members [C, M]: restrict each position's choice to its cluster (the restricted head)."""
+    members [C, M] (-1 padded): the restricted head. Each position scores only its cluster's rows
+    of the output weight: positions are grouped by cluster and each group meets its cluster's rows
+    in one [n_c, D] @ [D, M_c] product, about K / C logits per position instead of K (at K = 16384,
+    C = 512: 32 instead of 16384). Without members every position scores all K codes.
+
+    The batch runs in chunks of whole images (about `chunk_rows` transformer rows each), so memory
+    does not grow with B beyond the codes themselves. The random numbers are drawn up front, one per
+    position in row-major order, exactly as sampling the whole [B, N, K] (or [B, N, M]) logits at
+    once would draw them, so a seed gives the same codes whatever the chunking."""
     cfg = model.cfg
     check_labels(cond, cfg.num_classes)
     opts.validate(cfg.vocab_size, "stage-2")
-    x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)
-    x_tok = coarse.repeat(2, 1) if opts.use_cfg else coarse
+    if chunk_rows < 1:
+        raise UserError(f"stage-2 chunk rows must be >= 1, got {chunk_rows}")
+    B, N = coarse.shape
+    u = torch.rand(B * N, 1, generator=generator, dtype=torch.float64, device=coarse.device).view(B, N)
+    groups = 2 if opts.use_cfg else 1  # CFG rows: [cond; null] inside every chunk
+    per_chunk = max(1, chunk_rows // (groups * (N + 1)))  # images
+    out = torch.empty(B, N, dtype=torch.long, device=coarse.device)
+    if members is not None:
+        members = members.to(coarse.device)
+    rows: list[torch.Tensor] = []  # the output weight as the head uses it, formed at the first chunk
     with torch.autocast(coarse.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        logits = model(x_tok, x_cond)[:, 1:]  # [B', N, K]; position 0 is the class token
+        for s in range(0, B, per_chunk):
+            c, y = coarse[s:s + per_chunk], cond[s:s + per_chunk]
+            b = c.size(0)
+            x_tok = c.repeat(groups, 1)  # [G b, N]
+            x_cond = _cfg_cond(y, cfg.num_classes, opts.use_cfg)  # [G b]
+
+            def head(h: torch.Tensor, weight: torch.Tensor, s=s, b=b, c=c) -> torch.Tensor:
+                h = h[:, 1:].to(dtype).reshape(groups, b * N, -1)  # [G, P, D]; position 0 is the class token
+                if not rows:  # cast once, not in every product below (as autocast would)
+                    rows.extend([weight.to(dtype)] if members is None else _member_rows(weight.to(dtype), members))
+                if members is None:
+                    return _sample_full_head(h, rows[0], opts, u[s:s + b].reshape(-1))
+                return _sample_restricted_head(h, rows, c.reshape(-1), members, opts, u[s:s + b].reshape(-1))
+
+            out[s:s + b] = model(x_tok, x_cond, head=head).view(b, N)
+    return out
+
+
+def _guided(logits: torch.Tensor, opts: StageSampling) -> torch.Tensor:
+    """logits [G, P, V] (G = 2 under CFG: cond, null) -> float32 [P, V] after guidance."""
     logits = logits.float()
-    if opts.use_cfg:
-        logits = cfg_combine(logits, opts.cfg_scale)
-    if members is None:
-        return sample_logits(logits, opts.temperature, opts.top_k, opts.top_p, generator)
-    sub = restrict_to_cluster(logits, coarse, members)  # [B, N, M]
-    top_k = min(opts.top_k, sub.size(-1))
-    pick = sample_logits(sub, opts.temperature, top_k, opts.top_p, generator)  # [B, N]
-    return members.to(coarse.device)[coarse].gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+    return cfg_combine(logits.flatten(0, 1), opts.cfg_scale) if opts.use_cfg else logits[0]
+
+
+def _sample_full_head(h: torch.Tensor, weight: torch.Tensor, opts: StageSampling, u: torch.Tensor) -> torch.Tensor:
+    """h [G, P, D] normed hidden states, weight [K, D], u [P] -> codes [P], all K codes scored,
+    a slice of positions at a time."""
+    P, K = h.size(1), weight.size(0)
+    step = max(1, FULL_HEAD_CHUNK_VALUES // (h.size(0) * K))
+    out = torch.empty(P, dtype=torch.long, device=h.device)
+    for s in range(0, P, step):
+        x = h[:, s:s + step]  # [G, p, D]
+        logits = _guided((x.flatten(0, 1) @ weight.t()).view(x.size(0), x.size(1), K), opts)  # [p, K]
+        out[s:s + step] = sample_logits(logits, opts.temperature, opts.top_k, opts.top_p, u=u[s:s + step])
+    return out
+
+
+def _member_rows(weight: torch.Tensor, members: torch.Tensor) -> list[torch.Tensor]:
+    """weight [K, D], members [C, M] (-1 padded) -> C x [M_c, D]: each cluster's rows, in member order."""
+    valid = members >= 0
+    return list(weight[members[valid]].split(valid.sum(1).tolist()))
+
+
+def _sample_restricted_head(h: torch.Tensor, rows: list[torch.Tensor], coarse: torch.Tensor, members: torch.Tensor,
+                            opts: StageSampling, u: torch.Tensor) -> torch.Tensor:
+    """h [G, P, D] normed hidden states, rows C x [M_c, D] (`_member_rows`), coarse [P], members [C, M]
+    (-1 padded), u [P] -> codes [P], each a member of its position's cluster.
+
+    The logits land in a [P, M] table in member order, -inf where a cluster has fewer than M members:
+    the table that gathering the full logits at `members[coarse]` gives, sampled the same way."""
+    C, M = members.shape
+    order = torch.argsort(coarse, stable=True)  # positions grouped by cluster
+    counts = torch.bincount(coarse, minlength=C).tolist()  # [C]
+    hs = h[:, order].split(counts, dim=1)  # C x [G, n_c, D]
+    table = torch.full((len(order), M), float("-inf"), device=h.device)  # [P, M], grouped order
+    start = 0
+    for n, x, w in zip(counts, hs, rows):
+        if n:
+            m = w.size(0)
+            logits = (x.flatten(0, 1) @ w.t()).view(x.size(0), n, m)  # [G, n_c, M_c], one 2-D product
+            table[start:start + n, :m] = _guided(logits, opts)
+            start += n
+    rank = sample_logits(table, opts.temperature, min(opts.top_k, M), opts.top_p, u=u[order])  # [P]
+    codes = torch.empty_like(coarse)
+    codes[order] = members[coarse[order], rank]
+    return codes
 
 
 # Stage-2 decodings. "network": the stage-2 transformer (the paper). The two others need no stage-2

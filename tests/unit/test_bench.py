@@ -6,7 +6,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from coarse2fine.bench import speed as bench
-from coarse2fine.bench.runs import SampleBench, TrainBench, run_sample_bench, run_train_bench
+from coarse2fine.bench.runs import SampleBench, TrainBench, build_models, run_sample_bench, run_train_bench
 from coarse2fine.cli import main
 from coarse2fine.config import gpt_config
 from coarse2fine.models import Transformer
@@ -159,6 +159,12 @@ def test_tiny_sample_bench_end_to_end(tmp_path):
     r = run_sample_bench(sb)
     w = r["wall"]
     assert r["tokens"] == 16 and r["rows_ar"] == 4
+    # stage 2 samples through the restricted head of a random coarse map: its counted head FLOPs are
+    # each position's cluster size, not K
+    K, width = r["vocab"]["K"], r["head_members_per_position"]
+    assert r["fine_head"] == "restricted" and 1 <= width < K / 4
+    fine_cfg = build_models(sb)["fine"].cfg
+    assert r["flops"]["stage2"] == bench.full_forward_flops(fine_cfg, 2, 17, head_positions=16, head_width=width)
     assert set(w["median_s"]) >= {"stage1", "stage2", "decode", "baseline", "ctf_total", "baseline_total"}
     assert w["ratio_ctf_over_baseline"] == pytest.approx(w["images_per_s"]["ctf"] / w["images_per_s"]["baseline"])
     # the fraction of the matmul peak is the loop's counted FLOPs over its median time over the measured peak
@@ -199,6 +205,11 @@ def test_bound_is_a_per_step_roofline():
         m = Transformer(cfg)
     assert slow_mem["bound_s"]["baseline"] == pytest.approx(bench.decode_bytes(cfg, m, 4, 64, torch.float32) / 1e6)
     assert fast_mem["bound_s"]["decode"] > 0 and fast_mem["ratio_ctf_over_baseline"] > 0
+    # stage 2's restricted head: K / C member logits per image position instead of K
+    full = bound_record("GPT-tiny", "", 2, peak=1e12, bw=0.0, vq_preset="VQ-tiny", dtype="fp32", fine_head="full")
+    fine = gpt_config("GPT-tiny", vocab_size=4096, causal=False, input_vocab_size=128)
+    head_saved = 2 * 64 * 2 * fine.dim * (4096 - 4096 / 128)
+    assert (full["bound_s"]["stage2"] - fast_mem["bound_s"]["stage2"]) * 1e12 == pytest.approx(head_saved)
 
 
 def test_presets_list_the_64px_tokenizers_and_time_a_step_with_their_recipe(capsys):

@@ -92,6 +92,91 @@ def test_restricted_fine_only_picks_cluster_members():
     assert sub.shape == (3, 16, 5)
 
 
+def _full_logits_fine(m, coarse, cond, opts, generator, members=None):
+    """Stage 2 as it was sampled before the restricted head: the whole [B, N, K] logits, guidance,
+    then (restricted) a gather of each position's cluster members; the reference for the seed tests."""
+    use_cfg = opts.use_cfg
+    x_cond = torch.cat([cond, torch.full_like(cond, m.cfg.num_classes)]) if use_cfg else cond
+    logits = m(coarse.repeat(2, 1) if use_cfg else coarse, x_cond)[:, 1:].float()  # [B', N, K]
+    if use_cfg:
+        logits = cfg_combine(logits, opts.cfg_scale)
+    if members is None:
+        return sample_logits(logits, opts.temperature, opts.top_k, opts.top_p, generator)
+    sub = restrict_to_cluster(logits, coarse, members)  # [B, N, M]
+    pick = sample_logits(sub, opts.temperature, min(opts.top_k, sub.size(-1)), opts.top_p, generator)
+    return members[coarse].gather(-1, pick.unsqueeze(-1)).squeeze(-1)
+
+
+def _uneven_members(vocab, c, seed=0):
+    from coarse2fine.tokenizer.clustering import member_table
+
+    g = torch.Generator().manual_seed(seed)
+    phi = torch.randint(0, c, (vocab,), generator=g)
+    phi[:c] = torch.arange(c)  # every cluster has a member; sizes differ (padding in the table)
+    return phi, member_table(phi, c)[0]
+
+
+@pytest.mark.parametrize("opts", [StageSampling(temperature=1.1),
+                                  StageSampling(temperature=0.9, top_k=3, top_p=0.9),
+                                  StageSampling(temperature=1.1, cfg_scale=2.0),
+                                  StageSampling(temperature=1.0, top_p=0.8, cfg_scale=1.5)],
+                         ids=["plain", "topk-topp", "cfg", "cfg-topp"])
+def test_restricted_stage2_draws_what_the_full_logits_drew(opts):
+    """Same seed, same codes (fp32): the restricted head, chunked or not, against sampling the gathered
+    full logits; the full head, chunked, against the whole [B, N, K] logits."""
+    vocab, c = 64, 8
+    m = _model(causal=False, vocab=vocab, input_vocab_size=c)
+    phi, members = _uneven_members(vocab, c)
+    coarse = torch.randint(0, c, (5, 16), generator=torch.Generator().manual_seed(1))
+    cond = torch.tensor([0, 1, 2, 3, 9])
+    ref = _full_logits_fine(m, coarse, cond, opts, torch.Generator().manual_seed(7), members)
+    for rows in (17, 40, 4096):  # one image per chunk, two, the whole batch
+        got = generate_fine(m, coarse, cond, opts, torch.Generator().manual_seed(7), members, chunk_rows=rows)
+        assert torch.equal(got, ref), rows
+    assert torch.equal(phi[ref], coarse)
+    low = generate_fine(m, coarse, cond, opts, torch.Generator().manual_seed(7), members, torch.bfloat16, 40)
+    assert torch.equal(phi[low], coarse)  # bf16 rounds the logits differently; the clusters hold
+    full_ref = _full_logits_fine(m, coarse, cond, opts, torch.Generator().manual_seed(7))
+    for rows in (17, 4096):
+        assert torch.equal(generate_fine(m, coarse, cond, opts, torch.Generator().manual_seed(7), chunk_rows=rows),
+                           full_ref)
+
+
+def test_restricted_stage2_never_forms_the_full_logits():
+    """The restricted head multiplies each position by its cluster's rows only: the K-way output layer
+    is never called, and the head's matmuls add up to P * M_c rows, not P * K."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    vocab, c = 64, 8
+    m = _model(causal=False, vocab=vocab, input_vocab_size=c)
+    phi, members = _uneven_members(vocab, c)
+    coarse = torch.randint(0, c, (3, 16), generator=torch.Generator().manual_seed(2))
+    cond = torch.tensor([0, 1, 2])
+
+    def refuse(*_):
+        raise AssertionError("stage 2 formed the full K-way logits")
+
+    hook = m.output.register_forward_pre_hook(refuse)
+    try:
+        with FlopCounterMode(display=False) as fc:
+            generate_fine(m, coarse, cond, StageSampling(), torch.Generator().manual_seed(0), members)
+    finally:
+        hook.remove()
+    sizes = torch.bincount(phi, minlength=c)
+    head = 2 * m.cfg.dim * int(sizes[coarse].sum())  # each position times its cluster's member rows
+    body = sum(v for k, v in fc.get_flop_counts()["Global"].items()) - head
+    with FlopCounterMode(display=False) as fc_full:
+        m(coarse, cond)
+    full_head = 2 * m.cfg.dim * vocab * (16 + 1) * 3
+    assert body == fc_full.get_total_flops() - full_head
+
+
+def test_stage2_bad_chunk_is_clear():
+    m = _model(causal=False, vocab=40, input_vocab_size=8)
+    with pytest.raises(UserError, match="chunk rows must be >= 1"):
+        generate_fine(m, torch.zeros(1, 16, dtype=torch.long), torch.tensor([0]), StageSampling(), chunk_rows=0)
+
+
 def test_bad_sampling_inputs_are_clear():
     m = _model()
     with pytest.raises(UserError, match="class labels must be in 0..9"):

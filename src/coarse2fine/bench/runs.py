@@ -39,6 +39,7 @@ class SampleBench:
     num_classes: int = 0  # 0 = the preset's
     codebook_size: int = 0  # 0 = the VQ preset's K
     num_coarse: int = 0  # 0 = default_num_coarse(K) (paper: 16384 -> 512)
+    fine_head: str = "restricted"  # stage 2 scores each position's cluster members, or "full": all K codes
     dtype: str = "fp32"
     weights: str = "autocast"  # "autocast": fp32 weights under autocast; "cast": weights stored in dtype
     device: str = "cpu"
@@ -59,8 +60,19 @@ def _random_model(cfg: GPTConfig, device, wdtype: torch.dtype) -> Transformer:
     return m.to(device=device, dtype=wdtype).eval()
 
 
+def random_members(K: int, C: int, seed: int = 0) -> torch.Tensor:
+    """A random coarse map's member table [C, M] (-1 padded): each code in a uniformly random cluster,
+    so cluster sizes vary around K / C as k-means' do; every cluster has at least one member."""
+    from coarse2fine.tokenizer.clustering import member_table
+
+    phi = torch.randint(0, C, (K,), generator=torch.Generator().manual_seed(seed))
+    phi[torch.randperm(K, generator=torch.Generator().manual_seed(seed + 1))[:C]] = torch.arange(C)
+    return member_table(phi, C)[0]
+
+
 def build_models(sb: SampleBench):
-    """-> dict with the baseline, coarse and fine transformers and the VQ model (random weights)."""
+    """-> dict with the baseline, coarse and fine transformers, the VQ model (random weights) and a
+    random coarse map's member table (None with the full stage-2 head)."""
     device = torch.device(sb.device)
     vcfg = vq_config(sb.vq_preset)
     preset = gpt_config(sb.preset)
@@ -78,6 +90,7 @@ def build_models(sb: SampleBench):
         "coarse": _random_model(stage_config(sb.preset, "coarse", K, C, classes, g), device, wdtype),
         "fine": _random_model(stage_config(sb.fine_preset or sb.preset, "fine", K, C, classes, g), device, wdtype),
         "vq": VQModel(vcfg).to(device=device, dtype=wdtype).eval(),
+        "members": random_members(K, C, sb.seed).to(device) if sb.fine_head == "restricted" else None,
     }
 
 
@@ -87,7 +100,7 @@ def run_sample_bench(sb: SampleBench, log: Callable[[str], None] | None = None) 
     bytes and a bandwidth limit, the naive floor and peak memory."""
     device, dtype = torch.device(sb.device), DTYPES[sb.dtype]
     ms = build_models(sb)
-    base, coarse, fine, vq = ms["baseline"], ms["coarse"], ms["fine"], ms["vq"]
+    base, coarse, fine, vq, members = ms["baseline"], ms["coarse"], ms["fine"], ms["vq"], ms["members"]
     N, B = base.cfg.seq_len, sb.batch
     gen = torch.Generator(device=device)
     labels = torch.arange(B, device=device) % base.cfg.num_classes
@@ -104,7 +117,7 @@ def run_sample_bench(sb: SampleBench, log: Callable[[str], None] | None = None) 
 
     def run_stage2():
         state["codes"] = generate_fine(fine, state["coarse"], labels, CTF_FINE_DEFAULT, gen.manual_seed(sb.seed),
-                                       dtype=dtype)
+                                       members, dtype)
 
     n_dec = min(B, sb.decode_images) if sb.decode_images else B
 
@@ -133,15 +146,20 @@ def run_sample_bench(sb: SampleBench, log: Callable[[str], None] | None = None) 
     timings = bench.alternate(fns, sb.repeats, sb.warmup, device, log)
 
     rows = 2 * B  # CFG doubles the rows of both AR loops (pipeline defaults)
+    s2_rows = 2 * B if CTF_FINE_DEFAULT.use_cfg else B
+    # the restricted head: the N image positions, each times its sampled cluster's members
+    width = None if members is None else float((members >= 0).sum(1)[state["coarse"]].double().mean())
     flops = {"baseline": bench.decode_flops(base.cfg, rows, N), "stage1": bench.decode_flops(coarse.cfg, rows, N),
-             "stage2": bench.full_forward_flops(fine.cfg, 2 * B if CTF_FINE_DEFAULT.use_cfg else B, N + 1)}
+             "stage2": bench.full_forward_flops(fine.cfg, s2_rows, N + 1, head_positions=None if width is None else N,
+                                                head_width=width)}
     w_dt = dtype if sb.weights == "autocast" else None
     nbytes = {"baseline": bench.decode_bytes(base.cfg, base, rows, N, dtype, w_dt),
               "stage1": bench.decode_bytes(coarse.cfg, coarse, rows, N, dtype, w_dt)}
     bw = sb.mem_gbps * 1e9 if sb.mem_gbps else (bench.copy_bytes_per_s(device) if device.type == "cpu" else 0.0)
     rec = {"bench": asdict(sb), "tokens": N, "batch": B, "rows_ar": rows,
            "vocab": {"K": base.cfg.vocab_size, "C": coarse.cfg.vocab_size},
-           "params": {k: sum(p.numel() for p in m.parameters()) for k, m in ms.items()},
+           "params": {k: sum(p.numel() for p in m.parameters()) for k, m in ms.items() if k != "members"},
+           "fine_head": sb.fine_head, "head_members_per_position": width,
            "fine_preset": sb.fine_preset or sb.preset, "decode_images_timed": n_dec if sb.decode else 0,
            "flops": flops, "bytes": nbytes, "mem_bandwidth_bytes_per_s": bw or None,
            "memory": mem, "machine": bench.machine_info(device)}
@@ -209,10 +227,11 @@ def vq_decode_flops(vq_preset: str, grid: int) -> int:
 
 def bound_record(preset: str, fine_preset: str, batch: int, peak: float, bw: float, grid: int = 0,
                  vq_preset: str = "VQ-16", codebook_size: int = 0, num_coarse: int = 0,
-                 dtype: str = "bf16") -> dict:
+                 dtype: str = "bf16", fine_head: str = "restricted") -> dict:
     """Least seconds per batch of CTF and the baseline on a machine with matmul peak `peak` (FLOP/s)
     and memory bandwidth `bw` (bytes/s): per-step rooflines for the AR loops, FLOPs / peak for the
-    one-pass stage 2 and the VQ decode. Pipeline defaults (CFG in the AR loops, none in stage 2)."""
+    one-pass stage 2 and the VQ decode. Pipeline defaults (CFG in the AR loops, none in stage 2).
+    fine_head "restricted": stage 2 scores K / C members per position (clusters met evenly), "full": K."""
     g = grid or gpt_config(preset).grid
     K = codebook_size or vq_config(vq_preset).codebook_size
     C = num_coarse or default_num_coarse(K)
@@ -226,10 +245,12 @@ def bound_record(preset: str, fine_preset: str, batch: int, peak: float, bw: flo
     s2_rows = 2 * batch if CTF_FINE_DEFAULT.use_cfg else batch
     t = {"baseline": bench.decode_bound_s(base.cfg, bench.weight_bytes(base, DTYPES[dtype]), rows, N, peak, bw, e),
          "stage1": bench.decode_bound_s(coarse.cfg, bench.weight_bytes(coarse, DTYPES[dtype]), rows, N, peak, bw, e),
-         "stage2": bench.full_forward_flops(fine.cfg, s2_rows, N + 1) / peak,
+         "stage2": bench.full_forward_flops(fine.cfg, s2_rows, N + 1, head_positions=N,
+                                            head_width=K / C if fine_head == "restricted" else K) / peak,
          "decode": batch * vq_decode_flops(vq_preset, g) / peak}
     ctf, basel = t["stage1"] + t["stage2"] + t["decode"], t["baseline"] + t["decode"]
     return {"preset": preset, "fine_preset": fine_preset or preset, "batch": batch, "tokens": N, "dtype": dtype,
+            "fine_head": fine_head,
             "peak_flop_per_s": peak, "bytes_per_s": bw, "bound_s": t,
             "images_per_s": {"ctf": batch / ctf, "baseline": batch / basel,
                              "ctf_no_decode": batch / (ctf - t["decode"]),
