@@ -33,6 +33,7 @@ RECIPES = {  # every loss term of each recipe (everything else: the preset's rec
     "l2+perceptual0.1": {**_OFF, "perceptual_weight": 0.1},
     "l2+shallow": {**_OFF, "perceptual_weight": 1.0, "perceptual_depth": 2},
     "l2+colour": {**_OFF, "colour_weight": 1.0},
+    "l2+colour10": {**_OFF, "colour_weight": 10.0},
     "l2+shallow0.3+colour": {**_OFF, "perceptual_weight": 0.3, "perceptual_depth": 2, "perceptual_ramp": 200,
                              "colour_weight": 1.0},
 }
