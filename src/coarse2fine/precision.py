@@ -40,12 +40,50 @@ def _cpu_has_bf16_flags() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def bf16_pays_off(device_type: str = "cpu") -> bool:
+    """Is bf16 both native and faster than fp32 here? What "auto" asks. A CUDA GPU with native bf16: yes.
+    A CPU with the AVX512-BF16 flag: only where its bf16 matmuls beat fp32 (_cpu_bf16_speedup): on a
+    Zen 4 EPYC they ran about 2.3x fp32's peak, but on an Intel Xeon guest with the same flag and no AMX
+    they ran at 0.58x (benchmarks/results/speed_ctf_grid16_cpu.md), so the flag alone cannot decide."""
+    if not bf16_native(device_type):
+        return False
+    return device_type != "cpu" or _cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
+BF16_MIN_SPEEDUP = 1.2  # bf16 must beat fp32 by this much: a near tie is not worth bf16's rounding
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_bf16_speedup(n: int = 512, repeats: int = 5) -> float:
+    """fp32 / bf16 thread-CPU seconds of an n x n x n matmul on one thread, best of `repeats` (CPU time of
+    this thread: another process on the core does not move it much). Measured once per process, ~0.1 s."""
+    import time
+
+    a32 = torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    a16 = a32.to(torch.bfloat16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = {}
+        for name, a in (("fp32", a32), ("bf16", a16)):
+            torch.mm(a, a)  # first call: kernel selection and allocation, not timed
+            times = []
+            for _ in range(repeats):
+                t0 = time.thread_time()
+                torch.mm(a, a)
+                times.append(time.thread_time() - t0)
+            best[name] = max(min(times), 1e-9)
+    finally:
+        torch.set_num_threads(threads)
+    return best["fp32"] / best["bf16"]
+
+
 DTYPES = ("auto", "fp32", "bf16")  # the one spelling of a precision: the CLI's --dtype, the API's dtype=
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype:
-    """"fp32" / "bf16" / "auto" (bf16 where it is native, see bf16_native), or a torch dtype as it is ->
-    the autocast dtype."""
+    """"fp32" / "bf16" / "auto" (bf16 where it is native and faster, see bf16_pays_off), or a torch dtype
+    as it is -> the autocast dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
     device, precision = torch.device(device), dtype
@@ -60,7 +98,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch
         return torch.bfloat16
     if precision != "auto":
         raise ConfigError(f"dtype must be auto, fp32 or bf16, got {precision!r}")
-    return torch.bfloat16 if bf16_native(device.type) else torch.float32
+    return torch.bfloat16 if bf16_pays_off(device.type) else torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -80,10 +80,10 @@ def test_demo_precision_honours_capped_kernels(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert demo_precision("auto") == "fp32" and demo_precision("bf16") == "bf16"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
-    from coarse2fine.precision import bf16_native
+    from coarse2fine.precision import bf16_pays_off
 
     # uncapped: "auto" stays for the trainer to resolve where bf16 is native, else fp32
-    assert demo_precision("auto") == ("auto" if bf16_native("cpu") else "fp32")
+    assert demo_precision("auto") == ("auto" if bf16_pays_off("cpu") else "fp32")
 
 
 def test_progress_lines_give_elapsed_and_remaining():

@@ -58,10 +58,32 @@ def test_bf16_by_name_warns_where_it_is_emulated(monkeypatch):
         assert precision.resolve_dtype("bf16", cpu) == torch.bfloat16
     assert precision.resolve_dtype("auto", cpu) == torch.float32
     monkeypatch.setattr(precision, "bf16_native", lambda device_type="cpu": True)
+    monkeypatch.setattr(precision, "_cpu_bf16_speedup", lambda: 2.3)  # a Zen 4 EPYC's bf16 matmul peak
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # native: no warning, for bf16 by name or by auto
         assert precision.resolve_dtype("bf16", cpu) == torch.bfloat16
         assert precision.resolve_dtype("auto", cpu) == torch.bfloat16
+
+
+def test_auto_keeps_fp32_where_native_bf16_is_slower(monkeypatch):
+    """An Intel Xeon guest with the avx512_bf16 flag (no AMX) ran bf16 matmuls at 0.58x fp32's rate, and
+    "auto" chose bf16 from the flag alone: training and sampling ran slower than in fp32."""
+    from coarse2fine import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "bf16_native", lambda device_type="cpu": True)
+    monkeypatch.setattr(precision, "_cpu_bf16_speedup", lambda: 0.58)
+    assert precision.resolve_dtype("auto", cpu) == torch.float32
+    assert precision.resolve_dtype("bf16", cpu) == torch.bfloat16  # asked for by name: still honoured
+    monkeypatch.setattr(precision, "_cpu_bf16_speedup", lambda: 1.1)  # a near tie: not worth the rounding
+    assert precision.resolve_dtype("auto", cpu) == torch.float32
+
+
+def test_bf16_speedup_is_measured_on_this_cpu():
+    from coarse2fine.precision import _cpu_bf16_speedup
+
+    r = _cpu_bf16_speedup()
+    assert 0.01 < r < 100 and r == _cpu_bf16_speedup()  # a ratio, measured once per process
 
 
 def test_rank_before_the_process_group_is_torchruns(monkeypatch):

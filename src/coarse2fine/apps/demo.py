@@ -73,13 +73,13 @@ class DemoPlan:
 
 def demo_precision(requested: str) -> str:
     """The transformers' precision, resolved here so that the report names it: "auto" is bf16 where the
-    CPU runs it natively (precision.bf16_native, which also honours ATEN_CPU_CAPABILITY /
-    ONEDNN_MAX_CPU_ISA caps below AVX512), else fp32."""
-    from coarse2fine.precision import bf16_native
+    CPU runs it natively and faster than fp32 (precision.bf16_pays_off, which also honours
+    ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA caps below AVX512), else fp32."""
+    from coarse2fine.precision import bf16_pays_off
 
     if requested not in ("auto", "fp32", "bf16"):
         raise UserError(f"--dtype must be auto, fp32 or bf16, got {requested!r}")
-    return "fp32" if requested == "auto" and not bf16_native("cpu") else requested
+    return "fp32" if requested == "auto" and not bf16_pays_off("cpu") else requested
 
 
 def cpu_kind() -> dict:
