@@ -131,7 +131,7 @@ def speed(args, repeats: int = 5, batch: int = 64) -> None:
     from coarse2fine.fileio import dump_json
     from coarse2fine.pipeline import ARPipeline, CTFPipeline
     from coarse2fine.sampling import StageSampling
-    from study import AR_OPTS, CTF_OPTS, MACHINE
+    from study_core import AR_OPTS, CTF_OPTS, MACHINE
 
     torch.set_num_threads(1)
     pipes = {}
@@ -167,7 +167,7 @@ def cost16(args, repeats: int = 3) -> None:
     from coarse2fine.config import TrainConfig, train_recipe
     from coarse2fine.fileio import dump_json
     from coarse2fine.stages import stage_config, stage_spec
-    from study import MACHINE
+    from study_core import MACHINE
 
     torch.set_num_threads(1)
     res = {"tokenizer": {}, "gpt": {}}
