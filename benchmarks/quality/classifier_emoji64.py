@@ -1,5 +1,5 @@
 """How strong can emoji64's class-accuracy instrument be? (issue 29) The small CNN the studies trained
-(12 epochs at 64 px, as benchmarks/quality/study.py's emoji64 plan) against linear probes on frozen
+(12 epochs at 64 px, as benchmarks/quality/study_core.py's emoji64 plan) against linear probes on frozen
 EfficientNet-Lite0 features at 64, 128 and 224 px. Each is trained on the 5,145 training images and
 scored on the 573 test images; one thread.
 

@@ -131,7 +131,7 @@ def speed(args, repeats: int = 5, batch: int = 64) -> None:
     from coarse2fine.fileio import dump_json
     from coarse2fine.pipeline import ARPipeline, CTFPipeline
     from coarse2fine.sampling import StageSampling
-    from study import AR_OPTS, CTF_OPTS, MACHINE
+    from study_core import AR_OPTS, CTF_OPTS, MACHINE
 
     torch.set_num_threads(1)
     pipes = {}
@@ -162,11 +162,12 @@ def cost16(args, repeats: int = 3) -> None:
     GPT-tiny stage 1 / stage 2 / baseline at 256 tokens), one thread, against the 8x8 K = 16384 ones."""
     import torch
 
+    from coarse2fine.bench.runs import gpt_train_step
     from coarse2fine.bench.speed import median, tokenizer_step_seconds
+    from coarse2fine.config import TrainConfig, train_recipe
     from coarse2fine.fileio import dump_json
-    from coarse2fine.stages import stage_config, stage_loss, stage_spec
-    from coarse2fine.models import Transformer
-    from study import MACHINE
+    from coarse2fine.stages import stage_config, stage_spec
+    from study_core import MACHINE
 
     torch.set_num_threads(1)
     res = {"tokenizer": {}, "gpt": {}}
@@ -179,24 +180,18 @@ def cost16(args, repeats: int = 3) -> None:
     c = default_num_coarse(k)
     # balanced clusters of 32 stand in for k-means ones (whose largest cluster sets the restricted head's width)
     members = torch.arange(k).view(c, k // c)
+    # the CTF study's recipe (ctf_study.py: GPT-tiny's at the study's steps, batch 64, no EMA), in fp32, the
+    # precision its runs recorded
+    recipe = TrainConfig(**{**train_recipe("GPT-tiny", args.steps), "ema_decay": 0.0})
     for grid in (8, 16):
-        n = grid * grid
         for stage in ("coarse", "fine", "baseline"):
-            spec = stage_spec(stage)
-            model = Transformer(stage_config("GPT-tiny", stage, k, c, 9, grid))
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            g = torch.Generator().manual_seed(0)
-            codes = torch.randint(0, k, (64, n), generator=g)
-            labels = torch.randint(0, 9, (64,), generator=g)
-            tokens, targets = spec.batch(codes, codes // (k // c))
+            restricted = stage_spec(stage).restricted_head  # the study trains stage 2 with the restricted head
+            _, step, _, _ = gpt_train_step(stage, stage_config("GPT-tiny", stage, k, c, 9, grid), 64, "cpu", "fp32",
+                                           members=members if restricted else None, train=recipe)
             times = []  # CPU seconds of this one-thread process: robust to other jobs on the box
             for r in range(repeats + 1):
                 t0 = time.process_time()
-                loss, _ = stage_loss(model, spec, tokens, labels, targets,
-                                     members if spec.restricted_head else None)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                step()  # one step of the training loop (training.loop.train_step)
                 if r:
                     times.append(time.process_time() - t0)
             res["gpt"][f"{stage}/{grid}x{grid}"] = median(times)

@@ -6,8 +6,9 @@
     .venv/bin/python benchmarks/quality/ctf_study.py --phases peers --seeds 0
     .venv/bin/python benchmarks/quality/ctf_study.py --report                         # re-render only
 
-Builds on study.py's setup, sampling and scoring (same tokenizer recipe, classifier, metrics), with:
-- a 10x longer schedule (3000 steps of batch 64 = 3.2 epochs of Fashion-MNIST; study.py trained 300);
+Builds on study_core.py's setup, sampling and scoring (those of the first study, archive/study.py: same
+tokenizer recipe, classifier, metrics), with:
+- a 10x longer schedule (3000 steps of batch 64 = 3.2 epochs of Fashion-MNIST; the first study trained 300);
 - seeds: the headline (baseline, stage 1, stage 2) trains once per seed; every score is reported as
   mean and standard deviation over the seeds; the model seed sets initialisation, data order and dropout,
   while tokenizer, codes, coarse map, classifier and sampling noise are shared;
@@ -34,10 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ctf_study_report  # noqa: E402
-import study  # noqa: E402  (setup, sampling, scoring)
+import study_core  # noqa: E402  (plan, setup, sampling, scoring)
 from coarse2fine.stages import stage_spec  # noqa: E402
 from ctf_study_report import ctf_runs, run_name  # noqa: E402
-from study import AR_OPTS, CTF_OPTS, Plan, log  # noqa: E402
+from study_core import AR_OPTS, CTF_OPTS, Plan, log  # noqa: E402
 
 from coarse2fine.config import TrainConfig, train_recipe  # noqa: E402
 
@@ -59,8 +60,8 @@ def make_plan(data: str, small: bool, steps: int | None) -> Plan:
     return p
 
 
-class SeededStudy(study.Study):
-    """study.Study with a model seed per run and compute accounting per checkpoint."""
+class SeededStudy(study_core.Study):
+    """study_core.Study with a model seed per run and compute accounting per checkpoint."""
 
     def setup(self) -> None:
         # the tokenizer's test-set score is shared: another process's results file may already hold it
@@ -69,12 +70,7 @@ class SeededStudy(study.Study):
             self.db["setup"].setdefault("tokenizer", shared["tokenizer"])
         super().setup()
 
-    def save(self) -> None:
-        inv = self.db["invocations"][-1]
-        inv["wall_s"], inv["cpu_s"] = time.time() - self.t0, time.process_time() - self.c0
-        from coarse2fine.fileio import dump_json
-
-        dump_json(self.db, self.db_path)
+    def render(self) -> None:  # every process's results file, merged
         ctf_study_report.render_dir(self.res)
 
     def score(self, key: str, *args, **kwargs) -> dict:
@@ -179,7 +175,7 @@ def headline(st: SeededStudy, seeds: list[int], pipelines: tuple[str, ...] = HEA
             # the grid shows seed 0 (the seed of the peer rows and method grids); another seed draws it
             # only while none exists, so processes for other seeds do not overwrite it when they finish last
             if last and both and (seed == 0 or not (st.res / "samples_ctf_vs_baseline.png").exists()):
-                study.sample_grid(st, suffix=f"_s{seed}")
+                study_core.sample_grid(st, suffix=f"_s{seed}")
 
 
 PEERS = ("members", "random", "fewer", "more", "iar", "agglomerative")

@@ -187,10 +187,24 @@ def test_a_later_seed_does_not_redraw_seed_0s_sample_grid(ctf_study, tmp_path, m
     monkeypatch.setattr(st, "cmap", lambda method, d: (f"{method}-{d}", tmp_path / f"{method}-{d}"))
     monkeypatch.setattr(st, "train_seeded", lambda stage, *a, **kw: stage)
     monkeypatch.setattr(st, "score", lambda *a, **kw: None)
-    monkeypatch.setattr(ctf_study.study, "sample_grid", lambda st, suffix: drawn.append(suffix) or
+    monkeypatch.setattr(ctf_study.study_core, "sample_grid", lambda st, suffix: drawn.append(suffix) or
                         (st.res / "samples_ctf_vs_baseline.png").write_bytes(b"png"))
     st.res.mkdir(parents=True, exist_ok=True)
     ctf_study.headline(st, [1])  # no grid yet: seed 1 draws one
     ctf_study.headline(st, [2])  # a grid exists: seed 2 leaves it
     ctf_study.headline(st, [0])  # seed 0 always draws
     assert drawn == ["_s1", "_s0"]
+
+
+@pytest.mark.parametrize("folder, data, steps", [("ctf_study_fashionmnist", "fashion-mnist", None),
+                                                 ("ctf_study_twemoji", "twemoji", None),
+                                                 ("ctf_study_fashionmnist_6000", "fashion-mnist", 6000)])
+def test_plan_is_the_one_the_committed_runs_were_made_with(ctf_study, folder, data, steps):
+    """Work dirs pin their plan (plan.json) and processes resume from them: the plan built from the same
+    command line must stay the one recorded in the committed results, field for field."""
+    from dataclasses import asdict
+
+    res = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / folder
+    plan = json.loads(json.dumps(asdict(ctf_study.make_plan(data, small=False, steps=steps))))
+    recorded = [json.loads(f.read_text())["plan"] for f in sorted(res.glob("results_*.json"))]
+    assert recorded and all(r == plan for r in recorded)

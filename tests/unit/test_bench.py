@@ -189,6 +189,33 @@ def test_tiny_train_bench_reports_tokens_per_second():
     assert all(r["tokens_per_s"] > 0 and r["tokens_per_step"] == 2 * 16 for r in recs)
 
 
+def test_train_bench_times_the_training_loops_step(monkeypatch):
+    """Every timed step is one `train_step` of the loop, at consecutive steps, on the task training builds."""
+    from coarse2fine.training import loop
+
+    seen, real = [], loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda task, step, info, *a: seen.append((task.name, step)) or
+                        real(task, step, info, *a))
+    run_train_bench(TrainBench(preset="GPT-tiny", grid=4, batch=2, repeats=2, warmup=0, parts=("coarse", "fine"),
+                               dtypes=("fp32",)))
+    # one untimed step (the memory probe), then the two timed rounds
+    assert seen == [("train coarse", 0), ("train coarse", 1), ("train coarse", 2),
+                    ("train fine", 0), ("train fine", 1), ("train fine", 2)]
+
+
+def test_train_bench_tokenizer_step_has_the_recipes_perceptual_term(monkeypatch):
+    """VQ-64-f8's recipe has a perceptual loss: the timed step must pay for it (a hand-written L2 + VQ step
+    would not call it)."""
+    from coarse2fine.tokenizer.perceptual import PerceptualLoss
+
+    calls, real = [], PerceptualLoss.forward
+    monkeypatch.setattr(PerceptualLoss, "forward", lambda self, x, y: calls.append(x.shape) or real(self, x, y))
+    recs = run_train_bench(TrainBench(vq_preset="VQ-64-f8", batch=2, repeats=1, warmup=0, parts=("tokenizer",),
+                                      dtypes=("fp32",)))
+    assert len(calls) == 2 and calls[0] == (2, 3, 64, 64)
+    assert recs[0]["part"] == "tokenizer" and recs[0]["tokens_per_step"] == 2 * 64
+
+
 def test_bench_rejects_bad_flags(capsys):
     assert main(["bench", "sample", "--preset", "GPT-nope", "--quiet"]) == 2
     assert "unknown preset" in capsys.readouterr().err

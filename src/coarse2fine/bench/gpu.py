@@ -95,38 +95,22 @@ def init_single_process_group(device: torch.device) -> bool:
     return True
 
 
-def wrapper(engine: str, device: torch.device):
-    """engine "none" | "ddp" | "fsdp" -> a function that wraps a model (needs a process group for
-    ddp/fsdp). FSDP2 units: one per transformer block plus the root, as coarse2fine.parallel shards."""
-    if engine == "none":
-        return None
-    if engine == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return lambda m: DDP(m, device_ids=[device.index or 0] if device.type == "cuda" else None)
-    if engine == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        def shard(m):
-            for layer in m.layers:
-                fully_shard(layer)
-            return fully_shard(m)
-        return shard
-    raise ValueError(f"unknown engine {engine!r}; choose none, ddp or fsdp")
-
-
 def engine_train_bench(preset: str, stage: str, engines: tuple[str, ...], batch: int, codebook_size: int,
                        num_coarse: int, num_classes: int, grid: int, device: torch.device, dtype: torch.dtype,
                        repeats: int, warmup: int = 2, seed: int = 0) -> list[dict[str, Any]]:
-    """tokens/s and peak memory of one training step (forward, backward, clip, AdamW) of `stage` under
-    each engine, timed in alternating rounds. Records: engine, step_s, tokens_per_s, peak_mib."""
+    """tokens/s and peak memory of one training step of `stage` (the loop's `train_step`: forward,
+    backward, clip, AdamW) with the model wrapped as the trainer wraps it under each engine: "none", "ddp",
+    or "fsdp" (FSDP2, `fully_shard` per transformer block plus the root); the last two need a process
+    group (init_single_process_group). Alternating rounds. Records: engine, step_s, tokens_per_s, peak_mib."""
     from coarse2fine.bench.runs import gpt_train_step
 
+    if any(e not in ("none", "ddp", "fsdp") for e in engines):
+        raise ValueError(f"unknown engine in {engines}; choose none, ddp or fsdp")
     cfg = stage_config(preset, stage, codebook_size, num_coarse, num_classes, grid)
+    dname = "bf16" if dtype == torch.bfloat16 else "fp32"
     steps, mem, tokens = {}, {}, 0
     for engine in engines:
-        torch.manual_seed(seed)
-        _, step, tokens, _ = gpt_train_step(stage, cfg, batch, device, dtype, wrapper(engine, device))
+        _, step, tokens, _ = gpt_train_step(stage, cfg, batch, device, dname, engine, seed=seed)
         with bench.peak_memory(device) as pm:
             step()  # the first step allocates gradients and optimizer state
         steps[engine], mem[engine] = step, pm

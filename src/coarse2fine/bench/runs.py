@@ -8,20 +8,21 @@ candidates and the reference alike. Results are plain dicts (JSON-ready); bench_
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import itertools
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
 
 from coarse2fine.bench import speed as bench
-from coarse2fine.config import GPTConfig, gpt_config, vq_config
+from coarse2fine.config import GPTConfig, TrainConfig, gpt_config, vq_config
 from coarse2fine.models import Transformer
 from coarse2fine.data.sample_folder import decode_images
 # the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
 # 1.1 for CTF, top-k off) are imported, not restated, so the bench cannot drift from them
 from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT
 from coarse2fine.sampling import generate_ar, generate_fine, generate_naive
-from coarse2fine.stages import ClusterLoss, stage_config, stage_spec
+from coarse2fine.stages import STAGE_SPECS, ClusterLoss, stage_config
 from coarse2fine.tokenizer.clustering import default_num_coarse
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -279,53 +280,67 @@ class TrainBench:
     seed: int = 0
 
 
-def gpt_train_step(stage: str, cfg: GPTConfig, batch: int, device, dtype,
-                   wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None, cluster=None):
-    """-> (model, step(), tokens per step, counted FLOPs per step) for one stage on random data.
-    wrap: applied to the model before the optimizer sees it (DDP, FSDP2: see bench/gpu.py);
-    cluster: a stages.ClusterLoss added to the baseline's loss (IAR)."""
-    from coarse2fine.stages import STAGE_SPECS, stage_loss
-    from coarse2fine.training.loop import param_groups
+def gpt_train_step(stage: str, cfg: GPTConfig, batch: int, device, dtype: str, engine: str = "none",
+                   cluster=None, members: torch.Tensor | None = None, train: TrainConfig | None = None,
+                   seed: int = 0):
+    """-> (task, step(), tokens per step, counted FLOPs per step): the stage's training Task
+    (training.gpt.stage_task) on random codes, each step() one `train_step` of the loop, so the time is
+    that of the loss, optimizer, clipping, autocast, EMA and per-step metrics a run has.
+    dtype: "fp32" | "bf16"; engine: "none" | "ddp" | "fsdp" wraps the model as `fit` does (both need a
+    process group, see bench/gpu.py); cluster: a stages.ClusterLoss (IAR); members [C, M]: the fine stage's
+    restricted head (targets are then drawn from each input cluster's members); train: the TrainConfig
+    (default: the "llamagen" one, TrainConfig(), at this batch; lr and schedule do not change the cost);
+    seed: the network's initialisation and the random codes."""
+    from coarse2fine.distributed import DistInfo
+    from coarse2fine.training.gpt import stage_task
+    from coarse2fine.training.loop import prepare, train_step
 
-    model = Transformer(cfg).to(device).train()
-    if wrap is not None:
-        model = wrap(model)
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
-    N, V = cfg.seq_len, cfg.vocab_size
-    inv = cfg.input_vocab_size or V
-    codes = torch.randint(0, V, (batch, N), device=device)
-    inp = torch.randint(0, inv, (batch, N), device=device)
-    cond = torch.randint(0, cfg.num_classes, (batch,), device=device)
     causal = STAGE_SPECS[stage].causal
-    tokens = codes[:, :-1] if causal else inp
-
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, _ = stage_loss(model, stage_spec(stage), tokens, cond, codes, cluster=cluster)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    N, V, inv = cfg.seq_len, cfg.vocab_size, cfg.input_vocab_size or cfg.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, inv, (batch, N), generator=g)
+    tgt = src if causal else torch.randint(0, V, (batch, N), generator=g)
+    if members is not None:  # a member of each position's cluster: what the restricted head scores
+        table = members.cpu()  # [C, M], -1 padded
+        pick = (torch.rand(batch, N, generator=g) * (table >= 0).sum(1)[src]).long()
+        tgt = table[src, pick]
+    cond = torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    micro = [((src[:, :-1] if causal else src).to(device), cond.to(device), tgt.to(device))]
+    tc = replace(train or TrainConfig(), batch_size=batch, dtype=dtype, fsdp=engine == "fsdp", seed=seed)
+    device = torch.device(device)
+    info = DistInfo(local_rank=device.index or 0, device=device, grouped=engine != "none")
+    task = stage_task(stage, cfg, tc, lambda step: micro, info,
+                      None if members is None else members.to(device), cluster)
+    prepare(task, info)
+    steps = itertools.count()
     # the causal stages see [cls, N - 1 tokens], the fine stage [cls, N coarse labels]
-    return model, step, batch * N, bench.train_flops(cfg, batch, N + (0 if causal else 1))
+    flops = bench.train_flops(cfg, batch, N + (0 if causal else 1))
+    return task, lambda: train_step(task, next(steps), info), batch * N, flops
 
 
-def _vq_step(preset: str, batch: int, device, dtype):
-    from coarse2fine.tokenizer.vq import VQModel
+def _vq_step(preset: str, batch: int, device, dtype: str, seed: int = 0):
+    """-> (task, step(), images per step, None): the preset's tokenizer recipe (its loss terms: L1/L2,
+    VQ, perceptual, GAN) at this batch on random images, each step() one `train_step` of the loop from
+    the recipe's disc_start on, so that a discriminator, where the recipe has one, trains in it."""
+    from coarse2fine.config import TokenizerTrainConfig, tokenizer_recipe
+    from coarse2fine.distributed import DistInfo
+    from coarse2fine.training.loop import prepare, train_step
+    from coarse2fine.training.tokenizer import tokenizer_task
 
-    model = VQModel(vq_config(preset)).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    x = torch.rand(batch, 3, model.cfg.image_size, model.cfg.image_size, device=device) * 2 - 1
+    vcfg = vq_config(preset)
+    tc = TokenizerTrainConfig(**{**tokenizer_recipe(preset), "batch_size": batch, "dtype": dtype, "seed": seed})
+    x = (torch.rand(batch, 3, vcfg.image_size, vcfg.image_size, generator=torch.Generator().manual_seed(seed))
+         * 2 - 1).to(device)
 
-    def step():  # the tokenizer trainer's step: L2 reconstruction + VQ + commitment losses
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            recon, aux = model(x)
-        loss = (recon.float() - x).pow(2).mean() + aux["vq_loss"] + aux["commit_loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return model, step, batch * model.cfg.grid ** 2, None
+    class SameImages:  # the tokenizer task's batch source: one random batch, every step
+        def get(self, step: int) -> torch.Tensor:
+            return x
+
+    info = DistInfo(device=torch.device(device))
+    task = tokenizer_task(vcfg, tc, SameImages(), info)
+    prepare(task, info)
+    steps = itertools.count(tc.disc_start)
+    return task, lambda: train_step(task, next(steps), info), batch * vcfg.grid ** 2, None
 
 
 def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) -> list[dict]:
@@ -339,20 +354,19 @@ def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) ->
     out = []
     for part in tb.parts:
         steps, info, mem = {}, {}, {}
-        for dname in tb.dtypes:
-            torch.manual_seed(tb.seed)
+        for dname in tb.dtypes:  # each task seeds its networks with tb.seed
             if part == "tokenizer":
-                model, step, tokens, flops = _vq_step(tb.vq_preset, tb.batch, device, DTYPES[dname])
+                task, step, tokens, flops = _vq_step(tb.vq_preset, tb.batch, device, dname, tb.seed)
             else:  # "iar": the baseline plus the cluster-level loss over C equal clusters
                 stage = "baseline" if part == "iar" else part
                 cluster = ClusterLoss(torch.arange(K, device=device) % C, C, 1.0) if part == "iar" else None
                 cfg = stage_config(tb.preset, stage, K, C, gpt_config(tb.preset).num_classes, g)
-                model, step, tokens, flops = gpt_train_step(stage, cfg, tb.batch, device, DTYPES[dname],
-                                                            cluster=cluster)
+                task, step, tokens, flops = gpt_train_step(stage, cfg, tb.batch, device, dname, cluster=cluster,
+                                                           seed=tb.seed)
             with bench.peak_memory(device) as pm:
                 step()  # the first step allocates gradients and optimizer state: the steady-state peak
             steps[dname], mem[dname] = step, pm
-            info[dname] = (sum(p.numel() for p in model.parameters()), tokens, flops)
+            info[dname] = (sum(p.numel() for p in task.model.net.parameters()), tokens, flops)
         timings = bench.alternate(steps, tb.repeats, tb.warmup, device, log)
         for dname, ts in timings.wall.items():
             params, tokens, flops = info[dname]

@@ -83,7 +83,8 @@ def register(sub) -> None:
     b.set_defaults(func=cmd_bound)
 
     t = bsub.add_parser("train", help="tokens/s and peak memory per training step: tokenizer, stages, baseline",
-                        description="Time full training steps (forward, backward, clip, AdamW) with random data for "
+                        description="Time steps of the training loop (train_step on the task training builds: the "
+                                    "recipe's loss terms, AdamW, clip, EMA) with random data for "
                                     "the tokenizer, the coarse and fine stages and the baseline, fp32 and bf16 "
                                     "alternating, median of --repeats.")
     t.add_argument("--preset", default="GPT-small", help="transformer preset (default GPT-small)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -111,26 +111,14 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
             elif cmap is not None and not (copy.exists() and cmap.source == copy.resolve()):
                 shutil.copyfile(cmap.source, copy)
 
-        seed_everything(cfg.seed)
-        model = Transformer(model_cfg).to(info.device)
-        dtype = resolve_dtype(cfg.dtype, info.device)
-
-        def loss(b, shared):
-            tokens, cond, targets = b
-            value, acc = stage_loss(part.wrapped, spec, tokens, cond, targets, members, cluster)
-            return value, {"acc": acc}
-
         def micro_batches(step: int):
             gidx = global_batch_indices(step, len(batches), cfg.batch_size, cfg.seed)
             ridx = gidx[info.rank * micro * cfg.grad_accum:(info.rank + 1) * micro * cfg.grad_accum]
             return [batches.get(ridx[m * micro:(m + 1) * micro], info.device) for m in range(cfg.grad_accum)]
 
-        part = Part("model", model, adamw(cfg.scaled_lr, (cfg.beta1, cfg.beta2), cfg.weight_decay),
-                    stage_lr(cfg), loss, clip=cfg.grad_clip)
-        task = Task(f"train {spec.name}", [part], micro_batches, cfg.steps, cfg.seed, dtype,
-                    ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
-                    evaluate=(lambda net: evaluate_tokens(net, heldout, info.device, members=members)) if heldout else None,
-                    eval_every=cfg.eval_every, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, fsdp=cfg.fsdp)
+        evaluate = (lambda net: evaluate_tokens(net, heldout, info.device, members=members)) if heldout else None
+        task = stage_task(stage, model_cfg, cfg, micro_batches, info, members, cluster, evaluate)
+        model, dtype = task.model.net, task.dtype
         start = restore(task, st) if st is not None else 0
         rec = fit(task, out, info, start, st, stop_at=stop_at, progress=progress)
     summary = {k: rec[k] for k in ("step", "loss", "acc", "lr", "grad_norm") if k in rec}
@@ -143,6 +131,30 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     if info.is_main:
         dump_json(summary, out / "summary.json")
     return summary
+
+
+def stage_task(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, batches: Callable[[int], list[Any]], info,
+               members: torch.Tensor | None = None, cluster: ClusterLoss | None = None,
+               evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> Task:
+    """The stage's Task for the one loop: part "model" (the transformer, built after seeding with cfg.seed),
+    AdamW over `param_groups`, the batch-scaled warm-up/cosine learning rate, clipping, autocast to cfg.dtype
+    and the EMA when cfg.ema_decay > 0. batches(step) -> this rank's micro-batches of (tokens, cond, targets)
+    (StageBatches.get's layout); members [C, M]: the fine stage's restricted head; cluster: the IAR term.
+    `train` runs it on a code store; the training benchmarks time its `train_step` on random codes."""
+    spec = stage_spec(stage)
+    seed_everything(cfg.seed)
+    model = Transformer(model_cfg).to(info.device)
+
+    def loss(b, shared):
+        tokens, cond, targets = b
+        value, acc = stage_loss(part.wrapped, spec, tokens, cond, targets, members, cluster)
+        return value, {"acc": acc}
+
+    part = Part("model", model, adamw(cfg.scaled_lr, (cfg.beta1, cfg.beta2), cfg.weight_decay),
+                stage_lr(cfg), loss, clip=cfg.grad_clip)
+    return Task(f"train {spec.name}", [part], batches, cfg.steps, cfg.seed, resolve_dtype(cfg.dtype, info.device),
+                ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None, evaluate=evaluate,
+                eval_every=cfg.eval_every, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, fsdp=cfg.fsdp)
 
 
 def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: CoarseMap | None,

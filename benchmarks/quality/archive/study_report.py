@@ -1,4 +1,5 @@
-"""Tables (report.md) and plots (PNG, matplotlib Agg) for benchmarks/quality/study.py.
+"""Tables (report.md) and plots (PNG, matplotlib Agg) of the first quality study (archive/study.py): part of
+that RECORD, not maintained (see archive/study.py).
 
 Everything is rendered from results.json alone, so a partial study renders what it has so far.
 """
@@ -14,11 +15,6 @@ LOWER_BETTER = {"FD", "KID"}
 # Paper Table 1 (ImageNet 256x256): (FID, IS) of LlamaGen and LlamaGen + CTF at equal backbone size.
 PAPER_TABLE1 = [("B", 5.46, 193.61, 4.15, 254.99), ("L", 3.80, 248.28, 2.97, 291.53),
                 ("XL", 3.39, 227.08, 2.76, 299.69)]
-
-
-def short(metric: str) -> str:
-    """"FD-EffNetLite0@64" -> "FD", "IS-clf" -> "IS", "ClassAcc-clf" -> "ClassAcc"."""
-    return metric.split("-")[0]
 
 
 def _fmt(k: str, v) -> str:

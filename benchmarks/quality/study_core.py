@@ -1,43 +1,26 @@
-"""Quality study (issue 5): CTF against the plain AR baseline, side by side, on data a CPU can train on.
+"""The shared core of the quality studies (ctf_study.py and the studies built on it: codebook_study.py,
+convergence_study.py): the study plan, setup (tokenizer, codes, classifier, coarse maps), sampling and
+scoring, the sampling defaults in the results' spelling, and the side-by-side sample grid.
 
-    .venv/bin/python benchmarks/quality/study.py [--data fashion-mnist|twemoji|default] [--small]
-        [--out WORK_DIR] [--results DIR] [--tokenizer RUN_DIR] [--threads 1] [--steps N] ...
+A `Study` keeps its results in one JSON file (`db_name` in the results dir) and its runs, codes and
+samples in a work dir whose plan.json pins the plan: a second process on the same work dir must run the
+same plan. Subclasses train (ctf_study.SeededStudy) and render their report (`render`).
 
-What it measures (every number from runs made here; see study_report.py for the tables):
-- convergence (paper Fig. 2): baseline, stage 1 and stage 2 share backbone preset, batch, schedule and
-  tokenizer; training stops at several steps of the SAME schedule (train(stop_at=k, resume=True)), and
-  at each point both generators are sampled and scored (FD/KID/precision/recall on EfficientNet-Lite0
-  features, data-set classifier accuracy + IS-like score, held-out token NLL/accuracy);
-- Table 3 at this scale: number of clusters, k-means vs random vs balanced clusters, stage-2 size,
-  CFG, stage-1 / stage-2 temperature, stage-2 top-k, restricted vs full stage-2 head (sampling-only
-  ablations reuse the trained models, stage-2 knobs even reuse the stage-1 samples);
-- the redundancy check of Fig. 1b (k-means vs random clusters).
-Resumable: finished runs, samples and scores are kept in WORK_DIR and results.json and reused.
-Phases run in priority order and the report is re-rendered after each, so a cut-off run still leaves
-committable partial results.
+The first study's driver, which these pieces were taken from, is kept as a record in archive/study.py.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import study_report  # noqa: E402  (sibling module: tables and plots)
-from coarse2fine.stages import stage_spec  # noqa: E402
-
-from coarse2fine.config import TrainConfig, train_recipe, vq_config  # noqa: E402
-from coarse2fine.fileio import dump_json, load_json  # noqa: E402
-from coarse2fine.tokenizer.clustering import default_num_coarse  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
+from coarse2fine.config import vq_config
+from coarse2fine.fileio import dump_json, load_json
 
 
 def _machine() -> str:
@@ -109,7 +92,15 @@ def log(msg: str) -> None:
     print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-class Study:
+def short(metric: str) -> str:
+    """"FD-EffNetLite0@64" -> "FD", "IS-clf" -> "IS", "ClassAcc-clf" -> "ClassAcc": the results' metric keys."""
+    return metric.split("-")[0]
+
+
+class Study(ABC):
+    """Plan, work dir and results file of one study process; setup, coarse maps, sampling and scoring.
+    Subclasses add training and `render` (the report, re-rendered on every save)."""
+
     def __init__(self, plan: Plan, work: Path, results: Path, tokenizer: Path | None, command: str,
                  db_name: str = "results.json"):
         self.plan, self.work, self.res = plan, work, results
@@ -122,8 +113,6 @@ class Study:
         if wplan.exists() and json.loads(wplan.read_text()) != plan_d:
             raise SystemExit(f"{work} holds runs of another plan ({wplan}); use another --out or delete it")
         if not wplan.exists():  # atomic: a process started beside this one reads it
-            from coarse2fine.fileio import dump_json
-
             dump_json(plan_d, wplan)
         self.db = json.loads(self.db_path.read_text()) if self.db_path.exists() else {}
         if self.db.get("plan") and self.db["plan"] != plan_d:
@@ -144,7 +133,11 @@ class Study:
         inv = self.db["invocations"][-1]
         inv["wall_s"], inv["cpu_s"] = time.time() - self.t0, time.process_time() - self.c0
         dump_json(self.db, self.db_path)
-        study_report.render(self.db, self.res)
+        self.render()
+
+    @abstractmethod
+    def render(self) -> None:
+        """Write the study's report from what is saved so far (each study has its own)."""
 
     # ---- setup: tokenizer, codes, classifier, coarse maps ----------------------------------------------
     def setup(self) -> None:
@@ -209,43 +202,6 @@ class Study:
             self.db["setup"].setdefault("maps", {})[name] = {**cm.stats(), "seconds": time.time() - t}
         return name, path
 
-    # ---- training ----------------------------------------------------------------------------------------
-    def run_name(self, stage: str, mapname: str | None, preset: str | None = None, restricted: bool = False) -> str:
-        name = f"{stage}_{mapname}" if stage_spec(stage).needs_coarse_map else stage
-        if preset and preset != self.plan.preset:
-            name += f"_{preset}"
-        return name + ("_restricted" if restricted else "")
-
-    def train_to(self, stage: str, step: int, mapname: str | None = None, map_path: Path | None = None,
-                 preset: str | None = None, restricted: bool = False) -> str:
-        from coarse2fine.stages import stage_config
-        from coarse2fine.training.gpt import train
-
-        p = self.plan
-        name = self.run_name(stage, mapname, preset, restricted)
-        run = self.work / "runs" / name
-        done = load_json(run / "summary.json").get("step", 0) if (run / "summary.json").exists() else 0
-        if done >= step:
-            return name
-        c = int(mapname.split("-")[1]) if mapname else 1
-        mcfg = stage_config(preset or p.preset, stage, self.meta["codebook_size"], c, self.meta["num_classes"],
-                            self.meta["grid"])
-        tcfg = TrainConfig(**{**train_recipe(preset or p.preset, p.steps), "batch_size": p.batch, "lr": p.lr,
-                              "seed": p.seed, "log_every": max(1, p.steps // 10), "ckpt_every": p.steps,
-                              "ema_decay": 0.0})
-        log(f"train {name}: step {done} -> {step} of {p.steps}")
-        summ = train(stage, mcfg, tcfg, self.work / "codes_train", run, coarse_map=map_path,
-                     heldout_dir=self.work / "codes_test", restricted=restricted,
-                     resume=(run / "state.pt").exists(), progress=False, stop_at=step)
-        r = self.db["runs"].setdefault(name, {"train_s": 0.0, "params": summ["params"]})
-        r["train_s"] += summ["wall_s"]
-        r.setdefault("heldout", {})[str(step)] = summ["heldout"]
-        r["loss"] = summ["loss"]
-        log(f"  {name}@{step}: loss {summ['loss']:.3f}, held-out NLL {summ['heldout']['nll']:.3f} "
-            f"acc {summ['heldout']['acc']:.3f} ({summ['wall_s']:.0f} s)")
-        self.save()
-        return name
-
     # ---- sampling + scoring --------------------------------------------------------------------------------
     def labels(self, n: int) -> torch.Tensor:
         nc = self.meta["num_classes"]
@@ -296,8 +252,8 @@ class Study:
                              self.work / "classifier", ref_count=self.plan.ref_count, batch_size=64,
                              kid_subset_size=min(1000, n), cache_dir=self.work / "feature_cache",
                              log=lambda m: None)
-        metrics = {study_report.short(r["metric"]): r["value"] for r in ev["rows"]}
-        self.db.setdefault("metric_names", {study_report.short(r["metric"]): r["metric"] for r in ev["rows"]})
+        metrics = {short(r["metric"]): r["value"] for r in ev["rows"]}
+        self.db.setdefault("metric_names", {short(r["metric"]): r["metric"] for r in ev["rows"]})
         e = {"kind": kind, "runs": list(runs), "n": n, "opts": opts, "sample_s": secs, "metrics": metrics,
              "ref": ev["reference"]["count"]}
         self.db["entries"][key] = e
@@ -327,78 +283,11 @@ def _defaults():
 CTF_OPTS, AR_OPTS = _defaults()  # the library's sampling defaults (sampling.py), in the results' spelling
 
 
-def _with(opts: dict, stage: str, **kw) -> dict:
-    o = json.loads(json.dumps(opts))
-    o.setdefault(stage, {}).update(kw)
-    return o
-
-
 def _last_step(run: Path) -> int:
     m = run / "metrics.jsonl"
     lines = m.read_text().splitlines() if m.exists() else []
     return json.loads(lines[-1])["step"] if lines else 0
 
-
-def run_study(st: Study, phases: list[str]) -> None:
-    p = st.plan
-    st.setup()
-    km, km_path = st.cmap("kmeans", 32)
-    if "convergence" in phases:
-        for k in p.checkpoints:
-            log(f"== convergence checkpoint {k}/{p.steps}")
-            co = st.train_to("coarse", k, km, km_path)
-            fi = st.train_to("fine", k, km, km_path)
-            ba = st.train_to("baseline", k)
-            last = k == p.checkpoints[-1]
-            st.score(f"conv/ctf/{k}", "ctf", (co, fi), p.n_head, CTF_OPTS, keep="ctf" if last else None)
-            st.score(f"conv/baseline/{k}", "ar", (ba,), p.n_head, AR_OPTS, keep="baseline" if last else None)
-        if p.checkpoints[-1] in {int(k.split("/")[-1]) for k in st.db["entries"] if k.startswith("conv/ctf/")}:
-            sample_grid(st)
-    if "redundancy" in phases and "redundancy" not in st.db["setup"]:
-        redundancy(st)
-    final = p.steps
-    if "head" in phases:
-        log("== restricted stage-2 head")
-        co = st.train_to("coarse", final, km, km_path)
-        fr = st.train_to("fine", final, km, km_path, restricted=True)
-        st.score("abl/head/restricted", "ctf", (co, fr), p.n_abl, CTF_OPTS)
-    # random clusters first: the paper's sharpest clustering claim; then the cheap sampling rows
-    maps_todo = [("random", 32)] + [("kmeans", d) for d in p.divisors if d != 32] + [("balanced", 32)]
-    for i, (method, d) in enumerate(maps_todo):
-        if "clusters" in phases:
-            if i == 0:
-                log("== clustering ablations (new stage-1 + stage-2 models per coarse map)")
-            name, path = st.cmap(method, d)
-            co, fi = st.train_to("coarse", final, name, path), st.train_to("fine", final, name, path)
-            st.score(f"abl/map/{name}", "ctf", (co, fi), p.n_abl, CTF_OPTS)
-        if i == 0 and "sampling" in phases:
-            sampling_rows(st, km, km_path)
-    if "s2size" in phases:
-        log(f"== larger stage-2 model ({p.big_preset})")
-        co = st.train_to("coarse", final, km, km_path)
-        fb = st.train_to("fine", final, km, km_path, preset=p.big_preset)
-        st.score(f"abl/s2size/{p.big_preset}", "ctf", (co, fb), p.n_abl, CTF_OPTS)
-    st.save()
-
-
-def sampling_rows(st: Study, km: str, km_path: Path) -> None:
-    """Sampling-knob ablations (Table 3c-f) and the baseline's own sweep, on the final models."""
-    p, final = st.plan, st.plan.steps
-    log("== sampling ablations on the final models")
-    co, fi, ba = (st.train_to("coarse", final, km, km_path), st.train_to("fine", final, km, km_path),
-                  st.train_to("baseline", final))
-    st.score("abl/default", "ctf", (co, fi), p.n_abl, CTF_OPTS, coarse_key="default")
-    for v in (1.5, 3.0):
-        st.score(f"abl/cfg/{v}", "ctf", (co, fi), p.n_abl, _with(CTF_OPTS, "s1", cfg_scale=v))
-    for v in (0.9, 1.0):
-        st.score(f"abl/t1/{v}", "ctf", (co, fi), p.n_abl, _with(CTF_OPTS, "s1", temperature=v))
-    for v in (0.9, 1.0):
-        st.score(f"abl/t2/{v}", "ctf", (co, fi), p.n_abl, _with(CTF_OPTS, "s2", temperature=v), coarse_key="default")
-    for v in (1, 32):
-        st.score(f"abl/topk/{v}", "ctf", (co, fi), p.n_abl, _with(CTF_OPTS, "s2", top_k=v), coarse_key="default")
-    for v in (1.5, 2.0, 3.0):
-        st.score(f"abl/base_cfg/{v}", "ar", (ba,), p.n_abl, _with(AR_OPTS, "s1", cfg_scale=v))
-    st.score("abl/base_t/1.1", "ar", (ba,), p.n_abl, _with(AR_OPTS, "s1", temperature=1.1))
 
 
 def sample_grid(st: Study, per_class: int = 8, suffix: str = "") -> None:
@@ -416,65 +305,3 @@ def sample_grid(st: Study, per_class: int = 8, suffix: str = "") -> None:
     take = np.concatenate([np.flatnonzero(lab == c)[:n] for c in np.unique(lab)])
     rows = side_by_side(z["ctf"]["arr_0"][take], z["baseline"]["arr_0"][take], lab[take], n)
     save_grid(rows, st.res / "samples_ctf_vs_baseline.png", nrow=2 * n + 1)
-
-
-def redundancy(st: Study) -> None:
-    from coarse2fine.eval.analysis import figure, redundancy as measure
-    from coarse2fine.data.preprocess import save_grid
-    from coarse2fine.tokenizer.clustering import CoarseMap
-
-    maps = {}
-    for d in st.plan.divisors:
-        for method in ("kmeans", "random"):
-            name, path = st.cmap(method, d)
-            maps[name] = CoarseMap.load(path)
-    g = torch.Generator().manual_seed(st.plan.seed)
-    idx = torch.randperm(len(st.test_ds), generator=g)[:st.plan.redundancy_n].tolist()
-    images = torch.stack([st.test_ds[i][0] for i in idx])
-    stats, rows = measure(st.vq, images, maps, st.plan.seed)
-    c = default_num_coarse(st.vq.cfg.codebook_size)
-    show = {k: v for k, v in rows.items() if k in ("original", "reconstruction", f"kmeans-{c}", f"random-{c}")}
-    save_grid(figure(show, 10), st.res / "redundancy.png", nrow=10)
-    st.db["setup"]["redundancy"] = {"n": len(idx), **stats}
-    st.save()
-
-
-PHASES = ["convergence", "redundancy", "head", "clusters", "sampling", "s2size"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data", default="fashion-mnist", help="fashion-mnist | twemoji | default (embedded subset)")
-    ap.add_argument("--small", action="store_true", help="a few-minute smoke run (nothing meaningful expected)")
-    ap.add_argument("--out", help="work dir for runs (default /tmp/c2f_study_<data>[_small])")
-    ap.add_argument("--results", help="results dir (default benchmarks/results/quality_<data>[_small])")
-    ap.add_argument("--tokenizer", help="reuse this tokenizer run dir instead of training one")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
-    ap.add_argument("--steps", type=int, help="override the training schedule length (checkpoints scale with it)")
-    ap.add_argument("--vq-steps", type=int, help="override the tokenizer's steps")
-    ap.add_argument("--n-head", type=int, help="override images per convergence/headline evaluation")
-    ap.add_argument("--n-abl", type=int, help="override images per ablation row")
-    ap.add_argument("--phases", default=",".join(PHASES), help=f"comma list, in this order: {','.join(PHASES)}")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    plan = Plan.for_data(args.data, args.small)
-    if args.steps:
-        plan.checkpoints = sorted({max(1, round(c * args.steps / plan.steps)) for c in plan.checkpoints})
-        plan.steps = args.steps
-    plan.vq_steps = args.vq_steps or plan.vq_steps
-    plan.n_head = args.n_head or plan.n_head
-    plan.n_abl = args.n_abl or plan.n_abl
-    tag = f"{args.data.replace('-', '')}{'_small' if args.small else ''}"
-    work = Path(args.out or f"/tmp/c2f_study_{tag}")
-    results = Path(args.results or ROOT / "benchmarks" / "results" / f"quality_{tag}")
-    phases = [x for x in PHASES if x in args.phases.split(",")]
-    cmd = ".venv/bin/python benchmarks/quality/study.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    st = Study(plan, work, results, Path(args.tokenizer) if args.tokenizer else None, cmd)
-    log(f"plan: {asdict(plan)}\nwork {work}, results {results}, threads {torch.get_num_threads()}")
-    run_study(st, phases)
-    log(f"done in {(time.time() - st.t0) / 60:.1f} min; report {results / 'report.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
