@@ -392,9 +392,9 @@ TOKENIZER_RECIPES: dict[str, dict[str, Any]] = {
                      gen_adv_loss="hinge", disc_adaptive=False, ema_decay=0.0),
     # the 64 px presets on CPU, chosen on emoji64 by PSNR, reconstruction FD AND a colour error (ΔE of the
     # 8x8-pooled images; benchmarks/results/tokenizer_emoji64_colour, 800 steps): perceptual 1.0 on all five
-    # Lite2 taps had the lowest FD (1008) but turned every colour brown (ΔE 19.8 against L2's 9.9, 15.3 dB);
+    # Lite2 taps had the lowest FD (1008) but turned every colour brown (ΔE 19.8 against L2's 10.2, 15.3 dB);
     # 0.3 on the two shallow taps, ramped in over 200 steps, with the mean-colour term keeps L2's colours
-    # (ΔE 9.9) and sharpens shapes (FD 1479 against 1599) for 0.5 dB of PSNR. The PatchGAN (0.5 from step
+    # (ΔE 10.3) and sharpens shapes (FD 1482 against 1611, two seeds) for 0.5 dB of PSNR. The PatchGAN (0.5 from step
     # 300) hurt at this budget (benchmarks/results/tokenizer_emoji64), so it is off (--disc-weight 0.5).
     "cpu64": dict(batch_size=16, perceptual_weight=0.3, perceptual_depth=2, perceptual_ramp=200, colour_weight=1.0,
                   disc_weight=0.0, disc_start=300, disc_channels=32),
