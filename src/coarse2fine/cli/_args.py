@@ -110,7 +110,7 @@ def add_threads(p: argparse.ArgumentParser) -> None:
 def add_dtype(p: argparse.ArgumentParser, default: str | None, what: str) -> None:
     """--dtype; default None means "not given" (a resumed run keeps its own), shown as auto."""
     p.add_argument("--dtype", choices=DTYPES, default=default,
-                   help=f"{what}: auto (bf16 where it is fast: CUDA, CPUs with native bf16), fp32 or bf16 "
+                   help=f"{what}: auto (bf16 where it is native and measured faster than fp32), fp32 or bf16 "
                         f"(default {default or 'auto'})")
 
 
