@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import ctf_study_report as csr
+from convergence_study import C, K  # the study's one codebook size and cluster count
 
-K, C = 16384, 512
 KM = f"kmeans-{C}"
 METRICS = (("FD", True), ("KID", True), ("ClassAcc", False), ("NLL", True))  # (name, lower is better)
 
@@ -91,7 +91,7 @@ def clusters_section(res: Path) -> list[str]:
         return []
     step = db["plan"]["steps"]
     lines = ["", f"## k-means against agglomerative clusters (C = {C}, seed 0, {step}-step schedule)", "",
-             f"`convergence_study.py --lane agglomerative`: stage 1 and stage 2 trained on each map, same "
+             "`convergence_study.py --lane agglomerative`: stage 1 and stage 2 trained on each map, same "
              "tokenizer, codes, schedule and seed.", "",
              "| clusters | cluster sizes min / max | FD | KID | ClassAcc | NLL (coarse + fine) |", "|---|---|---|---|---|---|"]
     rows = [("k-means", f"head/ctf/{step}/s0", KM)]

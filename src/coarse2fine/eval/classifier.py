@@ -139,8 +139,6 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
     epochs, batch size, lr, width, shift and dropout do not apply).
     Returns the saved config dict (held-out accuracy under "test").
     """
-    from coarse2fine.checkpoint import save_run
-
     if backbone not in BACKBONES:
         raise UserError(f"unknown classifier backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     if epochs < 1 or batch_size < 1:

@@ -11,7 +11,6 @@ it. Only the linear layer and the standardisation are saved: the backbone's weig
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
