@@ -35,32 +35,55 @@ KEEP = ("config.json", "model.safetensors")
 VOLATILE = {"seconds", "threads"}  # training-time facts in the classifier's config, not results
 
 
-def build(out: Path, vq_steps: int = 1200, clf_epochs: int = 8, limit_per_class: int | None = None,
-          log=print) -> dict:
-    """Train both networks into out/{tokenizer,classifier}/ and return the manifest."""
+# The asset sets: the embedded grey data at 32 px (the README's demo) and emoji64 in colour at 64 px
+# (`demo --data emoji64`). The emoji64 tokenizer is the VQ-64-f8 preset with its "cpu64" recipe (the
+# colour study's winner, benchmarks/results/tokenizer_emoji64_colour) trained 1200 steps; its classifier
+# is the linear probe on frozen EfficientNet-Lite0 features at 128 px (benchmarks/results/classifier_emoji64),
+# of which only the 9-way head ships (the backbone's weights come with the `efficientnet_lite0` package).
+SETS = {
+    "default": dict(resolution=32, vq_preset="VQ-tiny", vq_steps=1200, vq_batch=32,
+                    classifier=dict(epochs=8)),
+    "emoji64": dict(resolution=64, vq_preset="VQ-64-f8", vq_steps=1200, vq_batch=None,
+                    classifier=dict(backbone="lite0-probe", feature_resolution=128)),
+}
+
+
+def build(out: Path, vq_steps: int | None = None, clf_epochs: int | None = None,
+          limit_per_class: int | None = None, log=print, data: str = "default") -> dict:
+    """Train both networks of asset set `data` into out/{tokenizer,classifier}/; returns the manifest."""
     from coarse2fine.data import build_dataset
     from coarse2fine.eval.classifier import train_classifier
     from coarse2fine.training.tokenizer import train_tokenizer
 
+    spec = SETS[data]
+    vq_steps = vq_steps or spec["vq_steps"]
+    clf_kw = dict(spec["classifier"])
+    if clf_epochs is not None and "epochs" in clf_kw:
+        clf_kw["epochs"] = clf_epochs
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.time()
-        ds = build_dataset("default", 32, "train", limit_per_class=limit_per_class)
-        log(f"tokenizer: VQ-tiny, {vq_steps} steps, fp32, 1 thread")
-        run = train_tokenizer("VQ-tiny", Path(tmp) / "tokenizer", ds, steps=vq_steps, batch_size=32, seed=0,
-                              dtype="fp32", progress=False)
+        ds = build_dataset(data, spec["resolution"], "train", limit_per_class=limit_per_class)
+        log(f"tokenizer: {spec['vq_preset']}, {vq_steps} steps, fp32, 1 thread")
+        batch = {"batch_size": spec["vq_batch"]} if spec["vq_batch"] else {}  # else the preset's recipe
+        run = train_tokenizer(spec["vq_preset"], Path(tmp) / "tokenizer", ds, steps=vq_steps, seed=0,
+                              dtype="fp32", progress=False, **batch)
         _keep(run, out / "tokenizer")
         log(f"tokenizer done in {time.time() - t:.0f} s")
         t = time.time()
         run = Path(tmp) / "classifier"
-        train_classifier("default", 32, run, epochs=clf_epochs, seed=0, limit_per_class=limit_per_class, log=log)
+        train_classifier(data, spec["resolution"], run, seed=0, limit_per_class=limit_per_class, log=log, **clf_kw)
         _keep(run, out / "classifier")
         log(f"classifier done in {time.time() - t:.0f} s")
-    manifest = {"torch": torch.__version__, "vq_steps": vq_steps, "classifier_epochs": clf_epochs,
+    manifest = {"torch": torch.__version__, "data": data, "vq_preset": spec["vq_preset"], "vq_steps": vq_steps,
+                "classifier": clf_kw,
                 "sha256": {f"{d}/model.safetensors": _sha(out / d / "model.safetensors")
                            for d in ("tokenizer", "classifier")}}
+    if data == "default":  # the first set's manifest keys, unchanged
+        manifest = {"torch": torch.__version__, "vq_steps": vq_steps, "classifier_epochs": clf_kw["epochs"],
+                    "sha256": manifest["sha256"]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
@@ -96,17 +119,19 @@ def same_assets(a: Path, b: Path) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=ASSETS, help=f"asset folder (default {ASSETS})")
+    ap.add_argument("--data", choices=sorted(SETS), default="default", help="which asset set (default: default)")
+    ap.add_argument("--out", type=Path, help=f"asset folder (default {ASSETS} for default, {ASSETS}_<data> else)")
     ap.add_argument("--check", action="store_true", help="retrain into a temp folder and compare with --out")
-    ap.add_argument("--vq-steps", type=int, default=1200)
-    ap.add_argument("--classifier-epochs", type=int, default=8)
+    ap.add_argument("--vq-steps", type=int, help="tokenizer steps (default: the set's, 1200)")
+    ap.add_argument("--classifier-epochs", type=int, help="CNN classifier epochs (default set: 8)")
     args = ap.parse_args()
+    args.out = args.out or (ASSETS if args.data == "default" else ASSETS.with_name(f"demo_{args.data}"))
     if not args.check:
-        m = build(args.out, args.vq_steps, args.classifier_epochs)
+        m = build(args.out, args.vq_steps, args.classifier_epochs, data=args.data)
         print(json.dumps(m, indent=1))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        build(Path(tmp), args.vq_steps, args.classifier_epochs)
+        build(Path(tmp), args.vq_steps, args.classifier_epochs, data=args.data)
         diff = same_assets(args.out, Path(tmp))
     print("identical" if not diff else f"differ: {diff}")
     return 1 if diff else 0

@@ -25,7 +25,7 @@ import torch
 from coarse2fine import distributed
 from coarse2fine.config import TrainConfig, UserError, train_recipe
 from coarse2fine.apps.demo_stages import STAGES
-from coarse2fine.data.builtin import demo_asset_dir
+from coarse2fine.data.builtin import demo_asset_dir, has_demo_assets
 from coarse2fine.fileio import atomic_write_bytes
 
 
@@ -65,10 +65,29 @@ class DemoPlan:
     seed: int = 0
 
     @classmethod
-    def quick(cls) -> "DemoPlan":
+    def quick(cls, data: str = "default") -> "DemoPlan":
         """A smoke-test size: seconds per stage, nothing recognisable expected."""
-        return cls(vq_steps=30, vq_batch=32, gpt_preset="GPT-tiny", steps=12, batch_size=16, per_class=2,
-                   eval_per_class=2, limit_per_class=40)
+        return cls.for_data(data, vq_steps=30, gpt_preset="GPT-tiny", steps=12, batch_size=16, per_class=2,
+                            eval_per_class=2, limit_per_class=40)
+
+    @classmethod
+    def for_data(cls, data: str = "default", **overrides) -> "DemoPlan":
+        """The plan for a data set: the embedded grey data at 32 px (the fields' defaults), emoji64 in
+        colour at 64 px (COLOUR below), anything else at 32 px with a tokenizer trained here. The
+        shipped tokenizer is used wherever the package has one for the data (data.builtin.has_demo_assets)."""
+        from coarse2fine.data.builtin import has_demo_assets
+
+        fields = {"data": data, **(COLOUR if data == "emoji64" else {}), **overrides}
+        plan = cls(**fields)
+        if not has_demo_assets(plan.data, plan.resolution):
+            plan.tokenizer = "train"
+        return plan
+
+
+# `demo --data emoji64`: 64 px colour, the shipped VQ-64-f8 tokenizer (its "cpu64" colour recipe) and the
+# Lite0-probe classifier; K = 4096 codes on an 8x8 grid, 128 k-means clusters. The backbone, steps and
+# sampling are chosen on the quality-against-CPU-minutes curve of benchmarks/results/colour_curve_emoji64.
+COLOUR = dict(resolution=64, vq_preset="VQ-64-f8", vq_batch=16, gpt_preset="GPT-small", steps=600)
 
 
 def demo_precision(requested: str) -> str:
@@ -80,6 +99,14 @@ def demo_precision(requested: str) -> str:
     if requested not in ("auto", "fp32", "bf16"):
         raise UserError(f"--dtype must be auto, fp32 or bf16, got {requested!r}")
     return "fp32" if requested == "auto" and not bf16_pays_off("cpu") else requested
+
+
+def demo_train_config(plan: DemoPlan, dtype: str) -> TrainConfig:
+    """The TrainConfig of the demo's three models: the preset's recipe (warm-up, schedule, decay) at the
+    plan's steps, batch and step size."""
+    return TrainConfig(**{**train_recipe(plan.gpt_preset, plan.steps), "batch_size": plan.batch_size,
+                          "lr": plan.lr, "seed": plan.seed, "log_every": max(1, plan.steps // 30),
+                          "ckpt_every": plan.steps, "ema_decay": 0.0, "dtype": dtype})
 
 
 def cpu_kind() -> dict:
@@ -204,12 +231,12 @@ def _prepare_tokenizer(plan: DemoPlan, tok_dir: Path, train_ds, progress: bool) 
     from coarse2fine.training.tokenizer import train_tokenizer
 
     if plan.tokenizer == "shipped":
-        if plan.data != "default" or plan.resolution != 32:
-            raise UserError("the shipped tokenizer fits the embedded data at 32 px only; pass "
-                            "--train-tokenizer to train one for this data set")
+        if not has_demo_assets(plan.data, plan.resolution):
+            raise UserError(f"no tokenizer ships for {plan.data} at {plan.resolution} px (only the embedded "
+                            "data at 32 px and emoji64 at 64 px); pass --train-tokenizer to train one")
         tok_dir.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "model.safetensors"):
-            shutil.copyfile(demo_asset_dir() / "tokenizer" / name, tok_dir / name)
+            shutil.copyfile(demo_asset_dir(plan.data) / "tokenizer" / name, tok_dir / name)
         return "shipped (scripts/make_demo_assets.py)"
     if plan.tokenizer != "train":
         raise UserError(f"tokenizer must be 'shipped' or 'train', got {plan.tokenizer!r}")
@@ -276,10 +303,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
 
     # 4. the three models, same backbone, batch and steps
     meta = CodeStore(out / "codes_train").meta
-    # the preset's recipe (warm-up, schedule, decay) at the demo's steps, batch and step size
-    tcfg = TrainConfig(**{**train_recipe(plan.gpt_preset, plan.steps), "batch_size": plan.batch_size,
-                          "lr": plan.lr, "seed": plan.seed, "log_every": max(1, plan.steps // 30),
-                          "ckpt_every": plan.steps, "ema_decay": 0.0, "dtype": precision})
+    tcfg = demo_train_config(plan, precision)
     workers = stage_workers(plan)
     bar.start("models", f"training coarse, fine and baseline ({plan.gpt_preset}, {plan.steps} steps each, "
                         f"{workers} process(es) at once)")
@@ -330,3 +354,4 @@ def _summary(out: Path, report: dict) -> None:
         acc = s.get("class_accuracy")
         _log(f"   {name:<9} FD {s.get('fd', float('nan')):.0f}, KID {s.get('kid', float('nan')):.4f}"
              + (f", class accuracy {acc:.2f}" if acc is not None else ""))
+    _log(f"   on the page (pip install -e '.[app]'): coarse2fine app --demo {out}")

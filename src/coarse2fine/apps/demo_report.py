@@ -12,10 +12,10 @@ def evaluate_both(plan, outputs: dict, log: Callable[[str], None] = print) -> di
     with `coarse2fine.eval.samples.evaluate_images`; the shipped classifier gives class accuracy on
     the embedded data. Returns {name: {"fd", "kid", "kid_std", "class_accuracy", "is_clf", "n", "m",
     "extractor"}, "classifier": {...} | None, "notes": [...]}."""
-    from coarse2fine.data.builtin import demo_asset_dir
+    from coarse2fine.data.builtin import demo_asset_dir, has_demo_assets
     from coarse2fine.eval.samples import evaluate_images
 
-    clf = demo_asset_dir() / "classifier" if plan.data == "default" and plan.resolution == 32 else None
+    clf = demo_asset_dir(plan.data) / "classifier" if has_demo_assets(plan.data, plan.resolution) else None
     res: dict = {"classifier": None, "notes": []}
     for name, o in outputs.items():
         r = evaluate_images(o.images.numpy(), o.labels.numpy(), plan.data, "test", clf, log=log)

@@ -9,13 +9,15 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="codes -> clusters -> coarse, fine and baseline models -> CTF and baseline "
                                     "samples side by side, scored, on the embedded data (12 minutes on 2 AVX2 "
                                     "cores in fp32, 9 with native bf16)")
-    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo); rerun to resume")
+    p.add_argument("--out", help="output directory (default runs/demo, runs/demo_<data> for other --data); "
+                                 "rerun to resume")
     p.add_argument("--quick", action="store_true", help="a tiny smoke-test size (about a minute)")
     d = DemoPlan()
-    p.add_argument("--data", default=d.data, help="data set name (default: the embedded Fashion-MNIST subset)")
+    p.add_argument("--data", default=d.data, help="data set name (default: the embedded Fashion-MNIST subset, grey, "
+                                                  "32 px; emoji64: colour at 64 px, its own shipped tokenizer)")
     p.add_argument("--train-tokenizer", action="store_true",
-                   help="train the tokenizer here instead of using the shipped one (needed for other --data; "
-                        f"~{d.vq_steps} steps, about 10 more minutes)")
+                   help="train the tokenizer here instead of using the shipped one (always so for data without "
+                        f"one; ~{d.vq_steps} steps, about 10 more minutes)")
     p.add_argument("--vq-steps", type=int, help=f"tokenizer steps with --train-tokenizer (default {d.vq_steps})")
     p.add_argument("--steps", type=int, help=f"steps for each transformer (default {d.steps})")
     p.add_argument("--preset", help=f"transformer preset (default {d.gpt_preset})")
@@ -33,9 +35,9 @@ def register(sub) -> None:
 def cmd_demo(args) -> int:
     from coarse2fine.config import UserError
 
-    plan = DemoPlan.quick() if args.quick else DemoPlan()
-    plan.data, plan.seed, plan.dtype = args.data, args.seed, args.dtype
-    if args.train_tokenizer or args.data != "default":
+    plan = DemoPlan.quick(args.data) if args.quick else DemoPlan.for_data(args.data)
+    plan.seed, plan.dtype = args.seed, args.dtype
+    if args.train_tokenizer:
         plan.tokenizer = "train"
     for flag, field in (("vq_steps", "vq_steps"), ("steps", "steps"), ("eval_per_class", "eval_per_class")):
         value = getattr(args, flag)
@@ -48,5 +50,6 @@ def cmd_demo(args) -> int:
     plan.workers = args.workers
     if args.preset:
         plan.gpt_preset = args.preset
-    run_demo(args.out, plan, progress=not args.no_progress)
+    out = args.out or ("runs/demo" if args.data == "default" else f"runs/demo_{args.data}")
+    run_demo(out, plan, progress=not args.no_progress)
     return 0

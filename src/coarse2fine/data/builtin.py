@@ -88,10 +88,21 @@ def load_fashion_mnist(resolution: int, split: str = "train", flip: bool = False
 
 # ---- embedded subset -----------------------------------------------------------------------------
 
-def demo_asset_dir() -> Path:
-    """The demo's shipped networks for the embedded data: tokenizer/ and classifier/ (each
-    config.json + model.safetensors), made by scripts/make_demo_assets.py."""
-    return Path(str(importlib.resources.files("coarse2fine.data") / "assets" / "demo"))
+DEMO_ASSET_SETS = {"default": ("demo", 32), "emoji64": ("demo_emoji64", 64)}  # data -> (folder, resolution)
+
+
+def demo_asset_dir(data: str = "default") -> Path:
+    """The demo's shipped networks for a data set: tokenizer/ and classifier/ (each config.json +
+    model.safetensors), made by scripts/make_demo_assets.py: "default" (the embedded grey data at 32 px)
+    and "emoji64" (colour, 64 px)."""
+    folder = DEMO_ASSET_SETS.get(data, ("demo", 32))[0]
+    return Path(str(importlib.resources.files("coarse2fine.data") / "assets" / folder))
+
+
+def has_demo_assets(data: str, resolution: int) -> bool:
+    """Whether the package ships a tokenizer and classifier for `data` at `resolution`."""
+    return data in DEMO_ASSET_SETS and DEMO_ASSET_SETS[data][1] == resolution and \
+        (demo_asset_dir(data) / "tokenizer" / "model.safetensors").is_file()
 
 
 def embedded_path() -> Path:

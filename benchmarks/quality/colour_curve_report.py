@@ -1,0 +1,90 @@
+"""report.md and curve.png of benchmarks/quality/colour_curve.py's points.jsonl (issue 29, part 3)."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+
+def load(results: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (results / "points.jsonl").read_text().splitlines() if line.strip()]
+    # a rerun of a scored row keeps the last one
+    keyed = {(r["preset"], r["steps"], r["seed"], r["pipeline"], r["temperature"], r["cfg"]): r for r in rows}
+    return list(keyed.values())
+
+
+def classifier_ceiling() -> float | None:
+    from coarse2fine.data.builtin import demo_asset_dir
+
+    cfg = demo_asset_dir("emoji64") / "classifier" / "config.json"
+    return json.loads(cfg.read_text())["test"]["accuracy"] if cfg.exists() else None
+
+
+def render(results: Path) -> None:
+    rows = load(results)
+    ceiling = classifier_ceiling()
+    target = 0.8 * ceiling if ceiling else None
+    settings = sorted({(r["temperature"], r["cfg"]) for r in rows}, key=lambda s: (s[1], -s[0]))
+    points = defaultdict(dict)  # (pipeline, preset, steps, seed) -> {(t, cfg): row}
+    for r in rows:
+        points[(r["pipeline"], r["preset"], r["steps"], r["seed"])][(r["temperature"], r["cfg"])] = r
+    order = sorted(points, key=lambda k: (k[0] != "ctf", k[1], k[2], k[3]))
+
+    head = " | ".join(f"τ {t:g}, CFG {c:g}" for t, c in settings)
+    lines = ["# Colour demo: quality against training CPU-minutes (emoji64, 64 px)", "",
+             "Command: `benchmarks/quality/colour_curve.py --lane ctf & ... --lane baseline` (one-thread processes "
+             "side by side), then `--report`. Each point is a full run of `demo --data emoji64`'s recipe at that "
+             "backbone and step count (full cosine schedule, batch 48, fp32); scores on 50 samples per class (450) "
+             "against the 573 test images. Class accuracy: the shipped Lite0-probe classifier"
+             + (f" (real test images: {ceiling:.3f}; the target, 80% of it: {target:.3f})" if ceiling else "")
+             + ". FD: EfficientNet-Lite0 features at 64 px (not FID). CPU-minutes: the pipeline's own training "
+               "processes (CTF = stage 1 + stage 2), sampling excluded. Two lanes shared the 2 cores with other "
+               "one-thread work, so CPU-minutes, not wall time, are the measure.", "",
+             "Class accuracy (FD) at each sampling setting:", "",
+             f"| pipeline | backbone | steps | seed | train CPU-min | {head} |",
+             "|---|---|---|---|---|" + "---|" * len(settings)]
+    for k in order:
+        pipe, preset, steps, seed = k
+        cells = []
+        for s in settings:
+            r = points[k].get(s)
+            cells.append("" if r is None else f"{r['class_accuracy']:.3f} ({r['fd']:.0f})")
+        cpu = next(iter(points[k].values()))["train_cpu_s"] / 60
+        lines.append(f"| {pipe} | {preset} | {steps} | {seed} | {cpu:.1f} | " + " | ".join(cells) + " |")
+    for m in sorted(results.glob("machine_*.json")):
+        j = json.loads(m.read_text())
+        lines.append(f"- lane {j['lane']}: {j['model']} ({j['kind']}, torch kernels {j['kernels']}), {j['dtype']}, "
+                     f"{j['threads']} thread, started {j['started']}")
+    lines.append("")
+    (results / "report.md").write_text("\n".join(lines) + "\n")
+    _plot(results, points, settings, target)
+
+
+def _plot(results: Path, points: dict, settings: list, target: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {"ctf": "tab:blue", "baseline": "tab:orange"}
+    markers = {"GPT-tiny": "o", "GPT-small": "s", "GPT-medium": "^"}
+    for pipe in ("ctf", "baseline"):
+        for preset in sorted({k[1] for k in points if k[0] == pipe}):
+            ks = sorted((k for k in points if k[0] == pipe and k[1] == preset), key=lambda k: k[2])
+            x = [next(iter(points[k].values()))["train_cpu_s"] / 60 for k in ks]
+            best = [max(points[k].values(), key=lambda r: r["class_accuracy"]) for k in ks]
+            axes[0].plot(x, [b["class_accuracy"] for b in best], marker=markers.get(preset, "x"),
+                         color=colours[pipe], label=f"{pipe} {preset} (best setting)")
+            axes[1].plot(x, [min(r["fd"] for r in points[k].values()) for k in ks], marker=markers.get(preset, "x"),
+                         color=colours[pipe], label=f"{pipe} {preset} (best setting)")
+    if target:
+        axes[0].axhline(target, color="grey", ls="--", label="target: 80% of real-test accuracy")
+    for ax, name in zip(axes, ("class accuracy", "FD-Lite0 (lower is better)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training CPU-minutes of the pipeline")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(results / "curve.png", dpi=110)
