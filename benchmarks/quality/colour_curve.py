@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = "GPT-tiny:500,GPT-tiny:1000,GPT-small:500,GPT-tiny:2000,GPT-small:1000"
-SETTINGS = "1.0:2,0.9:3,0.9:5,0.7:5,0.9:8"  # temperature:cfg (stage 1 and the baseline alike)
+SETTINGS = "1.0:2,0.9:3,0.9:5,0.8:8"  # temperature:cfg (stage 1 and the baseline alike)
 PIPELINE_STAGES = {"ctf": ("coarse", "fine"), "baseline": ("baseline",)}
 STAGES = ("coarse", "fine", "baseline")
 

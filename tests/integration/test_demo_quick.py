@@ -179,3 +179,57 @@ def test_ctf_decodings_without_stage2_network(demo, capsys):
     assert "--fine-decoding" in capsys.readouterr().err
     assert main(["sample", "--baseline", str(out / "baseline"), "--fine-decoding", "random-member",
                  "--out", str(out / "s_y")]) == 2
+
+
+def test_emoji64_assets_match_manifest_and_load():
+    """`demo --data emoji64` ships its own colour tokenizer (VQ-64-f8, L2) and the
+    Lite0-probe classifier's head, each as its manifest says."""
+    from coarse2fine.checkpoint import load_vq
+    from coarse2fine.eval.classifier import load_classifier
+
+    d = asset_dir("emoji64")
+    m = json.loads((d / "manifest.json").read_text())
+    for rel, sha in m["sha256"].items():
+        assert hashlib.sha256((d / rel).read_bytes()).hexdigest() == sha, rel
+    vq = load_vq(d / "tokenizer")
+    assert vq.cfg.image_size == 64 and vq.cfg.codebook_size == 4096
+    cfg = json.loads((d / "tokenizer" / "config.json").read_text())
+    # the plain L2 settings, given whole (scripts/make_demo_assets.py says why not the cpu64 recipe)
+    assert cfg["train"]["perceptual_weight"] == 0 and cfg["train"]["batch_size"] == 32
+    assert cfg["train"]["steps"] == m["vq_steps"] >= 1000
+    clf = load_classifier(d / "classifier")[1]
+    assert clf["arch"]["type"] == "lite0-probe" and clf["test"]["accuracy"] > 0.75
+    assert sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) < 8 * 2**20
+
+
+def test_plan_for_data_picks_the_colour_recipe_and_shipped_tokenizer():
+    from coarse2fine.apps.demo import COLOUR
+
+    grey, colour, other = DemoPlan.for_data(), DemoPlan.for_data("emoji64"), DemoPlan.for_data("fashion-mnist")
+    assert (grey.resolution, grey.vq_preset, grey.tokenizer) == (32, "VQ-tiny", "shipped")
+    assert (colour.resolution, colour.vq_preset, colour.tokenizer) == (64, "VQ-64-f8", "shipped")
+    assert colour.gpt_preset == COLOUR["gpt_preset"] and colour.steps == COLOUR["steps"]
+    assert (other.resolution, other.tokenizer) == (32, "train")  # no shipped tokenizer: trained here
+    q = DemoPlan.quick("emoji64")
+    assert q.resolution == 64 and q.tokenizer == "shipped" and q.steps == 12
+
+
+def test_colour_demo_quick_runs_in_colour_and_scores_with_its_classifier(tmp_path, monkeypatch):
+    """The colour path end to end at smoke size: 64 px RGB samples, the emoji64 classifier's scores,
+    and the page's coarse maps in the clusters' own colours."""
+    from coarse2fine.apps.app import Explorer
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("COARSE2FINE_CACHE", str(tmp_path / "cache"))
+    plan = DemoPlan.quick("emoji64")
+    plan.limit_per_class, plan.per_class, plan.eval_per_class, plan.workers = 12, 1, 2, 1
+    report = run_demo(tmp_path / "demo", plan, progress=False)
+    assert report["tokenizer"]["source"].startswith("shipped") and report["tokenizer"]["K"] == 4096
+    npz = np.load(tmp_path / "demo" / "samples_ctf" / "samples.npz")
+    assert npz["arr_0"].shape == (18, 64, 64, 3)
+    for name in ("ctf", "baseline"):
+        assert 0.0 <= report["evaluation"][name]["class_accuracy"] <= 1.0
+    clf = report["evaluation"]["classifier"]
+    assert clf["dir"] == str(asset_dir("emoji64") / "classifier") and clf["trained_on"] == "emoji64"
+    colours = Explorer.from_demo(tmp_path / "demo").cluster_colors().int()
+    assert (colours.max(1).values - colours.min(1).values).max() > 20  # not grey (0 there): clusters have hues

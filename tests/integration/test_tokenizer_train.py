@@ -125,3 +125,23 @@ def test_tokenizer_run_planning_is_a_library_call(tiny_runs):
         plan_tokenizer_run(tiny_runs["tok"], resume=True, data={"name": "emoji64"})
     with pytest.raises(UserError, match="differs from --vq-preset"):
         plan_tokenizer_run(tiny_runs["tok"], resume=True, arch={"codebook_size": 64})
+
+
+def test_a_preset_name_brings_its_recipe_in_python_as_on_the_command_line(tmp_path):
+    """train_tokenizer("VQ-64-f8", ...) trains with that preset's recipe ("cpu64": the perceptual and
+    colour terms), as `train-tokenizer --vq-preset VQ-64-f8` does; keywords override single fields and a
+    whole TokenizerTrainConfig is taken as given. (It used to train plain L2 at batch 32 from Python.)"""
+    from coarse2fine.config import TokenizerTrainConfig, tokenizer_recipe
+
+    torch.set_num_threads(1)
+    ds = Blobs(n=8, resolution=64)
+    cpu64 = tokenizer_recipe("VQ-64-f8")
+    run = train_tokenizer("VQ-64-f8", tmp_path / "named", ds, steps=1, batch_size=4, progress=False)
+    tc = json.loads((run / "config.json").read_text())["train"]
+    assert tc["recipe"] == "cpu64" and tc["batch_size"] == 4  # the keyword wins over the recipe's 16
+    for key in ("perceptual_weight", "perceptual_depth", "colour_weight", "disc_weight"):
+        assert tc[key] == cpu64[key], key
+    whole = TokenizerTrainConfig(steps=1, batch_size=4)
+    run = train_tokenizer("VQ-64-f8", tmp_path / "whole", ds, whole, progress=False)
+    tc = json.loads((run / "config.json").read_text())["train"]
+    assert tc["recipe"] == "custom" and tc["perceptual_weight"] == 0.0 and tc["colour_weight"] == 0.0

@@ -52,11 +52,15 @@ def psnr_from_mse(mse_pm1: float) -> float:
 
 def _resolve(vq_cfg: VQConfig | dict | str, train: TokenizerTrainConfig | dict | None,
              overrides: dict[str, Any]) -> tuple[VQConfig, TokenizerTrainConfig]:
+    recipe: dict[str, Any] = {}
     if isinstance(vq_cfg, str):
+        # a preset name brings its recipe, as `train-tokenizer --vq-preset` does (VQ-64-f8 -> "cpu64");
+        # a TokenizerTrainConfig given whole is taken as it is, a dict or keywords override the recipe
+        recipe = tokenizer_recipe(vq_cfg) if not isinstance(train, TokenizerTrainConfig) else {}
         vq_cfg = vq_config(vq_cfg)
     elif isinstance(vq_cfg, dict):
         vq_cfg = from_dict(VQConfig, vq_cfg)
-    base = to_dict(train) if isinstance(train, TokenizerTrainConfig) else dict(train or {})
+    base = to_dict(train) if isinstance(train, TokenizerTrainConfig) else {**recipe, **dict(train or {})}
     base.update({k: v for k, v in overrides.items() if v is not None})
     tc = from_dict(TokenizerTrainConfig, base)
     tc.validate()
@@ -85,8 +89,9 @@ def train_tokenizer(vq_cfg: VQConfig | dict | str, out_dir: str | Path, dataset,
                     **train_overrides) -> Path:
     """Train (or resume) a VQ tokenizer on `dataset` (ImageDataset); returns the run dir.
 
-    vq_cfg: VQConfig, its dict, or a preset name. train / train_overrides / steps: TokenizerTrainConfig
-    fields (None = not given). time_budget_s / stop_at_step end this call early (checkpoint written;
+    vq_cfg: VQConfig, its dict, or a preset name; a name brings the preset's training recipe
+    (config.tokenizer_recipe, as the CLI does) unless `train` is a whole TokenizerTrainConfig.
+    train / train_overrides / steps: TokenizerTrainConfig fields (None = not given). time_budget_s / stop_at_step end this call early (checkpoint written;
     `resume=True` continues). On resume a setting not given takes the run's value; a given one that
     differs is refused, except a larger `steps` (an extension, recorded in config.json "history").
     A NaN/Inf loss or gradient norm stops the run before that step is saved. One process per run dir.
