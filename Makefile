@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo demo-colour test test-all clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(BIN)/python
 
 demo: install
 	$(BIN)/coarse2fine demo --out runs/demo
+
+demo-colour: install
+	$(BIN)/coarse2fine demo --data emoji64 --out runs/demo_emoji64
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -32,8 +32,9 @@ def render(results: Path) -> None:
 
     head = " | ".join(f"τ {t:g}, CFG {c:g}" for t, c in settings)
     lines = ["# Colour demo: quality against training CPU-minutes (emoji64, 64 px)", "",
-             "Command: `benchmarks/quality/colour_curve.py --lane ctf & ... --lane baseline` (one-thread processes "
-             "side by side), then `--report`. Each point is a full run of `demo --data emoji64`'s recipe at that "
+             "Command: `benchmarks/quality/colour_curve.py --lane fine & colour_curve.py --lane coarse,baseline &` "
+             "(one-thread processes side by side; where one lane ran ahead, a third took single points, e.g. "
+             "`--lane baseline --points GPT-tiny:2000`), then `--report`. Each point is a full run of `demo --data emoji64`'s recipe at that "
              "backbone and step count (full cosine schedule, batch 48, fp32); scores on 50 samples per class (450) "
              "against the 573 test images. Class accuracy: the shipped Lite0-probe classifier"
              + (f" (real test images: {ceiling:.3f}; the target, 80% of it: {target:.3f})" if ceiling else "")
