@@ -93,22 +93,27 @@ def clusters_section(res: Path) -> list[str]:
     lines = ["", f"## k-means against agglomerative clusters (C = {C}, seed 0, {step}-step schedule)", "",
              "`convergence_study.py --lane agglomerative`: stage 1 and stage 2 trained on each map, same "
              "tokenizer, codes, schedule and seed.", "",
-             "| clusters | cluster sizes min / max | FD | KID | ClassAcc | NLL (coarse + fine) |", "|---|---|---|---|---|---|"]
+             "| clusters | cluster sizes min / max | swap PSNR dB | FD | KID | ClassAcc | NLL (coarse + fine) |",
+             "|---|---|---|---|---|---|---|"]
+    swap = json.loads((d / "swap.json").read_text())["stats"] if (d / "swap.json").exists() else {}
     rows = [("k-means", f"head/ctf/{step}/s0", KM)]
     rows.append(("agglomerative (average linkage)", f"peer/map/agglomerative-{C}/s0", f"agglomerative-{C}"))
     setup = db["setup"]
     for label, key, mapname in rows:
         e = db["entries"].get(key)
         if not e:
-            lines.append(f"| {label} | not run yet | | | | |")
+            lines.append(f"| {label} | not run yet | | | | | |")
             continue
         m = e["metrics"]
         co, fi = csr.ctf_runs(mapname, 0)
         nll = sum(db["runs"][n]["heldout"][str(step)]["nll"] for n in (co, fi)) if all(
             n in db["runs"] and str(step) in db["runs"][n]["heldout"] for n in (co, fi)) else None
-        st = setup.get("maps", {}).get(mapname, {})
+        sw = swap.get(mapname.split("-")[0], {})  # cluster_swap's row for this method, if it ran
+        st = setup.get("maps", {}).get(mapname) or sw.get("sizes", {})
         sizes = f"{st.get('min_size', '-')} / {st.get('max_size', '-')}"
-        lines.append(f"| {label} | {sizes} | {m['FD']:.0f} | {m['KID']:.2f} | {m['ClassAcc']:.3f} | {_f(nll, 'NLL')} |")
+        psnr = f"{sw['psnr_vs_reconstruction']:.2f}" if "psnr_vs_reconstruction" in sw else "-"
+        lines.append(f"| {label} | {sizes} | {psnr} | {m['FD']:.0f} | {m['KID']:.2f} | {m['ClassAcc']:.3f} | "
+                     f"{_f(nll, 'NLL')} |")
     return lines
 
 
