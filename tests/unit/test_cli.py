@@ -388,3 +388,16 @@ def test_device_default_is_cuda_when_available(monkeypatch, argv):
     args = build_parser().parse_args(argv)
     prepare(args)
     assert args.device == "cpu"
+
+
+def test_app_opens_the_colour_demo_when_it_is_the_only_one(tmp_path, monkeypatch):
+    """`coarse2fine app` with no runs opens runs/demo, or runs/demo_emoji64 when only the colour demo ran
+    (it used to look for runs/demo only and fail)."""
+    from coarse2fine.cli.app import default_demo_dir
+
+    monkeypatch.chdir(tmp_path)
+    assert default_demo_dir() == "runs/demo"  # nothing yet: the README's demo, whose error names it
+    (tmp_path / "runs" / "demo_emoji64").mkdir(parents=True)
+    assert default_demo_dir() == "runs/demo_emoji64"
+    (tmp_path / "runs" / "demo").mkdir()
+    assert default_demo_dir() == "runs/demo"

@@ -12,8 +12,8 @@ from coarse2fine.config import UserError
 def register(sub) -> None:
     p = sub.add_parser("app", help="an interactive page: pick a class, see the coarse map, then the image; "
                                    "redraw the details only (needs pip install -e '.[app]')")
-    p.add_argument("--demo", default="runs/demo", help="the demo's output folder, used when no runs are given "
-                                                       "(default runs/demo)")
+    p.add_argument("--demo", help="the demo's output folder, used when no runs are given (default runs/demo, "
+                                  "else runs/demo_emoji64 when only the colour demo has run)")
     p.add_argument("--coarse", help="stage-1 run directory")
     p.add_argument("--fine", help="stage-2 run directory")
     p.add_argument("--baseline", help="optional baseline run directory, shown beside CTF for the same class/seed")
@@ -23,6 +23,15 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on, 1..65535 (default 7860)")
     p.set_defaults(func=cmd_app)
+
+
+def default_demo_dir() -> str:
+    """runs/demo (the README's demo); runs/demo_emoji64 (`demo --data emoji64`) when only that one exists."""
+    from pathlib import Path
+
+    if not Path("runs/demo").exists() and Path("runs/demo_emoji64").exists():
+        return "runs/demo_emoji64"
+    return "runs/demo"
 
 
 def check_port(host: str, port: int) -> None:
@@ -66,7 +75,7 @@ def cmd_app(args) -> int:
     else:
         if args.baseline:
             raise UserError("--baseline goes with --coarse/--fine")
-        ex = Explorer.from_demo(args.demo, args.device)
+        ex = Explorer.from_demo(args.demo or default_demo_dir(), args.device)
     print(f"coarse2fine app: {len(ex.class_names)} classes, baseline {'on' if ex.baseline else 'off'}; "
           f"open http://{args.host}:{args.port}", flush=True)
     try:
