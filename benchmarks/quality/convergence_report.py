@@ -117,6 +117,27 @@ def clusters_section(res: Path) -> list[str]:
     return lines
 
 
+def seeds_section(db: dict) -> list[str]:
+    """CTF minus baseline at every checkpoint that both pipelines of a seed reached, seed by seed."""
+    seeds = sorted({r["seed"] for r in db["runs"].values()})
+    rows = []
+    for sd in seeds:
+        cur = curves(db, sd)
+        base = {r["step"]: r for r in cur["baseline"]}
+        for c in cur["ctf"]:
+            b = base.get(c["step"])
+            if b:
+                rows.append((c["step"], sd, c, b))
+    if not any(sd != 0 for _, sd, _, _ in rows):
+        return []
+    lines = ["", "## Seed by seed: CTF minus the baseline at equal steps", "",
+             "| step | seed | Δ FD | Δ ClassAcc | Δ NLL |", "|---|---|---|---|---|"]
+    for st, sd, c, b in sorted(rows, key=lambda t: (t[0], t[1])):
+        d = {n: (c[n] - b[n]) if c[n] is not None and b[n] is not None else None for n in ("FD", "ClassAcc", "NLL")}
+        lines.append(f"| {st} | {sd} | {_f(d['FD'], 'FD')} | {_f(d['ClassAcc'], 'ClassAcc')} | {_f(d['NLL'], 'NLL')} |")
+    return lines
+
+
 def render(res: Path, work: Path | None = None) -> None:
     d = res / f"K{K}"
     db = csr.merge(d) if d.exists() else None
@@ -162,6 +183,7 @@ def render(res: Path, work: Path | None = None) -> None:
         lines.append(f"| {c['cpu_s'] / 60:.1f} (CTF's) | {b['step']} | {c['step']} | {_f(b['FD'], 'FD')} | "
                      f"{_f(c['FD'], 'FD')} | {_f(b['ClassAcc'], 'ClassAcc')} | {_f(c['ClassAcc'], 'ClassAcc')} | "
                      f"{_f(b['NLL'], 'NLL')} | {_f(c['NLL'], 'NLL')} |")
+    lines += seeds_section(db)
     lines += clusters_section(res)
     lines += ["", "convergence.png: the four scores against steps (top) and training CPU-minutes (bottom), log x."]
     if cur["ctf"] and cur["baseline"]:
