@@ -82,13 +82,13 @@ def build(out: Path, vq_steps: int | None = None, clf_epochs: int | None = None,
         train_classifier(data, spec["resolution"], run, seed=0, limit_per_class=limit_per_class, log=log, **clf_kw)
         _keep(run, out / "classifier")
         log(f"classifier done in {time.time() - t:.0f} s")
-    manifest = {"torch": torch.__version__, "data": data, "vq_preset": spec["vq_preset"], "vq_steps": vq_steps,
-                "classifier": clf_kw,
+    manifest = {"torch": torch.__version__, "vq_steps": vq_steps,
                 "sha256": {f"{d}/model.safetensors": _sha(out / d / "model.safetensors")
                            for d in ("tokenizer", "classifier")}}
     if data == "default":  # the first set's manifest keys, unchanged
-        manifest = {"torch": torch.__version__, "vq_steps": vq_steps, "classifier_epochs": clf_kw["epochs"],
-                    "sha256": manifest["sha256"]}
+        manifest["classifier_epochs"] = clf_kw["epochs"]
+    else:
+        manifest.update(data=data, vq_preset=spec["vq_preset"], classifier=clf_kw)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 

@@ -133,12 +133,9 @@ def score_point(args, preset: str, steps: int, lane: str, cpu_s: float) -> None:
     from coarse2fine.sampling import StageSampling
 
     d = point_dir(args, preset, steps)
-    res_file = args.results / "points.jsonl"
-    done = set()
-    if res_file.exists():
-        for line in res_file.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["preset"], r["steps"], r["seed"], r["pipeline"], r["temperature"], r["cfg"]))
+    from colour_curve_report import load, row_key
+
+    done = {row_key(r) for r in load(args.results)}
     plan = base_plan(args.seed)
     pipe = (CTFPipeline.from_runs(d / "coarse", d / "fine") if lane == "ctf" else ARPipeline.from_runs(d / "baseline"))
     labels = torch.arange(9).repeat_interleave(args.per_class)
@@ -160,7 +157,7 @@ def score_point(args, preset: str, steps: int, lane: str, cpu_s: float) -> None:
                "kid": ev["kid"], "per_class_accuracy": ev["per_class_accuracy"], "n": ev["n"],
                "sample_s": sample_s}
         args.results.mkdir(parents=True, exist_ok=True)
-        with open(res_file, "a") as f:
+        with open(args.results / "points.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         log(f"   {lane} {preset} {steps} t{temp} cfg{cfg}: ClassAcc {ev['class_accuracy']:.3f}, FD {ev['fd']:.0f} "
             f"({cpu_s / 60:.1f} train CPU-min)")

@@ -6,11 +6,16 @@ from collections import defaultdict
 from pathlib import Path
 
 
+def row_key(r: dict) -> tuple:
+    """What a scored row is of: one pipeline of one point at one sampling setting."""
+    return r["preset"], r["steps"], r["seed"], r["pipeline"], r["temperature"], r["cfg"]
+
+
 def load(results: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (results / "points.jsonl").read_text().splitlines() if line.strip()]
-    # a rerun of a scored row keeps the last one
-    keyed = {(r["preset"], r["steps"], r["seed"], r["pipeline"], r["temperature"], r["cfg"]): r for r in rows}
-    return list(keyed.values())
+    """The scored rows of points.jsonl (none before the first), a rescored row's last version only."""
+    f = results / "points.jsonl"
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+    return list({row_key(r): r for r in rows}.values())
 
 
 def classifier_ceiling() -> float | None:

@@ -75,8 +75,6 @@ class DemoPlan:
         """The plan for a data set: the embedded grey data at 32 px (the fields' defaults), emoji64 in
         colour at 64 px (COLOUR below), anything else at 32 px with a tokenizer trained here. The
         shipped tokenizer is used wherever the package has one for the data (data.builtin.has_demo_assets)."""
-        from coarse2fine.data.builtin import has_demo_assets
-
         fields = {"data": data, **(COLOUR if data == "emoji64" else {}), **overrides}
         plan = cls(**fields)
         if not has_demo_assets(plan.data, plan.resolution):
@@ -91,6 +89,11 @@ class DemoPlan:
 # (0.276 for 12.4) and GPT-tiny 2000 (0.296, better FD); CFG 5 beat 2 and 3 at every GPT-tiny point but 2000.
 # vq_batch 16 is the cpu64 recipe's, for --train-tokenizer.
 COLOUR = dict(resolution=64, vq_preset="VQ-64-f8", vq_batch=16, gpt_preset="GPT-tiny", steps=1000, cfg_scale=5.0)
+
+
+def default_out(data: str = "default") -> str:
+    """The demo's output folder when --out is not given: runs/demo for the embedded data, runs/demo_<data> else."""
+    return "runs/demo" if data == "default" else f"runs/demo_{data}"
 
 
 def demo_precision(requested: str) -> str:
@@ -317,7 +320,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
                         f"{workers} process(es) at once)")
     report["models"] = train_stages(out, plan, tcfg, meta, c, workers, bar)
     report["stage_workers"] = workers
-    times = {"models": bar.end()}
+    bar.end()
 
     # 5. samples: eval_per_class of every class from each; the grid shows the first per_class
     bar.start("samples", f"sampling {plan.eval_per_class} images of every class from CTF and from the baseline")

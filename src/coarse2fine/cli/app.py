@@ -29,9 +29,10 @@ def default_demo_dir() -> str:
     """runs/demo (the README's demo); runs/demo_emoji64 (`demo --data emoji64`) when only that one exists."""
     from pathlib import Path
 
-    if not Path("runs/demo").exists() and Path("runs/demo_emoji64").exists():
-        return "runs/demo_emoji64"
-    return "runs/demo"
+    from coarse2fine.apps.demo import default_out
+
+    grey, colour = default_out(), default_out("emoji64")
+    return colour if not Path(grey).exists() and Path(colour).exists() else grey
 
 
 def check_port(host: str, port: int) -> None:

@@ -1,7 +1,7 @@
 """`coarse2fine demo`: the README's main job."""
 from __future__ import annotations
 
-from coarse2fine.apps.demo import DemoPlan, run_demo
+from coarse2fine.apps.demo import DemoPlan, default_out, run_demo
 from coarse2fine.cli._args import nonneg_int, positive_int, seed_int
 
 
@@ -50,6 +50,5 @@ def cmd_demo(args) -> int:
     plan.workers = args.workers
     if args.preset:
         plan.gpt_preset = args.preset
-    out = args.out or ("runs/demo" if args.data == "default" else f"runs/demo_{args.data}")
-    run_demo(out, plan, progress=not args.no_progress)
+    run_demo(args.out or default_out(args.data), plan, progress=not args.no_progress)
     return 0

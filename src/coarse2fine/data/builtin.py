@@ -95,8 +95,7 @@ def demo_asset_dir(data: str = "default") -> Path:
     """The demo's shipped networks for a data set: tokenizer/ and classifier/ (each config.json +
     model.safetensors), made by scripts/make_demo_assets.py: "default" (the embedded grey data at 32 px)
     and "emoji64" (colour, 64 px)."""
-    folder = DEMO_ASSET_SETS.get(data, ("demo", 32))[0]
-    return Path(str(importlib.resources.files("coarse2fine.data") / "assets" / folder))
+    return Path(str(importlib.resources.files("coarse2fine.data") / "assets" / DEMO_ASSET_SETS[data][0]))
 
 
 def has_demo_assets(data: str, resolution: int) -> bool:

@@ -52,15 +52,14 @@ def psnr_from_mse(mse_pm1: float) -> float:
 
 def _resolve(vq_cfg: VQConfig | dict | str, train: TokenizerTrainConfig | dict | None,
              overrides: dict[str, Any]) -> tuple[VQConfig, TokenizerTrainConfig]:
-    recipe: dict[str, Any] = {}
+    if isinstance(train, TokenizerTrainConfig):  # given whole: taken as it is
+        base = to_dict(train)
+    else:  # a preset name brings its recipe, as `train-tokenizer --vq-preset` does; a dict overrides it
+        base = {**(tokenizer_recipe(vq_cfg) if isinstance(vq_cfg, str) else {}), **dict(train or {})}
     if isinstance(vq_cfg, str):
-        # a preset name brings its recipe, as `train-tokenizer --vq-preset` does (VQ-64-f8 -> "cpu64");
-        # a TokenizerTrainConfig given whole is taken as it is, a dict or keywords override the recipe
-        recipe = tokenizer_recipe(vq_cfg) if not isinstance(train, TokenizerTrainConfig) else {}
         vq_cfg = vq_config(vq_cfg)
     elif isinstance(vq_cfg, dict):
         vq_cfg = from_dict(VQConfig, vq_cfg)
-    base = to_dict(train) if isinstance(train, TokenizerTrainConfig) else {**recipe, **dict(train or {})}
     base.update({k: v for k, v in overrides.items() if v is not None})
     tc = from_dict(TokenizerTrainConfig, base)
     tc.validate()
