@@ -215,8 +215,11 @@ def _rss_bytes() -> int | None:
 
 @dataclass
 class PeakMemory:
-    """Peak memory of a code region: CUDA peak allocated bytes, or on CPU the process's peak
-    resident set (Linux VmHWM, reset on entry) and its rise above the resident set at entry."""
+    """Peak memory of a code region: CUDA peak allocated bytes, or on CPU the process's peak resident
+    set and its rise above the resident set at entry. kind says how the CPU peak was read:
+    "peak RSS" (Linux VmHWM, reset on entry), "lifetime peak RSS" (VmHWM could not be reset but the
+    region set a new record, so it is the region's own peak) or "sampled peak RSS" (an earlier peak
+    hides the region's: the largest resident set a 1 ms sampler saw, a lower bound)."""
 
     kind: str = ""
     peak_bytes: int | None = None
@@ -229,6 +232,42 @@ class PeakMemory:
     @property
     def rise_mib(self) -> float | None:
         return None if self.rise_bytes is None else self.rise_bytes / 2 ** 20
+
+
+_RESET_SLACK = 4 * 2 ** 20  # after a reset the high-water mark is the resident set, give or take a few pages
+
+
+def _reset_rss_hwm() -> bool:
+    """Reset VmHWM (write 5 to clear_refs, Linux >= 4.0) and check that it took: some kernels and
+    sandboxes refuse the write, others accept it and keep the old mark."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    hwm, rss = _rss_hwm_bytes(), _rss_bytes()
+    return hwm is not None and rss is not None and hwm <= rss + _RESET_SLACK
+
+
+class _RssSampler:
+    """Polls the resident set in a daemon thread; .peak is the largest value seen."""
+
+    def __init__(self, interval_s: float = 0.001):
+        import threading
+
+        self.peak, self._interval = _rss_bytes() or 0, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes() or 0)
+            self._stop.wait(self._interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, _rss_bytes() or 0)
 
 
 @contextmanager
@@ -246,13 +285,20 @@ def peak_memory(device: torch.device | str = "cpu"):
         pm.rise_bytes = pm.peak_bytes - start
         return
     start = _rss_bytes()
-    try:  # writing 5 to clear_refs resets VmHWM (Linux >= 4.0); without it the peak is lifetime
-        Path("/proc/self/clear_refs").write_text("5")
-        kind = "peak RSS"
-    except OSError:
-        kind = "lifetime peak RSS"
-    yield pm
-    pm.kind, pm.peak_bytes = kind, _rss_hwm_bytes()
+    resettable = _reset_rss_hwm()
+    hwm_before = _rss_hwm_bytes()
+    sampler = None if resettable else _RssSampler()
+    try:
+        yield pm
+    finally:
+        sampled = sampler.stop() if sampler is not None else None
+    hwm = _rss_hwm_bytes()
+    if resettable:
+        pm.kind, pm.peak_bytes = "peak RSS", hwm
+    elif hwm is not None and hwm_before is not None and hwm > hwm_before:
+        pm.kind, pm.peak_bytes = "lifetime peak RSS", hwm
+    else:
+        pm.kind, pm.peak_bytes = "sampled peak RSS", sampled
     if pm.peak_bytes is not None and start is not None:
         pm.rise_bytes = max(0, pm.peak_bytes - start)
 
