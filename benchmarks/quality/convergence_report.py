@@ -57,31 +57,6 @@ def _f(v, name: str) -> str:
     return f"{v:.3f}" if name in ("ClassAcc", "NLL") else (f"{v:.2f}" if name == "KID" else f"{v:.0f}")
 
 
-def plot(cur: dict, dest: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
-    for row, (xkey, xlabel) in enumerate((("step", "training steps"), ("cpu_s", "training CPU-minutes"))):
-        for col, (name, _) in enumerate(METRICS):
-            ax = axes[row][col]
-            for kind, colour in (("ctf", "tab:blue"), ("baseline", "tab:orange")):
-                rs = [r for r in cur[kind] if r[name] is not None]
-                xs = [r[xkey] / (60 if xkey == "cpu_s" else 1) for r in rs]
-                ax.plot(xs, [r[name] for r in rs], "o-", color=colour, label=kind)
-            ax.set_xscale("log")
-            ax.set_xlabel(xlabel)
-            ax.set_title(name)
-            if row == 0 and col == 0:
-                ax.legend()
-    fig.suptitle(f"emoji64, 8x8 codes, K = {K}, C = {C}, GPT-tiny, seed 0")
-    fig.tight_layout()
-    fig.savefig(dest / "convergence.png", dpi=80)
-    plt.close(fig)
-
-
 def clusters_section(res: Path) -> list[str]:
     d = res / f"K{K}_clusters"
     if not d.exists():
@@ -138,56 +113,184 @@ def seeds_section(db: dict) -> list[str]:
     return lines
 
 
+
+def mean_curves(db: dict, seeds: list[int]) -> dict[str, list[dict]]:
+    """Per pipeline, one row per checkpoint that every seed reached: the mean and the spread (sample std)
+    of each metric and of the training CPU-seconds, and the per-seed values (for sign counts)."""
+    per_seed = {sd: curves(db, sd) for sd in seeds}
+    out = {}
+    for kind in ("ctf", "baseline"):
+        by_step: dict[int, list[dict]] = {}
+        for sd in seeds:
+            for r in per_seed[sd][kind]:
+                by_step.setdefault(r["step"], []).append(r)
+        rows = []
+        for st, rs in sorted(by_step.items()):
+            if len(rs) != len(seeds):
+                continue
+            row = {"step": st, "n": len(rs), "per_seed": {sd: r for sd, r in zip(seeds, rs)}}
+            for name in ("cpu_s", *(m for m, _ in METRICS)):
+                vals = [r[name] for r in rs if r[name] is not None]
+                if not vals:
+                    row[name], row[name + "_sd"] = None, None
+                    continue
+                mean = sum(vals) / len(vals)
+                row[name] = mean
+                row[name + "_sd"] = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+            rows.append(row)
+        out[kind] = rows
+    return out
+
+
+def _pmf(r: dict, name: str) -> str:
+    if not r or r.get(name) is None:
+        return "-"
+    return _f(r[name], name) + (f" ± {_f(r[name + '_sd'], name)}" if r.get("n", 1) > 1 else "")
+
+
+def along_section(cur: dict, title: str) -> list[str]:
+    lines = ["", title, "",
+             "| step | CTF FD | base FD | CTF KID | base KID | CTF ClassAcc | base ClassAcc | CTF NLL | base NLL "
+             "| CTF CPU-min | base CPU-min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    by_step = {r["step"]: r for r in cur["baseline"]}
+    for r in cur["ctf"]:
+        b = by_step.get(r["step"], {})
+        base_cpu = f"{b['cpu_s'] / 60:.1f}" if b else "-"
+        lines.append(f"| {r['step']} | " + " | ".join(f"{_pmf(r, n)} | {_pmf(b, n)}" for n, _ in METRICS)
+                     + f" | {r['cpu_s'] / 60:.1f} | {base_cpu} |")
+    return lines
+
+
+def minima_section(db: dict, seeds: list[int]) -> tuple[list[str], dict]:
+    lines = ["", "Lowest held-out NLL per network and seed (step, nats per token; the last scored step beside it):", ""]
+    mins = {}
+    for sd in seeds:
+        mins[sd] = nll_minima(db, sd)
+        lines += [f"- seed {sd}, {stage}: step {s} ({v:.3f}); scored up to step {last}" + (
+            " -- the minimum is the last checkpoint: not yet past it" if s == last else " -- past it")
+            for stage, (s, v, last) in sorted(mins[sd].items())]
+    return lines, mins
+
+
+def matched_section(cur: dict, title: str) -> list[str]:
+    """The compute-matched comparison on the seed-mean curves; per pair, in how many seeds CTF's FD and
+    ClassAcc beat the baseline's (each seed's own checkpoints at those steps)."""
+    lines = ["", title, "",
+             "CTF at the baseline's budget: for each baseline checkpoint, CTF's latest checkpoint that cost no "
+             "more mean training CPU; and the baseline at CTF's budget the same way. 'CTF ahead': seeds in "
+             "which CTF's FD is lower / its ClassAcc higher at that pair of checkpoints.", "",
+             "| budget (CPU-min) | baseline step | CTF step | base FD | CTF FD | base ClassAcc | CTF ClassAcc | "
+             "base NLL | CTF NLL | CTF ahead (FD, ClassAcc) |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ahead(b: dict, c: dict) -> str:
+        seeds = sorted(set(b.get("per_seed", {})) & set(c.get("per_seed", {})))
+        fd = sum(c["per_seed"][s]["FD"] < b["per_seed"][s]["FD"] for s in seeds)
+        ca = sum((c["per_seed"][s]["ClassAcc"] or 0) > (b["per_seed"][s]["ClassAcc"] or 0) for s in seeds)
+        return f"{fd}/{len(seeds)}, {ca}/{len(seeds)}"
+
+    def row(b: dict, c: dict, budget: dict, whose: str) -> str:
+        return (f"| {budget['cpu_s'] / 60:.1f} ({whose}) | {b['step']} | {c['step']} | {_pmf(b, 'FD')} | "
+                f"{_pmf(c, 'FD')} | {_pmf(b, 'ClassAcc')} | {_pmf(c, 'ClassAcc')} | {_pmf(b, 'NLL')} | "
+                f"{_pmf(c, 'NLL')} | {ahead(b, c)} |")
+
+    for b, c in matched(cur["baseline"], cur["ctf"]):
+        lines.append(row(b, c, b, "baseline's"))
+    for c, b in matched(cur["ctf"], cur["baseline"]):
+        lines.append(row(b, c, c, "CTF's"))
+    return lines
+
+
+def _plot_mean(cur: dict, long: dict | None, dest: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for row, (xkey, xlabel) in enumerate((("step", "training steps"), ("cpu_s", "training CPU-minutes"))):
+        for col, (name, _) in enumerate(METRICS):
+            ax = axes[row][col]
+            for curves_, style, tag in ((cur, "o-", ""), (long or {}, "s--", " (long schedule, seed 0)")):
+                for kind, colour in (("ctf", "tab:blue"), ("baseline", "tab:orange")):
+                    rs = [r for r in curves_.get(kind, []) if r.get(name) is not None]
+                    if not rs:
+                        continue
+                    xs = [r[xkey] / (60 if xkey == "cpu_s" else 1) for r in rs]
+                    ax.errorbar(xs, [r[name] for r in rs], yerr=[r.get(name + "_sd") or 0 for r in rs], fmt=style,
+                                color=colour, label=kind + tag, capsize=3, alpha=1.0 if not tag else 0.7)
+            ax.set_xscale("log")
+            ax.minorticks_off()  # log minor labels overprint each other at this width
+            ticks = sorted({r["step"] for c in (cur, long or {}) for k in c.values() for r in k}) if xkey == "step" \
+                else [t for t in (2, 5, 10, 20, 50, 100, 200) if t <= max(r["cpu_s"] for k in cur.values() for r in k) / 30]
+            ax.set_xticks(ticks)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.tick_params(axis="x", labelsize=7)
+            ax.set_xlabel(xlabel)
+            ax.set_title(name)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(dest / "convergence.png", dpi=80)
+    plt.close(fig)
+
+
+def long_dirs(res: Path) -> list[Path]:
+    """Result dirs of longer schedules (convergence_study.py --steps N): K16384_<N>steps."""
+    return sorted((d for d in res.glob(f"K{K}_*steps") if d.is_dir()), key=lambda d: int(d.name.split("_")[1][:-5]))
+
+
 def render(res: Path, work: Path | None = None) -> None:
     d = res / f"K{K}"
     db = csr.merge(d) if d.exists() else None
     if not db or not db["plan"]:
         print(f"nothing to report in {d} yet")
         return
-    seed = 0
-    cur = curves(db, seed)
+    seeds = csr.seeds_of(db)
+    cur = mean_curves(db, seeds)
     plan = db["plan"]
+    n = len(seeds)
     lines = [f"# Does CTF's lead survive training? (issue 30) emoji64, K = {K}, C = {C}", "",
-             f"Command: `benchmarks/quality/convergence_study.py --lane ctf|baseline --seeds 0` (two one-thread "
-             f"processes), then `--report`. One schedule of {plan['steps']} steps (setup below), scored at "
+             f"Command: `benchmarks/quality/convergence_study.py --lane ctf|baseline --seeds S` (two one-thread "
+             f"processes per seed), then `--report`. One schedule of {plan['steps']} steps (setup below), scored at "
              f"steps {', '.join(map(str, plan['checkpoints']))} of that one schedule with {plan['n_head']} "
              "class-balanced samples (FD/KID on EfficientNet-Lite0 at 64 px against the 5,145 training images; "
              "class accuracy of the study's emoji64 classifier; held-out NLL per token on the 573 test images, "
-             "CTF = stage 1 + stage 2). CPU-s: the training process's own CPU time (one thread).", ""]
+             "CTF = stage 1 + stage 2). CPU-s: the training process's own CPU time (one thread). "
+             f"Seeds: {', '.join(map(str, seeds))}; ± is the sample std over them.", ""]
     lines += csr._setup(db, KM)
     lines += csr._provenance(db)
-    lines += ["", "## Along training (seed 0)", "",
-              "| step | CTF FD | base FD | CTF KID | base KID | CTF ClassAcc | base ClassAcc | CTF NLL | base NLL "
-              "| CTF CPU-min | base CPU-min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    by_step = {r["step"]: r for r in cur["baseline"]}
-    for r in cur["ctf"]:
-        b = by_step.get(r["step"], {})
-        base_cpu = f"{b['cpu_s'] / 60:.1f}" if b else "-"
-        lines.append(f"| {r['step']} | " + " | ".join(f"{_f(r[n], n)} | {_f(b.get(n), n)}" for n, _ in METRICS)
-                     + f" | {r['cpu_s'] / 60:.1f} | {base_cpu} |")
-    mins = nll_minima(db, seed)
-    lines += ["", "Lowest held-out NLL per network (step, nats per token; the last scored step beside it):", ""]
-    lines += [f"- {stage}: step {s} ({v:.3f}); scored up to step {last}" + (
-        " -- the minimum is the last checkpoint: not yet past it" if s == last else "")
-        for stage, (s, v, last) in sorted(mins.items())]
-    lines += ["", "## At equal training compute (seed 0)", "",
-              "CTF at the baseline's budget: for each baseline checkpoint, CTF's latest checkpoint that cost no "
-              "more training CPU; and the baseline at CTF's budget the same way.", "",
-              "| budget (CPU-min) | baseline step | CTF step | base FD | CTF FD | base ClassAcc | CTF ClassAcc | "
-              "base NLL | CTF NLL |", "|---|---|---|---|---|---|---|---|---|"]
-    for b, c in matched(cur["baseline"], cur["ctf"]):
-        lines.append(f"| {b['cpu_s'] / 60:.1f} (baseline's) | {b['step']} | {c['step']} | {_f(b['FD'], 'FD')} | "
-                     f"{_f(c['FD'], 'FD')} | {_f(b['ClassAcc'], 'ClassAcc')} | {_f(c['ClassAcc'], 'ClassAcc')} | "
-                     f"{_f(b['NLL'], 'NLL')} | {_f(c['NLL'], 'NLL')} |")
-    for c, b in matched(cur["ctf"], cur["baseline"]):
-        lines.append(f"| {c['cpu_s'] / 60:.1f} (CTF's) | {b['step']} | {c['step']} | {_f(b['FD'], 'FD')} | "
-                     f"{_f(c['FD'], 'FD')} | {_f(b['ClassAcc'], 'ClassAcc')} | {_f(c['ClassAcc'], 'ClassAcc')} | "
-                     f"{_f(b['NLL'], 'NLL')} | {_f(c['NLL'], 'NLL')} |")
+    lines += along_section(cur, f"## Along training (mean ± std over {n} seed{'s' if n > 1 else ''})")
+    mlines, mins = minima_section(db, seeds)
+    lines += mlines
+    lines += matched_section(cur, f"## At equal training compute ({n} seed{'s' if n > 1 else ''})")
     lines += seeds_section(db)
+    long_cur = None
+    for ld in long_dirs(res):
+        ldb = csr.merge(ld)
+        if not ldb["plan"]:
+            continue
+        lseeds = csr.seeds_of(ldb)
+        lcur = mean_curves(ldb, lseeds)
+        long_cur = long_cur or lcur
+        steps = ldb["plan"]["steps"]
+        lines += ["", f"## A {steps}-step schedule (seed{'s' if len(lseeds) > 1 else ''} "
+                  f"{', '.join(map(str, lseeds))}): past the {plan['steps']}-step one", "",
+                  f"`convergence_study.py --lane ctf|baseline --steps {steps} --checkpoints "
+                  f"{','.join(map(str, ldb['plan']['checkpoints']))}`: the same setup (linked, not retrained), a "
+                  f"cosine schedule {steps} steps long, so a checkpoint at step s here is not the {plan['steps']}-step "
+                  f"run's step s (its learning rate is higher). Results: `{ld.name}/`."]
+        lines += csr._provenance(ldb)
+        lines += along_section(lcur, f"### Along the {steps}-step schedule")
+        lines += minima_section(ldb, lseeds)[0]
+        lines += matched_section(lcur, f"### At equal training compute, {steps}-step schedule")
     lines += clusters_section(res)
-    lines += ["", "convergence.png: the four scores against steps (top) and training CPU-minutes (bottom), log x."]
+    lines += ["", "convergence.png: the four scores against steps (top) and training CPU-minutes (bottom), log x; "
+              f"points are seed means with ± std bars ({n} seeds), dashed squares the longer schedule."]
     if cur["ctf"] and cur["baseline"]:
-        plot(cur, res)
+        _plot_mean(cur, long_cur, res, f"emoji64, 8x8 codes, K = {K}, C = {C}, GPT-tiny, {n} seeds")
     (res / "report.md").write_text("\n".join(lines) + "\n")
-    (res / "curves.json").write_text(json.dumps({"seed": seed, "curves": cur, "nll_minima": mins}, indent=1))
+    (res / "curves.json").write_text(json.dumps({"seeds": seeds, "curves": cur, "long": long_cur,
+                                                 "nll_minima": {str(k): v for k, v in mins.items()}}, indent=1))
     print("\n".join(lines))

@@ -12,6 +12,8 @@ scores every pipeline at log-spaced checkpoints: FD and KID (EfficientNet-Lite0,
     $S --lane agglomerative --seeds 0     # CTF on k-means vs average-linkage clusters (MASC), C = 512,
                                           # both at a 600-step schedule (the codebook study's length)
     $S --report                           # benchmarks/results/convergence_emoji64/report.md + plots
+    $S --lane ctf --steps 4000 --checkpoints 250,500,1000,2000,2800,4000 &  # a longer schedule: its own
+    $S --lane baseline --steps 4000 --checkpoints 250,500,1000,2000,2800,4000 &  # K16384_4000steps folders
 
 Every lane resumes: finished runs, checkpoints and scores are reused. Work dir: --out.
 """
@@ -40,11 +42,20 @@ def log(msg: str) -> None:
     print(f"[convergence {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def work_name(args) -> str:
+    """K16384 for the default schedule; a longer (or shorter) one gets its own work and results folder,
+    K16384_<steps>steps, and links the default folder's setup (tokenizer, codes, classifier, maps)."""
+    return f"K{K}" if args.steps == STEPS else f"K{K}_{args.steps}steps"
+
+
 def study_argv(args, phases: str, extra: tuple[str, ...] = ()) -> list[str]:
     import codebook_study
 
+    name = work_name(args)
+    if name != f"K{K}":
+        extra = (*extra, "--reuse-setup", str(args.out / f"K{K}"))
     return ["--data", "emoji64", "--tokenizer", str(codebook_study.tok_dir(args.out, K)),
-            "--out", str(args.out / f"K{K}"), "--results", str(args.results / f"K{K}"),
+            "--out", str(args.out / name), "--results", str(args.results / name),
             "--steps", str(args.steps), "--checkpoints", ",".join(map(str, args.checkpoints)),
             "--threads", "1", "--phases", phases, "--seeds", args.seeds, *extra]
 
@@ -61,7 +72,9 @@ def prepare(args) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         codebook_study.tokenizer(args, K)
         if not (args.results / f"K{K}" / "results_setup.json").exists():
-            ctf_study.main(study_argv(args, "setup"))
+            # the setup always lives in the default schedule's folder (its plan), longer ones link it
+            default = argparse.Namespace(**{**vars(args), "steps": STEPS, "checkpoints": list(CHECKPOINTS)})
+            ctf_study.main(study_argv(default, "setup"))
 
 
 def cluster_swap(args, n_images: int = 180) -> None:
