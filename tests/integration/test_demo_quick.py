@@ -119,10 +119,14 @@ def test_make_demo_assets_is_reproducible(tmp_path):
     try:
         a = mda.build(tmp_path / "a", vq_steps=4, clf_epochs=1, limit_per_class=8, log=lambda m: None)
         b = mda.build(tmp_path / "b", vq_steps=4, clf_epochs=1, limit_per_class=8, log=lambda m: None)
+        # --classifier-only: the tokenizer kept byte for byte, the classifier retrained to the same weights
+        c = mda.build(tmp_path / "c", clf_epochs=1, limit_per_class=8, log=lambda m: None,
+                      tokenizer_from=tmp_path / "a")
     finally:
         torch.set_num_threads(n)
         torch.use_deterministic_algorithms(False)
     assert a == b and mda.same_assets(tmp_path / "a", tmp_path / "b") == []
+    assert c["sha256"] == a["sha256"] and mda.same_assets(tmp_path / "a", tmp_path / "c") == []
 
 
 def test_sample_cli_is_seeded_and_checks_labels(demo, capsys):

@@ -44,12 +44,19 @@ def _score_lines(ev: dict) -> list[str]:
         lines.append(f"| real test images (the ceiling) | {clf.get('test_count', '')} | 0 | 0 | "
                      f"{clf['test_accuracy']:.3f} | {real_is:.2f} |" if real_is is not None else
                      f"| real test images (the ceiling) | | 0 | 0 | {clf['test_accuracy']:.3f} | |")
+        if clf.get("test_reconstructed_accuracy") is not None:
+            lines.append(f"| the same images through the tokenizer | {clf.get('test_count', '')} | | | "
+                         f"{clf['test_reconstructed_accuracy']:.3f} | |")
     m = ev["ctf"]["m"]
     lines += ["", f"How to read: FD and KID compare EfficientNet-Lite0 features of the {ev['ctf']['n']} samples "
                   f"with those of the {m} test images (lower is closer to real data; they are not FID and compare "
                   "only runs with the same N and M), and class accuracy is the share of samples that the data "
                   "set's own classifier assigns to the class asked for (higher is better; the last row is what "
                   "the classifier scores on real test images)."]
+    if clf and clf.get("test_reconstructed_accuracy") is not None:
+        lines += ["", "The classifier was trained on the real training images and on the tokenizer's "
+                      "reconstructions of them; the row 'through the tokenizer' is what it scores on the test images "
+                      "encoded and decoded, the most a generator of this tokenizer's codes can expect."]
     lines += [f"- note: {n}" for n in ev.get("notes", [])]
     return lines
 

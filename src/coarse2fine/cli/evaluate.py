@@ -18,7 +18,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
     train_classifier(args.data, args.image_size, args.out, epochs=args.epochs, batch_size=args.batch_size,
                      lr=args.lr, width=args.width, seed=args.seed, root=args.data_root,
                      limit_per_class=args.limit_per_class, val_fraction=args.val_fraction,
-                     backbone=args.backbone, feature_resolution=args.feature_resolution)
+                     backbone=args.backbone, feature_resolution=args.feature_resolution,
+                     tokenizer=args.tokenizer)
     return 0
 
 
@@ -139,6 +140,10 @@ def register(subparsers) -> None:
                         "EfficientNet-Lite0 features (stronger on small colour sets such as emoji64)")
     t.add_argument("--feature-resolution", type=positive_int, default=128,
                    help="lite0-probe: the size the images are resized to for the features")
+    t.add_argument("--tokenizer", default=None,
+                   help="a tokenizer run dir: also train on its reconstructions of the training images, and "
+                        "report accuracy on the held-out images reconstructed (what scores this tokenizer's "
+                        "samples fairly: a classifier of sharp originals can fail on decoded images)")
     add_threads(t)
     t.set_defaults(func=_train_classifier)
 

@@ -64,20 +64,29 @@ def _fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, penalty: float, see
 
 def train_probe(train_images: np.ndarray, train_labels: np.ndarray, num_classes: int, resolution: int,
                 feature_resolution: int = 128, seed: int = 0,
-                log: Callable[[str], None] = print) -> tuple[FeatureProbe, dict]:
-    """uint8 [N, R, R, 3] images and int labels -> (fitted probe, {"penalty", "val_accuracy", ...})."""
+                log: Callable[[str], None] = print,
+                views: list[np.ndarray] | None = None) -> tuple[FeatureProbe, dict]:
+    """uint8 [N, R, R, 3] images and int labels -> (fitted probe, {"penalty", "val_accuracy", ...}).
+
+    views: other versions of the same N images (uint8 [N, R, R, 3] each, e.g. a tokenizer's
+    reconstructions), trained on beside them with their mirrors; an image and all its versions fall on
+    the same side of the validation split."""
     t0 = time.process_time()
     probe = FeatureProbe(num_classes, resolution, feature_resolution)
     ext = probe._backbone[0]
-    flipped = np.ascontiguousarray(train_images[:, :, ::-1])
-    feats = torch.from_numpy(np.concatenate([extract_features(ext, train_images), extract_features(ext, flipped)]))
-    labels = torch.from_numpy(np.concatenate([train_labels, train_labels])).long()
     n = len(train_labels)
-    log(f"probe: Lite0 features at {feature_resolution} px of {n} images and their mirrors, "
-        f"{time.process_time() - t0:.0f} CPU-s")
-    # validation part: every 10th image with its mirror, so no mirror of a validation image is trained on
-    val_img = torch.from_numpy(np.arange(n) % 10 == 0)
-    val = torch.cat([val_img, val_img])
+    versions = [train_images, *(views or [])]
+    if any(v.shape != train_images.shape for v in versions):
+        raise ValueError("every view must hold the same images as train_images, in the same order")
+    feats = torch.from_numpy(np.concatenate([extract_features(ext, img) for v in versions
+                                             for img in (v, np.ascontiguousarray(v[:, :, ::-1]))]))
+    copies = 2 * len(versions)
+    labels = torch.from_numpy(np.concatenate([train_labels] * copies)).long()
+    log(f"probe: Lite0 features at {feature_resolution} px of {n} images"
+        f"{f' in {len(versions)} versions' if views else ''} and their mirrors, {time.process_time() - t0:.0f} CPU-s")
+    # validation part: every 10th image with its mirror (and its other versions), so no copy of a
+    # validation image is trained on
+    val = torch.from_numpy(np.arange(n) % 10 == 0).repeat(copies)
     mean, std = feats[~val].mean(0), feats[~val].std(0).clamp_min(1e-6)
     z = ((feats - mean) / std).double()
     scores = {}

@@ -183,6 +183,8 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
         clf_info = {"dir": str(classifier_dir), "trained_on": cfg["data"]["name"],
                     "resolution": cfg["arch"]["resolution"], **{f"test_{k}": v for k, v in cfg["test"].items()
                                                                 if k != "per_class"}}
+        if "test_reconstructed" in cfg:  # trained with a tokenizer: its accuracy on reconstructed test images
+            clf_info["test_reconstructed_accuracy"] = cfg["test_reconstructed"]["accuracy"]
         probs = predict_probs(clf.to(dev), images)
         is_mean, is_std = M.inception_score(probs, splits=is_splits)
         real_is = cfg["test"].get("inception_score")
