@@ -7,8 +7,9 @@
 #
 # PRESET: the transformers' preset (default GPT-tiny, minutes on a CPU). VQ_PRESET: the tokenizer's
 # (default VQ-tiny, 32 px). A 64-px VQ preset (VQ-64-f8, VQ-64-f4) runs the 64-px colour path of
-# docs/usage.md: the preset's own tokenizer recipe, the Lite0-probe classifier at 64 px, and samples at the
-# colour demo's measured setting (temperature 0.9, CFG 5; SAMPLE_ARGS overrides it).
+# docs/usage.md: the preset's own tokenizer recipe, the Lite0-probe classifier at 64 px trained on the images
+# and on their reconstructions by OUT/tok (what samples look like), and samples at the colour demo's
+# measured setting (temperature 0.9, CFG 5; SAMPLE_ARGS overrides it).
 #
 # Every command is printed before it runs; OUT/folder_check.md collects the numbers.
 set -euo pipefail
@@ -19,7 +20,7 @@ VQ_PRESET=${4:-VQ-tiny}
 TOK=(); CLF=(); SAMPLE=()
 if [ "$VQ_PRESET" != VQ-tiny ]; then TOK=(--vq-preset "$VQ_PRESET"); fi
 case "$VQ_PRESET" in
-  VQ-64-*) CLF=(--image-size 64 --backbone lite0-probe); SAMPLE=(--temperature 0.9 --cfg 5) ;;
+  VQ-64-*) CLF=(--image-size 64 --backbone lite0-probe --tokenizer "$OUT/tok"); SAMPLE=(--temperature 0.9 --cfg 5) ;;
 esac
 if [ -n "${SAMPLE_ARGS:-}" ]; then read -r -a SAMPLE <<< "$SAMPLE_ARGS"; fi
 C2F=${C2F:-coarse2fine}
@@ -54,7 +55,9 @@ for s in ("coarse", "fine", "baseline"):
     m = json.loads((out / s / "summary.json").read_text())
     L.append(f"| {s} | {m['heldout']['nll']:.3f} | {m['heldout']['acc']:.3f} | {m['loss']:.3f} |")
 clf = json.loads((out / "classifier" / "config.json").read_text())["test"]
-L += ["", f"Classifier held-out accuracy {clf['accuracy']:.3f} on {clf['count']} {clf['split']} images.", ""]
+rec = json.loads((out / "classifier" / "config.json").read_text()).get("test_reconstructed")
+L += ["", f"Classifier held-out accuracy {clf['accuracy']:.3f} on {clf['count']} {clf['split']} images"
+      + (f", {rec['accuracy']:.3f} on the same images through the tokenizer." if rec else "."), ""]
 L += ["| samples | " + " | ".join(r["metric"] for r in json.loads((out / "eval_ctf.json").read_text())["rows"]) + " |"]
 L += ["|---" * (1 + len(json.loads((out / "eval_ctf.json").read_text())["rows"])) + "|"]
 for s in ("ctf", "baseline"):

@@ -71,3 +71,25 @@ def test_cli_classifier_with_a_tokenizer_and_a_size_it_cannot_round_trip(tmp_pat
     assert "on their reconstructions" in capsys.readouterr().out
     with pytest.raises(UserError, match="multiple"):
         round_trip(tok, np.zeros((2, 30, 30, 3), np.uint8), 30)
+
+
+def test_a_tokenizer_of_another_size_or_data_is_caught_before_any_data_is_read(tmp_path):
+    """train-classifier --tokenizer with the grey 32-px demo tokenizer for 64-px emoji64 ran 134 CPU-s of
+    reconstructions and trained on them without a word; it is one line now, before the data is read, and
+    a tokenizer of other data at the right size is a warning."""
+    from coarse2fine.data.builtin import demo_asset_dir
+    from coarse2fine.eval.classifier import check_tokenizer_for
+
+    tok = demo_asset_dir("default") / "tokenizer"
+    with pytest.raises(UserError, match=r"makes 32-px images.*--image-size 32"):
+        train_classifier("emoji64", 64, tmp_path / "c", backbone="lite0-probe", tokenizer=tok, log=lambda m: None)
+    assert not (tmp_path / "c").exists()
+    said: list[str] = []
+    check_tokenizer_for(tok, "emoji64", 32, said.append)
+    assert len(said) == 1 and "trained on 'default'" in said[0] and "'emoji64'" in said[0]
+    said.clear()
+    check_tokenizer_for(tok, "fashion-mnist", 32, said.append)  # the embedded subset of that data set
+    check_tokenizer_for(tok, "default", 32, said.append)
+    assert said == []
+    with pytest.raises(UserError, match="not a tokenizer run"):
+        check_tokenizer_for(demo_asset_dir("emoji64") / "classifier", "emoji64", 64)

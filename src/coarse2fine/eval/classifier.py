@@ -142,6 +142,29 @@ def round_trip(tokenizer_dir: str | Path, images: np.ndarray, resolution: int, b
     return np.concatenate(out)
 
 
+def check_tokenizer_for(tokenizer_dir: str | Path, dataset: str, resolution: int,
+                        log: Callable[[str], None] = print) -> None:
+    """A tokenizer whose reconstructions a classifier of `dataset` at `resolution` is to learn from: it must
+    make images of that size (its samples are what the classifier will score), and one trained on another
+    data set is said in a warning (its reconstructions are not what this data's samples look like)."""
+    from coarse2fine.checkpoint import read_run_config
+
+    cfg = read_run_config(tokenizer_dir)
+    if cfg.get("kind") != "vq" or "vq" not in cfg:
+        raise UserError(f"{tokenizer_dir} is not a tokenizer run (config.json kind={cfg.get('kind')!r}, expected "
+                        "'vq'); pass the directory written by train-tokenizer")
+    size = int(cfg["vq"].get("image_size") or 0)
+    if size and size != resolution:
+        raise UserError(f"the tokenizer in {tokenizer_dir} makes {size}-px images, the classifier is for "
+                        f"{resolution} px; pass --image-size {size} (the size its samples have) or that data's "
+                        "own tokenizer")
+    trained_on = (cfg.get("data") or {}).get("name")
+    same = trained_on == dataset or {trained_on, dataset} <= {"default", "fashion-mnist"}  # the subset of it
+    if trained_on and not same and "folder" not in (trained_on, dataset):
+        log(f"warning: the tokenizer in {tokenizer_dir} was trained on {trained_on!r}, the classifier is for "
+            f"{dataset!r}: its reconstructions are not what samples of {dataset!r} look like")
+
+
 def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs: int = 8,
                      batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 5e-4, width: int = 24,
                      seed: int = 0, root: str | None = None, limit_per_class: int | None = None,
@@ -170,6 +193,8 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
         raise UserError("--epochs and --batch-size must be >= 1")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    if tokenizer is not None:  # before any data is read: a wrong tokenizer is one line, not minutes later
+        check_tokenizer_for(tokenizer, dataset, resolution, log)
     train_ds, x_tr, y_tr, x_te, y_te, test_split = _load_splits(
         dataset, resolution, root, limit_per_class, test_limit_per_class, log, val_fraction)
     num_classes = train_ds.num_classes
