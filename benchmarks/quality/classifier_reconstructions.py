@@ -77,6 +77,11 @@ def main(argv=None) -> int:
     lines = ["# emoji64's class-accuracy instruments on originals, reconstructions and samples (issue 29)", "",
              f"Command: `OMP_NUM_THREADS=1 python benchmarks/quality/classifier_reconstructions.py "
              f"{' '.join(sys.argv[1:])}`", "",
+             "Classifiers: 'originals only' is the emoji64 classifier shipped before commit 2248567 (a Lite0 probe "
+             "trained on the real training images; `git worktree add /tmp/old 1469797` puts it in "
+             "/tmp/old/src/coarse2fine/data/assets/demo_emoji64/classifier); 'with reconstructions' is the one "
+             "shipped since, trained on the training images and on the shipped tokenizer's reconstructions of them "
+             "(`scripts/make_demo_assets.py --data emoji64 --classifier-only`).", "",
              f"Machine: {mi.get('cpu')}, torch {mi.get('torch')}, fp32, one thread. Samples: {args.per_class} per "
              f"class at the colour demo's setting (stage 1 temperature {args.temperature}, CFG {args.cfg}; stage 2 "
              "greedy), the point's own seed. Class accuracy = the share classified as the class asked for.", "",
