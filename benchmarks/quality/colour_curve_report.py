@@ -136,6 +136,8 @@ def _plot(results: Path, points: dict, settings: list, target: float | None) -> 
         axes[0].axhline(target, color="grey", ls="--", label="target: 80% of real-test accuracy")
     for ax, name in zip(axes, ("class accuracy", "FD-Lite0 (lower is better)")):
         ax.set_xscale("log")
+        ax.minorticks_off()  # log minor labels ("3 x 10^0") crowd the axis
+        ax.set_xticks([2, 3, 5, 10, 20, 30, 50])
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("training CPU-minutes of the pipeline")
         ax.set_ylabel(name)
