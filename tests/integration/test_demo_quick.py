@@ -202,7 +202,14 @@ def test_emoji64_assets_match_manifest_and_load():
     assert cfg["train"]["perceptual_weight"] == 0 and cfg["train"]["batch_size"] == 32
     assert cfg["train"]["steps"] == m["vq_steps"] >= 1000
     clf = load_classifier(d / "classifier")[1]
-    assert clf["arch"]["type"] == "lite0-probe" and clf["test"]["accuracy"] > 0.75
+    assert clf["arch"]["type"] == "lite0-probe" and clf["test"]["accuracy"] > 0.70
+    # it has seen what the shipped tokenizer makes: trained on its reconstructions too, and it reads them
+    # (the earlier classifier, trained on originals only, read 0.457 on them and capped every sample score)
+    from coarse2fine.tokenizer.vq import codebook_fingerprint
+
+    fp = codebook_fingerprint(vq)
+    assert clf["train"]["reconstructions_of"]["fingerprint"] == clf["test_reconstructed"]["fingerprint"] == fp
+    assert clf["test_reconstructed"]["accuracy"] > 0.65
     assert sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) < 8 * 2**20
 
 
