@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from coarse2fine.config import UserError
+from coarse2fine.models.transformer import guide_hidden
 
 
 @dataclass
@@ -121,6 +122,15 @@ def cfg_combine(logits: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + (cond - uncond) * scale
 
 
+def _guidance(opts: StageSampling, i: int) -> float | None:
+    """The model's `guidance` for token i of an AR loop: None without CFG, the scale while the
+    interval lasts, 1.0 (the cond rows alone) after it. Guidance is applied to the normed hidden
+    states before the head (Transformer.forward): one head product for B rows instead of 2B."""
+    if not opts.use_cfg:
+        return None
+    return opts.cfg_scale if opts.cfg_interval < 0 or i < opts.cfg_interval else 1.0
+
+
 def _cfg_cond(cond: torch.Tensor, num_classes: int, use_cfg: bool) -> torch.Tensor:
     if not use_cfg:
         return cond
@@ -153,7 +163,7 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     """Autoregressive sampling with a static KV cache. cond [B] -> tokens [B, N].
 
     CFG doubles the batch ([cond; null]) so both halves run in one forward pass; the head is
-    evaluated for the last position only. The cache is allocated once per (batch, dtype) and reused
+    evaluated for the last position only, and under CFG on the guided hidden states (B rows, not 2B). The cache is allocated once per (batch, dtype) and reused
     by later calls. The loop never reads a device value on the host (no per-step sync).
     compile_mode (e.g. "default", "reduce-overhead" = CUDA graphs, "max-autotune"): torch.compile the
     decode step; implies the masked cache so every step has the same shapes.
@@ -173,17 +183,13 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         for i in range(n):
             pos = positions[i:i + 1]
+            g = _guidance(opts, i)
             if i == 0:
-                logits = model(None, x_cond, pos, last_only=True, prefix_len=1)[:, -1]  # [B', V]
+                logits = model(None, x_cond, pos, last_only=True, prefix_len=1, guidance=g)[:, -1]  # [B, V]
             else:
                 x = tok.repeat(2, 1) if opts.use_cfg else tok  # [B', 1]
-                logits = (step(x, None, pos, last_only=True) if compile_mode
-                          else model(x, None, pos, last_only=True, prefix_len=i + 1))[:, -1]
-            if opts.use_cfg:
-                if opts.cfg_interval < 0 or i < opts.cfg_interval:
-                    logits = cfg_combine(logits, opts.cfg_scale)
-                else:
-                    logits = logits[:B]
+                logits = (step(x, None, pos, last_only=True, guidance=g) if compile_mode
+                          else model(x, None, pos, last_only=True, prefix_len=i + 1, guidance=g))[:, -1]
             nxt = sample_logits(logits.float(), opts.temperature, opts.top_k, opts.top_p, generator)
             out[:, i] = nxt
             tok = nxt.unsqueeze(1)  # [B, 1]
@@ -234,7 +240,10 @@ def generate_fine(model, coarse: torch.Tensor, cond: torch.Tensor, opts: StageSa
             x_cond = _cfg_cond(y, cfg.num_classes, opts.use_cfg)  # [G b]
 
             def head(h: torch.Tensor, weight: torch.Tensor, s=s, b=b, c=c) -> torch.Tensor:
-                h = h[:, 1:].to(dtype).reshape(groups, b * N, -1)  # [G, P, D]; position 0 is the class token
+                h = h[:, 1:]  # [G b, N, D]; position 0 is the class token
+                if opts.use_cfg:  # guided before the head (see Transformer.forward): half the products
+                    h = guide_hidden(h, opts.cfg_scale)
+                h = h.to(dtype).reshape(b * N, -1)  # [P, D]
                 if not rows:  # cast once, not in every product below (as autocast would)
                     rows.extend([weight.to(dtype)] if members is None else _member_rows(weight.to(dtype), members))
                 if members is None:
@@ -245,21 +254,14 @@ def generate_fine(model, coarse: torch.Tensor, cond: torch.Tensor, opts: StageSa
     return out
 
 
-def _guided(logits: torch.Tensor, opts: StageSampling) -> torch.Tensor:
-    """logits [G, P, V] (G = 2 under CFG: cond, null) -> float32 [P, V] after guidance."""
-    logits = logits.float()
-    return cfg_combine(logits.flatten(0, 1), opts.cfg_scale) if opts.use_cfg else logits[0]
-
-
 def _sample_full_head(h: torch.Tensor, weight: torch.Tensor, opts: StageSampling, u: torch.Tensor) -> torch.Tensor:
-    """h [G, P, D] normed hidden states, weight [K, D], u [P] -> codes [P], all K codes scored,
-    a slice of positions at a time."""
-    P, K = h.size(1), weight.size(0)
-    step = max(1, FULL_HEAD_CHUNK_VALUES // (h.size(0) * K))
+    """h [P, D] normed (and guided) hidden states, weight [K, D], u [P] -> codes [P], all K codes
+    scored, a slice of positions at a time."""
+    P, K = h.size(0), weight.size(0)
+    step = max(1, FULL_HEAD_CHUNK_VALUES // K)
     out = torch.empty(P, dtype=torch.long, device=h.device)
     for s in range(0, P, step):
-        x = h[:, s:s + step]  # [G, p, D]
-        logits = _guided((x.flatten(0, 1) @ weight.t()).view(x.size(0), x.size(1), K), opts)  # [p, K]
+        logits = (h[s:s + step] @ weight.t()).float()  # [p, K]
         out[s:s + step] = sample_logits(logits, opts.temperature, opts.top_k, opts.top_p, u=u[s:s + step])
     return out
 
@@ -272,7 +274,7 @@ def _member_rows(weight: torch.Tensor, members: torch.Tensor) -> list[torch.Tens
 
 def _sample_restricted_head(h: torch.Tensor, rows: list[torch.Tensor], coarse: torch.Tensor, members: torch.Tensor,
                             opts: StageSampling, u: torch.Tensor) -> torch.Tensor:
-    """h [G, P, D] normed hidden states, rows C x [M_c, D] (`_member_rows`), coarse [P], members [C, M]
+    """h [P, D] normed (and guided) hidden states, rows C x [M_c, D] (`_member_rows`), coarse [P], members [C, M]
     (-1 padded), u [P] -> codes [P], each a member of its position's cluster.
 
     The logits land in a [P, M] table in member order, -inf where a cluster has fewer than M members:
@@ -280,14 +282,12 @@ def _sample_restricted_head(h: torch.Tensor, rows: list[torch.Tensor], coarse: t
     C, M = members.shape
     order = torch.argsort(coarse, stable=True)  # positions grouped by cluster
     counts = torch.bincount(coarse, minlength=C).tolist()  # [C]
-    hs = h[:, order].split(counts, dim=1)  # C x [G, n_c, D]
+    hs = h[order].split(counts)  # C x [n_c, D]
     table = torch.full((len(order), M), float("-inf"), device=h.device)  # [P, M], grouped order
     start = 0
     for n, x, w in zip(counts, hs, rows):
         if n:
-            m = w.size(0)
-            logits = (x.flatten(0, 1) @ w.t()).view(x.size(0), n, m)  # [G, n_c, M_c], one 2-D product
-            table[start:start + n, :m] = _guided(logits, opts)
+            table[start:start + n, :w.size(0)] = x @ w.t()  # [n_c, M_c], one 2-D product
             start += n
     rank = sample_logits(table, opts.temperature, min(opts.top_k, M), opts.top_p, u=u[order])  # [P]
     codes = torch.empty_like(coarse)
@@ -339,15 +339,11 @@ def generate_naive(model, cond: torch.Tensor, opts: StageSampling, generator: to
     """No-cache reference sampler: re-runs the full prefix at every step (the speed floor)."""
     cfg = model.cfg
     n = num_tokens or cfg.seq_len
-    B = cond.size(0)
     x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)
     toks = torch.empty(x_cond.size(0), 0, dtype=torch.long, device=cond.device)
     out = []
     for i in range(n):
-        logits = model(toks if i else None, x_cond)[:, -1]
-        if opts.use_cfg:
-            logits = cfg_combine(logits, opts.cfg_scale) if opts.cfg_interval < 0 or i < opts.cfg_interval \
-                else logits[:B]
+        logits = model(toks if i else None, x_cond, guidance=_guidance(opts, i))[:, -1]
         nxt = sample_logits(logits, opts.temperature, opts.top_k, opts.top_p, generator)
         out.append(nxt)
         step = nxt.repeat(2) if opts.use_cfg else nxt

@@ -31,6 +31,16 @@ def test_decode_flop_count_matches_torch_flop_counter():
     assert fc.get_total_flops() == bench.decode_flops(m.cfg, rows=3, num_tokens=16)
 
 
+def test_decode_flop_count_of_the_cfg_sampler_matches_torch_flop_counter():
+    """The sampler under CFG: the body runs 2B rows, the head the B guided rows (head_rows)."""
+    from coarse2fine.sampling import StageSampling, generate_ar
+    m = _tiny()
+    with FlopCounterMode(display=False) as fc:
+        generate_ar(m, torch.tensor([0, 1, 2]), StageSampling(cfg_scale=2.0), torch.Generator().manual_seed(0))
+    assert fc.get_total_flops() == bench.decode_flops(m.cfg, rows=6, num_tokens=16, head_rows=3)
+    assert bench.decode_flops(m.cfg, rows=6, num_tokens=16, head_rows=6) == bench.decode_flops(m.cfg, 6, 16)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_full_forward_flop_count_matches_torch_flop_counter(causal):
     m = _tiny(causal=causal)
@@ -262,7 +272,8 @@ def test_bound_is_a_per_step_roofline():
 
     cfg = gpt_config("GPT-tiny", vocab_size=4096)
     fast_mem = bound_record("GPT-tiny", "", 2, peak=1e12, bw=0.0, vq_preset="VQ-tiny", dtype="fp32")
-    assert fast_mem["bound_s"]["baseline"] == pytest.approx(bench.decode_flops(cfg, 4, 64) / 1e12)
+    # CFG: the body runs 2B = 4 rows, the head the 2 guided rows
+    assert fast_mem["bound_s"]["baseline"] == pytest.approx(bench.decode_flops(cfg, 4, 64, head_rows=2) / 1e12)
     slow_mem = bound_record("GPT-tiny", "", 2, peak=1e30, bw=1e6, vq_preset="VQ-tiny", dtype="fp32")
     with torch.device("meta"):
         m = Transformer(cfg)

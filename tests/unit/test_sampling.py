@@ -47,6 +47,38 @@ def test_sampling_frequencies_follow_softmax():
     assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.015)
 
 
+def test_guidance_before_the_head_equals_guided_logits():
+    """Transformer.forward(guidance=s) guides the normed hidden states and runs the head on the B guided
+    rows; the logits equal CFG applied to the 2B rows' logits up to float rounding, and 1.0 gives the
+    cond rows' logits exactly."""
+    m = _model()
+    cond = torch.tensor([0, 3, 7, 10, 10, 10])  # 3 images: [cond; null]
+    toks = torch.randint(0, 40, (6, 5))
+    with torch.no_grad():
+        both = m(toks, cond)  # [6, 6, V]
+        guided = m(toks, cond, guidance=3.0)
+        plain = m(toks, cond, guidance=1.0)
+    assert guided.shape == (3, 6, 40)
+    torch.testing.assert_close(guided, cfg_combine(both, 3.0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain, both[:3], rtol=0, atol=1e-6)
+
+
+def test_ar_loop_runs_the_head_on_the_guided_rows_only():
+    """Under CFG every step's head product has B rows, not 2B (half the head's FLOPs at K = 16384), also
+    after the CFG interval; without CFG it has B rows as before."""
+    m = _model()
+    seen = []
+    hook = m.output.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    try:
+        cond = torch.tensor([1, 2, 5])
+        generate_ar(m, cond, StageSampling(cfg_scale=4.0, cfg_interval=6), torch.Generator().manual_seed(0))
+        generate_ar(m, cond, StageSampling(cfg_scale=1.0), torch.Generator().manual_seed(0))
+        generate_naive(m, cond, StageSampling(cfg_scale=4.0), torch.Generator().manual_seed(0))
+    finally:
+        hook.remove()
+    assert seen == [3] * (3 * 16)
+
+
 def test_seed_reproduces_and_cache_matches_naive():
     m = _model()
     cond = torch.tensor([0, 3, 7])

@@ -91,10 +91,13 @@ def token_flops(cfg: GPTConfig, context: int, head: bool = True) -> int:
     return f + (2 * cfg.dim * cfg.vocab_size if head else 0)
 
 
-def decode_flops(cfg: GPTConfig, rows: int, num_tokens: int) -> int:
+def decode_flops(cfg: GPTConfig, rows: int, num_tokens: int, head_rows: int | None = None) -> int:
     """The KV-cache loop: step i feeds one token at position i, attends over i + 1 positions and
-    evaluates the head once per row. rows = 2B under CFG."""
-    return rows * sum(token_flops(cfg, i + 1) for i in range(num_tokens))
+    evaluates the head for `head_rows` rows (default `rows`). rows = 2B under CFG, head_rows = B:
+    the sampler guides the hidden states before the head (Transformer.forward's guidance)."""
+    head_rows = rows if head_rows is None else head_rows
+    body = rows * sum(token_flops(cfg, i + 1, head=False) for i in range(num_tokens))
+    return body + head_rows * num_tokens * 2 * cfg.dim * cfg.vocab_size
 
 
 def full_forward_flops(cfg: GPTConfig, rows: int, length: int, causal: bool | None = None,
@@ -143,14 +146,16 @@ def decode_bytes(cfg: GPTConfig, model: torch.nn.Module, rows: int, num_tokens: 
 
 
 def decode_bound_s(cfg: GPTConfig, w_bytes: int, rows: int, num_tokens: int, peak_flop_per_s: float,
-                   bytes_per_s: float, kv_elem_bytes: int = 2) -> float:
+                   bytes_per_s: float, kv_elem_bytes: int = 2, head_rows: int | None = None) -> float:
     """Least time of the KV-cache loop on a machine with this matmul peak and memory bandwidth:
     every step takes at least max(its FLOPs / peak, its bytes / bandwidth) (a per-step roofline;
-    bytes = the weights once + K/V of the prefix read + one position written)."""
+    bytes = the weights once + K/V of the prefix read + one position written). head_rows as in
+    decode_flops."""
     kv_pos = 2 * cfg.n_layer * cfg.dim * kv_elem_bytes * rows
+    head = (rows if head_rows is None else head_rows) * 2 * cfg.dim * cfg.vocab_size
     total = 0.0
     for i in range(num_tokens):
-        f = rows * token_flops(cfg, i + 1)
+        f = rows * token_flops(cfg, i + 1, head=False) + head
         b = w_bytes + kv_pos * (i + 2)
         total += max(f / peak_flop_per_s, b / bytes_per_s if bytes_per_s else 0.0)
     return total

@@ -95,7 +95,7 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor | None, cond: torch.Tensor | None = None,
                 input_pos: torch.Tensor | None = None, last_only: bool = False,
-                prefix_len: int | None = None, head=None):
+                prefix_len: int | None = None, head=None, guidance: float | None = None):
         """Logits (float32).
 
         Full pass (input_pos None): sequence = [cls(cond), tokens...] at positions 0..T;
@@ -108,6 +108,11 @@ class Transformer(nn.Module):
         head: a function (normed hidden states [B, T+1, D], output weight [V, D]) -> what forward
         returns instead of the full logits, for a loss that needs a few vocabulary rows per position
         (stages.restricted_head_ce). It runs inside forward, where DDP and FSDP expect the weight used.
+        guidance: the rows are [cond; null] (classifier-free guidance) and the head sees only the guided
+        rows, null + (cond - null) * guidance ([B/2, ..., V] returned; guidance 1.0 = the cond rows as
+        they are). The logits are linear in the normed hidden state and the head has no bias, so guiding
+        the hidden states equals guiding the logits up to float rounding, for half the head's product
+        and no pass over [B, V] logits.
         """
         h = self.embed(tokens, cond)
         if input_pos is None:
@@ -128,7 +133,19 @@ class Transformer(nn.Module):
             h = h[:, -1:]
         if head is not None:
             return head(self.norm(h), self.output.weight)
+        if guidance is not None:
+            return self.output(guide_hidden(self.norm(h), guidance)).float()
         return self.output(self.norm(h)).float()
+
+
+def guide_hidden(h: torch.Tensor, scale: float) -> torch.Tensor:
+    """h [2B, ...] as [cond; null] -> null + (cond - null) * scale in float32, [B, ...]; scale 1.0
+    returns the cond rows unchanged."""
+    cond, null = h.chunk(2, dim=0)
+    if scale == 1.0:
+        return cond
+    cond, null = cond.float(), null.float()
+    return null + (cond - null) * scale
 
 
 def count_params(model: nn.Module) -> int:
