@@ -51,6 +51,35 @@ def test_cached_decode_equals_full_forward(masked):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_cache_keeps_keys_transposed_with_the_same_logits(dtype):
+    """On CPU the key cache is [B, H, hd, L] (a bf16 matmul copied the transposed [B, H, L, hd] prefix at
+    every step); prefix decode, chunked prefill and the masked cache give what the untransposed layout
+    gives."""
+    from coarse2fine.layers import KVCache
+
+    m = _random_model()
+    toks = torch.randint(0, 50, (2, 12))
+    cond = torch.tensor([1, 2])
+
+    def run(transposed, masked):
+        m.max_batch = -1  # a fresh cache
+        m.setup_cache(2, dtype=dtype, masked=masked)
+        for layer in m.layers:
+            c = layer.attention.kv_cache
+            assert c.keys_transposed and c.k_cache.shape == (2, m.cfg.n_head, m.cfg.head_dim, m.max_positions)
+            if not transposed:
+                layer.attention.kv_cache = KVCache(2, m.cfg.n_head, m.max_positions, m.cfg.head_dim, dtype=dtype)
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            out = [m(None, cond, torch.tensor([0])), m(toks[:, :4], None, torch.arange(1, 5))]
+            out += [m(toks[:, i:i + 1], None, torch.tensor([i + 1])) for i in range(4, 12)]
+        return torch.cat(out, 1)
+
+    tol = 2e-5 if dtype == torch.float32 else 2e-2  # the two layouts reach different kernels: rounding only
+    for masked in (False, True):
+        torch.testing.assert_close(run(True, masked), run(False, masked), atol=tol, rtol=tol)
+
+
 def test_chunked_prefill_equals_full_forward():
     m = _random_model()
     toks = torch.randint(0, 50, (2, 20))

@@ -19,34 +19,50 @@ from coarse2fine.layers.rope import apply_rope
 
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd)) v with the softmax in float32. q [B, H, T, hd]; k, v [B, H, S, hd];
-    mask [T, S] bool (True = attend) -> [B, H, T, hd] in q's dtype."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * (q.size(-1) ** -0.5)  # [B, H, T, S]
+                   mask: torch.Tensor | None = None, k_transposed: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v with the softmax in float32. q [B, H, T, hd]; k, v [B, H, S, hd]
+    (k [B, H, hd, S] when k_transposed); mask [T, S] bool (True = attend) -> [B, H, T, hd] in q's dtype."""
+    scores = torch.matmul(q, k if k_transposed else k.transpose(-1, -2)).float() * (q.size(-1) ** -0.5)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return torch.matmul(scores.softmax(-1).to(v.dtype), v)
 
 
 class KVCache(nn.Module):
+    """Static K/V caches. keys_transposed (the CPU default, see Transformer.setup_cache): keys are kept as
+    [B, H, hd, L], so a prefix k[..., :end] is already the right operand of q @ k^T with unit stride
+    along its rows. Reading a [B, H, L, hd] prefix transposed made a bf16 CPU matmul copy the keys
+    first: 2.2x slower for a [128, 4, 1, 64] x [64, 200] scores product in bf16, 1.2x in fp32
+    (docs/speed.md)."""
+
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 keys_transposed: bool = False):
         super().__init__()
         shape = (batch, heads, max_len, head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        k_shape = (batch, heads, head_dim, max_len) if keys_transposed else shape
+        self.keys_transposed = keys_transposed
+        self.register_buffer("k_cache", torch.zeros(k_shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int | None = None):
-        """input_pos [T]; k, v [B, H, T, hd] -> full caches [B, H, L, hd].
+        """input_pos [T]; k, v [B, H, T, hd] -> full caches (k [B, H, L, hd] or [B, H, hd, L], v [B, H, L, hd]).
 
         start: input_pos[0] when the caller knows the positions are start .. start+T-1; a slice
         copy is then used (index_copy_ along dim 2 measured ~10x slower on CPU)."""
+        kt = self.keys_transposed
         if start is not None:
             T = k.size(2)
-            self.k_cache[:, :, start:start + T].copy_(k)  # copy_ casts to the cache dtype
+            if kt:
+                self.k_cache[..., start:start + T].copy_(k.transpose(-1, -2))  # copy_ casts to the cache dtype
+            else:
+                self.k_cache[:, :, start:start + T].copy_(k)
             self.v_cache[:, :, start:start + T].copy_(v)
         else:
-            self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+            if kt:
+                self.k_cache.index_copy_(3, input_pos, k.transpose(-1, -2).to(self.k_cache.dtype))
+            else:
+                self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
             self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
         return self.k_cache, self.v_cache
 
@@ -88,14 +104,15 @@ class Attention(nn.Module):
             # carry any positions and keep index_copy_
             one = end is not None and T == 1
             kc, vc = self.kv_cache.update(input_pos, k, v, start=end - 1 if one else None)
+            kt = self.kv_cache.keys_transposed
             if end is not None:
-                kc, vc = kc[:, :, :end], vc[:, :, :end]
+                kc, vc = (kc[..., :end] if kt else kc[:, :, :end]), vc[:, :, :end]
                 if mask is not None:
                     mask = mask[:, :end]
             kc, vc = kc.to(q.dtype), vc.to(q.dtype)
             if q.device.type == "cpu":
-                y = math_attention(q, kc, vc, mask)
+                y = math_attention(q, kc, vc, mask, k_transposed=kt)
             else:
-                y = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q, kc.transpose(-1, -2) if kt else kc, vc, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, D)  # [B, T, D]
         return self.resid_dropout(self.wo(y))

@@ -76,8 +76,9 @@ class Transformer(nn.Module):
         if same:
             return
         for layer in self.layers:
+            # keys stored transposed on CPU (math attention reads them as q @ k^T); SDPA elsewhere
             layer.attention.kv_cache = KVCache(batch, self.cfg.n_head, self.max_positions, self.cfg.head_dim,
-                                               dtype=dtype, device=dev)
+                                               dtype=dtype, device=dev, keys_transposed=dev.type == "cpu")
         self.max_batch = batch
         L = self.max_positions
         self.register_buffer("causal_mask", torch.tril(torch.ones(L, L, dtype=torch.bool, device=dev)),
