@@ -3,7 +3,7 @@
 # Every table in benchmarks/results/speed_*grid16*_cpu.md comes from one of these steps; each .md starts
 # with its command and machine. About 40 minutes on the shared 2-core dev box.
 #
-#   benchmarks/speed/grid16.sh [stage2|stage2big|ctf|compile|profile|bound|gptb|all] [extra flags for that step]
+#   benchmarks/speed/grid16.sh [stage2|stage2big|ctf|compile|profile|bound|cfghead|keys|gptb|all] [extra flags for that step]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -46,16 +46,22 @@ print(st.median(p for r in recs for p in r["cpu"]["matmul_peaks"]) / 1e12,
           --peak-tflops "$PEAK" --mem-gbps "$BW" "${@:2}" \
           --json "$OUT/speed_bound_grid16_cpu_${D}_l.json" --md "$OUT/speed_bound_grid16_cpu_${D}_l.md"
     done ;;
+  cfghead)  # CFG on the hidden states before the head (today) vs on the 2B rows' logits (before), full loops
+    "$PY" benchmarks/speed/cfg_before_head.py --dtype fp32 bf16 --rounds 4 "${@:2}" \
+        --md "$OUT/speed_cfg_before_head_grid16_cpu.md" ;;
+  keys)  # the CPU key cache transposed (today) vs [B, H, L, hd] read through a transposed view (before)
+    "$PY" benchmarks/speed/key_layout.py --dtype fp32 bf16 --rounds 4 "${@:2}" \
+        --md "$OUT/speed_key_layout_grid16_cpu.md" ;;
   gptb)  # GPT-B at the paper's grid: one timed round after the memory probe (each candidate runs minutes)
     c2f bench sample --preset GPT-B "${GRID[@]}" --dtype bf16 --threads 1 --repeats 1 --untimed-rounds 0 \
         --naive-repeats 0 --decode-images 2 "${@:2}" \
         --json "$OUT/speed_ctf_grid16_gptb_cpu.json" --md "$OUT/speed_ctf_grid16_gptb_cpu.md" ;;
-  *) echo "usage: $0 [stage2|stage2big|ctf|compile|profile|bound|gptb|all] [extra flags]" >&2; exit 2 ;;
+  *) echo "usage: $0 [stage2|stage2big|ctf|compile|profile|bound|cfghead|keys|gptb|all] [extra flags]" >&2; exit 2 ;;
   esac
 }
 
 if [ "$STEP" = all ]; then
-  for s in stage2 stage2big ctf bound compile profile gptb; do run "$s"; done
+  for s in stage2 stage2big cfghead keys ctf bound compile profile gptb; do run "$s"; done
 else
   run "$STEP" "$@"
 fi
