@@ -52,10 +52,10 @@ def test_cached_decode_equals_full_forward(masked):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_cache_keeps_keys_transposed_with_the_same_logits(dtype):
-    """On CPU the key cache is [B, H, hd, L] (a bf16 matmul copied the transposed [B, H, L, hd] prefix at
-    every step); prefix decode, chunked prefill and the masked cache give what the untransposed layout
-    gives."""
+def test_cpu_cache_keeps_bf16_keys_transposed_with_the_same_logits(dtype):
+    """On CPU a bf16 key cache is [B, H, hd, L] (a bf16 matmul copied the transposed [B, H, L, hd] prefix
+    at every step), an fp32 one [B, H, L, hd] (faster there); prefix decode, chunked prefill and the
+    masked cache give the same logits in either layout."""
     from coarse2fine.layers import KVCache
 
     m = _random_model()
@@ -65,11 +65,13 @@ def test_cpu_cache_keeps_keys_transposed_with_the_same_logits(dtype):
     def run(transposed, masked):
         m.max_batch = -1  # a fresh cache
         m.setup_cache(2, dtype=dtype, masked=masked)
+        bf16 = dtype == torch.bfloat16
         for layer in m.layers:
             c = layer.attention.kv_cache
-            assert c.keys_transposed and c.k_cache.shape == (2, m.cfg.n_head, m.cfg.head_dim, m.max_positions)
-            if not transposed:
-                layer.attention.kv_cache = KVCache(2, m.cfg.n_head, m.max_positions, m.cfg.head_dim, dtype=dtype)
+            assert c.keys_transposed == bf16
+            assert c.k_cache.shape[2:] == ((m.cfg.head_dim, m.max_positions) if bf16 else (m.max_positions, m.cfg.head_dim))
+            layer.attention.kv_cache = KVCache(2, m.cfg.n_head, m.max_positions, m.cfg.head_dim, dtype=dtype,
+                                               keys_transposed=transposed)
         with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             out = [m(None, cond, torch.tensor([0])), m(toks[:, :4], None, torch.arange(1, 5))]
             out += [m(toks[:, i:i + 1], None, torch.tensor([i + 1])) for i in range(4, 12)]

@@ -76,9 +76,12 @@ class Transformer(nn.Module):
         if same:
             return
         for layer in self.layers:
-            # keys stored transposed on CPU (math attention reads them as q @ k^T); SDPA elsewhere
+            # a bf16 cache on CPU keeps its keys transposed (math attention reads them as q @ k^T; a bf16
+            # matmul copied a transposed view first). fp32 and SDPA devices keep [B, H, L, hd]: in the fp32
+            # loop the transposed layout measured 1.03-1.10x the CPU time (speed_key_layout_grid16_cpu.md)
             layer.attention.kv_cache = KVCache(batch, self.cfg.n_head, self.max_positions, self.cfg.head_dim,
-                                               dtype=dtype, device=dev, keys_transposed=dev.type == "cpu")
+                                               dtype=dtype, device=dev,
+                                               keys_transposed=dev.type == "cpu" and dtype != torch.float32)
         self.max_batch = batch
         L = self.max_positions
         self.register_buffer("causal_mask", torch.tril(torch.ones(L, L, dtype=torch.bool, device=dev)),
