@@ -11,7 +11,7 @@ import inspect
 import sys
 
 from coarse2fine.apps.demo import COLOUR, DemoPlan
-from coarse2fine.config import (CPU_PRESETS, GPT_PRESETS, TOKENIZER_RECIPE_OF, TOKENIZER_RECIPES, TRAIN_RECIPES,
+from coarse2fine.config import (CPU_PRESETS, GPT_PRESETS, TOKENIZER_RECIPE_OF, TOKENIZER_RECIPES,
                                 VQ_PRESETS, GPTConfig, TokenizerTrainConfig, TrainConfig, gpt_config, train_recipe,
                                 vq_config)
 from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, StageSampling
@@ -75,6 +75,11 @@ def _tokenizer_presets() -> str:
         "16384. Defined in `config.py` (VQ_PRESETS, VQConfig).\n")
 
 
+def _cpu_warmup_share() -> float:
+    r = train_recipe(CPU_PRESETS[0], 1000)
+    return r["warmup_steps"] / r["steps"]
+
+
 def _train_recipes() -> str:
     keys = ["steps", "batch_size", "lr", "schedule", "warmup_steps", "weight_decay"]
     rows = []
@@ -90,7 +95,7 @@ def _train_recipes() -> str:
         rows) +
         f"\n\nBoth recipes: {common}. Precision auto = bf16 autocast where the CPU or GPU has native bf16, "
         "fp32 elsewhere. The lr is scaled linearly by batch / 256. The warm-up is "
-        f"{TRAIN_RECIPES['cpu']['warmup_frac']:g} of the steps in the cpu recipe. Defined in `config.py` "
+        f"{_cpu_warmup_share():g} of the steps in the cpu recipe. Defined in `config.py` "
         "(TRAIN_RECIPES, TrainConfig).\n")
 
 
