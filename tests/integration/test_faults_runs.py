@@ -364,3 +364,27 @@ def test_heldout_codes_missing_classes_are_warned_about(tiny_runs, tmp_path, cap
                      "--preset", "GPT-tiny", "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "r"),
                      *QUIET]) == 0
     assert f"--heldout {held} has no codes of 1 of its 10 classes" in caplog.text
+
+
+# ---- eval ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--split", "nonsense"], "has splits train, test; got split 'nonsense'"),
+    (["--classifier", "no_such_classifier"], "no_such_classifier not found"),
+    (["--ref-count", "100000"], "--ref-count 100000 exceeds the 1000 images"),
+    (["--inception-weights", "no.pth", "--ref-batch", "no.npz"], "--inception-weights no.pth not found"),
+    (["--cache-dir", "a_file"], "--cache-dir a_file is a file, not a folder"),
+    (["--num-samples", "5"], "use 10 (one per class) or more"),
+])
+def test_eval_of_a_pipeline_checks_its_flags_before_it_samples(exported, tmp_path, capsys, monkeypatch, flags,
+                                                              needle):
+    """`eval --pipeline` sampled --num-samples images first and read the reference split, the classifier and
+    the cache folder only then: a mistyped flag failed after the sampling (hours at sample-fid sizes)."""
+    from coarse2fine.apps import sample_fid
+
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled before the flags were checked")
+    monkeypatch.setattr(sample_fid, "sample_balanced", no_sampling)
+    (tmp_path / "a_file").write_text("x")
+    argv = ["eval", "--pipeline", exported, "--num-samples", "10", "--device", "cpu", *flags]
+    one_line_error(capsys, argv, needle)

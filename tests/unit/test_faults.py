@@ -470,3 +470,34 @@ def test_saving_a_pipeline_onto_a_file_says_it_is_a_file(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / ".lock").write_text("123\n")  # left by a killed command; nobody holds it
     assert check_fresh(tmp_path / "d") == tmp_path / "d"
+
+
+def _shapes(n: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_a_cache_folder_that_is_a_file_is_named_and_a_failed_cache_write_keeps_the_scores(tmp_path, monkeypatch):
+    """COARSE2FINE_CACHE set to a file failed after the reference features were computed ("File exists:
+    FILE; choose another path", naming neither the variable nor the cache), and any failed cache write
+    threw the scores away."""
+    from coarse2fine.eval.samples import evaluate_images
+
+    (tmp_path / "a_file").write_text("x")
+    quiet = dict(ref_count=20, kid_subsets=2, log=lambda s: None)
+    monkeypatch.setenv("COARSE2FINE_CACHE", str(tmp_path / "a_file"))
+    with pytest.raises(UserError, match=r"COARSE2FINE_CACHE=.*a_file is a file, not a folder; .*--no-cache"):
+        evaluate_images(_shapes(4), None, "default", **quiet)
+    lines = []
+    res = evaluate_images(_shapes(4), None, "default", **{**quiet, "log": lines.append},
+                          cache_dir=tmp_path / "a_file" / "sub")  # cannot be made: a warning, the scores stay
+    assert res["rows"][0]["metric"].startswith("FD-") and res["reference"]["cache"] is None
+    assert any(line.startswith("reference features not cached: ") and "--cache-dir" in line for line in lines)
+
+
+def test_too_few_balanced_samples_suggest_one_per_class():
+    from coarse2fine.apps.sample_fid import class_schedule
+
+    with pytest.raises(UserError, match=r"use 10 \(one per class\) or more$"):  # was "use 10 or 10"
+        class_schedule(5, 10)
+    with pytest.raises(UserError, match=r"use 20 or 30$"):
+        class_schedule(25, 10)
