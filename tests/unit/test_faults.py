@@ -501,3 +501,13 @@ def test_too_few_balanced_samples_suggest_one_per_class():
         class_schedule(5, 10)
     with pytest.raises(UserError, match=r"use 20 or 30$"):
         class_schedule(25, 10)
+
+
+@pytest.mark.parametrize("bench", [["sample", "--naive-repeats", "0"], ["train", "--parts", "coarse"]])
+def test_bench_with_more_clusters_than_codes_is_one_line(capsys, bench):
+    """bench sample --clusters C > K ended in random_members' shape error; bench train timed a stage-1
+    head of C > K classes without a word."""
+    one_line_error(capsys, ["bench", *bench, "--preset", "GPT-tiny", "--vq-preset", "VQ-tiny", "--codebook-size", "64",
+                            "--clusters", "65", "--batch-size", "2", "--repeats", "1", "--untimed-rounds", "0",
+                            "--dtype", "fp32", "--device", "cpu", "--threads", "1", "--quiet"],
+                   "--clusters 65 is more than the 64 codes of the codebook; use at most 64")
