@@ -57,6 +57,30 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     return g
 
 
+def as_labels(labels, num_classes: int, device: torch.device) -> torch.Tensor:
+    """A pipeline call's labels (a list, array or tensor of class ids) -> long [B] on `device`. Refused in
+    one line: no label, a shape other than [B], values that are not whole numbers (torch.as_tensor with
+    dtype=long truncated 1.5 to class 1 without a word; an empty or 2-D tensor ended in a reshape or
+    unpacking error deep in sampling), and ids outside 0..num_classes-1."""
+    try:
+        t = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError(f"labels must be class ids (a list, array or 1-D tensor of integers), got {labels!r:.80}") \
+            from None
+    if t.dim() != 1:
+        raise UserError(f"labels must be 1-D, one class id per image [B], got shape {list(t.shape)}; "
+                        "e.g. [3] for one image of class 3")
+    if t.numel() == 0:
+        raise UserError("labels name no image: pass at least one class id, e.g. [0, 1, 2]")
+    whole = not (t.is_complex() or t.dtype == torch.bool) and (
+        not t.is_floating_point() or bool((torch.isfinite(t) & (t == t.round())).all()))
+    if not whole:
+        raise UserError(f"labels must be whole class ids, got {t.tolist()[:16]}; round them or pass integers")
+    t = t.to(device=device, dtype=torch.long)
+    check_labels(t, num_classes)
+    return t
+
+
 class Pipeline:
     """What both pipelines share: timed parts, decoding, and release I/O (save_pretrained /
     from_pretrained / push_to_hub through release.py). `sources` names the folders the components were
@@ -198,8 +222,7 @@ class CTFPipeline(Pipeline):
         """labels [B] -> SampleOutput. fine_decoding: one of sampling.FINE_DECODINGS. Options left
         None take the pipeline's defaults (the paper's, or an export's sampling_defaults)."""
         coarse_opts, fine_opts = coarse_opts or self.coarse_default, fine_opts or self.fine_default
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        check_labels(labels, self.num_classes)
+        labels = as_labels(labels, self.num_classes, self.device)
         coarse_opts.validate(self.coarse_model.cfg.vocab_size, "stage-1")
         self._check_decoding(fine_decoding, fine_opts)
         gen, t = _generator(seed, self.device), {}
@@ -211,8 +234,7 @@ class CTFPipeline(Pipeline):
                seed: int | None = 0, decode_images: bool = True, fine_decoding: str = "network") -> SampleOutput:
         """Stage 2 (+ decode) only, on given coarse maps [B, N]: new details, the same structure."""
         fine_opts = fine_opts or self.fine_default
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        check_labels(labels, self.num_classes)
+        labels = as_labels(labels, self.num_classes, self.device)
         coarse = torch.as_tensor(coarse, dtype=torch.long, device=self.device)
         if coarse.dim() != 2 or coarse.size(1) != self.coarse_model.cfg.seq_len or coarse.size(0) != labels.numel():
             raise UserError(f"coarse maps must be [B, {self.coarse_model.cfg.seq_len}] with one label per row")
@@ -285,8 +307,7 @@ class ARPipeline(Pipeline):
     def __call__(self, labels: torch.Tensor, opts: StageSampling | None = None, seed: int | None = 0,
                  decode_images: bool = True) -> SampleOutput:
         opts = opts or self.default
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        check_labels(labels, self.num_classes)
+        labels = as_labels(labels, self.num_classes, self.device)
         gen, t = _generator(seed, self.device), {}
         codes = self._timed(t, "stage1_s", lambda: generate_ar(self.model, labels, opts, gen, self.dtype))
         return self._output(codes, labels, None, t, decode_images)

@@ -388,3 +388,34 @@ def test_eval_of_a_pipeline_checks_its_flags_before_it_samples(exported, tmp_pat
     (tmp_path / "a_file").write_text("x")
     argv = ["eval", "--pipeline", exported, "--num-samples", "10", "--device", "cpu", *flags]
     one_line_error(capsys, argv, needle)
+
+
+# ---- the Python API --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_runs):
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+
+    return {"ctf": CTFPipeline.from_runs(tiny_runs["coarse"], tiny_runs["fine"]),
+            "ar": ARPipeline.from_runs(tiny_runs["baseline"])}
+
+
+@pytest.mark.parametrize("kind", ["ctf", "ar"])
+@pytest.mark.parametrize("labels, needle", [
+    (torch.tensor([], dtype=torch.long), "labels name no image"),  # was a RuntimeError of a reshape
+    (torch.tensor([1.5]), r"whole class ids, got \[1.5\]"),  # was class 1, without a word
+    ([float("inf")], r"whole class ids, got \[inf\]"),
+    (torch.tensor([[1, 2]]), r"1-D, one class id per image \[B\], got shape \[1, 2\]"),  # was a ValueError
+    (torch.tensor(1), r"got shape \[\]; e.g. \[3\]"),  # was an IndexError
+    (["a"], "labels must be class ids"),
+])
+def test_pipeline_labels_that_are_not_a_list_of_class_ids_are_one_line(pipelines, kind, labels, needle):
+    from coarse2fine.config import UserError
+
+    with pytest.raises(UserError, match=needle):
+        pipelines[kind](labels, decode_images=False)
+
+
+def test_pipeline_labels_of_whole_floats_are_taken(pipelines):
+    out = pipelines["ar"](np.array([2.0, 0.0]), decode_images=False)
+    assert out.labels.tolist() == [2, 0] and out.labels.dtype == torch.long
