@@ -511,3 +511,25 @@ def test_bench_with_more_clusters_than_codes_is_one_line(capsys, bench):
                             "--clusters", "65", "--batch-size", "2", "--repeats", "1", "--untimed-rounds", "0",
                             "--dtype", "fp32", "--device", "cpu", "--threads", "1", "--quiet"],
                    "--clusters 65 is more than the 64 codes of the codebook; use at most 64")
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK and MASTER_ADDR are not: launch with torchrun"),
+    ({"WORLD_SIZE": "abc", "RANK": "0", "MASTER_ADDR": "localhost"},
+     "WORLD_SIZE='abc' in the environment is not an integer >= 1"),
+    ({"RANK": "x", "MASTER_ADDR": "localhost"}, "RANK='x' in the environment is not an integer >= 0"),
+])
+def test_torchruns_variables_left_set_or_garbled_are_one_line(tmp_path, capsys, monkeypatch, env, needle):
+    """A WORLD_SIZE left in the shell without torchrun ended in torch's env:// rendezvous ValueError; a
+    garbled WORLD_SIZE, RANK or LOCAL_RANK in int()'s. Both before the run directory exists."""
+    from fakes import make_store
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = make_store(tmp_path / "codes")
+    one_line_error(capsys, ["train", "--stage", "baseline", "--codes", store, "--preset", "GPT-tiny", "--steps", "1",
+                            "--batch-size", "4", "--out", tmp_path / "run", "--device", "cpu", "--threads", "1",
+                            "--no-progress"], needle)
+    assert not (tmp_path / "run").exists()
