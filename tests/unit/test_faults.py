@@ -533,3 +533,11 @@ def test_torchruns_variables_left_set_or_garbled_are_one_line(tmp_path, capsys, 
                             "--batch-size", "4", "--out", tmp_path / "run", "--device", "cpu", "--threads", "1",
                             "--no-progress"], needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_demo_with_an_unknown_preset_is_refused_before_any_work(tmp_path, capsys):
+    """`demo --preset GPT-nope` failed only when the transformers were built: after the tokenizer (10 minutes
+    with --train-tokenizer), the codes and k-means, into a folder it had made."""
+    out, _ = one_line_error(capsys, ["demo", "--quick", "--preset", "GPT-nope", "--out", tmp_path / "d"],
+                            "unknown model preset 'GPT-nope'")
+    assert out == "" and not (tmp_path / "d").exists()

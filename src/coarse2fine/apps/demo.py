@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from coarse2fine import distributed
-from coarse2fine.config import TrainConfig, UserError, train_recipe
+from coarse2fine.config import TrainConfig, UserError, gpt_config, train_recipe
 from coarse2fine.apps.demo_stages import STAGES
 from coarse2fine.data.builtin import demo_asset_dir, has_demo_assets
 from coarse2fine.fileio import atomic_write_bytes
@@ -273,6 +273,7 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     out = Path(out)
     if (out / "report.md").exists():
         raise UserError(f"{out} already holds a finished demo; choose another --out or delete it")
+    gpt_config(plan.gpt_preset)  # a mistyped --preset fails here, not after the tokenizer, the codes and k-means
     out.mkdir(parents=True, exist_ok=True)
     precision = demo_precision(plan.dtype)
     threads = distributed.configure_threads()
