@@ -419,3 +419,18 @@ def test_pipeline_labels_that_are_not_a_list_of_class_ids_are_one_line(pipelines
 def test_pipeline_labels_of_whole_floats_are_taken(pipelines):
     out = pipelines["ar"](np.array([2.0, 0.0]), decode_images=False)
     assert out.labels.tolist() == [2, 0] and out.labels.dtype == torch.long
+
+
+@pytest.mark.parametrize("method, rows", [
+    ("agglomerative", ["agglomerative-4", "random-4"]),
+    ("random", ["random-4 (--coarse-map)", "random-4 (seed 0)"]),
+])
+def test_redundancy_names_a_coarse_map_by_its_own_method(tiny_runs, tmp_path, method, rows):
+    """`redundancy --coarse-map M` called every map "kmeans-C"; a random map's row then had the random
+    comparison's name as well, and only one of the two was kept."""
+    assert main(["cluster", "--tokenizer", str(tiny_runs["tok"]), "--clusters", "4", "--method", method,
+                 "--out", str(tmp_path / "map")]) == 0
+    assert main(["redundancy", "--tokenizer", str(tiny_runs["tok"]), "--coarse-map", str(tmp_path / "map"),
+                 "--num-images", "2", "--show", "2", "--out", str(tmp_path / "r")]) == 0
+    stats = json.loads((tmp_path / "r" / "redundancy.json").read_text())
+    assert [k for k in stats if k not in ("n", "reconstruction")] == rows
