@@ -434,3 +434,17 @@ def test_redundancy_names_a_coarse_map_by_its_own_method(tiny_runs, tmp_path, me
                  "--num-images", "2", "--show", "2", "--out", str(tmp_path / "r")]) == 0
     stats = json.loads((tmp_path / "r" / "redundancy.json").read_text())
     assert [k for k in stats if k not in ("n", "reconstruction")] == rows
+
+
+@pytest.mark.parametrize("component", ["stage2", "tokenizer"])
+def test_an_export_missing_a_components_weights_says_it_was_copied_in_part(exported, tmp_path, component):
+    """An export whose stage2/ or tokenizer/ lacks model.safetensors (a copy cut short) was read as a run
+    directory: "weights file .../model.safetensors not found; is the run directory complete?"."""
+    from coarse2fine.config import UserError
+    from coarse2fine.pipeline import CTFPipeline
+
+    folder = shutil.copytree(exported, tmp_path / "ctf")
+    (folder / component / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=rf"component {component} \({component}/\) is missing or incomplete "
+                                        r"\(no model.safetensors\); the folder was copied in part"):
+        CTFPipeline.from_pretrained(folder)
