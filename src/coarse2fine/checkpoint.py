@@ -256,8 +256,8 @@ def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, A
     if not run.is_dir():
         raise UserError(f"run directory {run} not found")
     if (run / MODEL_INDEX).is_file():
-        raise UserError(f"{run} is an exported pipeline folder, not a run; load it with "
-                        "CTFPipeline.from_pretrained / ARPipeline.from_pretrained")
+        raise UserError(f"{run} is an exported pipeline folder, not a run; sample from it whole with `--pipeline "
+                        f"{run}` (sample, sample-fid, eval, app) or CTFPipeline / ARPipeline.from_pretrained")
     meta = load_json(run / "config.json")
     if meta.get("format", FORMAT) != FORMAT:
         raise UserError(f"{run}/config.json is not a coarse2fine run (format {meta.get('format')!r})")
@@ -345,14 +345,29 @@ def load_run_map(run_dir: str | Path, meta: dict, path: str | Path | None = None
     return cmap
 
 
-def load_vq(run_dir: str | Path) -> VQModel:
-    """VQModel (eval mode) from a tokenizer run dir: config.json {"kind": "vq", "vq": ...} +
-    model.safetensors (EMA weights when training used EMA)."""
+def read_tokenizer_config(run_dir: str | Path) -> dict[str, Any]:
+    """config.json of a tokenizer run dir, checked to be one. An exported folder, where a tokenizer is
+    asked for, names its tokenizer component as the fix (it was "load it with from_pretrained")."""
     run_dir = Path(run_dir)
+    if (run_dir / MODEL_INDEX).is_file():
+        try:
+            part = load_json(run_dir / MODEL_INDEX)["components"]["tokenizer"]
+        except (UserError, KeyError, TypeError):
+            part = "tokenizer"
+        raise UserError(f"{run_dir} is an exported pipeline folder, not a tokenizer run; pass its tokenizer, "
+                        f"{run_dir / str(part)}")
     cfg = read_run_config(run_dir)
     if cfg.get("kind") != "vq" or "vq" not in cfg:
         raise ConfigError(f"{run_dir} is not a tokenizer run (config.json kind={cfg.get('kind')!r}, "
                           "expected 'vq'); pass the directory written by train-tokenizer")
+    return cfg
+
+
+def load_vq(run_dir: str | Path) -> VQModel:
+    """VQModel (eval mode) from a tokenizer run dir: config.json {"kind": "vq", "vq": ...} +
+    model.safetensors (EMA weights when training used EMA)."""
+    run_dir = Path(run_dir)
+    cfg = read_tokenizer_config(run_dir)
     return _from_state_dict(from_dict(VQConfig, cfg["vq"]), load_weights(run_dir / "model.safetensors"),
                             str(run_dir / "model.safetensors"))
 

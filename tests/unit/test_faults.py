@@ -541,3 +541,27 @@ def test_a_demo_with_an_unknown_preset_is_refused_before_any_work(tmp_path, caps
     out, _ = one_line_error(capsys, ["demo", "--quick", "--preset", "GPT-nope", "--out", tmp_path / "d"],
                             "unknown model preset 'GPT-nope'")
     assert out == "" and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["extract-codes", "--data", "default", "--out", "codes", "--device", "cpu"],
+    ["cluster", "--clusters", "4", "--out", "map"],
+    ["train-classifier", "--data", "default", "--out", "clf"],
+])
+def test_an_export_given_as_a_tokenizer_names_its_tokenizer(tmp_path, capsys, command):
+    """`--tokenizer EXPORT` said "load it with CTFPipeline.from_pretrained / ARPipeline.from_pretrained", which
+    no tokenizer flag can; the fix is the export's own tokenizer folder."""
+    export = tmp_path / "release"
+    export.mkdir()
+    (export / "model_index.json").write_text(json.dumps({"components": {"tokenizer": "tok"}}))
+    one_line_error(capsys, [command[0], "--tokenizer", export, *command[1:]],
+                   f"{export} is an exported pipeline folder, not a tokenizer run; pass its tokenizer, {export}/tok")
+
+
+def test_an_export_given_as_a_run_names_the_pipeline_flag(tmp_path, capsys):
+    """`sample --coarse EXPORT` pointed a command-line user at the Python API only."""
+    export = tmp_path / "release"
+    export.mkdir()
+    (export / "model_index.json").write_text("{}")
+    one_line_error(capsys, ["sample", "--coarse", export, "--fine", export, "--out", "s", "--device", "cpu"],
+                   f"{export} is an exported pipeline folder, not a run; sample from it whole with `--pipeline {export}`")
