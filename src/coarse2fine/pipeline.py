@@ -15,6 +15,7 @@ Face repo id (release.resolve: snapshot_download, which can stay offline on its 
 """
 from __future__ import annotations
 
+import operator
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +51,14 @@ def _sync(device: torch.device) -> None:
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-        raise UserError(f"seed must be an integer from 0 to {2 ** 63 - 1}, got {seed!r}; pass a smaller seed")
+    try:  # any integer: numpy's (np.int64 from an rng) and a 0-d integer tensor as well as int
+        value = None if isinstance(seed, bool) else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value < 2 ** 63:
+        fix = "pass an integer" if value is None else "pass a seed >= 0" if value < 0 else "pass a smaller seed"
+        raise UserError(f"seed must be an integer from 0 to {2 ** 63 - 1}, got {seed!r}; {fix}")
+    seed = value
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g

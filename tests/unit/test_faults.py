@@ -565,3 +565,17 @@ def test_an_export_given_as_a_run_names_the_pipeline_flag(tmp_path, capsys):
     (export / "model_index.json").write_text("{}")
     one_line_error(capsys, ["sample", "--coarse", export, "--fine", export, "--out", "s", "--device", "cpu"],
                    f"{export} is an exported pipeline folder, not a run; sample from it whole with `--pipeline {export}`")
+
+
+def test_a_numpy_seed_is_taken_and_a_bad_seed_names_its_own_fix():
+    """A pipeline call refused seed=np.int64(3) (a seed drawn with numpy) as out of range, and said "pass a
+    smaller seed" for -1 and 2.0 as well."""
+    from coarse2fine.pipeline import _generator
+
+    cpu = torch.device("cpu")
+    for seed in (np.int64(3), torch.tensor(3)):
+        assert _generator(seed, cpu).initial_seed() == 3
+    for seed, fix in ((-1, "pass a seed >= 0"), (2.0, "pass an integer"), (True, "pass an integer"),
+                      (2 ** 63, "pass a smaller seed")):
+        with pytest.raises(UserError, match=f"got {re.escape(repr(seed))}; {fix}$"):
+            _generator(seed, cpu)
