@@ -5,6 +5,7 @@ world_size == 1 is the ordinary case of the same code: no process group is creat
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import torch
 import torch.distributed as dist
 
 from coarse2fine.config import UserError
+
+log = logging.getLogger("coarse2fine")
 
 
 @dataclass(frozen=True)
@@ -134,13 +137,19 @@ def configure_threads(threads: int | None = None) -> int:
     1.7x against the idle 2-thread time (benchmarks/results/demo/threads.md). The `--threads` flag of every heavy
     subcommand calls this.
     """
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    # OpenMP's syntax: a count, or counts per nesting level ("4,2"), whose first is the team this process runs
+    first = omp.split(",")[0].strip()
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         n = threads
-    elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) >= 1:
-        n = int(os.environ["OMP_NUM_THREADS"])
+    elif first.isdigit() and int(first) >= 1:
+        n = int(first)
     else:
         n = min(8, free_cores())
+        if omp:  # a value was meant: say it is not used (libgomp's own "Invalid value" names no way out)
+            log.warning("OMP_NUM_THREADS=%r is not a thread count (an integer >= 1), so it is ignored: %d thread(s) "
+                        "used; set it to a number or pass --threads N", omp, n)
     torch.set_num_threads(n)
     return n

@@ -579,3 +579,22 @@ def test_a_numpy_seed_is_taken_and_a_bad_seed_names_its_own_fix():
                       (2 ** 63, "pass a smaller seed")):
         with pytest.raises(UserError, match=f"got {re.escape(repr(seed))}; {fix}$"):
             _generator(seed, cpu)
+
+
+def test_omp_num_threads_in_openmps_list_form_is_honoured_and_garbage_is_warned_about(monkeypatch, caplog):
+    """OMP_NUM_THREADS="4,2" (OpenMP's counts per nesting level) was ignored for the free-core default, and
+    "abc" as well, without a word from coarse2fine (libgomp only says "Invalid value")."""
+    from coarse2fine import distributed
+
+    n0 = torch.get_num_threads()
+    monkeypatch.setattr(distributed, "free_cores", lambda: 1)
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2,1")
+        assert distributed.configure_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "abc")
+        with caplog.at_level("WARNING", logger="coarse2fine"):
+            assert distributed.configure_threads() == 1
+        assert "OMP_NUM_THREADS='abc' is not a thread count (an integer >= 1), so it is ignored: 1 thread(s)" \
+            in caplog.text and "--threads N" in caplog.text
+    finally:
+        torch.set_num_threads(n0)
