@@ -598,3 +598,11 @@ def test_omp_num_threads_in_openmps_list_form_is_honoured_and_garbage_is_warned_
             in caplog.text and "--threads N" in caplog.text
     finally:
         torch.set_num_threads(n0)
+
+
+@pytest.mark.parametrize("argv", [["data", "show", "default"], ["reconstruct", "--tokenizer", "tok", "--device", "cpu"]])
+def test_a_png_written_under_another_formats_name_is_refused(tmp_path, capsys, argv):
+    """`reconstruct --out recon.jpg` and `data show --out preview.jpg` wrote PNG bytes into a .jpg file."""
+    one_line_error(capsys, [*argv, "--out", "recon.jpg"], "--out recon.jpg names a .jpg file, but a PNG is written; "
+                                                           "name it recon.png")
+    assert not (tmp_path / "recon.jpg").exists()
