@@ -606,3 +606,16 @@ def test_a_png_written_under_another_formats_name_is_refused(tmp_path, capsys, a
     one_line_error(capsys, [*argv, "--out", "recon.jpg"], "--out recon.jpg names a .jpg file, but a PNG is written; "
                                                            "name it recon.png")
     assert not (tmp_path / "recon.jpg").exists()
+
+
+def test_a_folder_of_pngs_from_two_runs_with_one_number_twice_is_refused(tmp_path):
+    """Two runs' PNGs copied into one folder (000000_c0.png beside 000000_c1.png) were all scored as one set."""
+    from coarse2fine.data.sample_folder import read_samples
+
+    for name in ("000000_c0.png", "000001_c1.png", "000000_c1.png", "grid.png"):
+        Image.fromarray(_shapes(1)[0]).save(tmp_path / name)
+    with pytest.raises(UserError, match=r"two samples numbered 0 \(000000_c0.png, 000000_c1.png\): the samples of "
+                                        "two runs mixed"):
+        read_samples(tmp_path)
+    (tmp_path / "000000_c1.png").unlink()
+    assert read_samples(tmp_path)[1].tolist() == [0, 1]
