@@ -112,13 +112,17 @@ def check_keys(model: nn.Module, sd: dict[str, torch.Tensor], source: str,
     unexpected = sorted(k for k in sd if k not in own and k not in ignore)
     shapes = sorted(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                     for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape))
+    def some(items: list[str]) -> str:
+        # the first few and a count: a file of another model misses every key, a 5 kB "one line" before
+        return str(items) if len(items) <= 4 else f"{str(items[:4])[:-1]}, ...] ({len(items)} in all)"
+
     problems = []
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append(f"missing keys {some(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
+        problems.append(f"unexpected keys {some(unexpected)}")
     if shapes:
-        problems.append(f"shape mismatches {shapes}")
+        problems.append(f"shape mismatches {some(shapes)}")
     if problems:
         raise UserError(f"{source} does not match the model ({'; '.join(problems)}); "
                         "pick the preset/config the file was trained with")

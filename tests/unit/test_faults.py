@@ -619,3 +619,12 @@ def test_a_folder_of_pngs_from_two_runs_with_one_number_twice_is_refused(tmp_pat
         read_samples(tmp_path)
     (tmp_path / "000000_c1.png").unlink()
     assert read_samples(tmp_path)[1].tolist() == [0, 1]
+
+
+def test_a_checkpoint_of_another_model_is_a_short_line(tmp_path, capsys):
+    """A file that matches none of the model's keys listed every one of them: a single 'line' of 5 kB."""
+    torch.save({"model": {"x": torch.zeros(2)}}, tmp_path / "other.pt")
+    _, err = one_line_error(capsys, ["import-llamagen", "--vq", tmp_path / "other.pt", "--vq-preset", "VQ-tiny",
+                                     "--out", tmp_path / "o"], "other.pt does not match the model (missing keys [",
+                            "unexpected keys ['x']")
+    assert re.search(r", \.\.\.\] \(\d+ in all\)", err) and len(err) < 500, err
