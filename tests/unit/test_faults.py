@@ -628,3 +628,22 @@ def test_a_checkpoint_of_another_model_is_a_short_line(tmp_path, capsys):
                                      "--out", tmp_path / "o"], "other.pt does not match the model (missing keys [",
                             "unexpected keys ['x']")
     assert re.search(r", \.\.\.\] \(\d+ in all\)", err) and len(err) < 500, err
+
+
+def test_skip_checksum_set_to_off_keeps_the_check_and_garbage_is_one_line(tmp_path, monkeypatch):
+    """COARSE2FINE_SKIP_CHECKSUM=off counted as set: the check it meant to keep was skipped and a damaged
+    file loaded without a word."""
+    p = tmp_path / "model.safetensors"
+    save_weights({"w": torch.arange(1000, dtype=torch.float32)}, p)
+    raw = bytearray(p.read_bytes())
+    header = 8 + int.from_bytes(raw[:8], "little")
+    raw[header + 100] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    monkeypatch.setenv("COARSE2FINE_SKIP_CHECKSUM", "off")
+    with pytest.raises(UserError, match="is damaged"):
+        load_weights(p)
+    monkeypatch.setenv("COARSE2FINE_SKIP_CHECKSUM", "maybe")
+    with pytest.raises(UserError, match="COARSE2FINE_SKIP_CHECKSUM='maybe' is neither yes nor no; set it to 1"):
+        load_weights(p)
+    monkeypatch.setenv("COARSE2FINE_SKIP_CHECKSUM", " Yes ")
+    assert load_weights(p)["w"].shape == (1000,)
