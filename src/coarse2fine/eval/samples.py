@@ -26,7 +26,7 @@ import torch
 
 from coarse2fine.config import UserError
 from coarse2fine.eval import metrics as M
-from coarse2fine.eval.classifier import dataset_arrays, load_classifier, predict_probs
+from coarse2fine.eval.classifier import load_classifier, predict_probs
 from coarse2fine.eval.features import DEFAULT_FEATURE_RESOLUTION, EffNetLite0Features, extract_features
 from coarse2fine.fileio import atomic_write_bytes, describe_os_error
 
