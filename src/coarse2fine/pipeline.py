@@ -88,6 +88,19 @@ def as_labels(labels, num_classes: int, device: torch.device) -> torch.Tensor:
     return t
 
 
+def stage_opts(opts, default: StageSampling, arg: str) -> StageSampling:
+    """A call's sampling options: None takes the pipeline's default; anything but a StageSampling (a dict of
+    knobs, as in an export's sampling_defaults) is one line (was an AttributeError deep in sampling, and an
+    empty dict fell back to the default without a word)."""
+    if opts is None:
+        return default
+    if not isinstance(opts, StageSampling):
+        attr = {"coarse_opts": "coarse_default", "fine_opts": "fine_default"}.get(arg, "default")
+        raise UserError(f"{arg} must be a coarse2fine.sampling.StageSampling, got {type(opts).__name__}; e.g. "
+                        f"dataclasses.replace(pipe.{attr}, temperature=1.0)")
+    return opts
+
+
 class Pipeline:
     """What both pipelines share: timed parts, decoding, and release I/O (save_pretrained /
     from_pretrained / push_to_hub through release.py). `sources` names the folders the components were
@@ -228,7 +241,8 @@ class CTFPipeline(Pipeline):
                  decode_images: bool = True, fine_decoding: str = "network") -> SampleOutput:
         """labels [B] -> SampleOutput. fine_decoding: one of sampling.FINE_DECODINGS. Options left
         None take the pipeline's defaults (the paper's, or an export's sampling_defaults)."""
-        coarse_opts, fine_opts = coarse_opts or self.coarse_default, fine_opts or self.fine_default
+        coarse_opts = stage_opts(coarse_opts, self.coarse_default, "coarse_opts")
+        fine_opts = stage_opts(fine_opts, self.fine_default, "fine_opts")
         labels = as_labels(labels, self.num_classes, self.device)
         coarse_opts.validate(self.coarse_model.cfg.vocab_size, "stage-1")
         self._check_decoding(fine_decoding, fine_opts)
@@ -240,7 +254,7 @@ class CTFPipeline(Pipeline):
     def redraw(self, coarse: torch.Tensor, labels: torch.Tensor, fine_opts: StageSampling | None = None,
                seed: int | None = 0, decode_images: bool = True, fine_decoding: str = "network") -> SampleOutput:
         """Stage 2 (+ decode) only, on given coarse maps [B, N]: new details, the same structure."""
-        fine_opts = fine_opts or self.fine_default
+        fine_opts = stage_opts(fine_opts, self.fine_default, "fine_opts")
         labels = as_labels(labels, self.num_classes, self.device)
         coarse = torch.as_tensor(coarse, dtype=torch.long, device=self.device)
         if coarse.dim() != 2 or coarse.size(1) != self.coarse_model.cfg.seq_len or coarse.size(0) != labels.numel():
@@ -313,7 +327,7 @@ class ARPipeline(Pipeline):
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor, opts: StageSampling | None = None, seed: int | None = 0,
                  decode_images: bool = True) -> SampleOutput:
-        opts = opts or self.default
+        opts = stage_opts(opts, self.default, "opts")
         labels = as_labels(labels, self.num_classes, self.device)
         gen, t = _generator(seed, self.device), {}
         codes = self._timed(t, "stage1_s", lambda: generate_ar(self.model, labels, opts, gen, self.dtype))

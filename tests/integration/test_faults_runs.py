@@ -448,3 +448,17 @@ def test_an_export_missing_a_components_weights_says_it_was_copied_in_part(expor
     with pytest.raises(UserError, match=rf"component {component} \({component}/\) is missing or incomplete "
                                         r"\(no model.safetensors\); the folder was copied in part"):
         CTFPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind, kwargs, needle", [
+    ("ar", {"opts": {"temperature": 1.0}}, r"opts must be a coarse2fine.sampling.StageSampling, got dict; e.g. "
+                                           r"dataclasses.replace\(pipe.default, temperature=1.0\)"),
+    ("ctf", {"coarse_opts": {"temperature": 1.0}}, r"coarse_opts must be .*pipe.coarse_default"),
+    ("ctf", {"fine_opts": {}}, r"fine_opts must be .*StageSampling, got dict"),  # was: the default, without a word
+])
+def test_pipeline_options_that_are_not_a_stage_sampling_are_one_line(pipelines, kind, kwargs, needle):
+    """Sampling options given as a dict ended in "AttributeError: 'dict' object has no attribute 'validate'"."""
+    from coarse2fine.config import UserError
+
+    with pytest.raises(UserError, match=needle):
+        pipelines[kind]([1], decode_images=False, **kwargs)
