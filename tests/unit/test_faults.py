@@ -647,3 +647,20 @@ def test_skip_checksum_set_to_off_keeps_the_check_and_garbage_is_one_line(tmp_pa
         load_weights(p)
     monkeypatch.setenv("COARSE2FINE_SKIP_CHECKSUM", " Yes ")
     assert load_weights(p)["w"].shape == (1000,)
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["redundancy", "--tokenizer", "t", "--out", "o", "--device", "cpu"], "redundancy"),
+    (["bench", "sample", "--nope", "3"], "bench sample"),
+])
+def test_a_flag_a_command_does_not_take_is_named_with_that_commands_help(capsys, argv, prog):
+    """`coarse2fine redundancy ... --device cpu` said "coarse2fine: error: unrecognized arguments: --device cpu;
+    see `coarse2fine --help`": the top command's help, which lists no command's flags."""
+    from coarse2fine.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"coarse2fine {prog}: error: unrecognized arguments: "), err
+    assert f"see `coarse2fine {prog} --help`" in err
