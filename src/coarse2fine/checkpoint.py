@@ -253,6 +253,30 @@ def save_run_weights(run_dir: str | Path, weights: nn.Module | dict[str, torch.T
     save_weights(weights, Path(run_dir) / "model.safetensors")
 
 
+_KIND_NAMES = {"vq": "tokenizer", "gpt": "transformer stage", "classifier": "classifier", "coarse_map": "coarse map"}
+
+
+def check_run_out(out: str | Path, kind: str) -> None:
+    """Refuse to write a fresh `kind` run into a folder that holds another kind of run, an export or a
+    config.json of something else: its config.json and weights would be replaced (`train-classifier --out`
+    of a stage run replaced that run's model.safetensors; `train --out` of a classifier, the classifier's).
+    A run of the same kind is the caller's to judge (a rerun, or --resume)."""
+    out = Path(out)
+    what = kind if kind not in _KIND_NAMES else _KIND_NAMES[kind]
+    if (out / MODEL_INDEX).is_file():
+        raise UserError(f"--out {out} is an exported pipeline folder; write the {what} run into another --out")
+    if not (out / "config.json").is_file():
+        return
+    try:
+        other = load_json(out / "config.json").get("kind")
+    except UserError:
+        other = None
+    if other != kind:
+        held = f"a {_KIND_NAMES[other]} run" if other in _KIND_NAMES else "a config.json of something else"
+        raise UserError(f"--out {out} holds {held}, whose config.json and weights a {what} run would replace; "
+                        "choose another --out")
+
+
 def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
     """config.json of a run dir, checked: a coarse2fine run, a version this code reads (runs without
     format_version are version 0), and of `kind` when given."""

@@ -664,3 +664,29 @@ def test_a_flag_a_command_does_not_take_is_named_with_that_commands_help(capsys,
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"coarse2fine {prog}: error: unrecognized arguments: "), err
     assert f"see `coarse2fine {prog} --help`" in err
+
+
+@pytest.mark.parametrize("held, command, needle", [
+    ("vq", ["train-classifier", "--data", "default", "--limit-per-class", "1", "--epochs", "1", "--threads", "1"],
+     "holds a tokenizer run, whose config.json and weights a classifier run would replace"),
+    ("classifier", ["train", "--stage", "baseline", "--codes", "codes", "--preset", "GPT-tiny", "--steps", "1",
+                    "--batch-size", "4", "--device", "cpu", "--threads", "1", "--no-progress"],
+     "holds a classifier run, whose config.json and weights a transformer stage run would replace"),
+    ("gpt", ["train-tokenizer", "--data", "default", "--limit-per-class", "1", "--vq-preset", "VQ-tiny", "--steps", "1",
+             "--batch-size", "4", "--device", "cpu", "--threads", "1", "--no-progress"],
+     "holds a transformer stage run, whose config.json and weights a tokenizer run would replace"),
+])
+def test_a_run_is_not_written_over_a_run_of_another_kind(tmp_path, capsys, held, command, needle):
+    """`train-classifier --out R` of a stage or tokenizer run replaced R's config.json and model.safetensors,
+    `train --out C` of a classifier the classifier's; train-tokenizer over a stage run called it a tokenizer run."""
+    from fakes import make_store
+
+    make_store(tmp_path / "codes")
+    run = tmp_path / "run"
+    run.mkdir()
+    files = {"config.json": json.dumps({"format": "coarse2fine", "kind": held}), "model.safetensors": "weights",
+             "state.pt": "state"}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    one_line_error(capsys, [*command, "--out", run], f"--out {run} {needle}; choose another --out")
+    assert {f.name: f.read_text() for f in run.iterdir() if f.name in files} == files

@@ -188,6 +188,9 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
         raise UserError(f"unknown classifier backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     if epochs < 1 or batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")
+    from coarse2fine.checkpoint import check_run_out
+
+    check_run_out(out_dir, "classifier")  # another run's weights are not this classifier's to replace
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if tokenizer is not None:  # before any data is read: a wrong tokenizer is one line, not minutes later
