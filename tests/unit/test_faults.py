@@ -690,3 +690,16 @@ def test_a_run_is_not_written_over_a_run_of_another_kind(tmp_path, capsys, held,
         (run / name).write_text(text)
     one_line_error(capsys, [*command, "--out", run], f"--out {run} {needle}; choose another --out")
     assert {f.name: f.read_text() for f in run.iterdir() if f.name in files} == files
+
+
+def test_a_demo_into_a_run_directory_is_refused_before_it_touches_it(tmp_path, capsys):
+    """`demo --out R` of a stage run wrote the demo's k-means map over R/coarse_map.safetensors (the run's own),
+    then its samples and report among R's files."""
+    run = tmp_path / "coarse"
+    run.mkdir()
+    for name in ("config.json", "coarse_map.safetensors"):
+        (run / name).write_text(name)
+    out, _ = one_line_error(capsys, ["demo", "--quick", "--out", run],
+                            f"--out {run} holds config.json: a run, an export or a code store, not a demo folder")
+    assert out == "" and sorted(f.name for f in run.iterdir()) == ["coarse_map.safetensors", "config.json"]
+    assert (run / "coarse_map.safetensors").read_text() == "coarse_map.safetensors"
