@@ -112,13 +112,17 @@ def check_keys(model: nn.Module, sd: dict[str, torch.Tensor], source: str,
     unexpected = sorted(k for k in sd if k not in own and k not in ignore)
     shapes = sorted(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                     for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape))
+    def some(items: list[str]) -> str:
+        # the first few and a count: a file of another model misses every key, a 5 kB "one line" before
+        return str(items) if len(items) <= 4 else f"{str(items[:4])[:-1]}, ...] ({len(items)} in all)"
+
     problems = []
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.append(f"missing keys {some(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
+        problems.append(f"unexpected keys {some(unexpected)}")
     if shapes:
-        problems.append(f"shape mismatches {shapes}")
+        problems.append(f"shape mismatches {some(shapes)}")
     if problems:
         raise UserError(f"{source} does not match the model ({'; '.join(problems)}); "
                         "pick the preset/config the file was trained with")
@@ -249,6 +253,30 @@ def save_run_weights(run_dir: str | Path, weights: nn.Module | dict[str, torch.T
     save_weights(weights, Path(run_dir) / "model.safetensors")
 
 
+_KIND_NAMES = {"vq": "tokenizer", "gpt": "transformer stage", "classifier": "classifier", "coarse_map": "coarse map"}
+
+
+def check_run_out(out: str | Path, kind: str) -> None:
+    """Refuse to write a fresh `kind` run into a folder that holds another kind of run, an export or a
+    config.json of something else: its config.json and weights would be replaced (`train-classifier --out`
+    of a stage run replaced that run's model.safetensors; `train --out` of a classifier, the classifier's).
+    A run of the same kind is the caller's to judge (a rerun, or --resume)."""
+    out = Path(out)
+    what = kind if kind not in _KIND_NAMES else _KIND_NAMES[kind]
+    if (out / MODEL_INDEX).is_file():
+        raise UserError(f"--out {out} is an exported pipeline folder; write the {what} run into another --out")
+    if not (out / "config.json").is_file():
+        return
+    try:
+        other = load_json(out / "config.json").get("kind")
+    except UserError:
+        other = None
+    if other != kind:
+        held = f"a {_KIND_NAMES[other]} run" if other in _KIND_NAMES else "a config.json of something else"
+        raise UserError(f"--out {out} holds {held}, whose config.json and weights a {what} run would replace; "
+                        "choose another --out")
+
+
 def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
     """config.json of a run dir, checked: a coarse2fine run, a version this code reads (runs without
     format_version are version 0), and of `kind` when given."""
@@ -256,8 +284,8 @@ def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, A
     if not run.is_dir():
         raise UserError(f"run directory {run} not found")
     if (run / MODEL_INDEX).is_file():
-        raise UserError(f"{run} is an exported pipeline folder, not a run; load it with "
-                        "CTFPipeline.from_pretrained / ARPipeline.from_pretrained")
+        raise UserError(f"{run} is an exported pipeline folder, not a run; sample from it whole with `--pipeline "
+                        f"{run}` (sample, sample-fid, eval, app) or CTFPipeline / ARPipeline.from_pretrained")
     meta = load_json(run / "config.json")
     if meta.get("format", FORMAT) != FORMAT:
         raise UserError(f"{run}/config.json is not a coarse2fine run (format {meta.get('format')!r})")
@@ -345,14 +373,29 @@ def load_run_map(run_dir: str | Path, meta: dict, path: str | Path | None = None
     return cmap
 
 
-def load_vq(run_dir: str | Path) -> VQModel:
-    """VQModel (eval mode) from a tokenizer run dir: config.json {"kind": "vq", "vq": ...} +
-    model.safetensors (EMA weights when training used EMA)."""
+def read_tokenizer_config(run_dir: str | Path) -> dict[str, Any]:
+    """config.json of a tokenizer run dir, checked to be one. An exported folder, where a tokenizer is
+    asked for, names its tokenizer component as the fix (it was "load it with from_pretrained")."""
     run_dir = Path(run_dir)
+    if (run_dir / MODEL_INDEX).is_file():
+        try:
+            part = load_json(run_dir / MODEL_INDEX)["components"]["tokenizer"]
+        except (UserError, KeyError, TypeError):
+            part = "tokenizer"
+        raise UserError(f"{run_dir} is an exported pipeline folder, not a tokenizer run; pass its tokenizer, "
+                        f"{run_dir / str(part)}")
     cfg = read_run_config(run_dir)
     if cfg.get("kind") != "vq" or "vq" not in cfg:
         raise ConfigError(f"{run_dir} is not a tokenizer run (config.json kind={cfg.get('kind')!r}, "
                           "expected 'vq'); pass the directory written by train-tokenizer")
+    return cfg
+
+
+def load_vq(run_dir: str | Path) -> VQModel:
+    """VQModel (eval mode) from a tokenizer run dir: config.json {"kind": "vq", "vq": ...} +
+    model.safetensors (EMA weights when training used EMA)."""
+    run_dir = Path(run_dir)
+    cfg = read_tokenizer_config(run_dir)
     return _from_state_dict(from_dict(VQConfig, cfg["vq"]), load_weights(run_dir / "model.safetensors"),
                             str(run_dir / "model.safetensors"))
 

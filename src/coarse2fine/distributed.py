@@ -5,12 +5,17 @@ world_size == 1 is the ordinary case of the same code: no process group is creat
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from coarse2fine.config import UserError
+
+log = logging.getLogger("coarse2fine")
 
 
 @dataclass(frozen=True)
@@ -34,15 +39,34 @@ def under_torchrun() -> bool:
     return "RANK" in os.environ and "MASTER_ADDR" in os.environ
 
 
+def _env_int(name: str, default: int, least: int) -> int:
+    """An integer variable of torchrun's, checked: a garbled value was int()'s ValueError."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise UserError(f"{name}={raw!r} in the environment is not an integer >= {least}; torchrun sets it, "
+                        f"so launch with torchrun or unset {name}")
+    return value
+
+
 def setup(device: str | None = None, group: bool = False) -> DistInfo:
     """Initialise torch.distributed from torchrun's env vars (RANK, LOCAL_RANK, WORLD_SIZE).
 
     device: "cpu", "cuda" or None (cuda when available). Backend: nccl on CUDA, gloo on CPU.
     group: create the process group under torchrun even for one process (FSDP needs one to shard over).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    world = _env_int("WORLD_SIZE", 1, 1)
+    rank = _env_int("RANK", 0, 0)
+    local = _env_int("LOCAL_RANK", 0, 0)
+    if world > 1 and not under_torchrun():  # a WORLD_SIZE left in the shell: torch's env:// rendezvous traceback
+        unset = [v for v in ("RANK", "MASTER_ADDR") if v not in os.environ]
+        raise UserError(f"WORLD_SIZE={world} is set but {' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} "
+                        "not: launch with torchrun (docs/imagenet.md), or unset WORLD_SIZE for one process")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
@@ -60,7 +84,7 @@ def rank() -> int:
     (a command prints its settings before the group is set up: every process printed them), else 0."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return int(os.environ["RANK"]) if under_torchrun() else 0
+    return _env_int("RANK", 0, 0) if under_torchrun() else 0
 
 
 def barrier() -> None:
@@ -113,13 +137,19 @@ def configure_threads(threads: int | None = None) -> int:
     1.7x against the idle 2-thread time (benchmarks/results/demo/threads.md). The `--threads` flag of every heavy
     subcommand calls this.
     """
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    # OpenMP's syntax: a count, or counts per nesting level ("4,2"), whose first is the team this process runs
+    first = omp.split(",")[0].strip()
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         n = threads
-    elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) >= 1:
-        n = int(os.environ["OMP_NUM_THREADS"])
+    elif first.isdigit() and int(first) >= 1:
+        n = int(first)
     else:
         n = min(8, free_cores())
+        if omp:  # a value was meant: say it is not used (libgomp's own "Invalid value" names no way out)
+            log.warning("OMP_NUM_THREADS=%r is not a thread count (an integer >= 1), so it is ignored: %d thread(s) "
+                        "used; set it to a number or pass --threads N", omp, n)
     torch.set_num_threads(n)
     return n

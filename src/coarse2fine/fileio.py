@@ -132,7 +132,16 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
 
 
 def checksum_skipped() -> bool:
-    return os.environ.get(SKIP_CHECKSUM_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    """$COARSE2FINE_SKIP_CHECKSUM as a yes/no. A value that is neither is refused: "off" or "disable" read
+    as "set" skipped the check they were meant to keep, and a damaged file then loaded without a word."""
+    raw = os.environ.get(SKIP_CHECKSUM_ENV, "")
+    value = raw.strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise UserError(f"{SKIP_CHECKSUM_ENV}={raw!r} is neither yes nor no; set it to 1 to skip the weight files' "
+                    "checksum, or unset it (0) to check them")
 
 
 def check_tensor_digest(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None,

@@ -15,6 +15,7 @@ Face repo id (release.resolve: snapshot_download, which can stay offline on its 
 """
 from __future__ import annotations
 
+import operator
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +51,54 @@ def _sync(device: torch.device) -> None:
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
-        raise UserError(f"seed must be an integer from 0 to {2 ** 63 - 1}, got {seed!r}; pass a smaller seed")
+    try:  # any integer: numpy's (np.int64 from an rng) and a 0-d integer tensor as well as int
+        value = None if isinstance(seed, bool) else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value < 2 ** 63:
+        fix = "pass an integer" if value is None else "pass a seed >= 0" if value < 0 else "pass a smaller seed"
+        raise UserError(f"seed must be an integer from 0 to {2 ** 63 - 1}, got {seed!r}; {fix}")
+    seed = value
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+def as_labels(labels, num_classes: int, device: torch.device) -> torch.Tensor:
+    """A pipeline call's labels (a list, array or tensor of class ids) -> long [B] on `device`. Refused in
+    one line: no label, a shape other than [B], values that are not whole numbers (torch.as_tensor with
+    dtype=long truncated 1.5 to class 1 without a word; an empty or 2-D tensor ended in a reshape or
+    unpacking error deep in sampling), and ids outside 0..num_classes-1."""
+    try:
+        t = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError(f"labels must be class ids (a list, array or 1-D tensor of integers), got {labels!r:.80}") \
+            from None
+    if t.dim() != 1:
+        raise UserError(f"labels must be 1-D, one class id per image [B], got shape {list(t.shape)}; "
+                        "e.g. [3] for one image of class 3")
+    if t.numel() == 0:
+        raise UserError("labels name no image: pass at least one class id, e.g. [0, 1, 2]")
+    whole = not (t.is_complex() or t.dtype == torch.bool) and (
+        not t.is_floating_point() or bool((torch.isfinite(t) & (t == t.round())).all()))
+    if not whole:
+        raise UserError(f"labels must be whole class ids, got {t.tolist()[:16]}; round them or pass integers")
+    t = t.to(device=device, dtype=torch.long)
+    check_labels(t, num_classes)
+    return t
+
+
+def stage_opts(opts, default: StageSampling, arg: str) -> StageSampling:
+    """A call's sampling options: None takes the pipeline's default; anything but a StageSampling (a dict of
+    knobs, as in an export's sampling_defaults) is one line (was an AttributeError deep in sampling, and an
+    empty dict fell back to the default without a word)."""
+    if opts is None:
+        return default
+    if not isinstance(opts, StageSampling):
+        attr = {"coarse_opts": "coarse_default", "fine_opts": "fine_default"}.get(arg, "default")
+        raise UserError(f"{arg} must be a coarse2fine.sampling.StageSampling, got {type(opts).__name__}; e.g. "
+                        f"dataclasses.replace(pipe.{attr}, temperature=1.0)")
+    return opts
 
 
 class Pipeline:
@@ -197,9 +241,9 @@ class CTFPipeline(Pipeline):
                  decode_images: bool = True, fine_decoding: str = "network") -> SampleOutput:
         """labels [B] -> SampleOutput. fine_decoding: one of sampling.FINE_DECODINGS. Options left
         None take the pipeline's defaults (the paper's, or an export's sampling_defaults)."""
-        coarse_opts, fine_opts = coarse_opts or self.coarse_default, fine_opts or self.fine_default
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        check_labels(labels, self.num_classes)
+        coarse_opts = stage_opts(coarse_opts, self.coarse_default, "coarse_opts")
+        fine_opts = stage_opts(fine_opts, self.fine_default, "fine_opts")
+        labels = as_labels(labels, self.num_classes, self.device)
         coarse_opts.validate(self.coarse_model.cfg.vocab_size, "stage-1")
         self._check_decoding(fine_decoding, fine_opts)
         gen, t = _generator(seed, self.device), {}
@@ -210,9 +254,8 @@ class CTFPipeline(Pipeline):
     def redraw(self, coarse: torch.Tensor, labels: torch.Tensor, fine_opts: StageSampling | None = None,
                seed: int | None = 0, decode_images: bool = True, fine_decoding: str = "network") -> SampleOutput:
         """Stage 2 (+ decode) only, on given coarse maps [B, N]: new details, the same structure."""
-        fine_opts = fine_opts or self.fine_default
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        check_labels(labels, self.num_classes)
+        fine_opts = stage_opts(fine_opts, self.fine_default, "fine_opts")
+        labels = as_labels(labels, self.num_classes, self.device)
         coarse = torch.as_tensor(coarse, dtype=torch.long, device=self.device)
         if coarse.dim() != 2 or coarse.size(1) != self.coarse_model.cfg.seq_len or coarse.size(0) != labels.numel():
             raise UserError(f"coarse maps must be [B, {self.coarse_model.cfg.seq_len}] with one label per row")
@@ -284,9 +327,8 @@ class ARPipeline(Pipeline):
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor, opts: StageSampling | None = None, seed: int | None = 0,
                  decode_images: bool = True) -> SampleOutput:
-        opts = opts or self.default
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        check_labels(labels, self.num_classes)
+        opts = stage_opts(opts, self.default, "opts")
+        labels = as_labels(labels, self.num_classes, self.device)
         gen, t = _generator(seed, self.device), {}
         codes = self._timed(t, "stage1_s", lambda: generate_ar(self.model, labels, opts, gen, self.dtype))
         return self._output(codes, labels, None, t, decode_images)

@@ -124,8 +124,11 @@ def read_index(folder: str | Path, pipeline: str) -> tuple[dict[str, Path], dict
                     f"component {name} is {comps[name]!r}")
             raise UserError(f"{root}/{INDEX}: {what}, outside the exported folder (component {name}); an export is "
                             "self-contained: copy that component into it (not a link) or export again")
-        if not (sub / "config.json").is_file():
-            raise UserError(f"{root}: component {name} ({comps[name]}/) is missing or incomplete (no config.json); "
+        # its weights too: a copy cut short otherwise read as a run directory ("is the run directory complete?")
+        weights = "coarse_map.safetensors" if name == "coarse_map" else "model.safetensors"
+        lacking = next((f for f in ("config.json", weights) if not (sub / f).is_file()), None)
+        if lacking:
+            raise UserError(f"{root}: component {name} ({comps[name]}/) is missing or incomplete (no {lacking}); "
                             "the folder was copied in part: copy the whole folder again or export it again")
         parts[name] = sub
     return parts, _sampling_defaults(root, index.get("sampling_defaults"), stages)

@@ -364,3 +364,101 @@ def test_heldout_codes_missing_classes_are_warned_about(tiny_runs, tmp_path, cap
                      "--preset", "GPT-tiny", "--steps", "1", "--batch-size", "4", "--out", str(tmp_path / "r"),
                      *QUIET]) == 0
     assert f"--heldout {held} has no codes of 1 of its 10 classes" in caplog.text
+
+
+# ---- eval ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--split", "nonsense"], "has splits train, test; got split 'nonsense'"),
+    (["--classifier", "no_such_classifier"], "no_such_classifier not found"),
+    (["--ref-count", "100000"], "--ref-count 100000 exceeds the 1000 images"),
+    (["--inception-weights", "no.pth", "--ref-batch", "no.npz"], "--inception-weights no.pth not found"),
+    (["--cache-dir", "a_file"], "--cache-dir a_file is a file, not a folder"),
+    (["--num-samples", "5"], "use 10 (one per class) or more"),
+])
+def test_eval_of_a_pipeline_checks_its_flags_before_it_samples(exported, tmp_path, capsys, monkeypatch, flags,
+                                                              needle):
+    """`eval --pipeline` sampled --num-samples images first and read the reference split, the classifier and
+    the cache folder only then: a mistyped flag failed after the sampling (hours at sample-fid sizes)."""
+    from coarse2fine.apps import sample_fid
+
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled before the flags were checked")
+    monkeypatch.setattr(sample_fid, "sample_balanced", no_sampling)
+    (tmp_path / "a_file").write_text("x")
+    argv = ["eval", "--pipeline", exported, "--num-samples", "10", "--device", "cpu", *flags]
+    one_line_error(capsys, argv, needle)
+
+
+# ---- the Python API --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_runs):
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+
+    return {"ctf": CTFPipeline.from_runs(tiny_runs["coarse"], tiny_runs["fine"]),
+            "ar": ARPipeline.from_runs(tiny_runs["baseline"])}
+
+
+@pytest.mark.parametrize("kind", ["ctf", "ar"])
+@pytest.mark.parametrize("labels, needle", [
+    (torch.tensor([], dtype=torch.long), "labels name no image"),  # was a RuntimeError of a reshape
+    (torch.tensor([1.5]), r"whole class ids, got \[1.5\]"),  # was class 1, without a word
+    ([float("inf")], r"whole class ids, got \[inf\]"),
+    (torch.tensor([[1, 2]]), r"1-D, one class id per image \[B\], got shape \[1, 2\]"),  # was a ValueError
+    (torch.tensor(1), r"got shape \[\]; e.g. \[3\]"),  # was an IndexError
+    (["a"], "labels must be class ids"),
+])
+def test_pipeline_labels_that_are_not_a_list_of_class_ids_are_one_line(pipelines, kind, labels, needle):
+    from coarse2fine.config import UserError
+
+    with pytest.raises(UserError, match=needle):
+        pipelines[kind](labels, decode_images=False)
+
+
+def test_pipeline_labels_of_whole_floats_are_taken(pipelines):
+    out = pipelines["ar"](np.array([2.0, 0.0]), decode_images=False)
+    assert out.labels.tolist() == [2, 0] and out.labels.dtype == torch.long
+
+
+@pytest.mark.parametrize("method, rows", [
+    ("agglomerative", ["agglomerative-4", "random-4"]),
+    ("random", ["random-4 (--coarse-map)", "random-4 (seed 0)"]),
+])
+def test_redundancy_names_a_coarse_map_by_its_own_method(tiny_runs, tmp_path, method, rows):
+    """`redundancy --coarse-map M` called every map "kmeans-C"; a random map's row then had the random
+    comparison's name as well, and only one of the two was kept."""
+    assert main(["cluster", "--tokenizer", str(tiny_runs["tok"]), "--clusters", "4", "--method", method,
+                 "--out", str(tmp_path / "map")]) == 0
+    assert main(["redundancy", "--tokenizer", str(tiny_runs["tok"]), "--coarse-map", str(tmp_path / "map"),
+                 "--num-images", "2", "--show", "2", "--out", str(tmp_path / "r")]) == 0
+    stats = json.loads((tmp_path / "r" / "redundancy.json").read_text())
+    assert [k for k in stats if k not in ("n", "reconstruction")] == rows
+
+
+@pytest.mark.parametrize("component", ["stage2", "tokenizer"])
+def test_an_export_missing_a_components_weights_says_it_was_copied_in_part(exported, tmp_path, component):
+    """An export whose stage2/ or tokenizer/ lacks model.safetensors (a copy cut short) was read as a run
+    directory: "weights file .../model.safetensors not found; is the run directory complete?"."""
+    from coarse2fine.config import UserError
+    from coarse2fine.pipeline import CTFPipeline
+
+    folder = shutil.copytree(exported, tmp_path / "ctf")
+    (folder / component / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=rf"component {component} \({component}/\) is missing or incomplete "
+                                        r"\(no model.safetensors\); the folder was copied in part"):
+        CTFPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind, kwargs, needle", [
+    ("ar", {"opts": {"temperature": 1.0}}, r"opts must be a coarse2fine.sampling.StageSampling, got dict; e.g. "
+                                           r"dataclasses.replace\(pipe.default, temperature=1.0\)"),
+    ("ctf", {"coarse_opts": {"temperature": 1.0}}, r"coarse_opts must be .*pipe.coarse_default"),
+    ("ctf", {"fine_opts": {}}, r"fine_opts must be .*StageSampling, got dict"),  # was: the default, without a word
+])
+def test_pipeline_options_that_are_not_a_stage_sampling_are_one_line(pipelines, kind, kwargs, needle):
+    """Sampling options given as a dict ended in "AttributeError: 'dict' object has no attribute 'validate'"."""
+    from coarse2fine.config import UserError
+
+    with pytest.raises(UserError, match=needle):
+        pipelines[kind]([1], decode_images=False, **kwargs)

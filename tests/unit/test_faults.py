@@ -470,3 +470,236 @@ def test_saving_a_pipeline_onto_a_file_says_it_is_a_file(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / ".lock").write_text("123\n")  # left by a killed command; nobody holds it
     assert check_fresh(tmp_path / "d") == tmp_path / "d"
+
+
+def _shapes(n: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_a_cache_folder_that_is_a_file_is_named_and_a_failed_cache_write_keeps_the_scores(tmp_path, monkeypatch):
+    """COARSE2FINE_CACHE set to a file failed after the reference features were computed ("File exists:
+    FILE; choose another path", naming neither the variable nor the cache), and any failed cache write
+    threw the scores away."""
+    from coarse2fine.eval.samples import evaluate_images
+
+    (tmp_path / "a_file").write_text("x")
+    quiet = dict(ref_count=20, kid_subsets=2, log=lambda s: None)
+    monkeypatch.setenv("COARSE2FINE_CACHE", str(tmp_path / "a_file"))
+    with pytest.raises(UserError, match=r"COARSE2FINE_CACHE=.*a_file is a file, not a folder; .*--no-cache"):
+        evaluate_images(_shapes(4), None, "default", **quiet)
+    lines = []
+    res = evaluate_images(_shapes(4), None, "default", **{**quiet, "log": lines.append},
+                          cache_dir=tmp_path / "a_file" / "sub")  # cannot be made: a warning, the scores stay
+    assert res["rows"][0]["metric"].startswith("FD-") and res["reference"]["cache"] is None
+    assert any(line.startswith("reference features not cached: ") and "--cache-dir" in line for line in lines)
+
+
+def test_too_few_balanced_samples_suggest_one_per_class():
+    from coarse2fine.apps.sample_fid import class_schedule
+
+    with pytest.raises(UserError, match=r"use 10 \(one per class\) or more$"):  # was "use 10 or 10"
+        class_schedule(5, 10)
+    with pytest.raises(UserError, match=r"use 20 or 30$"):
+        class_schedule(25, 10)
+
+
+@pytest.mark.parametrize("bench", [["sample", "--naive-repeats", "0"], ["train", "--parts", "coarse"]])
+def test_bench_with_more_clusters_than_codes_is_one_line(capsys, bench):
+    """bench sample --clusters C > K ended in random_members' shape error; bench train timed a stage-1
+    head of C > K classes without a word."""
+    one_line_error(capsys, ["bench", *bench, "--preset", "GPT-tiny", "--vq-preset", "VQ-tiny", "--codebook-size", "64",
+                            "--clusters", "65", "--batch-size", "2", "--repeats", "1", "--untimed-rounds", "0",
+                            "--dtype", "fp32", "--device", "cpu", "--threads", "1", "--quiet"],
+                   "--clusters 65 is more than the 64 codes of the codebook; use at most 64")
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK and MASTER_ADDR are not: launch with torchrun"),
+    ({"WORLD_SIZE": "abc", "RANK": "0", "MASTER_ADDR": "localhost"},
+     "WORLD_SIZE='abc' in the environment is not an integer >= 1"),
+    ({"RANK": "x", "MASTER_ADDR": "localhost"}, "RANK='x' in the environment is not an integer >= 0"),
+])
+def test_torchruns_variables_left_set_or_garbled_are_one_line(tmp_path, capsys, monkeypatch, env, needle):
+    """A WORLD_SIZE left in the shell without torchrun ended in torch's env:// rendezvous ValueError; a
+    garbled WORLD_SIZE, RANK or LOCAL_RANK in int()'s. Both before the run directory exists."""
+    from fakes import make_store
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = make_store(tmp_path / "codes")
+    one_line_error(capsys, ["train", "--stage", "baseline", "--codes", store, "--preset", "GPT-tiny", "--steps", "1",
+                            "--batch-size", "4", "--out", tmp_path / "run", "--device", "cpu", "--threads", "1",
+                            "--no-progress"], needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_demo_with_an_unknown_preset_is_refused_before_any_work(tmp_path, capsys):
+    """`demo --preset GPT-nope` failed only when the transformers were built: after the tokenizer (10 minutes
+    with --train-tokenizer), the codes and k-means, into a folder it had made."""
+    out, _ = one_line_error(capsys, ["demo", "--quick", "--preset", "GPT-nope", "--out", tmp_path / "d"],
+                            "unknown model preset 'GPT-nope'")
+    assert out == "" and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["extract-codes", "--data", "default", "--out", "codes", "--device", "cpu"],
+    ["cluster", "--clusters", "4", "--out", "map"],
+    ["train-classifier", "--data", "default", "--out", "clf"],
+])
+def test_an_export_given_as_a_tokenizer_names_its_tokenizer(tmp_path, capsys, command):
+    """`--tokenizer EXPORT` said "load it with CTFPipeline.from_pretrained / ARPipeline.from_pretrained", which
+    no tokenizer flag can; the fix is the export's own tokenizer folder."""
+    export = tmp_path / "release"
+    export.mkdir()
+    (export / "model_index.json").write_text(json.dumps({"components": {"tokenizer": "tok"}}))
+    one_line_error(capsys, [command[0], "--tokenizer", export, *command[1:]],
+                   f"{export} is an exported pipeline folder, not a tokenizer run; pass its tokenizer, {export}/tok")
+
+
+def test_an_export_given_as_a_run_names_the_pipeline_flag(tmp_path, capsys):
+    """`sample --coarse EXPORT` pointed a command-line user at the Python API only."""
+    export = tmp_path / "release"
+    export.mkdir()
+    (export / "model_index.json").write_text("{}")
+    one_line_error(capsys, ["sample", "--coarse", export, "--fine", export, "--out", "s", "--device", "cpu"],
+                   f"{export} is an exported pipeline folder, not a run; sample from it whole with `--pipeline {export}`")
+
+
+def test_a_numpy_seed_is_taken_and_a_bad_seed_names_its_own_fix():
+    """A pipeline call refused seed=np.int64(3) (a seed drawn with numpy) as out of range, and said "pass a
+    smaller seed" for -1 and 2.0 as well."""
+    from coarse2fine.pipeline import _generator
+
+    cpu = torch.device("cpu")
+    for seed in (np.int64(3), torch.tensor(3)):
+        assert _generator(seed, cpu).initial_seed() == 3
+    for seed, fix in ((-1, "pass a seed >= 0"), (2.0, "pass an integer"), (True, "pass an integer"),
+                      (2 ** 63, "pass a smaller seed")):
+        with pytest.raises(UserError, match=f"got {re.escape(repr(seed))}; {fix}$"):
+            _generator(seed, cpu)
+
+
+def test_omp_num_threads_in_openmps_list_form_is_honoured_and_garbage_is_warned_about(monkeypatch, caplog):
+    """OMP_NUM_THREADS="4,2" (OpenMP's counts per nesting level) was ignored for the free-core default, and
+    "abc" as well, without a word from coarse2fine (libgomp only says "Invalid value")."""
+    from coarse2fine import distributed
+
+    n0 = torch.get_num_threads()
+    monkeypatch.setattr(distributed, "free_cores", lambda: 1)
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2,1")
+        assert distributed.configure_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "abc")
+        with caplog.at_level("WARNING", logger="coarse2fine"):
+            assert distributed.configure_threads() == 1
+        assert "OMP_NUM_THREADS='abc' is not a thread count (an integer >= 1), so it is ignored: 1 thread(s)" \
+            in caplog.text and "--threads N" in caplog.text
+    finally:
+        torch.set_num_threads(n0)
+
+
+@pytest.mark.parametrize("argv", [["data", "show", "default"], ["reconstruct", "--tokenizer", "tok", "--device", "cpu"]])
+def test_a_png_written_under_another_formats_name_is_refused(tmp_path, capsys, argv):
+    """`reconstruct --out recon.jpg` and `data show --out preview.jpg` wrote PNG bytes into a .jpg file."""
+    one_line_error(capsys, [*argv, "--out", "recon.jpg"], "--out recon.jpg names a .jpg file, but a PNG is written; "
+                                                           "name it recon.png")
+    assert not (tmp_path / "recon.jpg").exists()
+
+
+def test_a_folder_of_pngs_from_two_runs_with_one_number_twice_is_refused(tmp_path):
+    """Two runs' PNGs copied into one folder (000000_c0.png beside 000000_c1.png) were all scored as one set."""
+    from coarse2fine.data.sample_folder import read_samples
+
+    for name in ("000000_c0.png", "000001_c1.png", "000000_c1.png", "grid.png"):
+        Image.fromarray(_shapes(1)[0]).save(tmp_path / name)
+    with pytest.raises(UserError, match=r"two samples numbered 0 \(000000_c0.png, 000000_c1.png\): the samples of "
+                                        "two runs mixed"):
+        read_samples(tmp_path)
+    (tmp_path / "000000_c1.png").unlink()
+    assert read_samples(tmp_path)[1].tolist() == [0, 1]
+
+
+def test_a_checkpoint_of_another_model_is_a_short_line(tmp_path, capsys):
+    """A file that matches none of the model's keys listed every one of them: a single 'line' of 5 kB."""
+    torch.save({"model": {"x": torch.zeros(2)}}, tmp_path / "other.pt")
+    _, err = one_line_error(capsys, ["import-llamagen", "--vq", tmp_path / "other.pt", "--vq-preset", "VQ-tiny",
+                                     "--out", tmp_path / "o"], "other.pt does not match the model (missing keys [",
+                            "unexpected keys ['x']")
+    assert re.search(r", \.\.\.\] \(\d+ in all\)", err) and len(err) < 500, err
+
+
+def test_skip_checksum_set_to_off_keeps_the_check_and_garbage_is_one_line(tmp_path, monkeypatch):
+    """COARSE2FINE_SKIP_CHECKSUM=off counted as set: the check it meant to keep was skipped and a damaged
+    file loaded without a word."""
+    p = tmp_path / "model.safetensors"
+    save_weights({"w": torch.arange(1000, dtype=torch.float32)}, p)
+    raw = bytearray(p.read_bytes())
+    header = 8 + int.from_bytes(raw[:8], "little")
+    raw[header + 100] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    monkeypatch.setenv("COARSE2FINE_SKIP_CHECKSUM", "off")
+    with pytest.raises(UserError, match="is damaged"):
+        load_weights(p)
+    monkeypatch.setenv("COARSE2FINE_SKIP_CHECKSUM", "maybe")
+    with pytest.raises(UserError, match="COARSE2FINE_SKIP_CHECKSUM='maybe' is neither yes nor no; set it to 1"):
+        load_weights(p)
+    monkeypatch.setenv("COARSE2FINE_SKIP_CHECKSUM", " Yes ")
+    assert load_weights(p)["w"].shape == (1000,)
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["redundancy", "--tokenizer", "t", "--out", "o", "--device", "cpu"], "redundancy"),
+    (["bench", "sample", "--nope", "3"], "bench sample"),
+])
+def test_a_flag_a_command_does_not_take_is_named_with_that_commands_help(capsys, argv, prog):
+    """`coarse2fine redundancy ... --device cpu` said "coarse2fine: error: unrecognized arguments: --device cpu;
+    see `coarse2fine --help`": the top command's help, which lists no command's flags."""
+    from coarse2fine.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"coarse2fine {prog}: error: unrecognized arguments: "), err
+    assert f"see `coarse2fine {prog} --help`" in err
+
+
+@pytest.mark.parametrize("held, command, needle", [
+    ("vq", ["train-classifier", "--data", "default", "--limit-per-class", "1", "--epochs", "1", "--threads", "1"],
+     "holds a tokenizer run, whose config.json and weights a classifier run would replace"),
+    ("classifier", ["train", "--stage", "baseline", "--codes", "codes", "--preset", "GPT-tiny", "--steps", "1",
+                    "--batch-size", "4", "--device", "cpu", "--threads", "1", "--no-progress"],
+     "holds a classifier run, whose config.json and weights a transformer stage run would replace"),
+    ("gpt", ["train-tokenizer", "--data", "default", "--limit-per-class", "1", "--vq-preset", "VQ-tiny", "--steps", "1",
+             "--batch-size", "4", "--device", "cpu", "--threads", "1", "--no-progress"],
+     "holds a transformer stage run, whose config.json and weights a tokenizer run would replace"),
+])
+def test_a_run_is_not_written_over_a_run_of_another_kind(tmp_path, capsys, held, command, needle):
+    """`train-classifier --out R` of a stage or tokenizer run replaced R's config.json and model.safetensors,
+    `train --out C` of a classifier the classifier's; train-tokenizer over a stage run called it a tokenizer run."""
+    from fakes import make_store
+
+    make_store(tmp_path / "codes")
+    run = tmp_path / "run"
+    run.mkdir()
+    files = {"config.json": json.dumps({"format": "coarse2fine", "kind": held}), "model.safetensors": "weights",
+             "state.pt": "state"}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    one_line_error(capsys, [*command, "--out", run], f"--out {run} {needle}; choose another --out")
+    assert {f.name: f.read_text() for f in run.iterdir() if f.name in files} == files
+
+
+def test_a_demo_into_a_run_directory_is_refused_before_it_touches_it(tmp_path, capsys):
+    """`demo --out R` of a stage run wrote the demo's k-means map over R/coarse_map.safetensors (the run's own),
+    then its samples and report among R's files."""
+    run = tmp_path / "coarse"
+    run.mkdir()
+    for name in ("config.json", "coarse_map.safetensors"):
+        (run / name).write_text(name)
+    out, _ = one_line_error(capsys, ["demo", "--quick", "--out", run],
+                            f"--out {run} holds config.json: a run, an export or a code store, not a demo folder")
+    assert out == "" and sorted(f.name for f in run.iterdir()) == ["coarse_map.safetensors", "config.json"]
+    assert (run / "coarse_map.safetensors").read_text() == "coarse_map.safetensors"

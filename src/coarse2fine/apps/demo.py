@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from coarse2fine import distributed
-from coarse2fine.config import TrainConfig, UserError, train_recipe
+from coarse2fine.config import TrainConfig, UserError, gpt_config, train_recipe
 from coarse2fine.apps.demo_stages import STAGES
 from coarse2fine.data.builtin import demo_asset_dir, has_demo_assets
 from coarse2fine.fileio import atomic_write_bytes
@@ -276,6 +276,13 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     out = Path(out)
     if (out / "report.md").exists():
         raise UserError(f"{out} already holds a finished demo; choose another --out or delete it")
+    gpt_config(plan.gpt_preset)  # a mistyped --preset fails here, not after the tokenizer, the codes and k-means
+    # a demo folder holds its runs in sub-folders; one with a run's, an export's or a code store's files at
+    # its top is someone else's (the demo replaced a stage run's own coarse_map.safetensors with its k-means)
+    held = next((f for f in ("config.json", "model_index.json", "state.pt", "meta.json") if (out / f).exists()), None)
+    if held:
+        raise UserError(f"--out {out} holds {held}: a run, an export or a code store, not a demo folder; the demo "
+                        "would write its coarse map, samples and report among its files: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     precision = demo_precision(plan.dtype)
     threads = distributed.configure_threads()

@@ -39,8 +39,9 @@ def class_schedule(num_samples: int, num_classes: int) -> np.ndarray:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
     if num_samples % num_classes:
         lo = num_samples // num_classes * num_classes
+        near = f"{lo} or {lo + num_classes}" if lo else f"{num_classes} (one per class) or more"  # never "10 or 10"
         raise UserError(f"--num-samples {num_samples} is not a multiple of the {num_classes} classes, so the classes "
-                        f"cannot be equally represented; use {lo or num_classes} or {lo + num_classes}")
+                        f"cannot be equally represented; use {near}")
     return np.arange(num_samples, dtype=np.int64) % num_classes
 
 

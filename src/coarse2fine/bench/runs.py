@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from coarse2fine.bench import speed as bench
-from coarse2fine.config import GPTConfig, TrainConfig, gpt_config, vq_config
+from coarse2fine.config import GPTConfig, TrainConfig, UserError, gpt_config, vq_config
 from coarse2fine.models import Transformer
 from coarse2fine.data.sample_folder import decode_images
 # the pipelines' sampling defaults (paper Sec. 5.1: CFG 2.0 in stage 1 and the baseline, temperature
@@ -26,6 +26,17 @@ from coarse2fine.stages import STAGE_SPECS, ClusterLoss, stage_config
 from coarse2fine.tokenizer.clustering import default_num_coarse
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def num_clusters(codebook_size: int, num_coarse: int) -> int:
+    """C of a benchmark: num_coarse (0 = default_num_coarse(K)), at most K. More clusters than codes
+    has no coarse map (random_members failed on it with a shape error; the training bench timed a
+    stage-1 head wider than the codebook without a word)."""
+    C = num_coarse or default_num_coarse(codebook_size)
+    if C > codebook_size:
+        raise UserError(f"--clusters {C} is more than the {codebook_size} codes of the codebook; use at most "
+                        f"{codebook_size} (default K/32 = {default_num_coarse(codebook_size)})")
+    return C
 
 
 @dataclass
@@ -78,7 +89,7 @@ def build_models(sb: SampleBench):
     vcfg = vq_config(sb.vq_preset)
     preset = gpt_config(sb.preset)
     K = sb.codebook_size or vcfg.codebook_size
-    C = sb.num_coarse or default_num_coarse(K)
+    C = num_clusters(K, sb.num_coarse)
     g, classes = sb.grid or preset.grid, sb.num_classes or preset.num_classes
     if vcfg.grid != g:  # the decoder must see the token grid the transformers produce
         vcfg = vq_config(sb.vq_preset, image_size=g * vcfg.downsample)
@@ -237,7 +248,7 @@ def bound_record(preset: str, fine_preset: str, batch: int, peak: float, bw: flo
     fine_head "restricted": stage 2 scores K / C members per position (clusters met evenly), "full": K."""
     g = grid or gpt_config(preset).grid
     K = codebook_size or vq_config(vq_preset).codebook_size
-    C = num_coarse or default_num_coarse(K)
+    C = num_clusters(K, num_coarse)
     nc = gpt_config(preset).num_classes
     e = torch.empty(0, dtype=DTYPES[dtype]).element_size()
     with torch.device("meta"):
@@ -353,7 +364,7 @@ def run_train_bench(tb: TrainBench, log: Callable[[str], None] | None = None) ->
     device = torch.device(tb.device)
     vcfg = vq_config(tb.vq_preset)
     K = tb.codebook_size or vcfg.codebook_size
-    C = tb.num_coarse or default_num_coarse(K)
+    C = num_clusters(K, tb.num_coarse)
     g = tb.grid or gpt_config(tb.preset).grid
     out = []
     for part in tb.parts:

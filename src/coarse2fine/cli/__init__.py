@@ -57,9 +57,21 @@ def _order_help(parser: argparse.ArgumentParser, sub) -> None:
     parser.add_argument_group("developer tools (benchmarks)")._group_actions.append(tools)
 
 
+def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command `args` ran: `coarse2fine bench sample`'s, not `coarse2fine`'s."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None))
+            if chosen is not None:
+                return _innermost(chosen, args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand that does not take them, and its --help (argparse names the top parser)
+        _innermost(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         prepare(args)
         rc = args.func(args)

@@ -58,7 +58,12 @@ def cmd_redundancy(args) -> int:
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(ds), generator=g)[: args.num_images].tolist()
     images = torch.stack([ds[i][0] for i in idx])
-    stats, rows = redundancy(vq, images, {f"kmeans-{km.num_coarse}": km, f"random-{rnd.num_coarse}": rnd}, args.seed)
+    # a --coarse-map is named by the method it was made with (every map was called "kmeans"), and a random
+    # one apart from the random comparison (one name for both kept a single row)
+    name, rnd_name = f"{km.method}-{km.num_coarse}", f"random-{rnd.num_coarse}"
+    if name == rnd_name:
+        name, rnd_name = f"{name} (--coarse-map)", f"{rnd_name} (seed {args.seed})"
+    stats, rows = redundancy(vq, images, {name: km, rnd_name: rnd}, args.seed)
     out = Path(args.out)
     save_grid(figure(rows, args.show), out / "redundancy.png", nrow=args.show)
     atomic_write_bytes(out / "redundancy.json", (json.dumps({"n": len(idx), **stats}, indent=1) + "\n").encode())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from coarse2fine.cli._args import (add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int,
                                    seed_int)
-from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError
+from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, vq_config
 
 
 def register(sub) -> None:
@@ -151,17 +151,21 @@ def _check_outputs(args) -> None:
 
 
 def cmd_sample(args) -> int:
-    from coarse2fine.bench.runs import SampleBench, run_sample_bench
+    from coarse2fine.bench.runs import SampleBench, num_clusters, run_sample_bench
 
     _check_outputs(args)
     dtypes = args.dtype or (["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"])
     mode = "reduce-overhead" if args.cuda_graphs else args.compile
-    recs = []
-    for preset in args.preset:
+    sizes = []
+    for preset in args.preset:  # every size checked before the first is timed (and its line printed)
         if preset not in GPT_PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose from {', '.join(GPT_PRESETS)}")
         grid = args.grid or GPT_PRESETS[preset].get("grid", 16)
         vq = args.vq_preset or ("VQ-tiny" if grid == 8 and "grid" in GPT_PRESETS[preset] else "VQ-16")
+        num_clusters(args.codebook_size or vq_config(vq).codebook_size, args.clusters)
+        sizes.append((preset, vq))
+    recs = []
+    for preset, vq in sizes:
         for d in dtypes:
             sb = SampleBench(preset=preset, fine_preset=args.fine_preset, vq_preset=vq, batch=args.batch_size,
                              grid=args.grid, codebook_size=args.codebook_size, num_coarse=args.clusters,

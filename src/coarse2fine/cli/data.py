@@ -79,7 +79,7 @@ def preview_indices(labels: np.ndarray, classes: int, per_class: int) -> list[li
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    check_out_path(args.out, kind="file")
+    check_out_path(args.out, kind="file", suffix=".png")
     ds = build_dataset(args.name, args.image_size, split=args.split, root=args.data_root,
                        limit_per_class=args.limit_per_class, val_fraction=args.val_fraction)
     counts = ds.class_counts()

@@ -178,9 +178,9 @@ def cmd_reconstruct(args) -> int:
     from coarse2fine.data.preprocess import save_grid
     from coarse2fine.training.tokenizer import evaluate_reconstruction
 
+    check_out_path(args.out, kind="file", suffix=".png")  # before the tokenizer and data are loaded
     vq = _load_tokenizer(args)
     ds, _ = _dataset(args, vq.cfg.image_size, args.split)
-    check_out_path(args.out, kind="file")
     res = evaluate_reconstruction(vq, ds, batch_size=args.batch_size, limit=args.num_images, keep=args.num_shown)
     if args.num_shown:
         # pairs side by side: original_i, reconstruction_i; 8 pairs per row

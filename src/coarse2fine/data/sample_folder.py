@@ -268,6 +268,13 @@ def _read_pngs(p: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
         other = next(f.name for f in files if f not in numbered)
         ignored = f"; ignored {len(files) - len(numbered)} other PNGs (e.g. {other})"
         files = numbered
+    first: dict[int, str] = {}  # one file per sample number: two of one number are two runs' samples, mixed
+    for f in numbered:
+        n = int(re.match(r"\d+", f.name).group())
+        if n in first:
+            raise UserError(f"{p} holds two samples numbered {n} ({first[n]}, {f.name}): the samples of two runs "
+                            "mixed in one folder; keep one run's PNGs, or sample again into an empty --out")
+        first[n] = f.name
     imgs = []
     for f in files:
         with Image.open(f) as im:

@@ -147,12 +147,9 @@ def check_tokenizer_for(tokenizer_dir: str | Path, dataset: str, resolution: int
     """A tokenizer whose reconstructions a classifier of `dataset` at `resolution` is to learn from: it must
     make images of that size (its samples are what the classifier will score), and one trained on another
     data set is said in a warning (its reconstructions are not what this data's samples look like)."""
-    from coarse2fine.checkpoint import read_run_config
+    from coarse2fine.checkpoint import read_tokenizer_config
 
-    cfg = read_run_config(tokenizer_dir)
-    if cfg.get("kind") != "vq" or "vq" not in cfg:
-        raise UserError(f"{tokenizer_dir} is not a tokenizer run (config.json kind={cfg.get('kind')!r}, expected "
-                        "'vq'); pass the directory written by train-tokenizer")
+    cfg = read_tokenizer_config(tokenizer_dir)
     size = int(cfg["vq"].get("image_size") or 0)
     if size and size != resolution:
         raise UserError(f"the tokenizer in {tokenizer_dir} makes {size}-px images, the classifier is for "
@@ -191,6 +188,9 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
         raise UserError(f"unknown classifier backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     if epochs < 1 or batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")
+    from coarse2fine.checkpoint import check_run_out
+
+    check_run_out(out_dir, "classifier")  # another run's weights are not this classifier's to replace
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if tokenizer is not None:  # before any data is read: a wrong tokenizer is one line, not minutes later

@@ -26,15 +26,36 @@ import torch
 
 from coarse2fine.config import UserError
 from coarse2fine.eval import metrics as M
-from coarse2fine.eval.classifier import dataset_arrays, load_classifier, predict_probs
+from coarse2fine.eval.classifier import load_classifier, predict_probs
 from coarse2fine.eval.features import DEFAULT_FEATURE_RESOLUTION, EffNetLite0Features, extract_features
-from coarse2fine.fileio import atomic_write_bytes
+from coarse2fine.fileio import atomic_write_bytes, describe_os_error
 
 CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("COARSE2FINE_CACHE") or Path.home() / ".cache" / "coarse2fine")
+
+
+def _cache_source(cache_dir: str | Path | None) -> str:
+    """Where the cache folder came from, as the user spelled it: the flag, the variable or the default."""
+    if cache_dir:
+        return f"--cache-dir {cache_dir}"
+    if os.environ.get("COARSE2FINE_CACHE"):
+        return f"COARSE2FINE_CACHE={os.environ['COARSE2FINE_CACHE']}"
+    return f"the cache folder {default_cache_dir()}"
+
+
+def _write_cache(path: Path, data: bytes, what: str, cache_dir: str | Path | None,
+                 log: Callable[[str], None]) -> bool:
+    """Write a cache entry; a cache that cannot be written costs the next run time, not this run's scores,
+    so a failure is a line in the log (naming where the folder came from), not an error."""
+    try:
+        atomic_write_bytes(path, data)
+        return True
+    except OSError as e:
+        log(f"{what} not cached: {describe_os_error(e)} ({_cache_source(cache_dir)}; --no-cache skips the cache)")
+        return False
 
 
 # ---- reference statistics (cached) ---------------------------------------------------------------
@@ -97,9 +118,9 @@ def reference_features(dataset: str, split: str, resolution: int, extractor: Eff
                 "resolution": resolution, "extractor": extractor.name, "count": count, "labels_digest": digest}
         buf = io.BytesIO()
         np.savez(buf, features=feats, mu=mu, sigma=sigma, meta=np.array(json.dumps(meta)))
-        atomic_write_bytes(path, buf.getvalue())
-        out["cache"] = str(path)
-        log(f"reference features: computed {count} and cached to {path}")
+        if _write_cache(path, buf.getvalue(), "reference features", cache_dir, log):
+            out["cache"] = str(path)
+            log(f"reference features: computed {count} and cached to {path}")
     return out
 
 
@@ -107,6 +128,48 @@ def reference_features(dataset: str, split: str, resolution: int, extractor: Eff
 
 def _row(metric: str, value: float, n: int, m: int | None, std: float | None = None, note: str = "") -> dict:
     return {"metric": metric, "value": value, "std": std, "n": n, "m": m, "note": note}
+
+
+def check_sample_count(n: int, classifier_dir=None, inception_weights=None, pr_k: int = 3,
+                       is_splits: int = 10) -> None:
+    """The fewest samples the scores asked for can be computed on."""
+    # the Inception Score's splits bind only where an IS is computed (classifier or Inception weights)
+    need = max(2, pr_k + 1, is_splits if classifier_dir is not None or inception_weights is not None else 0)
+    if n < need:
+        raise UserError(f"need at least {need} samples, got {n}")
+
+
+def check_inputs(dataset_name: str, split: str, resolution: int, classifier_dir: str | Path | None = None, *,
+                 root: str | None = None, val_fraction: float | None = None, ref_count: int | None = None,
+                 inception_weights: str | Path | None = None, ref_batch: str | Path | None = None,
+                 cache_dir: str | Path | None = None, use_cache: bool = True):
+    """The checks of an evaluation that need neither samples nor features: the reference split exists and
+    holds `ref_count` images, the classifier loads and knows the split's classes, the Inception files and
+    the cache folder are usable. Returns load_classifier's (model, config), or None without a classifier.
+    `eval --pipeline` runs it before it samples and evaluate_images before any feature: a mistyped flag
+    costs a second, not the sampling and feature extraction it would otherwise come after."""
+    from coarse2fine.data import build_dataset
+
+    if (inception_weights is None) != (ref_batch is None):
+        raise UserError("true FID/IS needs both --inception-weights (torch-fidelity .pth) and --ref-batch (.npz)")
+    for flag, path in (("--inception-weights", inception_weights), ("--ref-batch", ref_batch)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{flag} {path} not found; give the path of the file")
+    if use_cache:
+        folder = Path(cache_dir) if cache_dir else default_cache_dir()
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{_cache_source(cache_dir)} is a file, not a folder; point it at a folder, "
+                            "or pass --no-cache")
+    ds = build_dataset(dataset_name, resolution, split=split, root=root, val_fraction=val_fraction)
+    _subset(len(ds), ref_count)
+    if classifier_dir is None:
+        return None
+    clf, cfg = load_classifier(classifier_dir)
+    classes = cfg["data"]["classes"]
+    if len(classes) != len(ds.classes):
+        raise UserError(f"classifier {classifier_dir} knows {len(classes)} classes but {dataset_name} has "
+                        f"{len(ds.classes)}; train one on this data set")
+    return clf, cfg
 
 
 def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name: str, split: str = "test",
@@ -124,8 +187,6 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
     Returns {"num_samples", "reference", "rows": [{"metric", "value", "std", "n", "m", "note"}],
     "per_class_accuracy", "classifier", "notes"}; `rows` is what the CLI prints.
     """
-    if (inception_weights is None) != (ref_batch is None):
-        raise UserError("true FID/IS needs both --inception-weights (torch-fidelity .pth) and --ref-batch (.npz)")
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
         raise UserError(f"images must be square uint8 [N, H, H, 3], got {images.dtype} {images.shape}")
@@ -135,11 +196,11 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
         images = images[:num_samples]
         labels = None if labels is None else np.asarray(labels)[:num_samples]
     n = len(images)
-    # the Inception Score's splits bind only where an IS is computed (classifier or Inception weights)
-    need = max(2, pr_k + 1, is_splits if classifier_dir is not None or inception_weights is not None else 0)
-    if n < need:
-        raise UserError(f"need at least {need} samples, got {n}")
+    check_sample_count(n, classifier_dir, inception_weights, pr_k, is_splits)
     resolution = images.shape[1]
+    classifier = check_inputs(dataset_name, split, resolution, classifier_dir, root=root, val_fraction=val_fraction,
+                              ref_count=ref_count, inception_weights=inception_weights, ref_batch=ref_batch,
+                              cache_dir=cache_dir, use_cache=use_cache)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes: list[str] = []
     rows: list[dict] = []
@@ -173,11 +234,8 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
     if classifier_dir is None:
         notes.append("classifier scores skipped: no --classifier (make one with `coarse2fine train-classifier`)")
     else:
-        clf, cfg = load_classifier(classifier_dir)
+        clf, cfg = classifier
         classes = cfg["data"]["classes"]
-        if len(classes) != len(ref["classes"]):
-            raise UserError(f"classifier {classifier_dir} knows {len(classes)} classes but {dataset_name} has "
-                            f"{len(ref['classes'])}; train one on this data set")
         if cfg["data"]["name"] != dataset_name:
             notes.append(f"classifier was trained on {cfg['data']['name']!r}, evaluating on {dataset_name!r}")
         clf_info = {"dir": str(classifier_dir), "trained_on": cfg["data"]["name"],
@@ -232,7 +290,7 @@ def _inception_rows(images: np.ndarray, weights: str | Path, ref_batch: str | Pa
         if use_cache:
             buf = io.BytesIO()
             np.savez(buf, mu=mu_r, sigma=sigma_r, count=np.array(m))
-            atomic_write_bytes(path, buf.getvalue())
+            _write_cache(path, buf.getvalue(), "inception reference statistics", cache_dir, log)
     feats, probs = inception_outputs(model, images, desc="inception samples")
     fid = M.frechet_distance(*M.feature_stats(feats), mu_r, sigma_r)
     is_mean, is_std = M.inception_score(probs, splits=is_splits)

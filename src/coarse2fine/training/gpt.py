@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from coarse2fine import distributed
-from coarse2fine.checkpoint import (load_train_state, read_run_config, store_tokenizer_dir, tokenizer_ref,
-                                    write_run_config)
+from coarse2fine.checkpoint import (check_run_out, load_train_state, read_run_config, store_tokenizer_dir,
+                                    tokenizer_ref, write_run_config)
 from coarse2fine.config import GPTConfig, TrainConfig, UserError, from_dict, to_dict
 from coarse2fine.fileio import dump_json
 from coarse2fine.data.codes import check_heldout, check_same_codes, codes_record, open_code_store
@@ -161,6 +161,8 @@ def _check_run_dir(out: Path, run_meta: dict[str, Any], cfg: TrainConfig, cmap: 
                    resume: bool) -> dict[str, Any] | None:
     """Refuse a fresh start over a run, or a resume that changes it; -> the train state to resume.
     Adds run_meta["history"]: the run's --steps extensions, this one included."""
+    if not resume:
+        check_run_out(out, "gpt")  # another kind of run is named as what it is, before "pass --resume"
     if (out / "state.pt").exists() and not resume:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if not resume:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from coarse2fine import distributed
-from coarse2fine.checkpoint import load_train_state, read_run_config, write_run_config
+from coarse2fine.checkpoint import check_run_out, load_train_state, read_run_config, write_run_config
 from coarse2fine.config import (TokenizerTrainConfig, UserError, VQConfig, from_dict, to_dict, tokenizer_recipe,
                                 vq_config)
 from coarse2fine.data.preprocess import to_uint8
@@ -122,6 +122,7 @@ def _plan(vq_cfg, out: Path, train, steps, resume: bool, overrides: dict, info):
     checked against them -> (vq_cfg, tc, train state or None, history)."""
     vq_cfg, tc = _resolve(vq_cfg, train, {**overrides, "steps": steps})
     if not resume:
+        check_run_out(out, "vq")  # a stage run's state.pt is not a tokenizer's: named as what it is
         if (out / "state.pt").exists():
             raise UserError(f"{out} already holds a tokenizer run; pass --resume to continue it or pick another --out")
         return vq_cfg, tc, None, []
