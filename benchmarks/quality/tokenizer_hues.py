@@ -36,7 +36,8 @@ def measure(tok_dir: Path, x: np.ndarray, batch: int = 64) -> dict:
         xt = torch.from_numpy(x).permute(0, 3, 1, 2) * 2 - 1
         y = torch.cat([vq(xt[i:i + batch])[0] for i in range(0, len(xt), batch)]).clamp(-1, 1)
         y = ((y + 1) / 2).permute(0, 2, 3, 1).numpy()
-    out = {"codebook_size": vq.cfg.codebook_size, "hues": {}}
+    out = {"codebook_size": vq.cfg.codebook_size, "hues": {},
+           "psnr_db": float(10 * np.log10(1.0 / np.mean((x - y) ** 2))), "recon": y}
     real, rec = hue_masks(x), hue_masks(y)
     for h, m in real.items():
         out["hues"][h] = {"pixel_share": float(m.mean()), "real_mean_rgb": [round(float(v), 3) for v in x[m].mean(0)],
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", action="append", metavar="NAME=DIR", help="a tokenizer run, named (repeatable)")
     ap.add_argument("--data", default="emoji64")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "tokenizer_hues")
+    ap.add_argument("--name", default="", help="file stem of the results (default: the data set's name)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     specs = args.tokenizer or [f"shipped demo tokenizer={demo_asset_dir('emoji64') / 'tokenizer'}"]
@@ -67,22 +69,32 @@ def main(argv=None) -> int:
         x = np.stack([test.get_raw(i) for i in range(len(test))]).astype(np.float32) / 255
         rows[name] = measure(Path(d), x) | {"dir": d, "resolution": res, "images": len(x)}
     args.results.mkdir(parents=True, exist_ok=True)
+    stem = args.name or args.data
+    # the picture: the 10 test images with the most green pixels, then each tokenizer's reconstructions
+    from coarse2fine.data.preprocess import save_grid
+
+    greenest = np.argsort(-hue_masks(x)["green"].mean((1, 2)))[:10]
+    rows_img = [x[greenest]] + [r.pop("recon")[greenest] for r in rows.values()]
+    grid = torch.from_numpy(np.concatenate(rows_img)).permute(0, 3, 1, 2) * 2 - 1
+    save_grid(grid, args.results / f"{stem}.png", nrow=10)
     mi = machine_info()
-    (args.results / f"{args.data}.json").write_text(json.dumps({"rows": rows, "machine": mi}, indent=1) + "\n")
+    (args.results / f"{stem}.json").write_text(json.dumps({"rows": rows, "machine": mi}, indent=1) + "\n")
     lines = [f"# Which hues the tokenizer keeps ({args.data} test images)", "",
              f"Command: `OMP_NUM_THREADS=1 python benchmarks/quality/tokenizer_hues.py {' '.join(sys.argv[1:])}`", "",
              "A pixel is green when G leads max(R, B) by 0.15, red when R leads by 0.3, blue when B leads by 0.15, "
              "yellow when min(R, G) leads B by 0.4 (RGB in [0, 1]). 'kept': the share of those pixels that are "
              "still of that hue after the round trip. "
              f"Machine: {mi.get('cpu')}, torch {mi.get('torch')}, fp32, one thread.", "",
-             "| tokenizer | hue | share of pixels | mean RGB real | mean RGB reconstructed | kept |",
-             "|---|---|---|---|---|---|"]
+             f"{stem}.png: the 10 test images with the most green pixels (top row), then each tokenizer's "
+             "reconstructions in the order of the table.", "",
+             "| tokenizer | test PSNR dB | hue | share of pixels | mean RGB real | mean RGB reconstructed | kept |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         for h, v in r["hues"].items():
             rgb = ["(" + ", ".join(f"{c:.2f}" for c in v[k]) + ")" for k in ("real_mean_rgb", "reconstructed_mean_rgb")]
-            lines.append(f"| {name} (K = {r['codebook_size']}) | {h} | {v['pixel_share']:.1%} | {rgb[0]} | {rgb[1]} | "
-                         f"{v['kept']:.0%} |")
-    (args.results / f"{args.data}.md").write_text("\n".join(lines) + "\n")
+            lines.append(f"| {name} (K = {r['codebook_size']}) | {r['psnr_db']:.2f} | {h} | {v['pixel_share']:.1%} | "
+                         f"{rgb[0]} | {rgb[1]} | {v['kept']:.0%} |")
+    (args.results / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
