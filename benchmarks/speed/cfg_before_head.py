@@ -1,10 +1,10 @@
 """Side by side: classifier-free guidance applied to the normed hidden states before the output head
-(today's sampler: the head runs on the B guided rows) against guidance applied to the 2B rows' logits
-(the sampler before this change: a head product for 2B rows, then sub/mul/add over [B, K] logits).
-Alternated rounds in one process, one thread, random weights, batch 64 with CFG 2.0 (128 rows in the
+(generate_ar(cfg_before_head=True): the head runs on the B guided rows) against guidance applied to the 2B
+rows' logits (the default, LlamaGen's order: a head product for 2B rows, then sub/mul/add over [B, K]
+logits). Alternated rounds in one process, one thread, random weights, batch 64 with CFG 2.0 (128 rows in the
 transformer body), the paper's grid (16x16 codes, K = 16384, C = 512); CPU seconds per loop, and the
 loop's % of the square-matmul peak measured in the same rounds, each loop credited with the FLOPs it
-executes (head rows = 64 today, 128 before).
+executes (head rows = 64 for the hidden-state order, 128 for the logits order).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/speed/cfg_before_head.py \\
         --md benchmarks/results/speed_cfg_before_head_grid16_cpu.md
@@ -23,26 +23,10 @@ import torch
 from coarse2fine.bench import speed as bench
 from coarse2fine.bench.speed import machine_info
 from coarse2fine.models import Transformer
-from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, cfg_combine, generate_ar
+from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, generate_ar
 from coarse2fine.stages import stage_config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-class LogitGuidance:
-    """The model as the sampler saw it before: `guidance` is applied to the full 2B rows' logits."""
-
-    def __init__(self, model: Transformer):
-        self.model, self.cfg = model, model.cfg
-
-    def setup_cache(self, *a, **k):
-        return self.model.setup_cache(*a, **k)
-
-    def __call__(self, *a, guidance=None, **k):
-        logits = self.model(*a, **k)
-        if guidance is None:
-            return logits
-        return logits[: logits.size(0) // 2] if guidance == 1.0 else cfg_combine(logits, guidance)
 
 
 def main(argv=None) -> int:
@@ -66,10 +50,10 @@ def main(argv=None) -> int:
         models[stage] = m
         opts = BASELINE_DEFAULT if stage == "baseline" else CTF_COARSE_DEFAULT
         for d in args.dtype:
-            for variant, net in (("hidden (today)", m), ("logits (before)", LogitGuidance(m))):
-                def fn(net=net, opts=opts, d=d, key=(stage, d, variant)):
-                    tokens[key] = generate_ar(net, labels, opts, torch.Generator().manual_seed(0),
-                                              dtype=DTYPES[d], num_tokens=args.tokens)
+            for variant, hidden in (("hidden", True), ("logits", False)):
+                def fn(hidden=hidden, m=m, opts=opts, d=d, key=(stage, d, variant)):
+                    tokens[key] = generate_ar(m, labels, opts, torch.Generator().manual_seed(0), dtype=DTYPES[d],
+                                              num_tokens=args.tokens, cfg_before_head=hidden)
                 fns[f"{stage} {d} {variant}"] = fn
     peaks = {d: [] for d in args.dtype}
 
@@ -89,7 +73,7 @@ def main(argv=None) -> int:
     for name, v in times.items():
         stage, d, variant = name.split(" ", 2)
         cfg = models[stage].cfg
-        flops = bench.decode_flops(cfg, rows, args.tokens, head_rows=args.batch if "today" in variant else rows)
+        flops = bench.decode_flops(cfg, rows, args.tokens, head_rows=args.batch if variant == "hidden" else rows)
         pk = statistics.median(peaks[d])
         t = statistics.median(v)
         recs.append({"stage": stage, "dtype": d, "variant": variant, "cpu_s": v, "median_cpu_s": t,
@@ -98,10 +82,10 @@ def main(argv=None) -> int:
     lines = []
     for stage in args.stages:
         for d in args.dtype:
-            new = next(r for r in recs if r["stage"] == stage and r["dtype"] == d and "today" in r["variant"])
-            old = next(r for r in recs if r["stage"] == stage and r["dtype"] == d and "before" in r["variant"])
-            same = torch.equal(tokens[(stage, d, "hidden (today)")], tokens[(stage, d, "logits (before)")])
-            agree = (tokens[(stage, d, "hidden (today)")] == tokens[(stage, d, "logits (before)")]).float().mean()
+            new = next(r for r in recs if r["stage"] == stage and r["dtype"] == d and r["variant"] == "hidden")
+            old = next(r for r in recs if r["stage"] == stage and r["dtype"] == d and r["variant"] == "logits")
+            same = torch.equal(tokens[(stage, d, "hidden")], tokens[(stage, d, "logits")])
+            agree = (tokens[(stage, d, "hidden")] == tokens[(stage, d, "logits")]).float().mean()
             lines.append(f"| {stage} | {d} | {old['median_cpu_s']:.2f} | {new['median_cpu_s']:.2f} | "
                          f"**{new['median_cpu_s'] / old['median_cpu_s']:.2f}x** | {old['pct_peak']:.0f}% | "
                          f"{new['pct_peak']:.0f}% | {'identical' if same else f'{100 * agree:.1f}% equal'} |")
@@ -112,8 +96,8 @@ def main(argv=None) -> int:
             f"the first {args.tokens} of 256 steps, random weights; {args.rounds} alternated rounds after one "
             "warm-up round. CPU seconds per loop (medians); % of the square-matmul peak measured in the same rounds, "
             "each loop credited with the FLOPs it executes.\n\n"
-            "| loop | dtype | CFG on logits (before) s | CFG on hidden states (today) s | today / before | "
-            "% peak before | % peak today | codes for the seed |\n|---|---|---|---|---|---|---|---|\n"
+            "| loop | dtype | CFG on logits (default) s | CFG on hidden states s | hidden / logits | "
+            "% peak logits | % peak hidden | codes for the seed |\n|---|---|---|---|---|---|---|---|\n"
             + "\n".join(lines) + "\n")
     print(text)
     if args.md:

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
     t = bench.alternate({**fns, "matmul_peak": peak}, args.repeats, warmup=0,
                         progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
-    flops = bench.decode_flops(model.cfg, 2 * args.batch, N, head_rows=args.batch)
+    flops = bench.decode_flops(model.cfg, 2 * args.batch, N)
     recs = []
     for name in fns:
         d = name.split()[0]

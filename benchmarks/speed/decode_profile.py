@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             model.output.weight.normal_(std=0.02)
         model.eval()
-        flops = bench.decode_flops(model.cfg, 2 * args.batch, args.tokens, head_rows=args.batch)
+        flops = bench.decode_flops(model.cfg, 2 * args.batch, args.tokens)
         for d in args.dtype:
             peak = bench.matmul_flops_per_s(DTYPES[d], seconds=0.5, clock="cpu")
             r = profile_loop(model, opts, DTYPES[d], args.batch, args.tokens)

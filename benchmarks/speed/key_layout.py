@@ -1,10 +1,9 @@
 """Side by side: the CPU key cache kept transposed, [B, H, hd, L] (a prefix is the right operand of
 q @ k^T as it stands; today's layout for bf16 caches) against [B, H, L, hd] read through a transposed view
 (every cache before; fp32 caches today, where it measured faster: a bf16 matmul copied the keys first).
-Both loops guide the hidden states before the head. Alternated rounds in one process, one thread, random
+Both loops guide the logits (the sampler's default). Alternated rounds in one process, one thread, random
 weights, batch 64 with CFG 2.0 (128 rows in the transformer body), the paper's grid (16x16 codes, K = 16384, C = 512); CPU seconds per loop, and the
-loop's % of the square-matmul peak measured in the same rounds (FLOPs as bench.decode_flops counts them,
-the head on the 64 guided rows).
+loop's % of the square-matmul peak measured in the same rounds (FLOPs as bench.decode_flops counts them).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/speed/key_layout.py \\
         --md benchmarks/results/speed_key_layout_grid16_cpu.md
@@ -102,7 +101,7 @@ def main(argv=None) -> int:
     for name, v in times.items():
         stage, d, variant = name.split(" ", 2)
         cfg = models[stage].cfg
-        flops = bench.decode_flops(cfg, rows, args.tokens, head_rows=args.batch)
+        flops = bench.decode_flops(cfg, rows, args.tokens)
         pk = statistics.median(peaks[d])
         t = statistics.median(v)
         recs.append({"stage": stage, "dtype": d, "variant": variant, "cpu_s": v, "median_cpu_s": t,

@@ -32,11 +32,16 @@ def test_decode_flop_count_matches_torch_flop_counter():
 
 
 def test_decode_flop_count_of_the_cfg_sampler_matches_torch_flop_counter():
-    """The sampler under CFG: the body runs 2B rows, the head the B guided rows (head_rows)."""
+    """The sampler under CFG: the body runs 2B rows, the head 2B rows by default and the B guided rows
+    with cfg_before_head (head_rows)."""
     from coarse2fine.sampling import StageSampling, generate_ar
     m = _tiny()
     with FlopCounterMode(display=False) as fc:
         generate_ar(m, torch.tensor([0, 1, 2]), StageSampling(cfg_scale=2.0), torch.Generator().manual_seed(0))
+    assert fc.get_total_flops() == bench.decode_flops(m.cfg, rows=6, num_tokens=16)
+    with FlopCounterMode(display=False) as fc:
+        generate_ar(m, torch.tensor([0, 1, 2]), StageSampling(cfg_scale=2.0), torch.Generator().manual_seed(0),
+                    cfg_before_head=True)
     assert fc.get_total_flops() == bench.decode_flops(m.cfg, rows=6, num_tokens=16, head_rows=3)
     assert bench.decode_flops(m.cfg, rows=6, num_tokens=16, head_rows=6) == bench.decode_flops(m.cfg, 6, 16)
 
@@ -272,8 +277,7 @@ def test_bound_is_a_per_step_roofline():
 
     cfg = gpt_config("GPT-tiny", vocab_size=4096)
     fast_mem = bound_record("GPT-tiny", "", 2, peak=1e12, bw=0.0, vq_preset="VQ-tiny", dtype="fp32")
-    # CFG: the body runs 2B = 4 rows, the head the 2 guided rows
-    assert fast_mem["bound_s"]["baseline"] == pytest.approx(bench.decode_flops(cfg, 4, 64, head_rows=2) / 1e12)
+    assert fast_mem["bound_s"]["baseline"] == pytest.approx(bench.decode_flops(cfg, 4, 64) / 1e12)
     slow_mem = bound_record("GPT-tiny", "", 2, peak=1e30, bw=1e6, vq_preset="VQ-tiny", dtype="fp32")
     with torch.device("meta"):
         m = Transformer(cfg)

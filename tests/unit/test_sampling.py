@@ -63,20 +63,49 @@ def test_guidance_before_the_head_equals_guided_logits():
     torch.testing.assert_close(plain, both[:3], rtol=0, atol=1e-6)
 
 
-def test_ar_loop_runs_the_head_on_the_guided_rows_only():
-    """Under CFG every step's head product has B rows, not 2B (half the head's FLOPs at K = 16384), also
-    after the CFG interval; without CFG it has B rows as before."""
+def test_ar_loop_head_rows_by_guidance_order():
+    """By default every step's head product has 2B rows under CFG (LlamaGen's order: guide the logits);
+    with cfg_before_head it has B rows (half the head's FLOPs at K = 16384), also after the CFG interval;
+    without CFG it has B rows either way."""
     m = _model()
     seen = []
     hook = m.output.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
     try:
         cond = torch.tensor([1, 2, 5])
-        generate_ar(m, cond, StageSampling(cfg_scale=4.0, cfg_interval=6), torch.Generator().manual_seed(0))
-        generate_ar(m, cond, StageSampling(cfg_scale=1.0), torch.Generator().manual_seed(0))
-        generate_naive(m, cond, StageSampling(cfg_scale=4.0), torch.Generator().manual_seed(0))
+        g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+        generate_ar(m, cond, StageSampling(cfg_scale=4.0, cfg_interval=6), g())
+        default, seen[:] = list(seen), []
+        generate_ar(m, cond, StageSampling(cfg_scale=4.0, cfg_interval=6), g(), cfg_before_head=True)
+        generate_ar(m, cond, StageSampling(cfg_scale=1.0), g(), cfg_before_head=True)
     finally:
         hook.remove()
-    assert seen == [3] * (3 * 16)
+    assert default == [6] * 16
+    assert seen == [3] * (2 * 16)
+
+
+def test_default_guidance_is_llamagens_order_bit_for_bit():
+    """The default sampler guides the 2B rows' logits exactly as LlamaGen does (uncond + (cond - uncond) *
+    scale on the head's output), so greedy samples reproduce LlamaGen's bit for bit; guiding the hidden
+    states gives the same logits only up to rounding, which flipped 0.15% of greedy tokens of a random
+    K = 16384 GPT-small (benchmarks/speed/llamagen_side_by_side.py)."""
+    import coarse2fine.sampling as sampling
+
+    m = _model(vocab=4096)
+    cond = torch.tensor([0, 3, 7, 9])
+    seen = []
+    real = sampling.sample_logits
+    try:
+        sampling.sample_logits = lambda logits, *a, **k: seen.append(logits.clone()) or real(logits, *a, **k)
+        generate_ar(m, cond, StageSampling(top_k=1, cfg_scale=3.0), num_tokens=1)
+        generate_ar(m, cond, StageSampling(top_k=1, cfg_scale=3.0), num_tokens=1, cfg_before_head=True)
+    finally:
+        sampling.sample_logits = real
+    with torch.no_grad():
+        both = m(None, torch.cat([cond, torch.full_like(cond, m.cfg.num_classes)]))[:, -1]  # [2B, V]
+    c, u = both.chunk(2)
+    assert torch.equal(seen[0], u + (c - u) * 3.0)
+    assert not torch.equal(seen[1], seen[0])  # the other order rounds differently
+    torch.testing.assert_close(seen[1], seen[0], rtol=1e-4, atol=1e-4)
 
 
 def test_seed_reproduces_and_cache_matches_naive():

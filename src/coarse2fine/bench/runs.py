@@ -161,9 +161,7 @@ def run_sample_bench(sb: SampleBench, log: Callable[[str], None] | None = None) 
     s2_rows = 2 * B if CTF_FINE_DEFAULT.use_cfg else B
     # the restricted head: the N image positions, each times its sampled cluster's members
     width = None if members is None else float((members >= 0).sum(1)[state["coarse"]].double().mean())
-    # the head runs on the B guided rows (the sampler guides the hidden states before it)
-    flops = {"baseline": bench.decode_flops(base.cfg, rows, N, head_rows=B),
-             "stage1": bench.decode_flops(coarse.cfg, rows, N, head_rows=B),
+    flops = {"baseline": bench.decode_flops(base.cfg, rows, N), "stage1": bench.decode_flops(coarse.cfg, rows, N),
              "stage2": bench.full_forward_flops(fine.cfg, s2_rows, N + 1, head_positions=None if width is None else N,
                                                 head_width=width)}
     w_dt = dtype if sb.weights == "autocast" else None
@@ -257,10 +255,8 @@ def bound_record(preset: str, fine_preset: str, batch: int, peak: float, bw: flo
         fine = Transformer(stage_config(fine_preset or preset, "fine", K, C, nc, g))
     N, rows = g * g, 2 * batch
     s2_rows = 2 * batch if CTF_FINE_DEFAULT.use_cfg else batch
-    t = {"baseline": bench.decode_bound_s(base.cfg, bench.weight_bytes(base, DTYPES[dtype]), rows, N, peak, bw, e,
-                                          head_rows=batch),
-         "stage1": bench.decode_bound_s(coarse.cfg, bench.weight_bytes(coarse, DTYPES[dtype]), rows, N, peak, bw, e,
-                                        head_rows=batch),
+    t = {"baseline": bench.decode_bound_s(base.cfg, bench.weight_bytes(base, DTYPES[dtype]), rows, N, peak, bw, e),
+         "stage1": bench.decode_bound_s(coarse.cfg, bench.weight_bytes(coarse, DTYPES[dtype]), rows, N, peak, bw, e),
          "stage2": bench.full_forward_flops(fine.cfg, s2_rows, N + 1, head_positions=N,
                                             head_width=K / C if fine_head == "restricted" else K) / peak,
          "decode": batch * vq_decode_flops(vq_preset, g) / peak}

@@ -93,8 +93,8 @@ def token_flops(cfg: GPTConfig, context: int, head: bool = True) -> int:
 
 def decode_flops(cfg: GPTConfig, rows: int, num_tokens: int, head_rows: int | None = None) -> int:
     """The KV-cache loop: step i feeds one token at position i, attends over i + 1 positions and
-    evaluates the head for `head_rows` rows (default `rows`). rows = 2B under CFG, head_rows = B:
-    the sampler guides the hidden states before the head (Transformer.forward's guidance)."""
+    evaluates the head for `head_rows` rows (default `rows`). rows = 2B under CFG; head_rows = B when the
+    sampler guides the hidden states before the head (generate_ar's cfg_before_head)."""
     head_rows = rows if head_rows is None else head_rows
     body = rows * sum(token_flops(cfg, i + 1, head=False) for i in range(num_tokens))
     return body + head_rows * num_tokens * 2 * cfg.dim * cfg.vocab_size
