@@ -187,6 +187,17 @@ def test_empty_classes_names_no_class():
     assert parse_classes(None, 3, 1).tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("spec, where", [("1,,2", "between two commas"), ("1, ,2", "between two commas"),
+                                         (",1", "before the first comma"), ("1,2,", "after the last comma")])
+def test_an_empty_entry_in_classes_is_named_not_dropped(spec, where):
+    """`sample --classes 1,,2` sampled classes 1 and 2 without a word: the id meant between the commas was lost."""
+    from coarse2fine.cli.models import parse_classes
+
+    with pytest.raises(UserError, match=f"--classes '{spec}' has an empty entry {where}; remove the extra comma"):
+        parse_classes(spec, 10, 1)
+    assert parse_classes(" 1 , 2", 10, 2).tolist() == [1, 1, 2, 2]  # spaces around an id are fine
+
+
 def _samples(out, seed, n=6):
     from coarse2fine.data.sample_folder import write_folder
 
