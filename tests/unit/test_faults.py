@@ -619,6 +619,14 @@ def test_a_png_written_under_another_formats_name_is_refused(tmp_path, capsys, a
     assert not (tmp_path / "recon.jpg").exists()
 
 
+@pytest.mark.parametrize("argv", [["data", "show", "default"], ["reconstruct", "--tokenizer", "tok", "--device", "cpu"]])
+def test_a_png_written_under_a_name_without_an_extension_is_refused(tmp_path, capsys, argv):
+    """`reconstruct --out recon` and `data show --out preview` wrote a PNG file named `recon`, with no extension."""
+    one_line_error(capsys, [*argv, "--out", "recon"], "--out recon has no file extension, but a PNG is written; "
+                                                      "name it recon.png")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_folder_of_pngs_from_two_runs_with_one_number_twice_is_refused(tmp_path):
     """Two runs' PNGs copied into one folder (000000_c0.png beside 000000_c1.png) were all scored as one set."""
     from coarse2fine.data.sample_folder import read_samples
