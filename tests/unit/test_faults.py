@@ -722,3 +722,19 @@ def test_a_demo_into_a_run_directory_is_refused_before_it_touches_it(tmp_path, c
                             f"--out {run} holds config.json: a run, an export or a code store, not a demo folder")
     assert out == "" and sorted(f.name for f in run.iterdir()) == ["coarse_map.safetensors", "config.json"]
     assert (run / "coarse_map.safetensors").read_text() == "coarse_map.safetensors"
+
+
+@pytest.mark.parametrize("held", ["config.json", "model.safetensors", "model_index.json"])
+def test_sample_fid_into_a_run_directory_is_refused_as_sample_refuses_it(tmp_path, capsys, held):
+    """`sample-fid --out R` of a run (or an export) wrote samples/, samples.npz and fid_run.json among R's
+    config.json and weights, where `sample --out R` refuses R."""
+    run = tmp_path / "baseline"
+    run.mkdir()
+    (run / held).write_text(held)
+    out, _ = one_line_error(capsys, ["sample-fid", "--baseline", tmp_path / "other", "--num-samples", "10",
+                                     "--device", "cpu", "--no-progress", "--out", run],
+                            f"--out {run} holds {held}: a run, an export or a code store, not a sample-fid folder",
+                            "choose another --out")
+    assert out == "" and [f.name for f in run.iterdir()] == [held]
+    one_line_error(capsys, ["sample", "--baseline", tmp_path / "other", "--device", "cpu", "--out", run],
+                   f"--out {run} holds 1 file(s) that `sample` did not write")
