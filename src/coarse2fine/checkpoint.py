@@ -277,6 +277,22 @@ def check_run_out(out: str | Path, kind: str) -> None:
                         "choose another --out")
 
 
+# the files at the top of a run (config.json, state.pt, model.safetensors), an export (model_index.json) or a
+# code store (meta.json)
+_FOLDER_MARKS = ("config.json", MODEL_INDEX, "state.pt", "meta.json", "model.safetensors")
+
+
+def check_not_run_out(out: str | Path, folder: str, writes: str) -> None:
+    """Refuse the --out of a command that writes its files into a folder of its own (`demo`, `sample-fid`)
+    when that folder holds a run, an export or a code store at its top: `writes` (what the command would
+    write) would land among its files (the demo replaced a stage run's own coarse_map.safetensors with its
+    k-means; sample-fid wrote samples/ and samples.npz beside a run's weights)."""
+    out = Path(out)
+    held = next((f for f in _FOLDER_MARKS if (out / f).exists()), None)
+    if held:
+        raise UserError(f"--out {out} holds {held}: a run, an export or a code store, not {folder}; {writes} "
+                        "among its files: choose another --out")
+
 def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
     """config.json of a run dir, checked: a coarse2fine run, a version this code reads (runs without
     format_version are version 0), and of `kind` when given."""

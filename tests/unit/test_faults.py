@@ -187,6 +187,17 @@ def test_empty_classes_names_no_class():
     assert parse_classes(None, 3, 1).tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("spec, where", [("1,,2", "between two commas"), ("1, ,2", "between two commas"),
+                                         (",1", "before the first comma"), ("1,2,", "after the last comma")])
+def test_an_empty_entry_in_classes_is_named_not_dropped(spec, where):
+    """`sample --classes 1,,2` sampled classes 1 and 2 without a word: the id meant between the commas was lost."""
+    from coarse2fine.cli.models import parse_classes
+
+    with pytest.raises(UserError, match=f"--classes '{spec}' has an empty entry {where}; remove the extra comma"):
+        parse_classes(spec, 10, 1)
+    assert parse_classes(" 1 , 2", 10, 2).tolist() == [1, 1, 2, 2]  # spaces around an id are fine
+
+
 def _samples(out, seed, n=6):
     from coarse2fine.data.sample_folder import write_folder
 
@@ -608,6 +619,14 @@ def test_a_png_written_under_another_formats_name_is_refused(tmp_path, capsys, a
     assert not (tmp_path / "recon.jpg").exists()
 
 
+@pytest.mark.parametrize("argv", [["data", "show", "default"], ["reconstruct", "--tokenizer", "tok", "--device", "cpu"]])
+def test_a_png_written_under_a_name_without_an_extension_is_refused(tmp_path, capsys, argv):
+    """`reconstruct --out recon` and `data show --out preview` wrote a PNG file named `recon`, with no extension."""
+    one_line_error(capsys, [*argv, "--out", "recon"], "--out recon has no file extension, but a PNG is written; "
+                                                      "name it recon.png")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_folder_of_pngs_from_two_runs_with_one_number_twice_is_refused(tmp_path):
     """Two runs' PNGs copied into one folder (000000_c0.png beside 000000_c1.png) were all scored as one set."""
     from coarse2fine.data.sample_folder import read_samples
@@ -703,3 +722,19 @@ def test_a_demo_into_a_run_directory_is_refused_before_it_touches_it(tmp_path, c
                             f"--out {run} holds config.json: a run, an export or a code store, not a demo folder")
     assert out == "" and sorted(f.name for f in run.iterdir()) == ["coarse_map.safetensors", "config.json"]
     assert (run / "coarse_map.safetensors").read_text() == "coarse_map.safetensors"
+
+
+@pytest.mark.parametrize("held", ["config.json", "model.safetensors", "model_index.json"])
+def test_sample_fid_into_a_run_directory_is_refused_as_sample_refuses_it(tmp_path, capsys, held):
+    """`sample-fid --out R` of a run (or an export) wrote samples/, samples.npz and fid_run.json among R's
+    config.json and weights, where `sample --out R` refuses R."""
+    run = tmp_path / "baseline"
+    run.mkdir()
+    (run / held).write_text(held)
+    out, _ = one_line_error(capsys, ["sample-fid", "--baseline", tmp_path / "other", "--num-samples", "10",
+                                     "--device", "cpu", "--no-progress", "--out", run],
+                            f"--out {run} holds {held}: a run, an export or a code store, not a sample-fid folder",
+                            "choose another --out")
+    assert out == "" and [f.name for f in run.iterdir()] == [held]
+    one_line_error(capsys, ["sample", "--baseline", tmp_path / "other", "--device", "cpu", "--out", run],
+                   f"--out {run} holds 1 file(s) that `sample` did not write")

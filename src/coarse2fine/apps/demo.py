@@ -262,7 +262,7 @@ def _prepare_tokenizer(plan: DemoPlan, tok_dir: Path, train_ds, progress: bool) 
 def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     from coarse2fine.apps.demo_stages import train_stages
     from coarse2fine.apps.demo_report import evaluate_both, render_report
-    from coarse2fine.checkpoint import load_vq
+    from coarse2fine.checkpoint import check_not_run_out, load_vq
     from coarse2fine.data import build_dataset
     from coarse2fine.data.codes import CodeStore, extract_codes
     from coarse2fine.data.preprocess import save_grid
@@ -278,11 +278,8 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
         raise UserError(f"{out} already holds a finished demo; choose another --out or delete it")
     gpt_config(plan.gpt_preset)  # a mistyped --preset fails here, not after the tokenizer, the codes and k-means
     # a demo folder holds its runs in sub-folders; one with a run's, an export's or a code store's files at
-    # its top is someone else's (the demo replaced a stage run's own coarse_map.safetensors with its k-means)
-    held = next((f for f in ("config.json", "model_index.json", "state.pt", "meta.json") if (out / f).exists()), None)
-    if held:
-        raise UserError(f"--out {out} holds {held}: a run, an export or a code store, not a demo folder; the demo "
-                        "would write its coarse map, samples and report among its files: choose another --out")
+    # its top is someone else's
+    check_not_run_out(out, "a demo folder", "the demo would write its coarse map, samples and report")
     out.mkdir(parents=True, exist_ok=True)
     precision = demo_precision(plan.dtype)
     threads = distributed.configure_threads()

@@ -110,12 +110,16 @@ def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coars
     sampling autocast, precision.resolve_dtype). Returns the summary also stored in out_dir/fid_run.json.
     One process (group) per out_dir: rank 0 holds its lock, and first removes the temp files of a
     killed run."""
+    from coarse2fine.checkpoint import check_not_run_out
+
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     info = distributed.setup(device)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is an existing file; give a directory path")
+    # `sample` refuses such a folder (files it did not write); sample-fid wrote samples/ among a run's files
+    check_not_run_out(out, "a sample-fid folder", "sample-fid would write samples/, samples.npz and fid_run.json")
     with lock_dir(out, "another sample-fid process", info.is_main):
         if info.is_main:
             for d in (out, out / "samples"):

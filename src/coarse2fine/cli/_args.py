@@ -181,7 +181,8 @@ def reject_unused(args: argparse.Namespace, flags: list[str], why: str) -> None:
 def check_out_path(path, flag: str = "--out", kind: str = "dir", suffix: str | None = None) -> None:
     """Refuse, before any work, an output path of the wrong kind: an existing file where a directory
     is meant (kind="dir"), or an existing directory where a file is meant (kind="file"); and a file
-    named for another format than the `suffix` it is written in (a PNG written as recon.jpg)."""
+    named for another format than the `suffix` it is written in (a PNG written as recon.jpg), or named
+    without one (a PNG written as `recon`, which no viewer or file dialog takes for an image)."""
     from pathlib import Path
 
     from coarse2fine.config import UserError
@@ -191,6 +192,10 @@ def check_out_path(path, flag: str = "--out", kind: str = "dir", suffix: str | N
         raise UserError(f"{flag} {p} is an existing file; give a directory path")
     if kind == "file" and p.is_dir():
         raise UserError(f"{flag} {p} is a directory; give a file path")
-    if kind == "file" and suffix and p.suffix and p.suffix.lower() != suffix:
-        raise UserError(f"{flag} {p} names a {p.suffix} file, but a {suffix.lstrip('.').upper()} is written; "
-                        f"name it {p.with_suffix(suffix)}")
+    if kind == "file" and suffix and not p.name.lower().endswith(suffix):
+        fmt = suffix.lstrip(".").upper()
+        if p.suffix:
+            raise UserError(f"{flag} {p} names a {p.suffix} file, but a {fmt} is written; "
+                            f"name it {p.with_suffix(suffix)}")
+        raise UserError(f"{flag} {p} has no file extension, but a {fmt} is written; "
+                        f"name it {p.with_name(p.name.rstrip('.') + suffix)}")

@@ -332,12 +332,19 @@ def cmd_eval_tokens(args) -> int:
 
 def parse_classes(spec: str | None, num_classes: int, per_class: int) -> torch.Tensor:
     if spec is not None:  # given, even empty: `--classes ""` names no class, it does not mean all
+        parts = [s.strip() for s in spec.split(",")]
+        if not any(parts):
+            raise UserError(f"--classes {spec!r} names no class; give e.g. --classes 0,3")
+        if not all(parts):  # `1,,2` sampled classes 1 and 2: the id meant between the commas was lost
+            i = parts.index("")
+            where = ("before the first comma" if i == 0 else "after the last comma" if i == len(parts) - 1
+                     else "between two commas")
+            raise UserError(f"--classes {spec!r} has an empty entry {where}; remove the extra comma or put the "
+                            "missing class id there")
         try:
-            ids = [int(s) for s in spec.split(",") if s.strip()]
+            ids = [int(s) for s in parts]
         except ValueError as e:
             raise UserError(f"--classes must be comma-separated integers, got {spec!r}") from e
-        if not ids:
-            raise UserError(f"--classes {spec!r} names no class; give e.g. --classes 0,3")
     else:
         ids = list(range(num_classes))
     bad = [i for i in ids if not 0 <= i < num_classes]
