@@ -10,23 +10,14 @@ loop's % of the square-matmul peak measured in the same rounds (FLOPs as bench.d
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 
-from coarse2fine.bench import speed as bench
-from coarse2fine.bench.speed import machine_info
-from coarse2fine.models import Transformer
 from coarse2fine.layers import KVCache
-from coarse2fine.sampling import BASELINE_DEFAULT, CTF_COARSE_DEFAULT, generate_ar
-from coarse2fine.stages import stage_config
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from coarse2fine.models import Transformer
+from coarse2fine.sampling import generate_ar
+from loop_pair import compare, parser
 
 
 class UntransposedKeys:
@@ -56,81 +47,18 @@ class TransposedKeys(UntransposedKeys):
     transposed = True
 
 
+def _run(wrapper):
+    def run(m, labels, opts, dtype, n):
+        return generate_ar(wrapper(m), labels, opts, torch.Generator().manual_seed(0), dtype=dtype, num_tokens=n)
+    return run
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="GPT-small")
-    ap.add_argument("--stages", nargs="+", default=["baseline", "coarse"], choices=["baseline", "coarse"])
-    ap.add_argument("--dtype", nargs="+", default=["fp32"], choices=list(DTYPES))
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=256, help="the first N of the 256 steps")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--md", default="")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    labels = torch.arange(args.batch) % 10
-    models, fns, tokens = {}, {}, {}
-    for stage in args.stages:
-        torch.manual_seed(0)
-        m = Transformer(stage_config(args.preset, stage, 16384, 512, 10, 16)).eval()
-        with torch.no_grad():
-            m.output.weight.normal_(std=0.02)
-        models[stage] = m
-        opts = BASELINE_DEFAULT if stage == "baseline" else CTF_COARSE_DEFAULT
-        for d in args.dtype:
-            for variant, net in (("transposed", TransposedKeys(m)),
-                                 ("untransposed", UntransposedKeys(m))):
-                def fn(net=net, opts=opts, d=d, key=(stage, d, variant)):
-                    tokens[key] = generate_ar(net, labels, opts, torch.Generator().manual_seed(0),
-                                              dtype=DTYPES[d], num_tokens=args.tokens)
-                fns[f"{stage} {d} {variant}"] = fn
-    peaks = {d: [] for d in args.dtype}
-
-    def peak():
-        for d in args.dtype:
-            peaks[d].append(bench.matmul_flops_per_s(DTYPES[d], seconds=0.25, clock="cpu"))
-
-    times = {k: [] for k in fns}
-    for r in range(args.rounds + 1):  # round 0 warms up (caches allocated, pages touched)
-        for name, fn in {**fns, "peak": peak}.items():
-            c0 = time.process_time()
-            fn()
-            if r and name != "peak":
-                times[name].append(time.process_time() - c0)
-        print(f"round {r} done", file=sys.stderr, flush=True)
-    rows, recs = 2 * args.batch, []
-    for name, v in times.items():
-        stage, d, variant = name.split(" ", 2)
-        cfg = models[stage].cfg
-        flops = bench.decode_flops(cfg, rows, args.tokens)
-        pk = statistics.median(peaks[d])
-        t = statistics.median(v)
-        recs.append({"stage": stage, "dtype": d, "variant": variant, "cpu_s": v, "median_cpu_s": t,
-                     "flops": flops, "matmul_peak_flop_per_s_cpu": pk, "pct_peak": 100 * flops / t / pk})
-    m = machine_info()
-    lines = []
-    for stage in args.stages:
-        for d in args.dtype:
-            new = next(r for r in recs if r["stage"] == stage and r["dtype"] == d and r["variant"] == "transposed")
-            old = next(r for r in recs if r["stage"] == stage and r["dtype"] == d and r["variant"] == "untransposed")
-            same = torch.equal(tokens[(stage, d, "transposed")], tokens[(stage, d, "untransposed")])
-            agree = (tokens[(stage, d, "transposed")] == tokens[(stage, d, "untransposed")]).float().mean()
-            lines.append(f"| {stage} | {d} | {old['median_cpu_s']:.2f} | {new['median_cpu_s']:.2f} | "
-                         f"**{new['median_cpu_s'] / old['median_cpu_s']:.2f}x** | {old['pct_peak']:.0f}% | "
-                         f"{new['pct_peak']:.0f}% | {'identical' if same else f'{100 * agree:.1f}% equal'} |")
-    text = (f"Command: `OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/speed/key_layout.py "
-            f"{' '.join(sys.argv[1:])}`\n\nMachine: {m.get('cpu')}, {m.get('cpu_count')} CPUs visible, 1 torch "
-            f"thread, torch {m.get('torch')}, load {m.get('load_avg_1m')}; {time.strftime('%Y-%m-%d %H:%M')} UTC.\n\n"
-            f"{args.preset}, 16x16 codes, K = 16384, C = 512, batch {args.batch} with CFG ({rows} rows in the body), "
-            f"the first {args.tokens} of 256 steps, random weights; {args.rounds} alternated rounds after one "
-            "warm-up round. CPU seconds per loop (medians); % of the square-matmul peak measured in the same rounds, "
-            "each loop credited with the FLOPs it executes.\n\n"
-            "| loop | dtype | keys [B, H, L, hd] s | keys [B, H, hd, L] s | [B, H, hd, L] / [B, H, L, hd] | "
-            "% peak [B, H, L, hd] | % peak [B, H, hd, L] | codes for the seed |\n|---|---|---|---|---|---|---|---|\n"
-            + "\n".join(lines) + "\n")
-    print(text)
-    if args.md:
-        Path(args.md).write_text(text)
-        Path(args.md).with_suffix(".json").write_text(json.dumps({"machine": m, "records": recs}, indent=1) + "\n")
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    rows = 2 * args.batch
+    compare(args, "key_layout.py", {"untransposed": _run(UntransposedKeys), "transposed": _run(TransposedKeys)},
+            {"untransposed": rows, "transposed": rows}, ("keys [B, H, L, hd]", "keys [B, H, hd, L]"),
+            "The key cache as [B, H, L, hd] against [B, H, hd, L].")
     return 0
 
 
