@@ -130,12 +130,6 @@ def _guidance(opts: StageSampling, i: int) -> float | None:
     return opts.cfg_scale if opts.cfg_interval < 0 or i < opts.cfg_interval else 1.0
 
 
-def _guide_logits(logits: torch.Tensor, opts: StageSampling, i: int) -> torch.Tensor:
-    """[2B, V] logits as [cond; null] -> [B, V] guided for token i, in LlamaGen's order."""
-    g = _guidance(opts, i)
-    return logits[: logits.size(0) // 2] if g == 1.0 else cfg_combine(logits, g)
-
-
 def _cfg_cond(cond: torch.Tensor, num_classes: int, use_cfg: bool) -> torch.Tensor:
     if not use_cfg:
         return cond
@@ -193,15 +187,16 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         for i in range(n):
             pos = positions[i:i + 1]
-            g = _guidance(opts, i) if cfg_before_head else None
+            g = _guidance(opts, i)
+            hg = g if cfg_before_head else None  # guided inside the model, before the head
             if i == 0:
-                logits = model(None, x_cond, pos, last_only=True, prefix_len=1, guidance=g)[:, -1]  # [B', V]
+                logits = model(None, x_cond, pos, last_only=True, prefix_len=1, guidance=hg)[:, -1]  # [B', V]
             else:
                 x = tok.repeat(2, 1) if opts.use_cfg else tok  # [B', 1]
-                logits = (step(x, None, pos, last_only=True, guidance=g) if compile_mode
-                          else model(x, None, pos, last_only=True, prefix_len=i + 1, guidance=g))[:, -1]
-            if opts.use_cfg and not cfg_before_head:
-                logits = _guide_logits(logits, opts, i)
+                logits = (step(x, None, pos, last_only=True, guidance=hg) if compile_mode
+                          else model(x, None, pos, last_only=True, prefix_len=i + 1, guidance=hg))[:, -1]
+            if g is not None and not cfg_before_head:  # the [2B, V] float32 logits, in LlamaGen's order
+                logits = guide_hidden(logits, g)
             nxt = sample_logits(logits.float(), opts.temperature, opts.top_k, opts.top_p, generator)
             out[:, i] = nxt
             tok = nxt.unsqueeze(1)  # [B, 1]
@@ -357,7 +352,7 @@ def generate_naive(model, cond: torch.Tensor, opts: StageSampling, generator: to
     for i in range(n):
         logits = model(toks if i else None, x_cond)[:, -1]
         if opts.use_cfg:
-            logits = _guide_logits(logits, opts, i)
+            logits = guide_hidden(logits, _guidance(opts, i))
         nxt = sample_logits(logits, opts.temperature, opts.top_k, opts.top_p, generator)
         out.append(nxt)
         step = nxt.repeat(2) if opts.use_cfg else nxt

@@ -146,16 +146,14 @@ def decode_bytes(cfg: GPTConfig, model: torch.nn.Module, rows: int, num_tokens: 
 
 
 def decode_bound_s(cfg: GPTConfig, w_bytes: int, rows: int, num_tokens: int, peak_flop_per_s: float,
-                   bytes_per_s: float, kv_elem_bytes: int = 2, head_rows: int | None = None) -> float:
+                   bytes_per_s: float, kv_elem_bytes: int = 2) -> float:
     """Least time of the KV-cache loop on a machine with this matmul peak and memory bandwidth:
     every step takes at least max(its FLOPs / peak, its bytes / bandwidth) (a per-step roofline;
-    bytes = the weights once + K/V of the prefix read + one position written). head_rows as in
-    decode_flops."""
+    bytes = the weights once + K/V of the prefix read + one position written)."""
     kv_pos = 2 * cfg.n_layer * cfg.dim * kv_elem_bytes * rows
-    head = (rows if head_rows is None else head_rows) * 2 * cfg.dim * cfg.vocab_size
     total = 0.0
     for i in range(num_tokens):
-        f = rows * token_flops(cfg, i + 1, head=False) + head
+        f = rows * token_flops(cfg, i + 1)
         b = w_bytes + kv_pos * (i + 2)
         total += max(f / peak_flop_per_s, b / bytes_per_s if bytes_per_s else 0.0)
     return total

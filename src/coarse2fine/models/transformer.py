@@ -144,7 +144,8 @@ class Transformer(nn.Module):
 
 def guide_hidden(h: torch.Tensor, scale: float) -> torch.Tensor:
     """h [2B, ...] as [cond; null] -> null + (cond - null) * scale in float32, [B, ...]; scale 1.0
-    returns the cond rows unchanged."""
+    returns the cond rows unchanged. Classifier-free guidance of hidden states or of logits alike (the
+    sampler guides the [2B, V] logits with it, LlamaGen's order: uncond + (cond - uncond) * scale)."""
     cond, null = h.chunk(2, dim=0)
     if scale == 1.0:
         return cond
