@@ -85,13 +85,16 @@ def _subset(n: int, count: int | None, seed: int = 0) -> np.ndarray:
 def reference_features(dataset: str, split: str, resolution: int, extractor: EffNetLite0Features,
                        count: int | None = None, root: str | None = None, cache_dir: str | Path | None = None,
                        use_cache: bool = True, batch_size: int = 32,
-                       log: Callable[[str], None] = print, val_fraction: float | None = None) -> dict:
+                       log: Callable[[str], None] = print, val_fraction: float | None = None,
+                       ds=None) -> dict:
     """Features of a data set split: {"features" float32 [M, D], "mu", "sigma", "count", "classes",
     "cache" (path or None), "cached" (bool)}. A cache entry is reused only when the split's labels
-    (subset included) hash to the stored digest."""
+    (subset included) hash to the stored digest. ds: that split already built (check_inputs builds it;
+    an image folder is probed file by file, so it is not built twice)."""
     from coarse2fine.data import build_dataset
 
-    ds = build_dataset(dataset, resolution, split=split, root=root, val_fraction=val_fraction)
+    if ds is None:
+        ds = build_dataset(dataset, resolution, split=split, root=root, val_fraction=val_fraction)
     idx = _subset(len(ds), count)
     count = len(idx)
     digest = _labels_digest(ds.labels[idx])
@@ -145,7 +148,8 @@ def check_inputs(dataset_name: str, split: str, resolution: int, classifier_dir:
                  cache_dir: str | Path | None = None, use_cache: bool = True):
     """The checks of an evaluation that need neither samples nor features: the reference split exists and
     holds `ref_count` images, the classifier loads and knows the split's classes, the Inception files and
-    the cache folder are usable. Returns load_classifier's (model, config), or None without a classifier.
+    the cache folder are usable. Returns (load_classifier's (model, config) or None without a classifier,
+    the reference split's data set).
     `eval --pipeline` runs it before it samples and evaluate_images before any feature: a mistyped flag
     costs a second, not the sampling and feature extraction it would otherwise come after."""
     from coarse2fine.data import build_dataset
@@ -163,13 +167,13 @@ def check_inputs(dataset_name: str, split: str, resolution: int, classifier_dir:
     ds = build_dataset(dataset_name, resolution, split=split, root=root, val_fraction=val_fraction)
     _subset(len(ds), ref_count)
     if classifier_dir is None:
-        return None
+        return None, ds
     clf, cfg = load_classifier(classifier_dir)
     classes = cfg["data"]["classes"]
     if len(classes) != len(ds.classes):
         raise UserError(f"classifier {classifier_dir} knows {len(classes)} classes but {dataset_name} has "
                         f"{len(ds.classes)}; train one on this data set")
-    return clf, cfg
+    return (clf, cfg), ds
 
 
 def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name: str, split: str = "test",
@@ -198,16 +202,17 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
     n = len(images)
     check_sample_count(n, classifier_dir, inception_weights, pr_k, is_splits)
     resolution = images.shape[1]
-    classifier = check_inputs(dataset_name, split, resolution, classifier_dir, root=root, val_fraction=val_fraction,
-                              ref_count=ref_count, inception_weights=inception_weights, ref_batch=ref_batch,
-                              cache_dir=cache_dir, use_cache=use_cache)
+    classifier, ref_ds = check_inputs(dataset_name, split, resolution, classifier_dir, root=root,
+                                      val_fraction=val_fraction, ref_count=ref_count,
+                                      inception_weights=inception_weights, ref_batch=ref_batch,
+                                      cache_dir=cache_dir, use_cache=use_cache)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes: list[str] = []
     rows: list[dict] = []
 
     extractor = EffNetLite0Features(feature_resolution).to(dev)
     ref = reference_features(dataset_name, split, resolution, extractor, ref_count, root, cache_dir,
-                             use_cache, batch_size, log, val_fraction)
+                             use_cache, batch_size, log, val_fraction, ds=ref_ds)
     m = ref["count"]
     if m < pr_k + 1:  # precision/recall take each reference's k-th nearest neighbour among the others
         raise UserError(f"need at least {pr_k + 1} reference images, got {m} (--ref-count, or the split's size)")
