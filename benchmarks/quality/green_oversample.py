@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tokenizer_hues import hue_masks
 
 
 def green_share(x: np.ndarray) -> float:
     """Share of an image's pixels that are clearly green (tokenizer_hues.py's definition), x uint8 [H, W, 3]."""
-    f = x.astype(np.float32) / 255
-    return float((f[..., 1] - np.maximum(f[..., 0], f[..., 2]) > 0.15).mean())
+    return float(hue_masks(x.astype(np.float32) / 255)["green"].mean())
 
 
 def write_folder(root: Path, repeat: int, min_share: float) -> tuple[int, int, int]:

@@ -293,6 +293,7 @@ def check_not_run_out(out: str | Path, folder: str, writes: str) -> None:
         raise UserError(f"--out {out} holds {held}: a run, an export or a code store, not {folder}; {writes} "
                         "among its files: choose another --out")
 
+
 def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, Any]:
     """config.json of a run dir, checked: a coarse2fine run, a version this code reads (runs without
     format_version are version 0), and of `kind` when given."""
