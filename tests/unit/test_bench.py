@@ -130,9 +130,17 @@ def test_matmul_rate_is_the_flops_of_one_matmul_over_its_best_time(monkeypatch):
 
 
 def _touch_64_mib():
-    x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched, held 50 ms so a 1 ms sampler cannot miss it
+    """64 MiB of pages that were not resident before, touched and held 50 ms so a 1 ms sampler cannot miss
+    them. An anonymous mmap, not a tensor: CI once failed three probe tests because torch.ones(64 MiB) got
+    memory the allocator had kept resident from earlier tests (the resident set rose by 4 KiB), and a
+    probe of the resident set rightly sees no rise for reused pages."""
+    import mmap
+
+    m = mmap.mmap(-1, 64 * 2 ** 20)
+    for offset in range(0, len(m), mmap.PAGESIZE):
+        m[offset] = 1
     time.sleep(0.05)
-    del x
+    m.close()
 
 
 def test_memory_probe_sees_a_touched_allocation_on_this_kernel():
