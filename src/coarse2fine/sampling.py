@@ -141,24 +141,29 @@ def check_labels(cond: torch.Tensor, num_classes: int) -> None:
         raise UserError(f"class labels must be in 0..{num_classes - 1}, got {cond.tolist()[:16]}")
 
 
-def _decode_step(model, compile_mode: str | None):
+def _decode_step(model, compile_mode: str | None, static: bool):
     """The callable for decode steps: the model itself, or a torch.compile of it kept on the model
-    (compiled once, reused by later calls). mode "reduce-overhead" captures CUDA graphs on GPU."""
+    (compiled once, reused by later calls). static: every step has the same shapes (the masked cache;
+    mode "reduce-overhead" captures CUDA graphs on GPU); otherwise the step reads the growing prefix of
+    the cache and the prefix length becomes a symbolic size after the first recompile (two compiles)."""
     if not compile_mode:
         return model
-    cached = model.__dict__.get("_c2f_decode_compiled")
-    if cached is None or cached[0] != compile_mode:
-        # object.__setattr__: an nn.Module attribute would register the compiled wrapper as a
-        # submodule and change the state dict
-        cached = (compile_mode, torch.compile(model, mode=compile_mode, dynamic=False, fullgraph=True))
-        object.__setattr__(model, "_c2f_decode_compiled", cached)
-    return cached[1]
+    compiled = model.__dict__.get("_c2f_decode_compiled")
+    if compiled is None:
+        # object.__setattr__: an nn.Module attribute would register the compiled wrappers as
+        # submodules and change the state dict
+        compiled = {}
+        object.__setattr__(model, "_c2f_decode_compiled", compiled)
+    key = (compile_mode, static)
+    if key not in compiled:
+        compiled[key] = torch.compile(model, mode=compile_mode, dynamic=False if static else None, fullgraph=True)
+    return compiled[key]
 
 
 @torch.no_grad()
 def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch.Generator | None = None,
                 dtype: torch.dtype = torch.float32, num_tokens: int | None = None,
-                masked_cache: bool = False, compile_mode: str | None = None,
+                masked_cache: bool | None = None, compile_mode: str | None = None,
                 cfg_before_head: bool = False) -> torch.Tensor:
     """Autoregressive sampling with a static KV cache. cond [B] -> tokens [B, N].
 
@@ -170,7 +175,10 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     (docs/speed.md), but a near-tie can then break the other way than in LlamaGen. The cache is allocated once per (batch, dtype) and reused
     by later calls. The loop never reads a device value on the host (no per-step sync).
     compile_mode (e.g. "default", "reduce-overhead" = CUDA graphs, "max-autotune"): torch.compile the
-    decode step; implies the masked cache so every step has the same shapes.
+    decode step. masked_cache: every step reads the whole cache under a mask, so its shapes never change.
+    None (the default) = masked when compiling on a GPU (CUDA graphs need static shapes); eager steps and
+    compiled CPU steps read only the filled prefix (at 16x16 codes the masked cache made the compiled CPU
+    loop 1.64x slower than eager: it reads all 257 positions at every step; docs/speed.md).
     """
     cfg = model.cfg
     check_labels(cond, cfg.num_classes)
@@ -178,9 +186,11 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     n = num_tokens or cfg.seq_len
     B = cond.size(0)
     x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)
-    model.setup_cache(x_cond.size(0), dtype=dtype, masked=masked_cache or bool(compile_mode))
-    step = _decode_step(model, compile_mode)
     device = cond.device
+    if masked_cache is None:
+        masked_cache = bool(compile_mode) and device.type != "cpu"
+    model.setup_cache(x_cond.size(0), dtype=dtype, masked=masked_cache)
+    step = _decode_step(model, compile_mode, static=masked_cache)
     positions = torch.arange(n, device=device)
     out = torch.empty(B, n, dtype=torch.long, device=device)
     tok = None
@@ -193,8 +203,8 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
                 logits = model(None, x_cond, pos, last_only=True, prefix_len=1, guidance=hg)[:, -1]  # [B', V]
             else:
                 x = tok.repeat(2, 1) if opts.use_cfg else tok  # [B', 1]
-                logits = (step(x, None, pos, last_only=True, guidance=hg) if compile_mode
-                          else model(x, None, pos, last_only=True, prefix_len=i + 1, guidance=hg))[:, -1]
+                logits = (step(x, None, pos, last_only=True, guidance=hg) if masked_cache
+                          else step(x, None, pos, last_only=True, prefix_len=i + 1, guidance=hg))[:, -1]
             if g is not None and not cfg_before_head:  # the [2B, V] float32 logits, in LlamaGen's order
                 logits = guide_hidden(logits, g)
             nxt = sample_logits(logits.float(), opts.temperature, opts.top_k, opts.top_p, generator)
