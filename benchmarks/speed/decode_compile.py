@@ -104,6 +104,7 @@ def main(argv=None) -> int:
                       f"matmul peak {bench.median(peaks[b]) / bench.median(peaks[a]):.2f}x")
     text = (f"Command: `PYTHONPATH=src python benchmarks/speed/decode_compile.py {shlex.join(sys.argv[1:])}`\n\n"
             f"Machine: {m.get('cpu')}, {m.get('cpu_count')} CPUs visible, 1 torch thread, native bf16 {m.get('cpu_bf16')}, "
+            f"flags {' '.join(m.get('cpu_flags', [])) or 'unknown'}, "
             f"torch {m.get('torch')}, load {m.get('load_avg_1m')}; {time.strftime('%Y-%m-%d %H:%M')} UTC; the box was shared "
             f"with other one-thread jobs. Compile cache: {cache}.\n\n"
             f"{args.preset} baseline loop, batch {args.batch} with CFG ({2 * args.batch} rows), the first {N} of "

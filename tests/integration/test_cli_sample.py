@@ -55,6 +55,7 @@ CASES = {
     "--fine-decoding": (["--fine-decoding", "network"], "ctf", "same"),  # the no-network ones: test_demo_quick
     "--out": ([], "ctf", "same"),
     "--pipeline": ([], "pipeline", "same"),  # the export of the same runs: the same images
+    "--compile": (["--compile"], "ctf", "same"),  # torch.compile of the decode step: the same codes in fp32
 }
 
 

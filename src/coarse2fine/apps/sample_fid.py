@@ -100,15 +100,15 @@ def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coars
                seed: int = 0,
                stage1: StageSampling | dict | None = None, stage2: StageSampling | dict | None = None,
                dtype: str | torch.dtype = "fp32", image_size_eval: int | None = None, device: str | None = None,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, compile_mode: str | None = None) -> dict[str, Any]:
     """Sample `num_samples` class-balanced images into out_dir (see module docstring); resumable.
 
     What samples: run directories (baseline, or coarse + fine, tokenizer optional) or `pipeline`, a
     release folder or Hub repo id. stage1: sampling knobs of the baseline / CTF stage 1; stage2: CTF
     stage 2; each a StageSampling, or a dict of the knobs that differ from the pipeline's own defaults
     (pipe.defaults()), or None for those defaults. dtype: "auto" | "fp32" | "bf16" or a torch dtype (the
-    sampling autocast, precision.resolve_dtype). Returns the summary also stored in out_dir/fid_run.json.
-    One process (group) per out_dir: rank 0 holds its lock, and first removes the temp files of a
+    sampling autocast, precision.resolve_dtype). compile_mode: torch.compile mode of the decode step (None =
+    eager; Pipeline.compile_mode). Returns the summary also stored in out_dir/fid_run.json. One process (group) per out_dir: rank 0 holds its lock, and first removes the temp files of a
     killed run."""
     from coarse2fine.checkpoint import check_not_run_out
 
@@ -125,7 +125,7 @@ def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coars
             for d in (out, out / "samples"):
                 remove_stale_temp_files(d)
         return _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samples, batch_size, seed,
-                           stage1, stage2, dtype, image_size_eval, progress)
+                           stage1, stage2, dtype, image_size_eval, progress, compile_mode)
 
 
 def _stage_opts(given: StageSampling | dict | None, default: StageSampling) -> StageSampling:
@@ -137,13 +137,14 @@ def _stage_opts(given: StageSampling | dict | None, default: StageSampling) -> S
 
 
 def _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samples, batch_size, seed, stage1,
-                stage2, dtype, image_size_eval, progress) -> dict[str, Any]:
+                stage2, dtype, image_size_eval, progress, compile_mode=None) -> dict[str, Any]:
     """sample_fid under the lock of `out`."""
     from coarse2fine.pipeline import CTFPipeline
 
     dtype = resolve_dtype(dtype, info.device)
     bf16 = dtype == torch.bfloat16  # how fid_run.json records it
     pipe = _load_pipeline(baseline, coarse, fine, tokenizer, info.device, dtype, pipeline)
+    pipe.compile_mode = compile_mode  # the images do not depend on it (the same codes in fp32)
     is_ctf = isinstance(pipe, CTFPipeline)
     defaults = pipe.defaults()  # the pipeline's own: an export's sampling_defaults, else the library's
     s1 = _stage_opts(stage1, defaults["stage1"])

@@ -114,6 +114,16 @@ def add_dtype(p: argparse.ArgumentParser, default: str | None, what: str) -> Non
                         f"(default {default or 'auto'})")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def add_compile(p: argparse.ArgumentParser, what: str) -> None:
+    """--compile [MODE]: torch.compile the AR decode step; the flag alone is mode "default", absent is eager."""
+    p.add_argument("--compile", nargs="?", const="default", default="", metavar="MODE", choices=["", *COMPILE_MODES],
+                   help=f"torch.compile the decode step ({', '.join(COMPILE_MODES)}; the flag alone: default; "
+                        f"off when not given){what}")
+
+
 def add_data(p: argparse.ArgumentParser, default: str | None = "default", required: bool = False) -> None:
     """--data NAME and --data-root PATH, the spelling of every subcommand that reads a data set."""
     p.add_argument("--data", default=default, required=required,

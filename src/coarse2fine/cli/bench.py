@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 
-from coarse2fine.cli._args import (add_device, add_threads, check_out_path, nonneg_float, nonneg_int, positive_int,
-                                   seed_int)
+from coarse2fine.cli._args import (add_compile, add_device, add_threads, check_out_path, nonneg_float, nonneg_int,
+                                   positive_int, seed_int)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, vq_config
 
 
@@ -50,10 +50,7 @@ def register(sub) -> None:
                    help="time the decode on this many images and scale to the batch (slow decoders on CPU)")
     s.add_argument("--weights", choices=["autocast", "cast"], default="autocast",
                    help="bf16: autocast over fp32 weights (default) or weights cast to bf16 (LlamaGen's way)")
-    s.add_argument("--compile", default="", metavar="MODE",
-                   choices=["", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
-                   help="torch.compile the decode step: default, reduce-overhead, max-autotune, "
-                        "max-autotune-no-cudagraphs (default off)")
+    add_compile(s, "")
     s.add_argument("--cuda-graphs", action="store_true", help="same as --compile reduce-overhead (CUDA graphs)")
     s.add_argument("--mem-gbps", type=nonneg_float, default=0.0,
                    help="memory bandwidth in GB/s for the bandwidth bound (e.g. HBM: A100 2039, H100 3350); "

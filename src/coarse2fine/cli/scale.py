@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from coarse2fine.cli._args import (DefaultsFormatter, add_device, add_dtype, add_threads, nonneg_float, nonneg_int,
-                                   positive_float, positive_int, reject_unused, seed_int)
+from coarse2fine.cli._args import (DefaultsFormatter, add_compile, add_device, add_dtype, add_threads, nonneg_float,
+                                   nonneg_int, positive_float, positive_int, reject_unused, seed_int)
 from coarse2fine.apps.sample_fid import SAMPLE_BATCH
 from coarse2fine.config import VQ_PRESETS
 
@@ -67,7 +67,7 @@ def register(sub) -> None:
                     "what is missing. Writes OUT/samples/*.png (lossless; never JPEG for FID), OUT/samples.npz "
                     "(arr_0 uint8 NxHxWx3 for the ADM evaluator, plus labels) and OUT/fid_run.json.",
         formatter_class=DefaultsFormatter)
-    from coarse2fine.cli.models import add_pipeline_source, add_sampling_flags
+    from coarse2fine.cli.models import SAMPLE_COMPILE_HELP, add_pipeline_source, add_sampling_flags
 
     add_pipeline_source(p)
     p.add_argument("--fine", help="CTF stage-2 run dir")
@@ -80,6 +80,7 @@ def register(sub) -> None:
     p.add_argument("--image-size-eval", type=positive_int, default=None,
                    help="resize decoded images (bicubic) to this size, as LlamaGen scores its 384 px models at 256")
     add_dtype(p, "fp32", "autocast precision while sampling (LlamaGen's FID runs use bf16)")
+    add_compile(p, SAMPLE_COMPILE_HELP)
     add_device(p)
     add_threads(p)
     p.add_argument("--out", required=True, help="output directory")
@@ -136,7 +137,8 @@ def cmd_sample_fid(args) -> int:
     summary = sample_fid(args.out, baseline=args.baseline, coarse=args.coarse, fine=args.fine,
                          pipeline=args.pipeline, tokenizer=args.tokenizer, num_samples=args.num_samples,
                          batch_size=args.batch_size, seed=args.seed, stage1=given1, stage2=given2, dtype=args.dtype,
-                         image_size_eval=args.image_size_eval, device=args.device, progress=not args.no_progress)
+                         image_size_eval=args.image_size_eval, device=args.device, progress=not args.no_progress,
+                         compile_mode=args.compile or None)
     if summary:  # rank 0
         print(json.dumps({k: summary[k] for k in ("images", "height", "width", "per_class", "sampled_this_run",
                                                   "world_size", "wall_s", "images_per_s", "npz")}, indent=1))
