@@ -209,7 +209,8 @@ def _header(recs_machine: dict, what: str = "Machine") -> str:
     m = recs_machine
     dev = m.get("gpu") or m.get("cpu")
     return (f"Command: `coarse2fine {' '.join(shlex.quote(a) for a in sys.argv[1:])}`\n\n"
-            f"{what}: {dev}, {m.get('cpu_count')} CPUs visible, {m.get('threads')} torch threads, "
+            f"{what}: {dev}" + (f" (flags {' '.join(m['cpu_flags'])})" if m.get("cpu_flags") else "") +
+            f", {m.get('cpu_count')} CPUs visible, {m.get('threads')} torch threads, "
             f"torch {m.get('torch')}, 1-min load average at the end {m.get('load_avg_1m')}; "
             f"date {time.strftime('%Y-%m-%d %H:%M')}.\n")
 
