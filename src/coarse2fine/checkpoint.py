@@ -266,6 +266,9 @@ def check_run_out(out: str | Path, kind: str) -> None:
     if (out / MODEL_INDEX).is_file():
         raise UserError(f"--out {out} is an exported pipeline folder; write the {what} run into another --out")
     if not (out / "config.json").is_file():
+        if (out / "meta.json").is_file():  # a code store: the run's files would land among its codes
+            raise UserError(f"--out {out} is a code store (it holds meta.json and extracted codes), not a run "
+                            f"directory; write the {what} run into another --out")
         return
     try:
         other = load_json(out / "config.json").get("kind")

@@ -738,3 +738,28 @@ def test_sample_fid_into_a_run_directory_is_refused_as_sample_refuses_it(tmp_pat
     assert out == "" and [f.name for f in run.iterdir()] == [held]
     one_line_error(capsys, ["sample", "--baseline", tmp_path / "other", "--device", "cpu", "--out", run],
                    f"--out {run} holds 1 file(s) that `sample` did not write")
+
+
+@pytest.mark.parametrize("command, what", [
+    (["train", "--stage", "baseline", "--codes", "codes", "--preset", "GPT-tiny", "--steps", "1", "--batch-size", "4",
+      "--device", "cpu", "--threads", "1", "--no-progress"], "transformer stage"),
+    (["train-tokenizer", "--data", "default", "--limit-per-class", "1", "--vq-preset", "VQ-tiny", "--steps", "1",
+      "--batch-size", "4", "--device", "cpu", "--threads", "1", "--no-progress"], "tokenizer"),
+    (["train-classifier", "--data", "default", "--limit-per-class", "1", "--epochs", "1", "--threads", "1"],
+     "classifier"),
+])
+def test_a_run_is_not_written_into_a_code_store(tmp_path, capsys, command, what):
+    """`train --out S` (or train-tokenizer, train-classifier) of a code store wrote the run's config.json, weights,
+    state.pt and metrics among S's codes.npy and meta.json, without a word."""
+    from fakes import make_store
+
+    make_store(tmp_path / "codes")
+    store = make_store(tmp_path / "store", seed=1)
+    def files():  # a `.lock` nobody holds is left by the output lock, as on any refused --out
+        return sorted(f.name for f in store.iterdir() if f.name != ".lock")
+
+    before = files()
+    one_line_error(capsys, [*command, "--out", store],
+                   f"--out {store} is a code store (it holds meta.json and extracted codes), not a run directory",
+                   f"write the {what} run into another --out")
+    assert files() == before
