@@ -763,3 +763,23 @@ def test_a_run_is_not_written_into_a_code_store(tmp_path, capsys, command, what)
                    f"--out {store} is a code store (it holds meta.json and extracted codes), not a run directory",
                    f"write the {what} run into another --out")
     assert files() == before
+
+
+@pytest.mark.parametrize("held", ["store", "run"])
+def test_extract_codes_imagenet_into_a_code_store_or_run_is_refused(tmp_path, capsys, held):
+    """`extract-codes-imagenet --out S` of an extract-codes store replaced S's meta.json and labels.npy (the codes.npy
+    beside them no longer matched: the store was lost); into a run it put shards/, plan.json, ... among its files."""
+    from fakes import make_store
+
+    out = tmp_path / held
+    if held == "store":
+        make_store(out)
+    else:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    one_line_error(capsys, ["extract-codes-imagenet", "--tokenizer", tmp_path / "tok", "--data-root", tmp_path / "imgs",
+                            "--device", "cpu", "--workers", "0", "--no-progress", "--out", out],
+                   f"--out {out} holds other files and no ten-crop extraction (e.g. ", "give a new or empty directory")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
