@@ -301,6 +301,8 @@ def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, A
     """config.json of a run dir, checked: a coarse2fine run, a version this code reads (runs without
     format_version are version 0), and of `kind` when given."""
     run = Path(run_dir)
+    if run.is_file():  # a file of the run (its model.safetensors) given for the run: "not found" sent users looking
+        raise UserError(f"{run} is a file, not a run directory; pass the folder that holds it ({run.parent})")
     if not run.is_dir():
         raise UserError(f"run directory {run} not found")
     if (run / MODEL_INDEX).is_file():

@@ -783,3 +783,15 @@ def test_extract_codes_imagenet_into_a_code_store_or_run_is_refused(tmp_path, ca
                             "--device", "cpu", "--workers", "0", "--no-progress", "--out", out],
                    f"--out {out} holds other files and no ten-crop extraction (e.g. ", "give a new or empty directory")
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("argv", [["sample", "--coarse", "{f}", "--fine", "{f}", "--device", "cpu", "--out", "s"],
+                                  ["sample", "--baseline", "{f}", "--device", "cpu", "--out", "s"],
+                                  ["eval-tokens", "--run", "{f}", "--codes", "codes", "--device", "cpu"]])
+def test_a_file_of_a_run_given_as_the_run_is_named_as_a_file(tmp_path, capsys, argv):
+    """`sample --coarse runs/coarse/model.safetensors` said "run directory ... not found" of a file that is there."""
+    f = tmp_path / "coarse" / "model.safetensors"
+    f.parent.mkdir()
+    f.write_text("weights")
+    one_line_error(capsys, [a.format(f=f) for a in argv],
+                   f"{f} is a file, not a run directory; pass the folder that holds it ({f.parent})")
