@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from coarse2fine.config import UserError
+from coarse2fine.distributed import check_device
 from coarse2fine.precision import resolve_dtype
 from coarse2fine.sampling import (BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS,
                                   StageSampling, centroid_members, check_fine_decoding, check_labels,
@@ -167,7 +168,7 @@ class CTFPipeline(Pipeline):
 
     def __init__(self, vq: VQModel, coarse_model, fine_model, cmap: CoarseMap, restricted: bool = False,
                  device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32):
-        self.device = torch.device(device)
+        self.device = check_device(device, "device")
         self.vq, self.coarse_model, self.fine_model = vq.to(self.device).eval(), coarse_model, fine_model
         self.cmap, self.restricted, self.dtype = cmap, restricted, resolve_dtype(dtype, self.device)
         cmap.check_fingerprint(codebook_fingerprint(vq))
@@ -211,6 +212,7 @@ class CTFPipeline(Pipeline):
 
     @classmethod
     def _load(cls, coarse_dir, fine_dir, coarse_map, fine_map, tokenizer_dir, device, dtype):
+        check_device(device, "device")  # before any weights are read onto it
         coarse_model, cmeta = load_run(coarse_dir, "coarse", device)
         cmap = load_run_map(coarse_dir, cmeta, coarse_map)
         fine_model, restricted = None, False
@@ -295,7 +297,7 @@ class ARPipeline(Pipeline):
 
     def __init__(self, vq: VQModel, model, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float32):
-        self.device = torch.device(device)
+        self.device = check_device(device, "device")
         self.vq, self.model, self.dtype = vq.to(self.device).eval(), model, resolve_dtype(dtype, self.device)
         if model.cfg.vocab_size != vq.cfg.codebook_size:
             raise UserError(f"baseline predicts {model.cfg.vocab_size} codes but the tokenizer has "
@@ -306,6 +308,7 @@ class ARPipeline(Pipeline):
     @classmethod
     def from_runs(cls, baseline_dir, tokenizer_dir=None, device="cpu", dtype=torch.float32):
         """A baseline run; the tokenizer as in CTFPipeline.from_runs, fingerprint-checked."""
+        check_device(device, "device")  # before any weights are read onto it
         model, meta = load_run(baseline_dir, "baseline", device)
         tok = find_run_tokenizer(meta, baseline_dir, tokenizer_dir)
         pipe = cls(load_run_tokenizer(meta, baseline_dir, tok), model, device, dtype)

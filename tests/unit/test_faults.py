@@ -795,3 +795,28 @@ def test_a_file_of_a_run_given_as_the_run_is_named_as_a_file(tmp_path, capsys, a
     f.write_text("weights")
     one_line_error(capsys, [a.format(f=f) for a in argv],
                    f"{f} is a file, not a run directory; pass the folder that holds it ({f.parent})")
+
+
+def test_mps_asked_for_where_torch_has_none_is_one_line(tmp_path, capsys, monkeypatch):
+    """`--device mps` on Linux (or a torch built without MPS) passed the device check, then ended in torch's
+    "PyTorch is not linked with support for mps devices" traceback from the first model moved there."""
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    one_line_error(capsys, ["sample", "--baseline", tmp_path / "b", "--device", "mps", "--out", tmp_path / "s"],
+                   "--device mps asked for, but torch sees no MPS device", "use --device cpu")
+
+
+@pytest.mark.parametrize("device, needle", [("gpu", "device='gpu' is not a device; use cpu, cuda or cuda:N"),
+                                            ("cuda", "device='cuda' asked for, but torch sees no CUDA device; "
+                                                     "use device='cpu'"),
+                                            (3.5, "device='3.5' is not a device")])
+def test_a_pipeline_on_a_device_torch_cannot_use_is_one_line(tmp_path, monkeypatch, device, needle):
+    """CTFPipeline.from_runs(..., device="gpu") ended in torch's RuntimeError ("Expected one of cpu, cuda, ...
+    device type at start of device string"), device="cuda" without CUDA in "Torch not compiled with CUDA enabled"
+    (an AssertionError), each from inside the weight loading."""
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        CTFPipeline.from_runs(tmp_path / "coarse", tmp_path / "fine", device=device)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        ARPipeline.from_runs(tmp_path / "baseline", device=device)

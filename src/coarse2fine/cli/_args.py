@@ -136,24 +136,12 @@ def default_device() -> str:
 
 
 def resolve_device(name: str | None) -> str:
-    """--device value -> a checked device string; one-line errors for typos and absent CUDA."""
-    import torch
-
-    from coarse2fine.config import UserError
+    """--device value -> a checked device string; one-line errors for typos and absent CUDA or MPS."""
+    from coarse2fine.distributed import check_device
 
     if name is None:
         return default_device()
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif dev.type not in ("cpu", "mps"):
-        raise UserError(f"--device {name!r} is not supported; use cpu, cuda or cuda:N")
+    check_device(name, "--device")
     return name
 
 
