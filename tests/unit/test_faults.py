@@ -820,3 +820,21 @@ def test_a_pipeline_on_a_device_torch_cannot_use_is_one_line(tmp_path, monkeypat
         CTFPipeline.from_runs(tmp_path / "coarse", tmp_path / "fine", device=device)
     with pytest.raises(UserError, match=re.escape(needle)):
         ARPipeline.from_runs(tmp_path / "baseline", device=device)
+
+
+@pytest.mark.parametrize("knob, value, needle", [
+    ("top_k", 2.5, "top-k must be an integer, got 2.5"), ("top_k", "5", "top-k must be an integer, got '5'"),
+    ("top_k", None, "top-k must be an integer, got None"), ("cfg_interval", 2.5, "cfg interval must be an integer"),
+    ("cfg_interval", True, "cfg interval must be an integer, got True"),
+    ("temperature", "1.1", "temperature must be a number, got '1.1'"), ("top_p", None, "top-p must be a number"),
+    ("cfg_scale", "2", "cfg scale must be a number, got '2'")])
+def test_sampling_knobs_of_the_wrong_type_are_one_line(knob, value, needle):
+    """StageSampling(top_k=2.5) reached torch.topk ("argument 'k' must be int, not float"), a string or None a
+    comparison's TypeError in validate; StageSampling(cfg_interval=2.5) sampled without a word."""
+    from coarse2fine.sampling import StageSampling
+
+    with pytest.raises(UserError, match=re.escape(f"stage-1 {needle}") + ".*e.g. StageSampling"):
+        StageSampling(**{knob: value}).validate(64, "stage-1")
+    for ok in (dict(top_k=np.int64(5), cfg_interval=np.int32(3)), dict(temperature=np.float32(1.1)),
+               dict(temperature=torch.tensor(1.1), top_p=0.9, cfg_scale=2)):  # numbers from numpy and torch are taken
+        StageSampling(**ok).validate(64, "stage-1")
