@@ -65,6 +65,12 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     return g
 
 
+def _whole(t: torch.Tensor) -> bool:
+    """Does `t` hold whole numbers only (integers, or floats without a fraction; not bools or complex)?"""
+    return not (t.is_complex() or t.dtype == torch.bool) and (
+        not t.is_floating_point() or bool((torch.isfinite(t) & (t == t.round())).all()))
+
+
 def as_labels(labels, num_classes: int, device: torch.device) -> torch.Tensor:
     """A pipeline call's labels (a list, array or tensor of class ids) -> long [B] on `device`. Refused in
     one line: no label, a shape other than [B], values that are not whole numbers (torch.as_tensor with
@@ -80,9 +86,7 @@ def as_labels(labels, num_classes: int, device: torch.device) -> torch.Tensor:
                         "e.g. [3] for one image of class 3")
     if t.numel() == 0:
         raise UserError("labels name no image: pass at least one class id, e.g. [0, 1, 2]")
-    whole = not (t.is_complex() or t.dtype == torch.bool) and (
-        not t.is_floating_point() or bool((torch.isfinite(t) & (t == t.round())).all()))
-    if not whole:
+    if not _whole(t):
         raise UserError(f"labels must be whole class ids, got {t.tolist()[:16]}; round them or pass integers")
     t = t.to(device=device, dtype=torch.long)
     check_labels(t, num_classes)
@@ -258,7 +262,17 @@ class CTFPipeline(Pipeline):
         """Stage 2 (+ decode) only, on given coarse maps [B, N]: new details, the same structure."""
         fine_opts = stage_opts(fine_opts, self.fine_default, "fine_opts")
         labels = as_labels(labels, self.num_classes, self.device)
-        coarse = torch.as_tensor(coarse, dtype=torch.long, device=self.device)
+        try:
+            coarse = torch.as_tensor(coarse)
+        except (TypeError, ValueError, RuntimeError):
+            raise UserError(f"coarse maps must be cluster ids (a [B, N] tensor or nested list of integers, e.g. a "
+                            f"previous call's out.coarse), got {coarse!r:.80}") from None
+        if not _whole(coarse):  # as_tensor(dtype=long) truncated 1.5 to cluster 1 without a word
+            bad = (coarse[~(torch.isfinite(coarse) & (coarse == coarse.round()))] if coarse.is_floating_point()
+                   else coarse.flatten())
+            raise UserError(f"coarse maps must hold whole cluster ids, got {coarse.dtype} values such as "
+                            f"{bad[:4].tolist()}; round them or pass integers (e.g. a call's out.coarse)")
+        coarse = coarse.to(device=self.device, dtype=torch.long)
         if coarse.dim() != 2 or coarse.size(1) != self.coarse_model.cfg.seq_len or coarse.size(0) != labels.numel():
             raise UserError(f"coarse maps must be [B, {self.coarse_model.cfg.seq_len}] with one label per row")
         if coarse.min() < 0 or coarse.max() >= self.cmap.num_coarse:

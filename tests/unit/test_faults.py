@@ -838,3 +838,39 @@ def test_sampling_knobs_of_the_wrong_type_are_one_line(knob, value, needle):
     for ok in (dict(top_k=np.int64(5), cfg_interval=np.int32(3)), dict(temperature=np.float32(1.1)),
                dict(temperature=torch.tensor(1.1), top_p=0.9, cfg_scale=2)):  # numbers from numpy and torch are taken
         StageSampling(**ok).validate(64, "stage-1")
+
+
+def _tiny_ctf_pipeline():
+    """An untrained CTF pipeline of 4x4 tokens (K 64, C 8, 3 classes): for what a call does with its arguments."""
+    from coarse2fine.config import VQConfig
+    from coarse2fine.models import Transformer
+    from coarse2fine.pipeline import CTFPipeline
+    from coarse2fine.stages import stage_config
+    from coarse2fine.tokenizer.clustering import cluster_codebook
+    from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
+
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig(codebook_size=64, codebook_embed_dim=4, ch=8, ch_mult=(1, 2), z_channels=8,
+                          num_res_blocks=1, image_size=8, use_attn=False)).eval()
+    cmap = cluster_codebook(vq.codebook_normalized(), 8, "kmeans", 0, codebook_fingerprint(vq))
+    coarse, fine = (Transformer(stage_config("GPT-tiny", s, 64, 8, 3, vq.cfg.grid)).eval() for s in ("coarse", "fine"))
+    return CTFPipeline(vq, coarse, fine, cmap)
+
+
+def test_redraw_with_coarse_maps_that_are_not_whole_cluster_ids_is_one_line():
+    """pipe.redraw(coarse) with a float map holding 2.5 sampled cluster 2 there without a word (as_tensor with
+    dtype=long truncates), and a string ended in torch's TypeError ("new(): invalid data type 'str'")."""
+    pipe = _tiny_ctf_pipeline()
+    ref = pipe([0, 1], seed=0, decode_images=False)
+    c = ref.coarse.float()
+    c[1, 3] = 2.5
+    with pytest.raises(UserError, match=r"coarse maps must hold whole cluster ids, got torch.float32 values such as "
+                                        r"\[2.5\]; round them or pass integers"):
+        pipe.redraw(c, [0, 1], decode_images=False)
+    c[1, 3] = float("inf")
+    with pytest.raises(UserError, match=r"values such as \[inf\]"):
+        pipe.redraw(c, [0, 1], decode_images=False)
+    with pytest.raises(UserError, match="coarse maps must be cluster ids .* got 'abc'"):
+        pipe.redraw("abc", [0], decode_images=False)
+    whole = pipe.redraw(ref.coarse.double(), [0, 1], seed=3, decode_images=False)  # whole floats are taken
+    assert torch.equal(whole.codes, pipe.redraw(ref.coarse, [0, 1], seed=3, decode_images=False).codes)
