@@ -32,7 +32,8 @@ from coarse2fine.tokenizer.vq import USAGE_WINDOW, VQModel, codebook_fingerprint
 
 from coarse2fine.config import (ConfigError, GPTConfig, TokenizerTrainConfig, TrainConfig, UserError, VQConfig,
                                 from_dict, run_settings, vq_config)
-from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save, check_tensor_digest, dump_json, load_json
+from coarse2fine.fileio import (atomic_save_safetensors, atomic_torch_save, check_tensor_digest, dump_json, load_json,
+                               text_in_place_of)
 
 FORMAT, FORMAT_VERSION = "coarse2fine", 1
 MODEL_INDEX = "model_index.json"  # the top of a release folder (release.py reads and writes it)
@@ -60,7 +61,13 @@ def _safe_torch_load(p: Path, what: str, fix: str) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except (pickle.UnpicklingError, KeyError, RuntimeError, EOFError, OSError, ValueError) as e:
+        text = text_in_place_of(p)
+        if text:
+            raise UserError(text) from None
+        if not isinstance(e, pickle.UnpicklingError):
+            raise UserError(f"cannot read {what} {p} ({type(e).__name__}: {_first_line(e)}); the file is corrupt or "
+                            f"not a PyTorch checkpoint; {fix}") from None
         found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
         if not found and not zipfile.is_zipfile(p):
             raise UserError(f"{p} is a plain pickle, not a torch.save checkpoint, so it is not loaded (unpickling "
@@ -68,9 +75,6 @@ def _safe_torch_load(p: Path, what: str, fix: str) -> Any:
         names = f" ({', '.join(found)})" if found else ""
         raise UserError(f"{p} holds objects other than tensors and plain values{names}, so it is refused for "
                         f"safety and not loaded (weights_only); {fix}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"cannot read {what} {p} ({type(e).__name__}: {_first_line(e)}); the file is corrupt or "
-                        f"not a PyTorch checkpoint; {fix}") from None
 
 
 def load_torch_file(path: str | Path) -> Any:
@@ -153,7 +157,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
             meta = f.metadata()
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read {p} ({e}); the file is corrupt, re-export it") from e
+        raise UserError(text_in_place_of(p) or f"cannot read {p} ({e}); the file is corrupt, re-export it") from e
     try:
         check_tensor_digest(p, sd, meta, "copy the file again from its source (or restore a backup)")
     except ValueError as e:

@@ -874,3 +874,28 @@ def test_redraw_with_coarse_maps_that_are_not_whole_cluster_ids_is_one_line():
         pipe.redraw("abc", [0], decode_images=False)
     whole = pipe.redraw(ref.coarse.double(), [0, 1], seed=3, decode_images=False)  # whole floats are taken
     assert torch.equal(whole.codes, pipe.redraw(ref.coarse, [0, 1], seed=3, decode_images=False).codes)
+
+
+LFS = (b"version https://git-lfs.github.com/spec/v1\n"
+       b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 1183502\n")
+
+
+def test_a_git_lfs_pointer_or_a_text_file_in_place_of_weights_is_named_as_such(tmp_path, capsys):
+    """A repository cloned without Git LFS holds pointer files where the weights should be: a .pt pointer was
+    "a plain pickle", a .safetensors one "corrupt, re-export it" (neither says to fetch the file); a short text
+    file given as a .pt (`hi`) ended in a KeyError traceback from torch's unpickler."""
+    from coarse2fine.tokenizer.clustering import CoarseMap
+
+    for name in ("vq_ds16_c2i.pt", "model.safetensors", "coarse_map.safetensors"):
+        (tmp_path / name).write_bytes(LFS)
+    lfs = f"is a Git LFS pointer ({len(LFS)} bytes), not the file it stands for: its repository was cloned without " \
+          "Git LFS; run `git lfs pull` there"
+    one_line_error(capsys, ["import-llamagen", "--vq", tmp_path / "vq_ds16_c2i.pt", "--out", tmp_path / "o"],
+                   f"{tmp_path / 'vq_ds16_c2i.pt'} {lfs}")
+    with pytest.raises(UserError, match=re.escape(lfs)):
+        load_weights(tmp_path / "model.safetensors")
+    with pytest.raises(UserError, match=re.escape(lfs)):
+        CoarseMap.load(tmp_path)
+    (tmp_path / "page.pt").write_text("hi\n")
+    with pytest.raises(UserError, match=r"page.pt is a text file \(it begins 'hi'\), not a weights file"):
+        load_torch_file(tmp_path / "page.pt")
