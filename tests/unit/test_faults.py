@@ -899,3 +899,28 @@ def test_a_git_lfs_pointer_or_a_text_file_in_place_of_weights_is_named_as_such(t
     (tmp_path / "page.pt").write_text("hi\n")
     with pytest.raises(UserError, match=r"page.pt is a text file \(it begins 'hi'\), not a weights file"):
         load_torch_file(tmp_path / "page.pt")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ("label", "labels.npy holds class id 7, outside 0..2 (num_classes 3 in meta.json); re-extract the codes"),
+    ("negative", "labels.npy holds class id -1, outside 0..2"),
+    ("float codes", "codes.npy holds float32 values, not integer ids; re-extract the codes"),
+    ("float labels", "labels.npy holds float64 values, not integer ids")])
+def test_a_code_store_with_ids_it_cannot_hold_is_one_line_at_load(tmp_path, edit, needle):
+    """A code store (written by hand, or by another tool) with a label past its classes trained until a step drew
+    that row, then ended in an IndexError traceback (eval-tokens at once); float codes were floored without a word."""
+    from coarse2fine.data.codes import CodeStore
+    from fakes import make_store
+
+    store = make_store(tmp_path / "codes")
+    codes, labels = np.load(store / "codes.npy"), np.load(store / "labels.npy")
+    if edit in ("label", "negative"):
+        labels[5] = 7 if edit == "label" else -1
+    elif edit == "float codes":
+        codes = codes.astype(np.float32) + 0.5
+    else:
+        labels = labels.astype(np.float64)
+    np.save(store / "codes.npy", codes)
+    np.save(store / "labels.npy", labels)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        CodeStore(store)
