@@ -924,3 +924,30 @@ def test_a_code_store_with_ids_it_cannot_hold_is_one_line_at_load(tmp_path, edit
     np.save(store / "labels.npy", labels)
     with pytest.raises(UserError, match=re.escape(needle)):
         CodeStore(store)
+
+
+@pytest.mark.parametrize("error, reason", [
+    (MemoryError("Unable to allocate 27.9 GiB for an array with shape (100000, 100000, 3) and data type uint8"),
+     "Unable to allocate 27.9 GiB for an array with shape (100000, 100000, 3) and data type uint8"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
+                            "of which 1.02 GiB is free. Of the allocated memory 70.00 GiB is allocated by PyTorch"),
+     "CUDA out of memory. Tried to allocate 2.00 GiB"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 1000002000001 bytes. Error code 12 (Cannot allocate memory)"),
+     "can't allocate memory: you tried to allocate 1000002000001 bytes"),
+    (MemoryError(), "MemoryError")])
+def test_running_out_of_memory_is_one_line_naming_the_allocation(tmp_path, capsys, monkeypatch, error, reason):
+    """`data show --image-size 100000` ended in numpy's _ArrayMemoryError traceback, `sample --batch-size 512` on a
+    small GPU in torch's OutOfMemoryError, `bench sample --grid 1000` in its CPU allocator's RuntimeError."""
+    import coarse2fine.cli.data as data_cli
+
+    def show(args):
+        raise error
+    monkeypatch.setattr(data_cli, "cmd_show", show)
+    one_line_error(capsys, ["data", "show", "default", "--out", tmp_path / "p.png"],
+                   f"coarse2fine data: error: out of memory ({reason}); lower --batch-size or the sizes asked for, "
+                   "or free memory")
+    monkeypatch.setattr(data_cli, "cmd_show", lambda args: [][1])  # any other error is a bug: its traceback stays
+    with pytest.raises(IndexError):
+        from coarse2fine.cli import main
+        main(["data", "show", "default", "--out", str(tmp_path / "p.png")])
