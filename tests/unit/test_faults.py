@@ -951,3 +951,19 @@ def test_running_out_of_memory_is_one_line_naming_the_allocation(tmp_path, capsy
     with pytest.raises(IndexError):
         from coarse2fine.cli import main
         main(["data", "show", "default", "--out", str(tmp_path / "p.png")])
+
+
+def test_a_tilde_after_an_equals_sign_or_in_the_cache_variable_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    """`--out=~/preview.png` (the shell expands ~ only at the start of a word, not after `=`) and a quoted
+    COARSE2FINE_CACHE='~/.cache/c2f' (a .env file, a Dockerfile ENV) made a folder named `~` in the working
+    directory, where a later `rm -r ~` would be a disaster."""
+    from coarse2fine.cli import main
+    from coarse2fine.eval.samples import default_cache_dir
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    assert main(["data", "show", "default", "--per-class", "1", "--max-classes", "2", "--out=~/preview.png"]) == 0
+    assert (home / "preview.png").is_file() and not (tmp_path / "~").exists()
+    monkeypatch.setenv("COARSE2FINE_CACHE", "~/.cache/c2f")
+    assert default_cache_dir() == home / ".cache" / "c2f"

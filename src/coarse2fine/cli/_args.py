@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 
 class Parser(argparse.ArgumentParser):
@@ -146,7 +147,10 @@ def resolve_device(name: str | None) -> str:
 
 
 def prepare(args: argparse.Namespace) -> None:
-    """Applied by cli.main before every subcommand: the device default and the thread policy."""
+    """Applied by cli.main before every subcommand: `~` in paths, the device default and the thread policy."""
+    for name, value in vars(args).items():  # --out=~/runs/x: the shell expands ~ at a word's start, not after =
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
     if hasattr(args, "device"):
         args.device = resolve_device(args.device)
     if hasattr(args, "threads"):
