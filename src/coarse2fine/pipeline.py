@@ -65,6 +65,11 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     return g
 
 
+def _expand(path):
+    """A path given from Python with "~" (no shell expanded it) as the home folder; None stays None."""
+    return None if path is None else Path(path).expanduser()
+
+
 def _whole(t: torch.Tensor) -> bool:
     """Does `t` hold whole numbers only (integers, or floats without a fraction; not bools or complex)?"""
     return not (t.is_complex() or t.dtype == torch.bool) and (
@@ -217,6 +222,8 @@ class CTFPipeline(Pipeline):
     @classmethod
     def _load(cls, coarse_dir, fine_dir, coarse_map, fine_map, tokenizer_dir, device, dtype):
         check_device(device, "device")  # before any weights are read onto it
+        coarse_dir, fine_dir = _expand(coarse_dir), _expand(fine_dir)
+        coarse_map, fine_map, tokenizer_dir = _expand(coarse_map), _expand(fine_map), _expand(tokenizer_dir)
         coarse_model, cmeta = load_run(coarse_dir, "coarse", device)
         cmap = load_run_map(coarse_dir, cmeta, coarse_map)
         fine_model, restricted = None, False
@@ -323,6 +330,7 @@ class ARPipeline(Pipeline):
     def from_runs(cls, baseline_dir, tokenizer_dir=None, device="cpu", dtype=torch.float32):
         """A baseline run; the tokenizer as in CTFPipeline.from_runs, fingerprint-checked."""
         check_device(device, "device")  # before any weights are read onto it
+        baseline_dir, tokenizer_dir = _expand(baseline_dir), _expand(tokenizer_dir)
         model, meta = load_run(baseline_dir, "baseline", device)
         tok = find_run_tokenizer(meta, baseline_dir, tokenizer_dir)
         pipe = cls(load_run_tokenizer(meta, baseline_dir, tok), model, device, dtype)

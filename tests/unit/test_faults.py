@@ -967,3 +967,20 @@ def test_a_tilde_after_an_equals_sign_or_in_the_cache_variable_is_the_home_folde
     assert (home / "preview.png").is_file() and not (tmp_path / "~").exists()
     monkeypatch.setenv("COARSE2FINE_CACHE", "~/.cache/c2f")
     assert default_cache_dir() == home / ".cache" / "c2f"
+
+
+def test_a_tilde_in_a_pipelines_paths_from_python_is_the_home_folder(tmp_path, monkeypatch):
+    """pipe.save_pretrained("~/ctf") from Python (no shell to expand it) made ./~/ctf in the working directory, and
+    CTFPipeline.from_pretrained("~/ctf") then said "~/ctf is not a folder" of a folder that is there."""
+    from coarse2fine.pipeline import CTFPipeline, load_pretrained
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    pipe = _tiny_ctf_pipeline()
+    assert pipe.save_pretrained("~/ctf") == home / "ctf"
+    assert (home / "ctf" / "model_index.json").is_file() and not (tmp_path / "~").exists()
+    for loaded in (CTFPipeline.from_pretrained("~/ctf"), load_pretrained("~/ctf")):
+        assert torch.equal(loaded([1], seed=0, decode_images=False).codes, pipe([1], seed=0, decode_images=False).codes)
+    with pytest.raises(UserError, match=re.escape(f"{home}/ctf/stage1 is a component of the exported folder")):
+        CTFPipeline.from_runs("~/ctf/stage1", "~/ctf/stage2")  # found, and named as what it is (was: "not found")
