@@ -984,3 +984,12 @@ def test_a_tilde_in_a_pipelines_paths_from_python_is_the_home_folder(tmp_path, m
         assert torch.equal(loaded([1], seed=0, decode_images=False).codes, pipe([1], seed=0, decode_images=False).codes)
     with pytest.raises(UserError, match=re.escape(f"{home}/ctf/stage1 is a component of the exported folder")):
         CTFPipeline.from_runs("~/ctf/stage1", "~/ctf/stage2")  # found, and named as what it is (was: "not found")
+
+
+def test_a_classifier_too_small_for_its_poolings_is_refused_before_any_data_is_read(tmp_path, capsys):
+    """`train-classifier --image-size 3` read and resized the data, then ended in a max-pool's RuntimeError
+    ("Output size is too small") traceback."""
+    out, _ = one_line_error(capsys, ["train-classifier", "--data", "default", "--limit-per-class", "1", "--epochs",
+                                     "1", "--threads", "1", "--image-size", "3", "--out", tmp_path / "c"],
+                            "--image-size 3 is too small for the classifier CNN", "use --image-size 8 or more")
+    assert out == "" and not (tmp_path / "c").exists()
