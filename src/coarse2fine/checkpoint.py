@@ -32,7 +32,8 @@ from coarse2fine.tokenizer.vq import USAGE_WINDOW, VQModel, codebook_fingerprint
 
 from coarse2fine.config import (ConfigError, GPTConfig, TokenizerTrainConfig, TrainConfig, UserError, VQConfig,
                                 from_dict, run_settings, vq_config)
-from coarse2fine.fileio import atomic_save_safetensors, atomic_torch_save, check_tensor_digest, dump_json, load_json
+from coarse2fine.fileio import (atomic_save_safetensors, atomic_torch_save, check_tensor_digest, dump_json, load_json,
+                               text_in_place_of)
 
 FORMAT, FORMAT_VERSION = "coarse2fine", 1
 MODEL_INDEX = "model_index.json"  # the top of a release folder (release.py reads and writes it)
@@ -60,7 +61,13 @@ def _safe_torch_load(p: Path, what: str, fix: str) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
             return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except (pickle.UnpicklingError, KeyError, RuntimeError, EOFError, OSError, ValueError) as e:
+        text = text_in_place_of(p)
+        if text:
+            raise UserError(text) from None
+        if not isinstance(e, pickle.UnpicklingError):
+            raise UserError(f"cannot read {what} {p} ({type(e).__name__}: {_first_line(e)}); the file is corrupt or "
+                            f"not a PyTorch checkpoint; {fix}") from None
         found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
         if not found and not zipfile.is_zipfile(p):
             raise UserError(f"{p} is a plain pickle, not a torch.save checkpoint, so it is not loaded (unpickling "
@@ -68,9 +75,6 @@ def _safe_torch_load(p: Path, what: str, fix: str) -> Any:
         names = f" ({', '.join(found)})" if found else ""
         raise UserError(f"{p} holds objects other than tensors and plain values{names}, so it is refused for "
                         f"safety and not loaded (weights_only); {fix}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"cannot read {what} {p} ({type(e).__name__}: {_first_line(e)}); the file is corrupt or "
-                        f"not a PyTorch checkpoint; {fix}") from None
 
 
 def load_torch_file(path: str | Path) -> Any:
@@ -153,7 +157,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
             meta = f.metadata()
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read {p} ({e}); the file is corrupt, re-export it") from e
+        raise UserError(text_in_place_of(p) or f"cannot read {p} ({e}); the file is corrupt, re-export it") from e
     try:
         check_tensor_digest(p, sd, meta, "copy the file again from its source (or restore a backup)")
     except ValueError as e:
@@ -266,6 +270,9 @@ def check_run_out(out: str | Path, kind: str) -> None:
     if (out / MODEL_INDEX).is_file():
         raise UserError(f"--out {out} is an exported pipeline folder; write the {what} run into another --out")
     if not (out / "config.json").is_file():
+        if (out / "meta.json").is_file():  # a code store: the run's files would land among its codes
+            raise UserError(f"--out {out} is a code store (it holds meta.json and extracted codes), not a run "
+                            f"directory; write the {what} run into another --out")
         return
     try:
         other = load_json(out / "config.json").get("kind")
@@ -298,6 +305,8 @@ def read_run_config(run_dir: str | Path, kind: str | None = None) -> dict[str, A
     """config.json of a run dir, checked: a coarse2fine run, a version this code reads (runs without
     format_version are version 0), and of `kind` when given."""
     run = Path(run_dir)
+    if run.is_file():  # a file of the run (its model.safetensors) given for the run: "not found" sent users looking
+        raise UserError(f"{run} is a file, not a run directory; pass the folder that holds it ({run.parent})")
     if not run.is_dir():
         raise UserError(f"run directory {run} not found")
     if (run / MODEL_INDEX).is_file():

@@ -54,6 +54,32 @@ def _env_int(name: str, default: int, least: int) -> int:
     return value
 
 
+def check_device(name: str | torch.device, flag: str = "--device") -> torch.device:
+    """A device name -> torch.device, checked that torch can run on it here; each refusal one line naming
+    `flag` ("--device" for the CLI, "device" for the Python API): a name torch does not know, CUDA or MPS
+    asked for where torch has none, a CUDA index beyond the visible GPUs (was torch's RuntimeError or
+    AssertionError, from the first tensor moved there)."""
+    cli = flag.startswith("--")
+    quoted, plain, cpu = ((f"{flag} {name!r}", f"{flag} {name}", f"{flag} cpu") if cli else
+                          (f"{flag}={str(name)!r}",) * 2 + (f"{flag}='cpu'",))
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{quoted} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{plain} asked for, but torch sees no CUDA device; use {cpu}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"{plain}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"{plain} asked for, but torch sees no MPS device (Apple silicon with macOS 12.3 or "
+                            f"later, and a torch built with MPS); use {cpu}")
+    elif dev.type != "cpu":
+        raise UserError(f"{quoted} is not supported; use cpu, cuda or cuda:N")
+    return dev
+
+
 def setup(device: str | None = None, group: bool = False) -> DistInfo:
     """Initialise torch.distributed from torchrun's env vars (RANK, LOCAL_RANK, WORLD_SIZE).
 
@@ -69,6 +95,7 @@ def setup(device: str | None = None, group: bool = False) -> DistInfo:
                         "not: launch with torchrun (docs/imagenet.md), or unset WORLD_SIZE for one process")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(device, "device")  # train(device="gpu") from Python: torch's RuntimeError otherwise
     if device == "cuda":
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import codecs
 import errno
 import fcntl
 import hashlib
@@ -155,6 +156,31 @@ def check_tensor_digest(path: str | Path, tensors: Mapping[str, torch.Tensor], m
     if tensor_digest(tensors) != want:
         raise ValueError(f"{path} is damaged: its tensors do not match the checksum written when it was saved "
                          f"(a bad copy, disk or transfer); {fix}")
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def text_in_place_of(path: str | Path) -> str | None:
+    """What a weights file that failed to load is when it is text, else None: a Git LFS pointer (a repository
+    cloned without Git LFS never fetched the file it stands for: the reader's "corrupt" or "a plain pickle"
+    sent users re-exporting) or another text file, such as the page a failed download saved."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if head.startswith(LFS_POINTER):
+        return (f"{path} is a Git LFS pointer ({os.path.getsize(path)} bytes), not the file it stands for: its "
+                "repository was cloned without Git LFS; run `git lfs pull` there, or download the file itself")
+    try:  # a character cut at byte 512 is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return None
+    if not text.strip() or not all(c.isprintable() or c in "\r\n\t" for c in text):
+        return None
+    return (f"{path} is a text file (it begins {text.strip()[:40]!r}), not a weights file (a download that saved "
+            "an error page?); download or copy it again")
 
 
 # ---- errors of the file system, in one line ------------------------------------------------------------

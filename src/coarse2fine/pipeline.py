@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from coarse2fine.config import UserError
+from coarse2fine.distributed import check_device
 from coarse2fine.precision import resolve_dtype
 from coarse2fine.sampling import (BASELINE_DEFAULT, CTF_COARSE_DEFAULT, CTF_FINE_DEFAULT, FINE_DECODINGS,
                                   StageSampling, centroid_members, check_fine_decoding, check_labels,
@@ -64,6 +65,17 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     return g
 
 
+def _expand(path):
+    """A path given from Python with "~" (no shell expanded it) as the home folder; None stays None."""
+    return None if path is None else Path(path).expanduser()
+
+
+def _whole(t: torch.Tensor) -> bool:
+    """Does `t` hold whole numbers only (integers, or floats without a fraction; not bools or complex)?"""
+    return not (t.is_complex() or t.dtype == torch.bool) and (
+        not t.is_floating_point() or bool((torch.isfinite(t) & (t == t.round())).all()))
+
+
 def as_labels(labels, num_classes: int, device: torch.device) -> torch.Tensor:
     """A pipeline call's labels (a list, array or tensor of class ids) -> long [B] on `device`. Refused in
     one line: no label, a shape other than [B], values that are not whole numbers (torch.as_tensor with
@@ -79,9 +91,7 @@ def as_labels(labels, num_classes: int, device: torch.device) -> torch.Tensor:
                         "e.g. [3] for one image of class 3")
     if t.numel() == 0:
         raise UserError("labels name no image: pass at least one class id, e.g. [0, 1, 2]")
-    whole = not (t.is_complex() or t.dtype == torch.bool) and (
-        not t.is_floating_point() or bool((torch.isfinite(t) & (t == t.round())).all()))
-    if not whole:
+    if not _whole(t):
         raise UserError(f"labels must be whole class ids, got {t.tolist()[:16]}; round them or pass integers")
     t = t.to(device=device, dtype=torch.long)
     check_labels(t, num_classes)
@@ -171,7 +181,7 @@ class CTFPipeline(Pipeline):
 
     def __init__(self, vq: VQModel, coarse_model, fine_model, cmap: CoarseMap, restricted: bool = False,
                  device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32):
-        self.device = torch.device(device)
+        self.device = check_device(device, "device")
         self.vq, self.coarse_model, self.fine_model = vq.to(self.device).eval(), coarse_model, fine_model
         self.cmap, self.restricted, self.dtype = cmap, restricted, resolve_dtype(dtype, self.device)
         cmap.check_fingerprint(codebook_fingerprint(vq))
@@ -215,6 +225,9 @@ class CTFPipeline(Pipeline):
 
     @classmethod
     def _load(cls, coarse_dir, fine_dir, coarse_map, fine_map, tokenizer_dir, device, dtype):
+        check_device(device, "device")  # before any weights are read onto it
+        coarse_dir, fine_dir = _expand(coarse_dir), _expand(fine_dir)
+        coarse_map, fine_map, tokenizer_dir = _expand(coarse_map), _expand(fine_map), _expand(tokenizer_dir)
         coarse_model, cmeta = load_run(coarse_dir, "coarse", device)
         cmap = load_run_map(coarse_dir, cmeta, coarse_map)
         fine_model, restricted = None, False
@@ -261,7 +274,17 @@ class CTFPipeline(Pipeline):
         """Stage 2 (+ decode) only, on given coarse maps [B, N]: new details, the same structure."""
         fine_opts = stage_opts(fine_opts, self.fine_default, "fine_opts")
         labels = as_labels(labels, self.num_classes, self.device)
-        coarse = torch.as_tensor(coarse, dtype=torch.long, device=self.device)
+        try:
+            coarse = torch.as_tensor(coarse)
+        except (TypeError, ValueError, RuntimeError):
+            raise UserError(f"coarse maps must be cluster ids (a [B, N] tensor or nested list of integers, e.g. a "
+                            f"previous call's out.coarse), got {coarse!r:.80}") from None
+        if not _whole(coarse):  # as_tensor(dtype=long) truncated 1.5 to cluster 1 without a word
+            bad = (coarse[~(torch.isfinite(coarse) & (coarse == coarse.round()))] if coarse.is_floating_point()
+                   else coarse.flatten())
+            raise UserError(f"coarse maps must hold whole cluster ids, got {coarse.dtype} values such as "
+                            f"{bad[:4].tolist()}; round them or pass integers (e.g. a call's out.coarse)")
+        coarse = coarse.to(device=self.device, dtype=torch.long)
         if coarse.dim() != 2 or coarse.size(1) != self.coarse_model.cfg.seq_len or coarse.size(0) != labels.numel():
             raise UserError(f"coarse maps must be [B, {self.coarse_model.cfg.seq_len}] with one label per row")
         if coarse.min() < 0 or coarse.max() >= self.cmap.num_coarse:
@@ -300,7 +323,7 @@ class ARPipeline(Pipeline):
 
     def __init__(self, vq: VQModel, model, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float32):
-        self.device = torch.device(device)
+        self.device = check_device(device, "device")
         self.vq, self.model, self.dtype = vq.to(self.device).eval(), model, resolve_dtype(dtype, self.device)
         if model.cfg.vocab_size != vq.cfg.codebook_size:
             raise UserError(f"baseline predicts {model.cfg.vocab_size} codes but the tokenizer has "
@@ -311,6 +334,8 @@ class ARPipeline(Pipeline):
     @classmethod
     def from_runs(cls, baseline_dir, tokenizer_dir=None, device="cpu", dtype=torch.float32):
         """A baseline run; the tokenizer as in CTFPipeline.from_runs, fingerprint-checked."""
+        check_device(device, "device")  # before any weights are read onto it
+        baseline_dir, tokenizer_dir = _expand(baseline_dir), _expand(tokenizer_dir)
         model, meta = load_run(baseline_dir, "baseline", device)
         tok = find_run_tokenizer(meta, baseline_dir, tokenizer_dir)
         pipe = cls(load_run_tokenizer(meta, baseline_dir, tok), model, device, dtype)

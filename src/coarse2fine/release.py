@@ -45,7 +45,7 @@ def resolve(name_or_path: str | Path, revision: str | None = None, cache_dir: st
             local_files_only: bool = False, token: str | bool | None = None) -> Path:
     """A local folder as it is; otherwise a Hugging Face repo id, fetched into (or found in) the hub cache
     by snapshot_download. local_files_only (or HF_HUB_OFFLINE=1): the cache only, no network."""
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()  # "~/exports/ctf" from Python: no shell expanded it
     if path.is_dir():
         return path
     name = str(name_or_path)
@@ -163,7 +163,7 @@ def check_fresh(out: str | Path) -> Path:
     """A release is saved into a folder that does not exist or is empty (a `.lock` nobody holds, left by
     a killed command, counts as empty) and that this user may write; anything else is refused. Returns
     `out` as an absolute path (so that `.` has a name to save beside)."""
-    out = Path(os.path.abspath(out))
+    out = Path(os.path.abspath(os.path.expanduser(out)))  # save_pretrained("~/ctf") made a ./~ folder
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a folder; a pipeline is saved into a new or empty folder: choose "
                         "another path")

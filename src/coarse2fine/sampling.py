@@ -5,6 +5,7 @@ Models return logits; everything that decides which token comes next lives here.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,18 @@ class StageSampling:
     cfg_interval: int = -1
 
     def validate(self, vocab: int, name: str) -> None:
+        for knob, label, whole in (("temperature", "temperature", False), ("top_k", "top-k", True),
+                                   ("top_p", "top-p", False), ("cfg_scale", "cfg scale", False),
+                                   ("cfg_interval", "cfg interval", True)):
+            v = getattr(self, knob)
+            try:  # numpy's numbers and 0-d tensors are numbers too; a string, None, a bool or 2.5 tokens are not
+                operator.index(v) if whole else float(v)
+                ok = not isinstance(v, (bool, str, bytes))
+            except (TypeError, ValueError, RuntimeError):
+                ok = False
+            if not ok:
+                raise UserError(f"{name} {label} must be {'an integer' if whole else 'a number'}, got {v!r}; "
+                                f"e.g. StageSampling({knob}={getattr(StageSampling, knob)!r})")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise UserError(f"{name} temperature must be > 0 and finite (got {self.temperature}); use e.g. 1.0")
         if self.top_k < 0 or self.top_k > vocab:

@@ -738,3 +738,258 @@ def test_sample_fid_into_a_run_directory_is_refused_as_sample_refuses_it(tmp_pat
     assert out == "" and [f.name for f in run.iterdir()] == [held]
     one_line_error(capsys, ["sample", "--baseline", tmp_path / "other", "--device", "cpu", "--out", run],
                    f"--out {run} holds 1 file(s) that `sample` did not write")
+
+
+@pytest.mark.parametrize("command, what", [
+    (["train", "--stage", "baseline", "--codes", "codes", "--preset", "GPT-tiny", "--steps", "1", "--batch-size", "4",
+      "--device", "cpu", "--threads", "1", "--no-progress"], "transformer stage"),
+    (["train-tokenizer", "--data", "default", "--limit-per-class", "1", "--vq-preset", "VQ-tiny", "--steps", "1",
+      "--batch-size", "4", "--device", "cpu", "--threads", "1", "--no-progress"], "tokenizer"),
+    (["train-classifier", "--data", "default", "--limit-per-class", "1", "--epochs", "1", "--threads", "1"],
+     "classifier"),
+])
+def test_a_run_is_not_written_into_a_code_store(tmp_path, capsys, command, what):
+    """`train --out S` (or train-tokenizer, train-classifier) of a code store wrote the run's config.json, weights,
+    state.pt and metrics among S's codes.npy and meta.json, without a word."""
+    from fakes import make_store
+
+    make_store(tmp_path / "codes")
+    store = make_store(tmp_path / "store", seed=1)
+    def files():  # a `.lock` nobody holds is left by the output lock, as on any refused --out
+        return sorted(f.name for f in store.iterdir() if f.name != ".lock")
+
+    before = files()
+    one_line_error(capsys, [*command, "--out", store],
+                   f"--out {store} is a code store (it holds meta.json and extracted codes), not a run directory",
+                   f"write the {what} run into another --out")
+    assert files() == before
+
+
+@pytest.mark.parametrize("held", ["store", "run"])
+def test_extract_codes_imagenet_into_a_code_store_or_run_is_refused(tmp_path, capsys, held):
+    """`extract-codes-imagenet --out S` of an extract-codes store replaced S's meta.json and labels.npy (the codes.npy
+    beside them no longer matched: the store was lost); into a run it put shards/, plan.json, ... among its files."""
+    from fakes import make_store
+
+    out = tmp_path / held
+    if held == "store":
+        make_store(out)
+    else:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    one_line_error(capsys, ["extract-codes-imagenet", "--tokenizer", tmp_path / "tok", "--data-root", tmp_path / "imgs",
+                            "--device", "cpu", "--workers", "0", "--no-progress", "--out", out],
+                   f"--out {out} holds other files and no ten-crop extraction (e.g. ", "give a new or empty directory")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("argv", [["sample", "--coarse", "{f}", "--fine", "{f}", "--device", "cpu", "--out", "s"],
+                                  ["sample", "--baseline", "{f}", "--device", "cpu", "--out", "s"],
+                                  ["eval-tokens", "--run", "{f}", "--codes", "codes", "--device", "cpu"]])
+def test_a_file_of_a_run_given_as_the_run_is_named_as_a_file(tmp_path, capsys, argv):
+    """`sample --coarse runs/coarse/model.safetensors` said "run directory ... not found" of a file that is there."""
+    f = tmp_path / "coarse" / "model.safetensors"
+    f.parent.mkdir()
+    f.write_text("weights")
+    one_line_error(capsys, [a.format(f=f) for a in argv],
+                   f"{f} is a file, not a run directory; pass the folder that holds it ({f.parent})")
+
+
+def test_mps_asked_for_where_torch_has_none_is_one_line(tmp_path, capsys, monkeypatch):
+    """`--device mps` on Linux (or a torch built without MPS) passed the device check, then ended in torch's
+    "PyTorch is not linked with support for mps devices" traceback from the first model moved there."""
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    one_line_error(capsys, ["sample", "--baseline", tmp_path / "b", "--device", "mps", "--out", tmp_path / "s"],
+                   "--device mps asked for, but torch sees no MPS device", "use --device cpu")
+
+
+@pytest.mark.parametrize("device, needle", [("gpu", "device='gpu' is not a device; use cpu, cuda or cuda:N"),
+                                            ("cuda", "device='cuda' asked for, but torch sees no CUDA device; "
+                                                     "use device='cpu'"),
+                                            (3.5, "device='3.5' is not a device")])
+def test_a_pipeline_on_a_device_torch_cannot_use_is_one_line(tmp_path, monkeypatch, device, needle):
+    """CTFPipeline.from_runs(..., device="gpu") ended in torch's RuntimeError ("Expected one of cpu, cuda, ...
+    device type at start of device string"), device="cuda" without CUDA in "Torch not compiled with CUDA enabled"
+    (an AssertionError), each from inside the weight loading."""
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        CTFPipeline.from_runs(tmp_path / "coarse", tmp_path / "fine", device=device)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        ARPipeline.from_runs(tmp_path / "baseline", device=device)
+
+
+@pytest.mark.parametrize("knob, value, needle", [
+    ("top_k", 2.5, "top-k must be an integer, got 2.5"), ("top_k", "5", "top-k must be an integer, got '5'"),
+    ("top_k", None, "top-k must be an integer, got None"), ("cfg_interval", 2.5, "cfg interval must be an integer"),
+    ("cfg_interval", True, "cfg interval must be an integer, got True"),
+    ("temperature", "1.1", "temperature must be a number, got '1.1'"), ("top_p", None, "top-p must be a number"),
+    ("cfg_scale", "2", "cfg scale must be a number, got '2'")])
+def test_sampling_knobs_of_the_wrong_type_are_one_line(knob, value, needle):
+    """StageSampling(top_k=2.5) reached torch.topk ("argument 'k' must be int, not float"), a string or None a
+    comparison's TypeError in validate; StageSampling(cfg_interval=2.5) sampled without a word."""
+    from coarse2fine.sampling import StageSampling
+
+    with pytest.raises(UserError, match=re.escape(f"stage-1 {needle}") + ".*e.g. StageSampling"):
+        StageSampling(**{knob: value}).validate(64, "stage-1")
+    for ok in (dict(top_k=np.int64(5), cfg_interval=np.int32(3)), dict(temperature=np.float32(1.1)),
+               dict(temperature=torch.tensor(1.1), top_p=0.9, cfg_scale=2)):  # numbers from numpy and torch are taken
+        StageSampling(**ok).validate(64, "stage-1")
+
+
+def _tiny_ctf_pipeline():
+    """An untrained CTF pipeline of 4x4 tokens (K 64, C 8, 3 classes): for what a call does with its arguments."""
+    from coarse2fine.config import VQConfig
+    from coarse2fine.models import Transformer
+    from coarse2fine.pipeline import CTFPipeline
+    from coarse2fine.stages import stage_config
+    from coarse2fine.tokenizer.clustering import cluster_codebook
+    from coarse2fine.tokenizer.vq import VQModel, codebook_fingerprint
+
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig(codebook_size=64, codebook_embed_dim=4, ch=8, ch_mult=(1, 2), z_channels=8,
+                          num_res_blocks=1, image_size=8, use_attn=False)).eval()
+    cmap = cluster_codebook(vq.codebook_normalized(), 8, "kmeans", 0, codebook_fingerprint(vq))
+    coarse, fine = (Transformer(stage_config("GPT-tiny", s, 64, 8, 3, vq.cfg.grid)).eval() for s in ("coarse", "fine"))
+    return CTFPipeline(vq, coarse, fine, cmap)
+
+
+def test_redraw_with_coarse_maps_that_are_not_whole_cluster_ids_is_one_line():
+    """pipe.redraw(coarse) with a float map holding 2.5 sampled cluster 2 there without a word (as_tensor with
+    dtype=long truncates), and a string ended in torch's TypeError ("new(): invalid data type 'str'")."""
+    pipe = _tiny_ctf_pipeline()
+    ref = pipe([0, 1], seed=0, decode_images=False)
+    c = ref.coarse.float()
+    c[1, 3] = 2.5
+    with pytest.raises(UserError, match=r"coarse maps must hold whole cluster ids, got torch.float32 values such as "
+                                        r"\[2.5\]; round them or pass integers"):
+        pipe.redraw(c, [0, 1], decode_images=False)
+    c[1, 3] = float("inf")
+    with pytest.raises(UserError, match=r"values such as \[inf\]"):
+        pipe.redraw(c, [0, 1], decode_images=False)
+    with pytest.raises(UserError, match="coarse maps must be cluster ids .* got 'abc'"):
+        pipe.redraw("abc", [0], decode_images=False)
+    whole = pipe.redraw(ref.coarse.double(), [0, 1], seed=3, decode_images=False)  # whole floats are taken
+    assert torch.equal(whole.codes, pipe.redraw(ref.coarse, [0, 1], seed=3, decode_images=False).codes)
+
+
+LFS = (b"version https://git-lfs.github.com/spec/v1\n"
+       b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 1183502\n")
+
+
+def test_a_git_lfs_pointer_or_a_text_file_in_place_of_weights_is_named_as_such(tmp_path, capsys):
+    """A repository cloned without Git LFS holds pointer files where the weights should be: a .pt pointer was
+    "a plain pickle", a .safetensors one "corrupt, re-export it" (neither says to fetch the file); a short text
+    file given as a .pt (`hi`) ended in a KeyError traceback from torch's unpickler."""
+    from coarse2fine.tokenizer.clustering import CoarseMap
+
+    for name in ("vq_ds16_c2i.pt", "model.safetensors", "coarse_map.safetensors"):
+        (tmp_path / name).write_bytes(LFS)
+    lfs = f"is a Git LFS pointer ({len(LFS)} bytes), not the file it stands for: its repository was cloned without " \
+          "Git LFS; run `git lfs pull` there"
+    one_line_error(capsys, ["import-llamagen", "--vq", tmp_path / "vq_ds16_c2i.pt", "--out", tmp_path / "o"],
+                   f"{tmp_path / 'vq_ds16_c2i.pt'} {lfs}")
+    with pytest.raises(UserError, match=re.escape(lfs)):
+        load_weights(tmp_path / "model.safetensors")
+    with pytest.raises(UserError, match=re.escape(lfs)):
+        CoarseMap.load(tmp_path)
+    (tmp_path / "page.pt").write_text("hi\n")
+    with pytest.raises(UserError, match=r"page.pt is a text file \(it begins 'hi'\), not a weights file"):
+        load_torch_file(tmp_path / "page.pt")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ("label", "labels.npy holds class id 7, outside 0..2 (num_classes 3 in meta.json); re-extract the codes"),
+    ("negative", "labels.npy holds class id -1, outside 0..2"),
+    ("float codes", "codes.npy holds float32 values, not integer ids; re-extract the codes"),
+    ("float labels", "labels.npy holds float64 values, not integer ids")])
+def test_a_code_store_with_ids_it_cannot_hold_is_one_line_at_load(tmp_path, edit, needle):
+    """A code store (written by hand, or by another tool) with a label past its classes trained until a step drew
+    that row, then ended in an IndexError traceback (eval-tokens at once); float codes were floored without a word."""
+    from coarse2fine.data.codes import CodeStore
+    from fakes import make_store
+
+    store = make_store(tmp_path / "codes")
+    codes, labels = np.load(store / "codes.npy"), np.load(store / "labels.npy")
+    if edit in ("label", "negative"):
+        labels[5] = 7 if edit == "label" else -1
+    elif edit == "float codes":
+        codes = codes.astype(np.float32) + 0.5
+    else:
+        labels = labels.astype(np.float64)
+    np.save(store / "codes.npy", codes)
+    np.save(store / "labels.npy", labels)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        CodeStore(store)
+
+
+@pytest.mark.parametrize("error, reason", [
+    (MemoryError("Unable to allocate 27.9 GiB for an array with shape (100000, 100000, 3) and data type uint8"),
+     "Unable to allocate 27.9 GiB for an array with shape (100000, 100000, 3) and data type uint8"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
+                            "of which 1.02 GiB is free. Of the allocated memory 70.00 GiB is allocated by PyTorch"),
+     "CUDA out of memory. Tried to allocate 2.00 GiB"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 1000002000001 bytes. Error code 12 (Cannot allocate memory)"),
+     "can't allocate memory: you tried to allocate 1000002000001 bytes"),
+    (MemoryError(), "MemoryError")])
+def test_running_out_of_memory_is_one_line_naming_the_allocation(tmp_path, capsys, monkeypatch, error, reason):
+    """`data show --image-size 100000` ended in numpy's _ArrayMemoryError traceback, `sample --batch-size 512` on a
+    small GPU in torch's OutOfMemoryError, `bench sample --grid 1000` in its CPU allocator's RuntimeError."""
+    import coarse2fine.cli.data as data_cli
+
+    def show(args):
+        raise error
+    monkeypatch.setattr(data_cli, "cmd_show", show)
+    one_line_error(capsys, ["data", "show", "default", "--out", tmp_path / "p.png"],
+                   f"coarse2fine data: error: out of memory ({reason}); lower --batch-size or the sizes asked for, "
+                   "or free memory")
+    monkeypatch.setattr(data_cli, "cmd_show", lambda args: [][1])  # any other error is a bug: its traceback stays
+    with pytest.raises(IndexError):
+        from coarse2fine.cli import main
+        main(["data", "show", "default", "--out", str(tmp_path / "p.png")])
+
+
+def test_a_tilde_after_an_equals_sign_or_in_the_cache_variable_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    """`--out=~/preview.png` (the shell expands ~ only at the start of a word, not after `=`) and a quoted
+    COARSE2FINE_CACHE='~/.cache/c2f' (a .env file, a Dockerfile ENV) made a folder named `~` in the working
+    directory, where a later `rm -r ~` would be a disaster."""
+    from coarse2fine.cli import main
+    from coarse2fine.eval.samples import default_cache_dir
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    assert main(["data", "show", "default", "--per-class", "1", "--max-classes", "2", "--out=~/preview.png"]) == 0
+    assert (home / "preview.png").is_file() and not (tmp_path / "~").exists()
+    monkeypatch.setenv("COARSE2FINE_CACHE", "~/.cache/c2f")
+    assert default_cache_dir() == home / ".cache" / "c2f"
+
+
+def test_a_tilde_in_a_pipelines_paths_from_python_is_the_home_folder(tmp_path, monkeypatch):
+    """pipe.save_pretrained("~/ctf") from Python (no shell to expand it) made ./~/ctf in the working directory, and
+    CTFPipeline.from_pretrained("~/ctf") then said "~/ctf is not a folder" of a folder that is there."""
+    from coarse2fine.pipeline import CTFPipeline, load_pretrained
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    pipe = _tiny_ctf_pipeline()
+    assert pipe.save_pretrained("~/ctf") == home / "ctf"
+    assert (home / "ctf" / "model_index.json").is_file() and not (tmp_path / "~").exists()
+    for loaded in (CTFPipeline.from_pretrained("~/ctf"), load_pretrained("~/ctf")):
+        assert torch.equal(loaded([1], seed=0, decode_images=False).codes, pipe([1], seed=0, decode_images=False).codes)
+    with pytest.raises(UserError, match=re.escape(f"{home}/ctf/stage1 is a component of the exported folder")):
+        CTFPipeline.from_runs("~/ctf/stage1", "~/ctf/stage2")  # found, and named as what it is (was: "not found")
+
+
+def test_a_classifier_too_small_for_its_poolings_is_refused_before_any_data_is_read(tmp_path, capsys):
+    """`train-classifier --image-size 3` read and resized the data, then ended in a max-pool's RuntimeError
+    ("Output size is too small") traceback."""
+    out, _ = one_line_error(capsys, ["train-classifier", "--data", "default", "--limit-per-class", "1", "--epochs",
+                                     "1", "--threads", "1", "--image-size", "3", "--out", tmp_path / "c"],
+                            "--image-size 3 is too small for the classifier CNN", "use --image-size 8 or more")
+    assert out == "" and not (tmp_path / "c").exists()

@@ -67,6 +67,23 @@ def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
     return parser
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """Did an allocation fail: a MemoryError (numpy's), torch's CUDA OutOfMemoryError (a RuntimeError), or its
+    CPU allocator's RuntimeError ("DefaultCPUAllocator: can't allocate memory")?"""
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(e))
+
+
+def _memory_reason(e: BaseException) -> str:
+    """The allocation that failed, in a few words: numpy's "Unable to allocate 27.9 GiB for an array with shape
+    ...", torch's "CUDA out of memory. Tried to allocate 2.00 GiB" (not its paragraph of allocator advice), or
+    "can't allocate memory: you tried to allocate N bytes" (not the C++ assertion before it)."""
+    text, sentences = (str(e).splitlines() or [type(e).__name__])[0], 2
+    if "can't allocate memory" in text:
+        text, sentences = text[text.index("can't allocate memory"):], 1
+    return ". ".join(text.split(". ")[:sentences]).rstrip(".")[:200]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -80,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # missing or wrong-kind paths, a full disk, no permission: the user's to fix
         print(f"coarse2fine {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # sizes past this machine's memory (numpy's, torch's CPU and CUDA)
+        if not out_of_memory(e):
+            raise
+        print(f"coarse2fine {args.command}: error: out of memory ({_memory_reason(e)}); lower --batch-size or the "
+              "sizes asked for, or free memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coarse2fine {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)

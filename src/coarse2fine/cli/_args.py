@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 
 class Parser(argparse.ArgumentParser):
@@ -146,29 +147,20 @@ def default_device() -> str:
 
 
 def resolve_device(name: str | None) -> str:
-    """--device value -> a checked device string; one-line errors for typos and absent CUDA."""
-    import torch
-
-    from coarse2fine.config import UserError
+    """--device value -> a checked device string; one-line errors for typos and absent CUDA or MPS."""
+    from coarse2fine.distributed import check_device
 
     if name is None:
         return default_device()
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif dev.type not in ("cpu", "mps"):
-        raise UserError(f"--device {name!r} is not supported; use cpu, cuda or cuda:N")
+    check_device(name, "--device")
     return name
 
 
 def prepare(args: argparse.Namespace) -> None:
-    """Applied by cli.main before every subcommand: the device default and the thread policy."""
+    """Applied by cli.main before every subcommand: `~` in paths, the device default and the thread policy."""
+    for name, value in vars(args).items():  # --out=~/runs/x: the shell expands ~ at a word's start, not after =
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
     if hasattr(args, "device"):
         args.device = resolve_device(args.device)
     if hasattr(args, "threads"):

@@ -228,6 +228,14 @@ class CodeStore(torch.utils.data.Dataset):
         if self.codes.shape != (n, self.meta["grid"] ** 2) or self.labels.shape != (n,):
             raise ConfigError(f"{d}: codes {self.codes.shape} / labels {self.labels.shape} do not match "
                               f"meta.json (count {n}, grid {self.meta['grid']}); re-extract the codes")
+        for name, arr in (("codes.npy", self.codes), ("labels.npy", self.labels)):  # float ids were floored
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise ConfigError(f"{d / name} holds {arr.dtype} values, not integer ids; re-extract the codes")
+        c = self.meta["num_classes"]  # an id past the classes was an IndexError at the step that drew its row
+        bad = self.labels[(self.labels < 0) | (self.labels >= c)]
+        if bad.size:
+            raise ConfigError(f"{d / 'labels.npy'} holds class id {int(bad[0])}, outside 0..{c - 1} (num_classes {c} "
+                              "in meta.json); re-extract the codes")
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -123,6 +123,21 @@ def _plan(out: Path, tokenizer_dir: Path, vq, image_root: str | Path, split: str
     return plan
 
 
+PLAN_FILES = ("shards", "labels.npy", "files.json")  # written before plan.json: a scan that never finished
+
+
+def check_tencrop_out(out: Path) -> None:
+    """Before any work: `out` must be new, empty, an extraction to resume (plan.json), or what a scan left
+    when it was killed before plan.json; a code store of extract-codes, a run or an export is not ours to
+    write into (their meta.json and labels.npy were replaced, our shards put among their files)."""
+    if not out.is_dir() or (out / "plan.json").exists():
+        return
+    other = sorted(f.name for f in out.iterdir() if not f.name.startswith(".") and f.name not in PLAN_FILES)
+    if other:
+        raise UserError(f"--out {out} holds other files and no ten-crop extraction (e.g. {other[0]}); give a new or "
+                        "empty directory")
+
+
 def extract_tencrop(tokenizer_dir: str | Path, image_root: str | Path, out_dir: str | Path, split: str = "train",
                     image_size: int | None = None, crop_ranges: tuple[float, ...] = LLAMAGEN_CROP_RANGES,
                     shard_size: int = 10_000, batch_size: int = 16, num_workers: int = 4,
@@ -141,6 +156,8 @@ def extract_tencrop(tokenizer_dir: str | Path, image_root: str | Path, out_dir: 
     if shard_size < 1 or batch_size < 1:
         raise UserError("--shard-size and --batch-size must be >= 1")
     info = distributed.setup(device)
+    if info.is_main:
+        check_tencrop_out(Path(out_dir))
     tok = Path(tokenizer_dir)
     vq = load_vq(tok).to(info.device)
     bf16 = resolve_dtype(dtype, info.device) == torch.bfloat16

@@ -188,6 +188,9 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
         raise UserError(f"unknown classifier backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     if epochs < 1 or batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")
+    if backbone == "cnn" and resolution < 4:  # its two 2x2 max-pools leave no pixel: a pooling RuntimeError
+        raise UserError(f"--image-size {resolution} is too small for the classifier CNN (two 2x2 max-pools: it needs "
+                        "4 px or more); use --image-size 8 or more")
     from coarse2fine.checkpoint import check_run_out
 
     check_run_out(out_dir, "classifier")  # another run's weights are not this classifier's to replace

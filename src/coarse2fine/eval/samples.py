@@ -34,7 +34,8 @@ CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("COARSE2FINE_CACHE") or Path.home() / ".cache" / "coarse2fine")
+    # expanded: a value quoted where it was set (a .env file, a Dockerfile ENV) keeps its ~, made a ./~ folder
+    return Path(os.environ.get("COARSE2FINE_CACHE") or Path.home() / ".cache" / "coarse2fine").expanduser()
 
 
 def _cache_source(cache_dir: str | Path | None) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from coarse2fine.config import UserError
-from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest, tensor_digest
+from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest, tensor_digest, text_in_place_of
 
 METHODS = ("kmeans", "random", "balanced", "agglomerative")
 
@@ -138,7 +138,8 @@ class CoarseMap:
                 meta = f.metadata() or {}
                 t = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
-            raise UserError(f"cannot read coarse map {p} ({e}); re-run `coarse2fine cluster`") from e
+            why = text_in_place_of(p) or f"cannot read coarse map {p} ({e}); re-run `coarse2fine cluster`"
+            raise UserError(why) from e
         try:
             check_tensor_digest(p, t, meta, "re-run `coarse2fine cluster` or copy it again")
         except ValueError as e:
