@@ -181,9 +181,21 @@ def done_cpu(args, preset: str, steps: int, stage: str) -> float | None:
     return json.loads(f.read_text())["cpu_s"] if f.exists() else None
 
 
+def write_machine(args, machine: dict) -> None:
+    """machine_<lane>[_s<seed>][_<points>].json: one file per lane, seed and point list, so that a later lane
+    (on another machine, perhaps) adds its record instead of replacing an earlier one's."""
+    name = args.lane.replace(",", "+") + (f"_s{args.seed}" if args.seed else "")
+    if args.points != POINTS:
+        name += "_" + args.points.replace(":", "-").replace(",", "+")
+    (args.results / f"machine_{name}.json").write_text(json.dumps(
+        {**machine, "dtype": "fp32", "threads": 1, "lane": args.lane, "seed": args.seed, "points": args.points},
+        indent=1) + "\n")
+
+
 def run_lane(args) -> None:
     from coarse2fine import distributed
     from coarse2fine.apps.demo import cpu_kind
+    from coarse2fine.bench.speed import machine_info
 
     distributed.configure_threads(1)
     setup(args)
@@ -191,9 +203,8 @@ def run_lane(args) -> None:
     if not stages or any(s not in STAGES for s in stages):
         raise SystemExit(f"--lane: a comma list of {STAGES}, got {args.lane!r}")
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"machine_{args.lane.replace(',', '+')}.json").write_text(json.dumps(
-        {**cpu_kind(), "dtype": "fp32", "threads": 1, "lane": args.lane,
-         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1) + "\n")
+    write_machine(args, {**cpu_kind(), "amx": "amx_bf16" in machine_info().get("cpu_flags", []),
+                         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     for preset, steps in parse_points(args.points):
         for stage in stages:
             train_point(args, preset, steps, stage)

@@ -100,8 +100,10 @@ def render(results: Path) -> None:
             target = 0.8 * e["test_accuracy"]
     for m in sorted(results.glob("machine_*.json")):
         j = json.loads(m.read_text())
-        lines.append(f"- lane {j['lane']}: {j['model']} ({j['kind']}, torch kernels {j['kernels']}), {j['dtype']}, "
-                     f"{j['threads']} thread, started {j['started']}")
+        what = f" (seed {j['seed']}, points {j['points']})" if "points" in j else ""
+        amx = {True: ", AMX", False: ", no AMX"}.get(j.get("amx"), "")
+        lines.append(f"- lane {j['lane']}{what}: {j['model']} ({j['kind']}{amx}, torch kernels {j['kernels']}), "
+                     f"{j['dtype']}, {j['threads']} thread, started {j['started']}")
     lines.append("")
     (results / "report.md").write_text("\n".join(lines) + "\n")
     if rows:
