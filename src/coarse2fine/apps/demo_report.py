@@ -99,6 +99,10 @@ def render_report(r: dict, classes: list[str]) -> str:
     lines += ["", f"Held-out fine-token accuracy: stage 2 given the true coarse labels {fine_acc:.3f}; "
                   f"baseline (next-token) {base_acc:.3f}. Accuracies are per token on the test split's codes.", "",
               "## Sampling", ""]
+    plan = r.get("plan", {})
+    if "temperature" in plan:
+        lines += [f"Stage 1 and the baseline at temperature {plan['temperature']}, CFG {plan['cfg_scale']}; stage 2 top-k "
+                  f"{plan['fine_top_k']} (`demo --temperature --cfg` change the first two).", ""]
     for name, tm in r["sampling"].items():
         if isinstance(tm, dict):
             tot = sum(tm.values())
