@@ -154,6 +154,21 @@ def check_labels(cond: torch.Tensor, num_classes: int) -> None:
         raise UserError(f"class labels must be in 0..{num_classes - 1}, got {cond.tolist()[:16]}")
 
 
+def check_cpu_compiler() -> None:
+    """torch.compile on a CPU builds C++ kernels: without a compiler it fails deep inside Inductor after
+    tracing the model. One line instead, before anything is traced."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: let torch.compile speak for itself
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # torch raises its own error types here, which differ between versions
+        raise UserError(f"--compile on a CPU needs a C++ compiler (g++ or clang++, or CXX naming one) and none was "
+                        f"found ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); install one or "
+                        "sample without --compile") from None
+
+
 def _decode_step(model, compile_mode: str | None, static: bool):
     """The callable for decode steps: the model itself, or a torch.compile of it kept on the model
     (compiled once, reused by later calls). static: every step has the same shapes (the masked cache;
@@ -161,6 +176,8 @@ def _decode_step(model, compile_mode: str | None, static: bool):
     the cache and the prefix length becomes a symbolic size after the first recompile (two compiles)."""
     if not compile_mode:
         return model
+    if model.output.weight.device.type == "cpu":
+        check_cpu_compiler()
     compiled = model.__dict__.get("_c2f_decode_compiled")
     if compiled is None:
         # object.__setattr__: an nn.Module attribute would register the compiled wrappers as

@@ -309,3 +309,15 @@ def test_compiled_cpu_loop_reads_the_growing_prefix_and_draws_the_eager_codes():
     compiled = generate_ar(m, cond, opts, torch.Generator().manual_seed(5), compile_mode="default")
     assert not m.masked_cache
     assert torch.equal(eager, compiled)
+
+
+def test_compiling_on_a_cpu_without_a_cpp_compiler_is_one_line(monkeypatch):
+    """Inductor builds C++ kernels on a CPU; without g++ it failed with a long traceback after tracing."""
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def no_compiler():
+        raise RuntimeError("Failed to find a working C++ compiler. Tried: g++")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(UserError, match="needs a C\\+\\+ compiler .* sample without --compile"):
+        generate_ar(_model(), torch.tensor([0]), StageSampling(), compile_mode="default")
