@@ -99,8 +99,9 @@ def main(argv=None) -> int:
               for d in args.dtype for kind in candidates if kind != "eager"]
     if len(args.dtype) == 2:
         a, b = args.dtype
-        ratios.append(f"eager {b} / {a} speed {e[f'{a} eager']['median_cpu_s'] / e[f'{b} eager']['median_cpu_s']:.2f}x, "
-                      f"compiled prefix {e[f'{a} compiled prefix']['median_cpu_s'] / e[f'{b} compiled prefix']['median_cpu_s']:.2f}x, "
+        speed = {kind: e[f"{a} {kind}"]["median_cpu_s"] / e[f"{b} {kind}"]["median_cpu_s"]
+                 for kind in ("eager", "compiled prefix")}
+        ratios.append(f"eager {b} / {a} speed {speed['eager']:.2f}x, compiled prefix {speed['compiled prefix']:.2f}x, "
                       f"matmul peak {bench.median(peaks[b]) / bench.median(peaks[a]):.2f}x")
     text = (f"Command: `PYTHONPATH=src python benchmarks/speed/decode_compile.py {shlex.join(sys.argv[1:])}`\n\n"
             f"Machine: {m.get('cpu')}, {m.get('cpu_count')} CPUs visible, 1 torch thread, native bf16 {m.get('cpu_bf16')}, "

@@ -202,13 +202,14 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     LlamaGen's order, so its greedy samples are reproduced bit for bit. cfg_before_head: guide the
     normed hidden states and run the head on the B guided rows (Transformer.forward's guidance): the
     same logits up to float rounding, 0.84x the CPU time of a K = 16384 GPT-small loop on CPU
-    (docs/speed.md), but a near-tie can then break the other way than in LlamaGen. The cache is allocated once per (batch, dtype) and reused
-    by later calls. The loop never reads a device value on the host (no per-step sync).
+    (docs/speed.md), but a near-tie can then break the other way than in LlamaGen. The cache is allocated
+    once per (batch, dtype) and reused by later calls. The loop never reads a device value on the host (no
+    per-step sync).
     compile_mode (e.g. "default", "reduce-overhead" = CUDA graphs, "max-autotune"): torch.compile the
     decode step. masked_cache: every step reads the whole cache under a mask, so its shapes never change.
     None (the default) = masked when compiling on a GPU (CUDA graphs need static shapes); eager steps and
     compiled CPU steps read only the filled prefix (at 16x16 codes the masked cache made the compiled CPU
-    loop 1.64x slower than eager: it reads all 257 positions at every step; docs/speed.md).
+    loop 1.28-1.64x slower than eager, the prefix 0.93x: it reads all 257 positions at every step; docs/speed.md).
     """
     cfg = model.cfg
     check_labels(cond, cfg.num_classes)

@@ -101,8 +101,8 @@ def render_report(r: dict, classes: list[str]) -> str:
               "## Sampling", ""]
     plan = r.get("plan", {})
     if "temperature" in plan:
-        lines += [f"Stage 1 and the baseline at temperature {plan['temperature']}, CFG {plan['cfg_scale']}; stage 2 top-k "
-                  f"{plan['fine_top_k']} (`demo --temperature --cfg` change the first two).", ""]
+        lines += [f"Stage 1 and the baseline at temperature {plan['temperature']}, CFG {plan['cfg_scale']}; "
+                  f"stage 2 top-k {plan['fine_top_k']} (`demo --temperature --cfg` change the first two).", ""]
     for name, tm in r["sampling"].items():
         if isinstance(tm, dict):
             tot = sum(tm.values())

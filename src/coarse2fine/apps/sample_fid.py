@@ -108,8 +108,8 @@ def sample_fid(out_dir: str | Path, *, baseline: str | Path | None = None, coars
     stage 2; each a StageSampling, or a dict of the knobs that differ from the pipeline's own defaults
     (pipe.defaults()), or None for those defaults. dtype: "auto" | "fp32" | "bf16" or a torch dtype (the
     sampling autocast, precision.resolve_dtype). compile_mode: torch.compile mode of the decode step (None =
-    eager; Pipeline.compile_mode). Returns the summary also stored in out_dir/fid_run.json. One process (group) per out_dir: rank 0 holds its lock, and first removes the temp files of a
-    killed run."""
+    eager; Pipeline.compile_mode). Returns the summary also stored in out_dir/fid_run.json. One process
+    (group) per out_dir: rank 0 holds its lock, and first removes the temp files of a killed run."""
     from coarse2fine.checkpoint import check_not_run_out
 
     if batch_size < 1:
@@ -137,7 +137,7 @@ def _stage_opts(given: StageSampling | dict | None, default: StageSampling) -> S
 
 
 def _sample_fid(info, out, baseline, coarse, fine, pipeline, tokenizer, num_samples, batch_size, seed, stage1,
-                stage2, dtype, image_size_eval, progress, compile_mode=None) -> dict[str, Any]:
+                stage2, dtype, image_size_eval, progress, compile_mode) -> dict[str, Any]:
     """sample_fid under the lock of `out`."""
     from coarse2fine.pipeline import CTFPipeline
 

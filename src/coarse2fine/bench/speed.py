@@ -314,14 +314,13 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     info: dict[str, object] = {"torch": torch.__version__, "python": platform.python_version(),
                                "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     try:
-        cpu = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-               if ln.startswith("model name")]
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
         info["cpu"] = cpu[0] if cpu else platform.processor()
         info["cpu_bf16"] = bf16_native("cpu")
         # the flags that decide fp32 and bf16 speed: an AMX CPU's bf16 matmul peak was 8.5x its fp32 one,
         # an AVX512-BF16 CPU without AMX ran bf16 matmuls slower than fp32 (docs/speed.md)
-        flags = next((set(ln.split(":", 1)[1].split()) for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("flags")), set())
+        flags = next((set(ln.split(":", 1)[1].split()) for ln in lines if ln.startswith("flags")), set())
         info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     except OSError:
         info["cpu"] = platform.processor()
