@@ -993,3 +993,23 @@ def test_a_classifier_too_small_for_its_poolings_is_refused_before_any_data_is_r
                                      "1", "--threads", "1", "--image-size", "3", "--out", tmp_path / "c"],
                             "--image-size 3 is too small for the classifier CNN", "use --image-size 8 or more")
     assert out == "" and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv, after", [
+    (["extract-codes", "--tokenizer", "tok", "--out", "codes"], "; run the same command again to continue where it "
+                                                               "stopped"),
+    (["sample", "--pipeline", "exp", "--out", "s"], "; nothing was finished: run the command again to start over"),
+    (["train", "--resume", "--out", "run"], "; rerun with --resume to continue"),
+])
+def test_an_interrupted_command_is_told_how_it_continues(monkeypatch, capsys, argv, after):
+    """Ctrl-C told every command "rerun with --resume to continue": only train and train-tokenizer take --resume
+    (`extract-codes --resume` and `sample --resume` are "unrecognized arguments"); extract-codes continues when
+    run again as it was, sample starts over."""
+    import coarse2fine.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "prepare", interrupted)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err == f"coarse2fine {argv[0]}: interrupted{after}\n"
