@@ -1013,3 +1013,21 @@ def test_an_interrupted_command_is_told_how_it_continues(monkeypatch, capsys, ar
     assert cli.main(argv) == 130
     err = capsys.readouterr().err
     assert err == f"coarse2fine {argv[0]}: interrupted{after}\n"
+
+
+def test_a_file_of_a_code_store_or_a_missing_store_is_named_as_such(tmp_path, capsys):
+    """`train --codes codes/codes.npy` (a file of the store) and `--codes codse` (a typo) both said "holds no
+    extracted codes (no meta.json); run extract-codes first", of a store that was extracted."""
+    from fakes import make_store
+
+    store = make_store(tmp_path / "codes")
+    run = ["train", "--stage", "baseline", "--preset", "GPT-tiny", "--steps", "1", "--device", "cpu", "--out",
+           tmp_path / "r"]
+    for f in ("codes.npy", "meta.json"):
+        one_line_error(capsys, [*run, "--codes", store / f],
+                       f"{store / f} is a file, not a code store; pass the folder that holds it ({store})")
+    one_line_error(capsys, [*run, "--codes", store, "--heldout", store / "labels.npy"],
+                   f"{store / 'labels.npy'} is a file, not a code store")
+    one_line_error(capsys, [*run, "--codes", tmp_path / "codse"],
+                   f"code store {tmp_path / 'codse'} not found; pass the --out folder of `coarse2fine extract-codes`")
+    assert not (tmp_path / "r").exists()
