@@ -1031,3 +1031,20 @@ def test_a_file_of_a_code_store_or_a_missing_store_is_named_as_such(tmp_path, ca
     one_line_error(capsys, [*run, "--codes", tmp_path / "codse"],
                    f"code store {tmp_path / 'codse'} not found; pass the --out folder of `coarse2fine extract-codes`")
     assert not (tmp_path / "r").exists()
+
+
+def test_samples_whose_class_ids_the_data_set_lacks_are_one_line_before_any_feature(tmp_path, capsys):
+    """`eval --samples S --classifier C` with samples of another data set's classes (ids 10..19 against the 10
+    classes of default) computed every feature and the Inception Score, then ended in class_accuracy's
+    ValueError ("labels must lie in [0, 10)") traceback; without --classifier it scored them without a word."""
+    from coarse2fine.cli import main
+
+    assert main(["train-classifier", "--data", "default", "--limit-per-class", "1", "--epochs", "1", "--threads", "1",
+                 "--out", str(tmp_path / "clf")]) == 0
+    capsys.readouterr()
+    npz = tmp_path / "other.npz"
+    np.savez(npz, arr_0=_shapes(20), labels=np.arange(20) % 10 + 10)
+    for clf in (["--classifier", tmp_path / "clf"], []):
+        one_line_error(capsys, ["eval", "--samples", npz, *clf, "--no-cache", "--ref-count", "20", "--device", "cpu"],
+                       "the samples carry class ids 10..19, but default has classes 0..9: they were made for another "
+                       "data set; pass the --data")
