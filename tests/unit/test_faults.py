@@ -1048,3 +1048,25 @@ def test_samples_whose_class_ids_the_data_set_lacks_are_one_line_before_any_feat
         one_line_error(capsys, ["eval", "--samples", npz, *clf, "--no-cache", "--ref-count", "20", "--device", "cpu"],
                        "the samples carry class ids 10..19, but default has classes 0..9: they were made for another "
                        "data set; pass the --data")
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({}, "grid 8, needs 4; num_classes 10, needs 3; vocab_size 16384, needs 64"),  # the bare preset
+    ({"grid": 4, "vocab_size": 64, "num_classes": 2}, "num_classes 2, needs 3"),  # class 2 trained as the null class
+    ({"grid": 4, "vocab_size": 64, "num_classes": 3, "causal": False}, "causal False, needs True"),
+])
+def test_a_model_config_that_does_not_fit_the_code_store_is_one_line(tmp_path, overrides, needle):
+    """train(stage, gpt_config("GPT-tiny"), ...) from Python on a store of 4x4 codes, K 64 and 3 classes trained
+    a model of another grid, vocabulary or class count without a word: with 2 classes, class 2's rows taught the
+    model's null (unconditional) class; a bidirectional baseline cannot be sampled."""
+    from fakes import make_store
+    from coarse2fine.config import TrainConfig, gpt_config
+    from coarse2fine.training.gpt import train
+
+    store = make_store(tmp_path / "codes")
+    with pytest.raises(UserError, match=re.escape(
+            f"the model config does not fit the baseline stage on {store}: {needle}; build it with "
+            "coarse2fine.stages.stage_config(preset, 'baseline', 64, 0, 3, 4)")):
+        train("baseline", gpt_config("GPT-tiny", **overrides), TrainConfig(steps=1, batch_size=4, dtype="fp32"), store,
+              tmp_path / "r", progress=False, device="cpu")
+    assert not (tmp_path / "r").exists()

@@ -79,6 +79,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     store = open_code_store(codes_dir)  # extract-codes dir or a sharded ten-crop one
     cmap = coarse_map if isinstance(coarse_map, CoarseMap) or coarse_map is None else CoarseMap.load(coarse_map)
     batches = StageBatches(store, stage, cmap)
+    batches.check_model(model_cfg)
     heldout = (StageBatches(check_heldout(store, open_code_store(heldout_dir), heldout_dir), stage, cmap)
                if heldout_dir else None)
     if restricted and not spec.restricted_head:
