@@ -1070,3 +1070,17 @@ def test_a_model_config_that_does_not_fit_the_code_store_is_one_line(tmp_path, o
         train("baseline", gpt_config("GPT-tiny", **overrides), TrainConfig(steps=1, batch_size=4, dtype="fp32"), store,
               tmp_path / "r", progress=False, device="cpu")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_a_torch_dtype_autocast_cannot_compute_in_is_one_line(dtype):
+    """CTFPipeline(..., dtype=torch.float64) (or from_pretrained / from_runs with it) sampled in float32 without a
+    word: autocast skips float64, and an integer dtype only drew torch's "CPU Autocast only supports" warning."""
+    from coarse2fine.pipeline import CTFPipeline
+
+    pipe = _tiny_ctf_pipeline()
+    with pytest.raises(UserError, match=re.escape(f"dtype {dtype} is not a precision autocast computes in; use 'auto', "
+                                                  "'fp32' or 'bf16' (or torch.float32, torch.bfloat16, torch.float16)")):
+        CTFPipeline(pipe.vq, pipe.coarse_model, pipe.fine_model, pipe.cmap, dtype=dtype)
+    half = CTFPipeline(pipe.vq, pipe.coarse_model, pipe.fine_model, pipe.cmap, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half([0], decode_images=False).codes.shape == (1, 16)
