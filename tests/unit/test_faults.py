@@ -1079,8 +1079,29 @@ def test_a_torch_dtype_autocast_cannot_compute_in_is_one_line(dtype):
     from coarse2fine.pipeline import CTFPipeline
 
     pipe = _tiny_ctf_pipeline()
-    with pytest.raises(UserError, match=re.escape(f"dtype {dtype} is not a precision autocast computes in; use 'auto', "
-                                                  "'fp32' or 'bf16' (or torch.float32, torch.bfloat16, torch.float16)")):
+    with pytest.raises(UserError, match=re.escape(f"dtype {dtype} is not a precision autocast computes in; use "
+                                                  "'auto', 'fp32' or 'bf16' (or torch.float32, torch.bfloat16, "
+                                                  "torch.float16)")):
         CTFPipeline(pipe.vq, pipe.coarse_model, pipe.fine_model, pipe.cmap, dtype=dtype)
     half = CTFPipeline(pipe.vq, pipe.coarse_model, pipe.fine_model, pipe.cmap, dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16 and half([0], decode_images=False).codes.shape == (1, 16)
+
+
+def test_a_model_config_the_network_cannot_be_built_with_is_one_line(tmp_path):
+    """gpt_config("GPT-B", n_head=10) ended in the attention layer's AssertionError ("dim must be divisible by
+    n_head") when the network was built, a head size the 2-D RoPE cannot split (n_head 32 of dim 64) in its
+    ValueError, n_head 0 in a ZeroDivisionError; a run's config.json edited to such a value the same."""
+    from coarse2fine.config import GPTConfig, from_dict, gpt_config, to_dict
+
+    with pytest.raises(UserError, match=re.escape("GPTConfig dim 768 with n_head 10: each head must get a whole "
+                                                  "number of channels, a multiple of 4 for the 2-D RoPE (dim / n_head "
+                                                  "= 76.8); use n_head 8 (head size 96)")):
+        gpt_config("GPT-B", n_head=10)
+    with pytest.raises(UserError, match=r"dim / n_head = 2\); use n_head 16 \(head size 4\)"):
+        GPTConfig(dim=64, n_head=32)
+    with pytest.raises(UserError, match="GPTConfig n_head 0, grid 0: every size must be 1 or more"):
+        gpt_config("GPT-tiny", n_head=0, grid=0)
+    edited = {**to_dict(gpt_config("GPT-tiny")), "n_head": 3}  # a run's "gpt" section, edited by hand
+    with pytest.raises(UserError, match=r"^R/config.json: GPTConfig dim 128 with n_head 3: .*use n_head 2 "
+                                        r"\(head size 64\)$"):
+        from_dict(GPTConfig, edited, "R/config.json")
