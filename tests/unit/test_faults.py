@@ -1105,3 +1105,21 @@ def test_a_model_config_the_network_cannot_be_built_with_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"^R/config.json: GPTConfig dim 128 with n_head 3: .*use n_head 2 "
                                         r"\(head size 64\)$"):
         from_dict(GPTConfig, edited, "R/config.json")
+
+
+def test_a_damaged_png_among_the_samples_is_named(tmp_path, capsys):
+    """`eval --samples D` with one PNG of D cut short (an interrupted copy) said "image file is truncated" (or
+    "cannot identify image file" of an empty one) without naming which of the folder's files it was."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, img in enumerate(_shapes(6)):
+        Image.fromarray(img).save(folder / f"{i:06d}_c{i % 3}.png")
+    cut, empty = folder / "000004_c1.png", folder / "000002_c2.png"
+    cut.write_bytes(cut.read_bytes()[:200])
+    fix = "the file is damaged or was copied in part; sample it again, or copy the folder again"
+    one_line_error(capsys, ["eval", "--samples", folder, "--no-cache", "--device", "cpu"],
+                   f"cannot read the sample {cut} (image file is truncated): {fix}")
+    cut.unlink()
+    empty.write_bytes(b"")  # a copy that never started
+    one_line_error(capsys, ["eval", "--samples", folder, "--no-cache", "--device", "cpu"],
+                   f"cannot read the sample {empty} (cannot identify image file", fix)
