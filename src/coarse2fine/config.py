@@ -110,6 +110,9 @@ class GPTConfig:
         return m * ((hidden + m - 1) // m)
 
 
+# torch.compile modes of the AR decode step (sample --compile MODE, Pipeline.compile_mode, generate_ar)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 MAX_CODEBOOK = 16384  # LlamaGen's largest codebook: --codebook-size goes up to it
 
 

@@ -1123,3 +1123,17 @@ def test_a_damaged_png_among_the_samples_is_named(tmp_path, capsys):
     empty.write_bytes(b"")  # a copy that never started
     one_line_error(capsys, ["eval", "--samples", folder, "--no-cache", "--device", "cpu"],
                    f"cannot read the sample {empty} (cannot identify image file", fix)
+
+
+@pytest.mark.parametrize("mode", [True, "fastest", "max_autotune"])
+def test_a_compile_mode_torch_does_not_know_is_one_line(mode):
+    """pipe.compile_mode = True (or a mistyped mode) from Python ran the prefill, then ended in torch.compile's
+    RuntimeError ("Unrecognized mode=True") from inside sampling; the CLI's --compile takes only known modes."""
+    pipe = _tiny_ctf_pipeline()
+    pipe.compile_mode = mode
+    with pytest.raises(UserError, match=re.escape("compile_mode must be one of default, reduce-overhead, "
+                                                  "max-autotune, max-autotune-no-cudagraphs, or None for eager "
+                                                  f"decoding; got {mode!r}")):
+        pipe([0], decode_images=False)
+    pipe.compile_mode = False  # off, as None is
+    assert pipe([0], decode_images=False).codes.shape == (1, 16)
