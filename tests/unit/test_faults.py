@@ -1137,3 +1137,16 @@ def test_a_compile_mode_torch_does_not_know_is_one_line(mode):
         pipe([0], decode_images=False)
     pipe.compile_mode = False  # off, as None is
     assert pipe([0], decode_images=False).codes.shape == (1, 16)
+
+
+def test_eval_every_without_held_out_codes_is_refused(tmp_path, capsys):
+    """`train --eval-every 50` without --heldout trained without a word and evaluated nothing: the loop evaluates
+    the held-out codes only (DESIGN: a flag the chosen mode would ignore is refused, not dropped)."""
+    from fakes import make_store
+
+    store = make_store(tmp_path / "codes")
+    one_line_error(capsys, ["train", "--stage", "baseline", "--codes", store, "--preset", "GPT-tiny", "--steps", "1",
+                            "--batch-size", "4", "--eval-every", "50", "--device", "cpu", "--out", tmp_path / "r"],
+                   "--eval-every 50 evaluates the held-out codes, and this run has none: pass --heldout S (codes "
+                   "extracted with --split test) or drop --eval-every")
+    assert not (tmp_path / "r").exists()
