@@ -1150,3 +1150,23 @@ def test_eval_every_without_held_out_codes_is_refused(tmp_path, capsys):
                    "--eval-every 50 evaluates the held-out codes, and this run has none: pass --heldout S (codes "
                    "extracted with --split test) or drop --eval-every")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, caplog):
+    """`train-tokenizer --steps 50` (the recipe's warm-up is 100 steps) or `train --steps 1 --warmup-steps 5` trained
+    at a learning rate that climbed to only steps/warmup of the one asked for and never decayed, without a word."""
+    from fakes import make_store
+    from coarse2fine.cli import main
+    from coarse2fine.training.tokenizer import _resolve
+
+    with caplog.at_level("WARNING", logger="coarse2fine.train"):
+        _resolve("VQ-tiny", None, {"steps": 100})  # a warm-up as long as the run reaches --lr at its last step
+        assert "--warmup-steps" not in caplog.text
+        _resolve("VQ-tiny", None, {"steps": 50})
+        assert ("--warmup-steps 100 is longer than --steps 50: the learning rate climbs to only 50% of --lr and never "
+                "decays; lower --warmup-steps (e.g. 2, 5% of the run) or raise --steps") in caplog.text
+        caplog.clear()
+        assert main(["train", "--stage", "baseline", "--codes", str(make_store(tmp_path / "codes")), "--preset",
+                     "GPT-tiny", "--steps", "1", "--batch-size", "4", "--warmup-steps", "5", "--device", "cpu",
+                     "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    assert "--warmup-steps 5 is longer than --steps 1: the learning rate climbs to only 20% of --lr" in caplog.text
