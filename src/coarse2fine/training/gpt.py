@@ -82,7 +82,6 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     store = open_code_store(codes_dir)  # extract-codes dir or a sharded ten-crop one
     cmap = coarse_map if isinstance(coarse_map, CoarseMap) or coarse_map is None else CoarseMap.load(coarse_map)
     batches = StageBatches(store, stage, cmap)
-    batches.check_model(model_cfg)
     heldout = (StageBatches(check_heldout(store, open_code_store(heldout_dir), heldout_dir), stage, cmap)
                if heldout_dir else None)
     if restricted and not spec.restricted_head:
@@ -106,6 +105,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     run_meta["heldout"] = str(Path(heldout_dir).resolve()) if heldout_dir else None
     with lock_run(out, info.is_main):  # one process per run dir, from the first check to the last write
         st = _check_run_dir(out, run_meta, cfg, cmap, resume)
+        batches.check_model(model_cfg)  # after the resume checks: another store is named as such first
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_run_config(out, "gpt", run_meta)
