@@ -32,12 +32,35 @@ def bf16_native(device_type: str = "cpu") -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_has_bf16_flags() -> bool:
+def cpu_info() -> tuple[str | None, frozenset[str] | None]:
+    """(model name, instruction-set flags) of the first CPU in /proc/cpuinfo, read once per process; None
+    for what the file does not say (not Linux: no file at all). The one reader of that file: the dtype
+    choice here, the demo's report (apps.demo.cpu_kind) and every results header (bench.machine_info)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell, so stay in fp32
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None, None
+
+
+def parse_cpuinfo(text: str) -> tuple[str | None, frozenset[str] | None]:
+    """The first "model name" and "flags" of a /proc/cpuinfo text (None where absent: an ARM kernel, say,
+    writes neither)."""
+    model = flags = None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None and value.strip():
+            model = value.strip()
+        elif key == "flags" and flags is None:
+            flags = frozenset(value.split())
+        if model is not None and flags is not None:
+            break
+    return model, flags
+
+
+def _cpu_has_bf16_flags() -> bool:
+    flags = cpu_info()[1]  # no flags (not Linux): no cheap way to tell, so stay in fp32
+    return bool(flags and flags & {"avx512_bf16", "amx_bf16"})
 
 
 def bf16_pays_off(device_type: str = "cpu") -> bool:

@@ -316,3 +316,18 @@ def test_bench_tokenizer_steps_times_the_cpu_presets_only(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert [n for n, _ in seen] == ["VQ-tiny", "VQ-small", "VQ-64-f8", "VQ-64-f4"] and {r for _, r in seen} == {2}
     assert "VQ-64-f8     0.50 CPU-s/step (batch 16, L2, fp32, 1 thread)" in out and "VQ-16" not in out
+
+
+def test_cpuinfo_parser_reads_the_first_cpus_name_and_flags_and_says_none_for_what_is_absent():
+    from coarse2fine.precision import parse_cpuinfo
+
+    text = ("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+            "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    assert parse_cpuinfo(text) == ("AMD EPYC 9R14", frozenset({"fpu", "avx2", "avx512f", "avx512_bf16"}))
+    # an ARM kernel writes neither field: the callers then say "unknown" rather than guess
+    assert parse_cpuinfo("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\n") == (None, None)
+    # the results header states the flags that decide fp32 and bf16 speed, from the same reader
+    info = bench.machine_info()
+    if info.get("cpu_flags") is not None:
+        from coarse2fine.precision import cpu_info
+        assert set(info["cpu_flags"]) <= set(cpu_info()[1])

@@ -27,6 +27,7 @@ from coarse2fine.config import TrainConfig, UserError, gpt_config, train_recipe
 from coarse2fine.apps.demo_stages import STAGES
 from coarse2fine.data.builtin import demo_asset_dir, has_demo_assets
 from coarse2fine.fileio import atomic_write_bytes
+from coarse2fine.precision import cpu_info
 
 
 
@@ -126,16 +127,8 @@ def cpu_kind() -> dict:
     it), "cores": usable cores}. The kind is what decides the dtype (demo_precision) and the time."""
     import platform
 
-    model, flags = platform.processor() or platform.machine(), None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                model = value.strip()
-            elif key.strip() == "flags" and flags is None:
-                flags = set(value.split())
-    except OSError:  # not Linux: the name only
-        pass
+    model, flags = cpu_info()
+    model = model or platform.processor() or platform.machine()
     if flags is None:
         kind = "unknown"
     elif flags & {"avx512_bf16", "amx_bf16"}:

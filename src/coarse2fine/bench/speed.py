@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from coarse2fine.config import GPTConfig
-from coarse2fine.precision import bf16_native
+from coarse2fine.precision import bf16_native, cpu_info
 
 
 # ---- timing --------------------------------------------------------------------------------------
@@ -313,17 +313,13 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     device = torch.device(device)
     info: dict[str, object] = {"torch": torch.__version__, "python": platform.python_version(),
                                "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-        info["cpu"] = cpu[0] if cpu else platform.processor()
+    model, flags = cpu_info()
+    info["cpu"] = model or platform.processor()
+    if flags is not None:
         info["cpu_bf16"] = bf16_native("cpu")
         # the flags that decide fp32 and bf16 speed: an AMX CPU's bf16 matmul peak was 8.5x its fp32 one,
         # an AVX512-BF16 CPU without AMX ran bf16 matmuls slower than fp32 (docs/speed.md)
-        flags = next((set(ln.split(":", 1)[1].split()) for ln in lines if ln.startswith("flags")), set())
         info["cpu_flags"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    except OSError:
-        info["cpu"] = platform.processor()
     if hasattr(os, "getloadavg"):
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)
     if device.type == "cuda":
