@@ -74,6 +74,25 @@ class GPTConfig:
     # stage 2 only: vocabulary of the input (coarse) tokens; 0 means input vocab == vocab_size
     input_vocab_size: int = 0
 
+    def __post_init__(self) -> None:
+        """Sizes the network can be built with, checked where the config is made (gpt_config overrides, an
+        edited config.json): a head count that does not divide dim was an AssertionError inside the
+        attention layer, a head size the 2-D RoPE cannot split a ValueError, n_head 0 a ZeroDivisionError."""
+        sizes = {k: getattr(self, k) for k in ("dim", "n_layer", "n_head", "vocab_size", "num_classes", "grid")}
+        if not all(isinstance(v, int) for v in sizes.values()):
+            return  # a value of the wrong type: from_dict names it; the network's own error otherwise
+        small = [f"{k} {v}" for k, v in sizes.items() if v < 1]
+        if small:
+            raise ConfigError(f"GPTConfig {', '.join(small)}: every size must be 1 or more")
+        if self.dim % self.n_head or self.head_dim % 4:
+            fits = [h for h in range(1, self.dim + 1) if self.dim % h == 0 and (self.dim // h) % 4 == 0]
+            near = min(fits, key=lambda h: (abs(h - self.n_head), h)) if fits else None
+            raise ConfigError(f"GPTConfig dim {self.dim} with n_head {self.n_head}: each head must get a whole "
+                              "number of channels, a multiple of 4 for the 2-D RoPE (dim / n_head = "
+                              f"{self.dim / self.n_head:g}); "
+                              + (f"use n_head {near} (head size {self.dim // near})" if near
+                                 else "use a dim that is a multiple of 4"))
+
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_head
@@ -90,6 +109,9 @@ class GPTConfig:
         m = self.multiple_of
         return m * ((hidden + m - 1) // m)
 
+
+# torch.compile modes of the AR decode step (sample --compile MODE, Pipeline.compile_mode, generate_ar)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 MAX_CODEBOOK = 16384  # LlamaGen's largest codebook: --codebook-size goes up to it
 
@@ -175,7 +197,12 @@ def _coerce(cls, data: dict[str, Any], source: str | None = None):
         if isinstance(v, list):
             v = tuple(v)
         out[k] = v
-    return cls(**out)
+    try:
+        return cls(**out)
+    except ConfigError as e:  # a range check of the config itself (__post_init__): name the file it came from
+        if not where:
+            raise
+        raise ConfigError(f"{where}{e}") from None
 
 
 def vq_config(preset: str, **overrides) -> VQConfig:

@@ -102,12 +102,17 @@ def _cpu_bf16_speedup(n: int = 512, repeats: int = 5) -> float:
 
 
 DTYPES = ("auto", "fp32", "bf16")  # the one spelling of a precision: the CLI's --dtype, the API's dtype=
+# the torch dtypes an autocast region can compute in (float32: no autocast); any other was ignored without a word
+AUTOCAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str) -> torch.dtype:
     """"fp32" / "bf16" / "auto" (bf16 where it is native and faster, see bf16_pays_off), or a torch dtype
     as it is -> the autocast dtype."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in AUTOCAST_DTYPES:  # autocast skips float64 and integer types: fp32 would run, silently
+            raise ConfigError(f"dtype {dtype} is not a precision autocast computes in; use 'auto', 'fp32' or "
+                              "'bf16' (or torch.float32, torch.bfloat16, torch.float16)")
         return dtype
     device, precision = torch.device(device), dtype
     if precision == "fp32":

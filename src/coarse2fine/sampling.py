@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from coarse2fine.config import UserError
+from coarse2fine.config import COMPILE_MODES, UserError
 from coarse2fine.models.transformer import guide_hidden
 
 
@@ -169,6 +169,16 @@ def check_cpu_compiler() -> None:
                         "sample without --compile") from None
 
 
+def check_compile_mode(compile_mode) -> None:
+    """None, "" or False (eager) or one of COMPILE_MODES: `pipe.compile_mode = True` or a mistyped mode was
+    torch.compile's RuntimeError after the prefill, from inside sampling."""
+    if compile_mode is None or compile_mode is False or compile_mode == "":
+        return
+    if not isinstance(compile_mode, str) or compile_mode not in COMPILE_MODES:
+        raise UserError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, or None for eager decoding; got "
+                        f"{compile_mode!r}")
+
+
 def _decode_step(model, compile_mode: str | None, static: bool):
     """The callable for decode steps: the model itself, or a torch.compile of it kept on the model
     (compiled once, reused by later calls). static: every step has the same shapes (the masked cache;
@@ -214,6 +224,7 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     cfg = model.cfg
     check_labels(cond, cfg.num_classes)
     opts.validate(cfg.vocab_size, "stage")
+    check_compile_mode(compile_mode)
     n = num_tokens or cfg.seq_len
     B = cond.size(0)
     x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)

@@ -218,6 +218,25 @@ class StageBatches:
             if cmap.num_codes != store.meta["codebook_size"]:
                 raise UserError(f"coarse map has {cmap.num_codes} codes, the code store {store.meta['codebook_size']}")
 
+    def check_model(self, cfg: GPTConfig) -> None:
+        """A model config built by hand (train() from Python) must be this stage's on this store: its grid,
+        classes and vocabularies, and the stage's attention. A mismatch trained without a word (a 3-class store
+        on a 2-class model put class 2 on the null class row; another grid, a model no tokenizer decodes)."""
+        meta, spec = self.store.meta, self.spec
+        num_coarse = self.cmap.num_coarse if self.cmap is not None else 0
+        want = {"grid": meta["grid"], "num_classes": meta["num_classes"], "causal": spec.causal,
+                "vocab_size": spec.vocab(spec.outputs, meta["codebook_size"], num_coarse)}
+        have = {"grid": cfg.grid, "num_classes": cfg.num_classes, "causal": cfg.causal, "vocab_size": cfg.vocab_size}
+        if spec.inputs != spec.outputs or cfg.input_vocab_size:  # 0: the inputs share the output vocabulary
+            want["input_vocab_size"] = spec.vocab(spec.inputs, meta["codebook_size"], num_coarse)
+            have["input_vocab_size"] = cfg.input_vocab_size or cfg.vocab_size
+        wrong = [f"{k} {have[k]}, needs {want[k]}" for k in want if have[k] != want[k]]
+        if wrong:
+            raise UserError(f"the model config does not fit the {self.stage} stage on {self.store.dir}: "
+                            f"{'; '.join(wrong)}; build it with coarse2fine.stages.stage_config(preset, "
+                            f"{self.stage!r}, {meta['codebook_size']}, {num_coarse}, {meta['num_classes']}, "
+                            f"{meta['grid']})")
+
     def __len__(self) -> int:
         return len(self.store)
 

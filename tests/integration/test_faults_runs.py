@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from coarse2fine.cli import main
 from cli_checks import one_line_error
@@ -382,6 +383,8 @@ def test_heldout_codes_missing_classes_are_warned_about(tiny_runs, tmp_path, cap
     (["--inception-weights", "no.pth", "--ref-batch", "no.npz"], "--inception-weights no.pth not found"),
     (["--cache-dir", "a_file"], "--cache-dir a_file is a file, not a folder"),
     (["--num-samples", "5"], "use 10 (one per class) or more"),
+    (["--data", "folder", "--data-root", "three", "--split", "train"],  # a 10-class model against 3 classes
+     "the samples carry class ids 0..9, but folder has classes 0..2: they were made for another data set"),
 ])
 def test_eval_of_a_pipeline_checks_its_flags_before_it_samples(exported, tmp_path, capsys, monkeypatch, flags,
                                                               needle):
@@ -393,6 +396,9 @@ def test_eval_of_a_pipeline_checks_its_flags_before_it_samples(exported, tmp_pat
         raise AssertionError("sampled before the flags were checked")
     monkeypatch.setattr(sample_fid, "sample_balanced", no_sampling)
     (tmp_path / "a_file").write_text("x")
+    for c in "abc":  # an image folder of 3 classes
+        (tmp_path / "three" / c).mkdir(parents=True)
+        Image.new("RGB", (16, 16), "red").save(tmp_path / "three" / c / "0.png")
     argv = ["eval", "--pipeline", exported, "--num-samples", "10", "--device", "cpu", *flags]
     one_line_error(capsys, argv, needle)
 

@@ -993,3 +993,180 @@ def test_a_classifier_too_small_for_its_poolings_is_refused_before_any_data_is_r
                                      "1", "--threads", "1", "--image-size", "3", "--out", tmp_path / "c"],
                             "--image-size 3 is too small for the classifier CNN", "use --image-size 8 or more")
     assert out == "" and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv, after", [
+    (["extract-codes", "--tokenizer", "tok", "--out", "codes"], "; run the same command again to continue where it "
+                                                               "stopped"),
+    (["sample", "--pipeline", "exp", "--out", "s"], "; nothing was finished: run the command again to start over"),
+    (["train", "--resume", "--out", "run"], "; rerun with --resume to continue"),
+])
+def test_an_interrupted_command_is_told_how_it_continues(monkeypatch, capsys, argv, after):
+    """Ctrl-C told every command "rerun with --resume to continue": only train and train-tokenizer take --resume
+    (`extract-codes --resume` and `sample --resume` are "unrecognized arguments"); extract-codes continues when
+    run again as it was, sample starts over."""
+    import coarse2fine.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "prepare", interrupted)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err == f"coarse2fine {argv[0]}: interrupted{after}\n"
+
+
+def test_a_file_of_a_code_store_or_a_missing_store_is_named_as_such(tmp_path, capsys):
+    """`train --codes codes/codes.npy` (a file of the store) and `--codes codse` (a typo) both said "holds no
+    extracted codes (no meta.json); run extract-codes first", of a store that was extracted."""
+    from fakes import make_store
+
+    store = make_store(tmp_path / "codes")
+    run = ["train", "--stage", "baseline", "--preset", "GPT-tiny", "--steps", "1", "--device", "cpu", "--out",
+           tmp_path / "r"]
+    for f in ("codes.npy", "meta.json"):
+        one_line_error(capsys, [*run, "--codes", store / f],
+                       f"{store / f} is a file, not a code store; pass the folder that holds it ({store})")
+    one_line_error(capsys, [*run, "--codes", store, "--heldout", store / "labels.npy"],
+                   f"{store / 'labels.npy'} is a file, not a code store")
+    one_line_error(capsys, [*run, "--codes", tmp_path / "codse"],
+                   f"code store {tmp_path / 'codse'} not found; pass the --out folder of `coarse2fine extract-codes`")
+    assert not (tmp_path / "r").exists()
+
+
+def test_samples_whose_class_ids_the_data_set_lacks_are_one_line_before_any_feature(tmp_path, capsys):
+    """`eval --samples S --classifier C` with samples of another data set's classes (ids 10..19 against the 10
+    classes of default) computed every feature and the Inception Score, then ended in class_accuracy's
+    ValueError ("labels must lie in [0, 10)") traceback; without --classifier it scored them without a word."""
+    from coarse2fine.cli import main
+
+    assert main(["train-classifier", "--data", "default", "--limit-per-class", "1", "--epochs", "1", "--threads", "1",
+                 "--out", str(tmp_path / "clf")]) == 0
+    capsys.readouterr()
+    npz = tmp_path / "other.npz"
+    np.savez(npz, arr_0=_shapes(20), labels=np.arange(20) % 10 + 10)
+    for clf in (["--classifier", tmp_path / "clf"], []):
+        one_line_error(capsys, ["eval", "--samples", npz, *clf, "--no-cache", "--ref-count", "20", "--device", "cpu"],
+                       "the samples carry class ids 10..19, but default has classes 0..9: they were made for another "
+                       "data set; pass the --data")
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({}, "grid 8, needs 4; num_classes 10, needs 3; vocab_size 16384, needs 64"),  # the bare preset
+    ({"grid": 4, "vocab_size": 64, "num_classes": 2}, "num_classes 2, needs 3"),  # class 2 trained as the null class
+    ({"grid": 4, "vocab_size": 64, "num_classes": 3, "causal": False}, "causal False, needs True"),
+])
+def test_a_model_config_that_does_not_fit_the_code_store_is_one_line(tmp_path, overrides, needle):
+    """train(stage, gpt_config("GPT-tiny"), ...) from Python on a store of 4x4 codes, K 64 and 3 classes trained
+    a model of another grid, vocabulary or class count without a word: with 2 classes, class 2's rows taught the
+    model's null (unconditional) class; a bidirectional baseline cannot be sampled."""
+    from fakes import make_store
+    from coarse2fine.config import TrainConfig, gpt_config
+    from coarse2fine.training.gpt import train
+
+    store = make_store(tmp_path / "codes")
+    with pytest.raises(UserError, match=re.escape(
+            f"the model config does not fit the baseline stage on {store}: {needle}; build it with "
+            "coarse2fine.stages.stage_config(preset, 'baseline', 64, 0, 3, 4)")):
+        train("baseline", gpt_config("GPT-tiny", **overrides), TrainConfig(steps=1, batch_size=4, dtype="fp32"), store,
+              tmp_path / "r", progress=False, device="cpu")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_a_torch_dtype_autocast_cannot_compute_in_is_one_line(dtype):
+    """CTFPipeline(..., dtype=torch.float64) (or from_pretrained / from_runs with it) sampled in float32 without a
+    word: autocast skips float64, and an integer dtype only drew torch's "CPU Autocast only supports" warning."""
+    from coarse2fine.pipeline import CTFPipeline
+
+    pipe = _tiny_ctf_pipeline()
+    with pytest.raises(UserError, match=re.escape(f"dtype {dtype} is not a precision autocast computes in; use "
+                                                  "'auto', 'fp32' or 'bf16' (or torch.float32, torch.bfloat16, "
+                                                  "torch.float16)")):
+        CTFPipeline(pipe.vq, pipe.coarse_model, pipe.fine_model, pipe.cmap, dtype=dtype)
+    half = CTFPipeline(pipe.vq, pipe.coarse_model, pipe.fine_model, pipe.cmap, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half([0], decode_images=False).codes.shape == (1, 16)
+
+
+def test_a_model_config_the_network_cannot_be_built_with_is_one_line(tmp_path):
+    """gpt_config("GPT-B", n_head=10) ended in the attention layer's AssertionError ("dim must be divisible by
+    n_head") when the network was built, a head size the 2-D RoPE cannot split (n_head 32 of dim 64) in its
+    ValueError, n_head 0 in a ZeroDivisionError; a run's config.json edited to such a value the same."""
+    from coarse2fine.config import GPTConfig, from_dict, gpt_config, to_dict
+
+    with pytest.raises(UserError, match=re.escape("GPTConfig dim 768 with n_head 10: each head must get a whole "
+                                                  "number of channels, a multiple of 4 for the 2-D RoPE (dim / n_head "
+                                                  "= 76.8); use n_head 8 (head size 96)")):
+        gpt_config("GPT-B", n_head=10)
+    with pytest.raises(UserError, match=r"dim / n_head = 2\); use n_head 16 \(head size 4\)"):
+        GPTConfig(dim=64, n_head=32)
+    with pytest.raises(UserError, match="GPTConfig n_head 0, grid 0: every size must be 1 or more"):
+        gpt_config("GPT-tiny", n_head=0, grid=0)
+    edited = {**to_dict(gpt_config("GPT-tiny")), "n_head": 3}  # a run's "gpt" section, edited by hand
+    with pytest.raises(UserError, match=r"^R/config.json: GPTConfig dim 128 with n_head 3: .*use n_head 2 "
+                                        r"\(head size 64\)$"):
+        from_dict(GPTConfig, edited, "R/config.json")
+
+
+def test_a_damaged_png_among_the_samples_is_named(tmp_path, capsys):
+    """`eval --samples D` with one PNG of D cut short (an interrupted copy) said "image file is truncated" (or
+    "cannot identify image file" of an empty one) without naming which of the folder's files it was."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, img in enumerate(_shapes(6)):
+        Image.fromarray(img).save(folder / f"{i:06d}_c{i % 3}.png")
+    cut, empty = folder / "000004_c1.png", folder / "000002_c2.png"
+    cut.write_bytes(cut.read_bytes()[:200])
+    fix = "the file is damaged or was copied in part; sample it again, or copy the folder again"
+    one_line_error(capsys, ["eval", "--samples", folder, "--no-cache", "--device", "cpu"],
+                   f"cannot read the sample {cut} (image file is truncated): {fix}")
+    cut.unlink()
+    empty.write_bytes(b"")  # a copy that never started
+    one_line_error(capsys, ["eval", "--samples", folder, "--no-cache", "--device", "cpu"],
+                   f"cannot read the sample {empty} (cannot identify image file", fix)
+
+
+@pytest.mark.parametrize("mode", [True, "fastest", "max_autotune"])
+def test_a_compile_mode_torch_does_not_know_is_one_line(mode):
+    """pipe.compile_mode = True (or a mistyped mode) from Python ran the prefill, then ended in torch.compile's
+    RuntimeError ("Unrecognized mode=True") from inside sampling; the CLI's --compile takes only known modes."""
+    pipe = _tiny_ctf_pipeline()
+    pipe.compile_mode = mode
+    with pytest.raises(UserError, match=re.escape("compile_mode must be one of default, reduce-overhead, "
+                                                  "max-autotune, max-autotune-no-cudagraphs, or None for eager "
+                                                  f"decoding; got {mode!r}")):
+        pipe([0], decode_images=False)
+    pipe.compile_mode = False  # off, as None is
+    assert pipe([0], decode_images=False).codes.shape == (1, 16)
+
+
+def test_eval_every_without_held_out_codes_is_refused(tmp_path, capsys):
+    """`train --eval-every 50` without --heldout trained without a word and evaluated nothing: the loop evaluates
+    the held-out codes only (DESIGN: a flag the chosen mode would ignore is refused, not dropped)."""
+    from fakes import make_store
+
+    store = make_store(tmp_path / "codes")
+    one_line_error(capsys, ["train", "--stage", "baseline", "--codes", store, "--preset", "GPT-tiny", "--steps", "1",
+                            "--batch-size", "4", "--eval-every", "50", "--device", "cpu", "--out", tmp_path / "r"],
+                   "--eval-every 50 evaluates the held-out codes, and this run has none: pass --heldout S (codes "
+                   "extracted with --split test) or drop --eval-every")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, caplog):
+    """`train-tokenizer --steps 50` (the recipe's warm-up is 100 steps) or `train --steps 1 --warmup-steps 5` trained
+    at a learning rate that climbed to only steps/warmup of the one asked for and never decayed, without a word."""
+    from fakes import make_store
+    from coarse2fine.cli import main
+    from coarse2fine.training.tokenizer import _resolve
+
+    with caplog.at_level("WARNING", logger="coarse2fine.train"):
+        _resolve("VQ-tiny", None, {"steps": 100})  # a warm-up as long as the run reaches --lr at its last step
+        assert "--warmup-steps" not in caplog.text
+        _resolve("VQ-tiny", None, {"steps": 50})
+        assert ("--warmup-steps 100 is longer than --steps 50: the learning rate climbs to only 50% of --lr and never "
+                "decays; lower --warmup-steps (e.g. 2, 5% of the run) or raise --steps") in caplog.text
+        caplog.clear()
+        assert main(["train", "--stage", "baseline", "--codes", str(make_store(tmp_path / "codes")), "--preset",
+                     "GPT-tiny", "--steps", "1", "--batch-size", "4", "--warmup-steps", "5", "--device", "cpu",
+                     "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    assert "--warmup-steps 5 is longer than --steps 1: the learning rate climbs to only 20% of --lr" in caplog.text

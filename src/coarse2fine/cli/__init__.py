@@ -84,6 +84,20 @@ def _memory_reason(e: BaseException) -> str:
     return ". ".join(text.split(". ")[:sentences]).rstrip(".")[:200]
 
 
+# commands that pick up where a killed run stopped when the same command line is run again (no flag for it)
+RESUMED_BY_RERUN = ("extract-codes", "extract-codes-imagenet", "sample-fid", "demo")
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command can do next: train and train-tokenizer continue with --resume, the commands
+    of RESUMED_BY_RERUN by running them again; the others start over (`sample --resume` is no flag at all)."""
+    if hasattr(args, "resume"):
+        return "; rerun with --resume to continue"
+    if args.command in RESUMED_BY_RERUN:
+        return "; run the same command again to continue where it stopped"
+    return "; nothing was finished: run the command again to start over"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
               "sizes asked for, or free memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"coarse2fine {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        print(f"coarse2fine {args.command}: interrupted{_after_interrupt(args)}", file=sys.stderr)
         return 130
     return int(rc or 0)
 

@@ -115,11 +115,10 @@ def add_dtype(p: argparse.ArgumentParser, default: str | None, what: str) -> Non
                         f"(default {default or 'auto'})")
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
 def add_compile(p: argparse.ArgumentParser, what: str) -> None:
     """--compile [MODE]: torch.compile the AR decode step; the flag alone is mode "default", absent is eager."""
+    from coarse2fine.config import COMPILE_MODES
+
     p.add_argument("--compile", nargs="?", const="default", default="", metavar="MODE", choices=["", *COMPILE_MODES],
                    help=f"torch.compile the decode step ({', '.join(COMPILE_MODES)}; the flag alone: default; "
                         f"off when not given){what}")

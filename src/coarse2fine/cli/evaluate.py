@@ -69,18 +69,20 @@ def _sample_pipeline(args: argparse.Namespace):
     in memory; the images `sample-fid --pipeline` writes for the same --seed (chunks of its default batch)."""
     from coarse2fine.apps.sample_fid import class_schedule, sample_balanced
     from coarse2fine.config import UserError
-    from coarse2fine.eval.samples import check_inputs, check_sample_count
+    from coarse2fine.eval.samples import check_inputs, check_sample_count, check_sample_labels
     from coarse2fine.pipeline import load_pretrained
 
     if args.num_samples is None:
         raise UserError("--pipeline needs --num-samples N: how many class-balanced images to sample and score")
     pipe = load_pretrained(args.pipeline, args.device)
     # every flag that evaluate_images checks, checked before the sampling it would otherwise come after
-    class_schedule(args.num_samples, pipe.num_classes)
+    asked = class_schedule(args.num_samples, pipe.num_classes)
     check_sample_count(args.num_samples, args.classifier, args.inception_weights)
-    check_inputs(args.data, args.split, pipe.vq.cfg.image_size, args.classifier, root=args.data_root,
-                 val_fraction=args.val_fraction, ref_count=args.ref_count, inception_weights=args.inception_weights,
-                 ref_batch=args.ref_batch, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    _, ds = check_inputs(args.data, args.split, pipe.vq.cfg.image_size, args.classifier, root=args.data_root,
+                         val_fraction=args.val_fraction, ref_count=args.ref_count,
+                         inception_weights=args.inception_weights, ref_batch=args.ref_batch,
+                         cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    check_sample_labels(asked, len(ds.classes), args.data)
     images, labels = sample_balanced(pipe, args.num_samples, 0 if args.seed is None else args.seed)
     return images, labels, f"sampled now with the pipeline's defaults ({type(pipe).__name__}, seed {args.seed or 0})"
 

@@ -212,6 +212,10 @@ class CodeStore(torch.utils.data.Dataset):
 
     def __init__(self, directory: str | Path):
         d = Path(directory)
+        if d.is_file():  # codes.npy or meta.json of a store: the folder is meant, and it may well hold one
+            raise UserError(f"{d} is a file, not a code store; pass the folder that holds it ({d.parent})")
+        if not d.exists():
+            raise UserError(f"code store {d} not found; pass the --out folder of `coarse2fine extract-codes`")
         if not (d / "meta.json").exists():
             if (d / "progress.json").exists():
                 raise UserError(f"code extraction in {d} is incomplete; rerun the same "

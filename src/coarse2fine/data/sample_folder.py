@@ -246,18 +246,26 @@ def check_npz_holds_pngs(folder: Path, pngs: list[Path], images: np.ndarray, lab
             if hashlib.sha256(f.read_bytes()).digest() != digests[i].tobytes():
                 refuse(f"image {i} differs from {f.name}")
         return
-    from PIL import Image
-
     for i, f in enumerate(pngs):
-        with Image.open(f) as im:
-            png = np.asarray(im.convert("RGB"))
+        png = _png_pixels(f)
         if png.shape != images[i].shape or not np.array_equal(png, images[i]):
             refuse(f"image {i} differs from {f.name}")
 
 
-def _read_pngs(p: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _png_pixels(f: Path) -> np.ndarray:
+    """uint8 [H, W, 3] of one sample PNG; a damaged or cut-short file is one line naming it (PIL's "image file
+    is truncated" named no file, in a folder of thousands)."""
     from PIL import Image
 
+    try:
+        with Image.open(f) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise UserError(f"cannot read the sample {f} ({e}): the file is damaged or was copied in part; sample it "
+                        "again, or copy the folder again") from None
+
+
+def _read_pngs(p: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     files = sorted(f for f in p.iterdir() if f.suffix.lower() == ".png")
     if not files:
         raise UserError(f"no .png files in {p}")
@@ -275,10 +283,7 @@ def _read_pngs(p: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
             raise UserError(f"{p} holds two samples numbered {n} ({first[n]}, {f.name}): the samples of two runs "
                             "mixed in one folder; keep one run's PNGs, or sample again into an empty --out")
         first[n] = f.name
-    imgs = []
-    for f in files:
-        with Image.open(f) as im:
-            imgs.append(np.asarray(im.convert("RGB")))
+    imgs = [_png_pixels(f) for f in files]
     shapes = {im.shape for im in imgs}
     if len(shapes) != 1:
         raise UserError(f"PNG samples in {p} differ in size ({sorted(shapes)[:4]}); resize them first")

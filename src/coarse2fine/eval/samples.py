@@ -177,6 +177,18 @@ def check_inputs(dataset_name: str, split: str, resolution: int, classifier_dir:
     return (clf, cfg), ds
 
 
+def check_sample_labels(labels: np.ndarray | None, num_classes: int, dataset_name: str) -> None:
+    """The class ids the samples were asked for must be classes of the reference data set: ids past them are
+    samples of another data set or model (was: a ValueError from class_accuracy after every feature)."""
+    if labels is None or not len(labels):
+        return
+    lo, hi = int(np.min(labels)), int(np.max(labels))
+    if lo < 0 or hi >= num_classes:
+        raise UserError(f"the samples carry class ids {lo}..{hi}, but {dataset_name} has classes 0..{num_classes - 1}: "
+                        "they were made for another data set; pass the --data (and --data-root) of the model "
+                        "that made them")
+
+
 def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name: str, split: str = "test",
                     classifier_dir: str | Path | None = None, *, root: str | None = None,
                     val_fraction: float | None = None,
@@ -207,6 +219,7 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None, dataset_name:
                                       val_fraction=val_fraction, ref_count=ref_count,
                                       inception_weights=inception_weights, ref_batch=ref_batch,
                                       cache_dir=cache_dir, use_cache=use_cache)
+    check_sample_labels(labels, len(ref_ds.classes), dataset_name)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     notes: list[str] = []
     rows: list[dict] = []

@@ -6,6 +6,7 @@ One home each, so the two trainers cannot drift apart (they used to carry three 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from contextlib import nullcontext
@@ -29,6 +30,16 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float, cosine: 
         return 1.0
     t = (step - warmup) / max(1, total - warmup)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def warn_long_warmup(warmup: int, steps: int) -> None:
+    """A warm-up longer than the run: the learning rate climbs to only steps/warmup of the one asked for and
+    never decays, which trained without a word (`--steps 50` on the tokenizer's default warm-up of 100)."""
+    if warmup > steps:
+        logging.getLogger("coarse2fine.train").warning(
+            "--warmup-steps %d is longer than --steps %d: the learning rate climbs to only %d%% of --lr and never "
+            "decays; lower --warmup-steps (e.g. %d, 5%% of the run) or raise --steps", warmup, steps,
+            100 * steps // warmup, round(0.05 * steps))
 
 
 @torch.no_grad()

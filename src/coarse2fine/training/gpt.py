@@ -24,7 +24,8 @@ from coarse2fine.models import Transformer, count_params
 from coarse2fine.stages import ClusterLoss, StageBatches, evaluate_tokens, stage_loss, stage_spec
 from coarse2fine.tokenizer.clustering import CoarseMap
 from coarse2fine.precision import resolve_dtype
-from coarse2fine.training.common import check_resume, lock_run, saved_settings, seed_everything, warmup_cosine
+from coarse2fine.training.common import (check_resume, lock_run, saved_settings, seed_everything, warmup_cosine,
+                                         warn_long_warmup)
 from coarse2fine.training.loop import EMA, Part, Task, adamw, fit, restore
 
 
@@ -72,6 +73,8 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     spec = stage_spec(stage)
     cfg.validate()
     info = distributed.setup(device, group=cfg.fsdp)
+    if info.is_main:
+        warn_long_warmup(cfg.warmup_steps, cfg.steps)
     if cfg.fsdp and not info.enabled:
         raise UserError("--fsdp shards the model over a process group, which needs torchrun: `torchrun "
                         "--nproc_per_node N $(which coarse2fine) train ... --fsdp` (N may be 1), or drop --fsdp")
@@ -102,6 +105,7 @@ def train(stage: str, model_cfg: GPTConfig, cfg: TrainConfig, codes_dir: str | P
     run_meta["heldout"] = str(Path(heldout_dir).resolve()) if heldout_dir else None
     with lock_run(out, info.is_main):  # one process per run dir, from the first check to the last write
         st = _check_run_dir(out, run_meta, cfg, cmap, resume)
+        batches.check_model(model_cfg)  # after the resume checks: another store is named as such first
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_run_config(out, "gpt", run_meta)

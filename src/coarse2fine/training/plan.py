@@ -57,6 +57,9 @@ def plan_stage_run(out: str | Path, *, resume: bool = False, stage: str | None =
         raise UserError(f"--head applies to --stage fine only; drop it with --stage {spec.name}")
     for key, value in (("stage", stage), ("codes_dir", codes), ("coarse_map", coarse_map), ("heldout_dir", heldout)):
         kw[key] = value if value is not None else kw.get(key)
+    if given.get("eval_every") and not kw.get("heldout_dir"):  # the loop evaluates only held-out codes
+        raise UserError(f"--eval-every {given['eval_every']} evaluates the held-out codes, and this run has none: "
+                        "pass --heldout S (codes extracted with --split test) or drop --eval-every")
     if head is not None:
         kw["restricted"] = head == "restricted"
     kw["restricted"] = kw["restricted"] and spec.restricted_head

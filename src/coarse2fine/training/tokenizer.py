@@ -34,7 +34,8 @@ from coarse2fine.data.preprocess import to_uint8
 from coarse2fine.tokenizer.discriminator import PatchDiscriminator, adaptive_weight, disc_loss, gen_loss
 from coarse2fine.tokenizer.vq import VQModel, codebook_usage
 from coarse2fine.precision import resolve_dtype
-from coarse2fine.training.common import check_resume, lock_run, saved_settings, seed_everything, warmup_cosine
+from coarse2fine.training.common import (check_resume, lock_run, saved_settings, seed_everything, warmup_cosine,
+                                         warn_long_warmup)
 from coarse2fine.training.loop import EMA, Part, Task, adamw, fit, restore
 
 __all__ = ["TokenizerTrainConfig", "tokenizer_recipe", "train_tokenizer", "evaluate_reconstruction", "ImageBatches"]
@@ -64,6 +65,7 @@ def _resolve(vq_cfg: VQConfig | dict | str, train: TokenizerTrainConfig | dict |
     tc = from_dict(TokenizerTrainConfig, base)
     tc.validate()
     check_disc_fits(vq_cfg, tc)
+    warn_long_warmup(tc.warmup_steps, tc.steps)
     return vq_cfg, tc
 
 
