@@ -395,15 +395,13 @@ def machine() -> dict:
     """CPU model, core count, the bf16-relevant flags and the date, for the run book's timing line."""
     import platform
 
-    model, flags = platform.processor() or "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model.strip():
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from coarse2fine.precision import cpu_info
+
+    name, flags = cpu_info()
+    model = platform.processor() or ""
+    if not model.strip():
+        model = name or model
+    flags = flags or frozenset()
     return {"cpu": model, "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
             "flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})}
 

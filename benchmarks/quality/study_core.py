@@ -28,11 +28,7 @@ def _machine() -> str:
     from coarse2fine.bench.speed import machine_info
 
     m = machine_info()
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in info]
+    flags = m.get("cpu_flags", [])  # the same four flags, in this order, from precision.cpu_info
     return f"{m['cpu'] or 'CPU'}, {m['cpu_count']} cores, flags {' '.join(flags) or 'none of avx2/avx512'}, torch " + \
         torch.__version__.split("+")[0]
 

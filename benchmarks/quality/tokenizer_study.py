@@ -47,8 +47,10 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> str:
-    flags = Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0] if Path("/proc/cpuinfo").exists() else ""
-    return ",".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in f" {flags} ")
+    from coarse2fine.precision import cpu_info
+
+    flags = cpu_info()[1] or frozenset()
+    return ",".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
 
 
 def run_one(recipe: str, seed: int, args) -> dict:

@@ -102,12 +102,10 @@ def random_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
 
 
 def cpu_flags() -> dict[str, bool]:
-    try:
-        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
-    except (OSError, StopIteration):
-        return {}
-    have = set(line.split(":", 1)[1].split())
-    return {f: f in have for f in CPU_FLAGS}
+    from coarse2fine.precision import cpu_info
+
+    have = cpu_info()[1]
+    return {} if have is None else {f: f in have for f in CPU_FLAGS}
 
 
 def alternate_with_faults(fns: dict, repeats: int) -> dict[str, dict[str, list[float]]]:

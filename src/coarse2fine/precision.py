@@ -34,8 +34,9 @@ def bf16_native(device_type: str = "cpu") -> bool:
 @functools.lru_cache(maxsize=None)
 def cpu_info() -> tuple[str | None, frozenset[str] | None]:
     """(model name, instruction-set flags) of the first CPU in /proc/cpuinfo, read once per process; None
-    for what the file does not say (not Linux: no file at all). The one reader of that file: the dtype
-    choice here, the demo's report (apps.demo.cpu_kind) and every results header (bench.machine_info)."""
+    for what the file does not say (not Linux: no file at all). The library's one reader of that file: the
+    dtype choice here, the demo's report (apps.demo.cpu_kind), every results header (bench.machine_info) and
+    the benchmark scripts' machine lines."""
     try:
         return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
@@ -58,9 +59,12 @@ def parse_cpuinfo(text: str) -> tuple[str | None, frozenset[str] | None]:
     return model, flags
 
 
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # either one: the CPU computes bf16 natively
+
+
 def _cpu_has_bf16_flags() -> bool:
     flags = cpu_info()[1]  # no flags (not Linux): no cheap way to tell, so stay in fp32
-    return bool(flags and flags & {"avx512_bf16", "amx_bf16"})
+    return bool(flags and flags & BF16_FLAGS)
 
 
 def bf16_pays_off(device_type: str = "cpu") -> bool:

@@ -27,7 +27,7 @@ from coarse2fine.config import TrainConfig, UserError, gpt_config, train_recipe
 from coarse2fine.apps.demo_stages import STAGES
 from coarse2fine.data.builtin import demo_asset_dir, has_demo_assets
 from coarse2fine.fileio import atomic_write_bytes
-from coarse2fine.precision import cpu_info
+from coarse2fine.precision import BF16_FLAGS, cpu_info
 
 
 
@@ -131,7 +131,7 @@ def cpu_kind() -> dict:
     model = model or platform.processor() or platform.machine()
     if flags is None:
         kind = "unknown"
-    elif flags & {"avx512_bf16", "amx_bf16"}:
+    elif flags & BF16_FLAGS:
         kind = "AVX512-BF16"
     elif "avx512f" in flags:
         kind = "AVX512 without BF16"
