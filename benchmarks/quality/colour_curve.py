@@ -19,6 +19,7 @@ pipeline is scored by the lane that finishes its last stage. Everything resumes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import os
@@ -91,8 +92,22 @@ def setup(args) -> None:
         log(f"setup: K {vq.cfg.codebook_size}, C {c}, {time.process_time() - t:.0f} CPU-s")
 
 
+def variant(args) -> str:
+    """The regularisation of a point beside the demo's recipe (none: ""), as rows and folders name it;
+    `--weights raw` scores an EMA run's trained (not averaged) weights."""
+    parts = ([f"dropout {args.dropout:g}"] if args.dropout else []) + ([f"EMA {args.ema:g}"] if args.ema else [])
+    if args.weights == "raw":
+        parts.append("raw weights")
+    return ", ".join(parts)
+
+
+def point_name(args, preset: str, steps: int) -> str:
+    reg = (f"_d{args.dropout:g}" if args.dropout else "") + (f"_ema{args.ema:g}" if args.ema else "")
+    return f"{preset}_{steps}_s{args.seed}{reg}"
+
+
 def point_dir(args, preset: str, steps: int) -> Path:
-    d = args.work / f"{preset}_{steps}_s{args.seed}"
+    d = args.work / point_name(args, preset, steps)
     d.mkdir(parents=True, exist_ok=True)
     for name in ("codes_train", "codes_test", "coarse_map.safetensors"):
         if not (d / name).exists():
@@ -111,12 +126,14 @@ def train_point(args, preset: str, steps: int, stage: str) -> float:
     if cpu_file.exists():
         return json.loads(cpu_file.read_text())["cpu_s"]
     plan = base_plan(args.seed)
-    plan.gpt_preset, plan.steps = preset, steps
+    plan.gpt_preset, plan.steps, plan.dropout = preset, steps, args.dropout
     meta = CodeStore(d / "codes_train").meta
     clusters = json.loads((args.work / "setup.json").read_text())["clusters"]
     log(f"train {preset} {steps} steps: {stage}")
     t = time.process_time()
-    train_one(stage, d, plan, demo_train_config(plan, "fp32"), meta, clusters, progress=False)
+    # a checkpoint every 500 steps (the demo writes one at the end): a long point resumes where it stopped
+    tcfg = dataclasses.replace(demo_train_config(plan, "fp32"), ema_decay=args.ema, ckpt_every=min(steps, 500))
+    train_one(stage, d, plan, tcfg, meta, clusters, progress=False)
     cpu = time.process_time() - t  # a resumed run counts only this call's part: rerun-free runs only
     (d / stage / "curve_cpu.json").write_text(json.dumps({"cpu_s": cpu}) + "\n")
     log(f"   {stage} done: {cpu / 60:.1f} CPU-min")
@@ -138,13 +155,20 @@ def score_point(args, preset: str, steps: int, lane: str, cpu_s: float) -> None:
     from colour_curve_report import shipped_classifier
 
     now = shipped_classifier()
-    done = {row_key(r)[:6] for r in load(args.results)
+    done = {row_key(r)[:7] for r in load(args.results)
             if now and abs(classifier_of(r)["test_accuracy"] - now["test_accuracy"]) < 1e-4}
     plan = base_plan(args.seed)
     pipe = (CTFPipeline.from_runs(d / "coarse", d / "fine") if lane == "ctf" else ARPipeline.from_runs(d / "baseline"))
+    if args.weights == "raw":  # the trained weights of an EMA run, from its train state
+        from coarse2fine.checkpoint import load_train_state
+
+        models = ({"coarse": pipe.coarse_model, "fine": pipe.fine_model} if lane == "ctf"
+                  else {"baseline": pipe.model})
+        for stage, model in models.items():
+            model.load_state_dict(load_train_state(d / stage / "state.pt")["model"])
     labels = torch.arange(9).repeat_interleave(args.per_class)
     for temp, cfg in parse_settings(args.settings):
-        if (preset, steps, args.seed, lane, temp, cfg) in done:
+        if (preset, steps, args.seed, lane, temp, cfg, variant(args)) in done:
             continue
         stage1 = StageSampling(temperature=temp, cfg_scale=cfg)
         t = time.time()
@@ -156,15 +180,16 @@ def score_point(args, preset: str, steps: int, lane: str, cpu_s: float) -> None:
         res = evaluate_both(plan, {lane: o}, log=lambda m: None)
         ev = res[lane]
         grid = o.images.numpy().reshape(9, args.per_class, *o.images.shape[1:])[:, :8].reshape(-1, *o.images.shape[1:])
-        save_grid(grid, d / f"grid_{lane}_t{temp}_cfg{cfg}.png", nrow=8)
+        raw = "_raw" if args.weights == "raw" else ""
+        save_grid(grid, d / f"grid_{lane}{raw}_t{temp}_cfg{cfg}.png", nrow=8)
         row = {"preset": preset, "steps": steps, "seed": args.seed, "pipeline": lane, "temperature": temp,
-               "cfg": cfg, "train_cpu_s": cpu_s, "class_accuracy": ev["class_accuracy"], "fd": ev["fd"],
+               "cfg": cfg, **({"variant": variant(args)} if variant(args) else {}), "train_cpu_s": cpu_s, "class_accuracy": ev["class_accuracy"], "fd": ev["fd"],
                "kid": ev["kid"], "per_class_accuracy": ev["per_class_accuracy"], "n": ev["n"],
                "sample_s": sample_s, "classifier": classifier_record(res)}
         args.results.mkdir(parents=True, exist_ok=True)
         with open(args.results / "points.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        log(f"   {lane} {preset} {steps} t{temp} cfg{cfg}: ClassAcc {ev['class_accuracy']:.3f}, FD {ev['fd']:.0f} "
+        log(f"   {lane} {preset} {steps} {variant(args)} t{temp} cfg{cfg}: ClassAcc {ev['class_accuracy']:.3f}, FD {ev['fd']:.0f} "
             f"({cpu_s / 60:.1f} train CPU-min)")
 
 
@@ -177,7 +202,7 @@ def classifier_record(ev: dict) -> dict:
 
 
 def done_cpu(args, preset: str, steps: int, stage: str) -> float | None:
-    f = args.work / f"{preset}_{steps}_s{args.seed}" / stage / "curve_cpu.json"
+    f = args.work / point_name(args, preset, steps) / stage / "curve_cpu.json"
     return json.loads(f.read_text())["cpu_s"] if f.exists() else None
 
 
@@ -187,8 +212,11 @@ def write_machine(args, machine: dict) -> None:
     name = args.lane.replace(",", "+") + (f"_s{args.seed}" if args.seed else "")
     if args.points != POINTS:
         name += "_" + args.points.replace(":", "-").replace(",", "+")
+    if args.dropout or args.ema:
+        name += (f"_d{args.dropout:g}" if args.dropout else "") + (f"_ema{args.ema:g}" if args.ema else "")
     (args.results / f"machine_{name}.json").write_text(json.dumps(
-        {**machine, "dtype": "fp32", "threads": 1, "lane": args.lane, "seed": args.seed, "points": args.points},
+        {**machine, "dtype": "fp32", "threads": 1, "lane": args.lane, "seed": args.seed, "points": args.points,
+         **({"variant": variant(args)} if variant(args) else {})},
         indent=1) + "\n")
 
 
@@ -224,6 +252,12 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", default=SETTINGS, help=f"temperature:cfg list (default {SETTINGS})")
     ap.add_argument("--per-class", type=int, default=50, help="samples per class scored (default 50, the demo's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="token, residual and FFN dropout of every network (default 0, the demo's)")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="EMA decay of the weights; the EMA weights are scored (default 0: off, the demo's)")
+    ap.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                    help="with --ema: score the EMA weights (default) or the trained ones from state.pt")
     ap.add_argument("--assets", type=Path, help="tokenizer/ + classifier/ folder (default: the shipped emoji64 set)")
     ap.add_argument("--work", type=Path, default=Path("/work/c2f_colour/curve"))
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "colour_curve_emoji64")

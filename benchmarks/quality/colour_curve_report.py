@@ -17,7 +17,7 @@ def classifier_of(r: dict) -> dict:
 
 def row_key(r: dict) -> tuple:
     """What a scored row is of: one pipeline of one point at one sampling setting, by one classifier."""
-    return (r["preset"], r["steps"], r["seed"], r["pipeline"], r["temperature"], r["cfg"],
+    return (r["preset"], r["steps"], r["seed"], r["pipeline"], r["temperature"], r["cfg"], r.get("variant", ""),
             round(classifier_of(r)["test_accuracy"], 4))
 
 
@@ -48,15 +48,16 @@ def classifier_ceiling() -> float | None:
 
 def _table(rows: list[dict]) -> tuple[list[str], dict, list]:
     settings = sorted({(r["temperature"], r["cfg"]) for r in rows}, key=lambda s: (s[1], -s[0]))
-    points = defaultdict(dict)  # (pipeline, preset, steps, seed) -> {(t, cfg): row}
+    points = defaultdict(dict)  # (pipeline, preset, steps, seed, variant) -> {(t, cfg): row}
     for r in rows:
-        points[(r["pipeline"], r["preset"], r["steps"], r["seed"])][(r["temperature"], r["cfg"])] = r
-    order = sorted(points, key=lambda k: (k[0] != "ctf", k[1], k[2], k[3]))
+        points[(r["pipeline"], r["preset"], r["steps"], r["seed"], r.get("variant", ""))][(r["temperature"], r["cfg"])] = r
+    order = sorted(points, key=lambda k: (k[0] != "ctf", k[1], k[2], k[3], k[4]))
     head = " | ".join(f"τ {t:g}, CFG {c:g}" for t, c in settings)
     lines = [f"| pipeline | backbone | steps | seed | train CPU-min | {head} |",
              "|---|---|---|---|---|" + "---|" * len(settings)]
     for k in order:
-        pipe, preset, steps, seed = k
+        pipe, preset, steps, seed, var = k
+        preset = f"{preset} ({var})" if var else preset
         cells = []
         for st in settings:
             r = points[k].get(st)
@@ -123,7 +124,8 @@ def _plot(results: Path, points: dict, settings: list, target: float | None) -> 
     for pipe in ("ctf", "baseline"):
         for preset in sorted({k[1] for k in points if k[0] == pipe}):
             for seed0 in (True, False):  # seed 0 as the curve; other seeds (at chosen points) as loose markers
-                ks = sorted((k for k in points if k[0] == pipe and k[1] == preset and (k[3] == 0) == seed0),
+                ks = sorted((k for k in points if k[0] == pipe and k[1] == preset and (k[3] == 0) == seed0
+                             and not k[4]),
                             key=lambda k: k[2])
                 if not ks:
                     continue
@@ -134,6 +136,11 @@ def _plot(results: Path, points: dict, settings: list, target: float | None) -> 
                              label=f"{pipe} {preset} (best setting)" if seed0 else f"{pipe} {preset}, seeds 1-2")
                 axes[0].plot(x, [b["class_accuracy"] for b in best], **style)
                 axes[1].plot(x, [min(r["fd"] for r in points[k].values()) for k in ks], **style)
+    for k in (k for k in points if k[4]):  # regularised points (dropout, EMA): one star each, not on a curve
+        x = next(iter(points[k].values()))["train_cpu_s"] / 60
+        style = dict(marker="*", ms=11, color=colours[k[0]], ls="none", label=f"{k[0]} {k[1]} {k[2]}, {k[4]}")
+        axes[0].plot([x], [max(r["class_accuracy"] for r in points[k].values())], **style)
+        axes[1].plot([x], [min(r["fd"] for r in points[k].values())], **style)
     if target:
         axes[0].axhline(target, color="grey", ls="--", label="target: 80% of real-test accuracy")
     for ax, name in zip(axes, ("class accuracy", "FD-Lite0 (lower is better)")):
