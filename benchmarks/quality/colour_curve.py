@@ -19,7 +19,6 @@ pipeline is scored by the lane that finishes its last stage. Everything resumes 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fcntl
 import json
 import os
@@ -126,14 +125,12 @@ def train_point(args, preset: str, steps: int, stage: str) -> float:
     if cpu_file.exists():
         return json.loads(cpu_file.read_text())["cpu_s"]
     plan = base_plan(args.seed)
-    plan.gpt_preset, plan.steps, plan.dropout = preset, steps, args.dropout
+    plan.gpt_preset, plan.steps, plan.dropout, plan.ema = preset, steps, args.dropout, args.ema
     meta = CodeStore(d / "codes_train").meta
     clusters = json.loads((args.work / "setup.json").read_text())["clusters"]
     log(f"train {preset} {steps} steps: {stage}")
     t = time.process_time()
-    # a checkpoint every 500 steps (the demo writes one at the end): a long point resumes where it stopped
-    tcfg = dataclasses.replace(demo_train_config(plan, "fp32"), ema_decay=args.ema, ckpt_every=min(steps, 500))
-    train_one(stage, d, plan, tcfg, meta, clusters, progress=False)
+    train_one(stage, d, plan, demo_train_config(plan, "fp32"), meta, clusters, progress=False)
     cpu = time.process_time() - t  # a resumed run counts only this call's part: rerun-free runs only
     (d / stage / "curve_cpu.json").write_text(json.dumps({"cpu_s": cpu}) + "\n")
     log(f"   {stage} done: {cpu / 60:.1f} CPU-min")

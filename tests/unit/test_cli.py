@@ -418,3 +418,25 @@ def test_demo_sampling_flags_reach_the_plan_and_default_per_data(monkeypatch):
     assert (plans[-1].cfg_scale, plans[-1].temperature) == (5.0, 0.9)
     assert main(["demo", "--out", "unused"]) == 0
     assert plans[-1].cfg_scale == 3.0
+
+
+def test_demo_regularisation_flags_reach_the_models_and_long_runs_checkpoint(monkeypatch, capsys):
+    """GPT-small past 2000 steps over-fits emoji64 without regularisation: `demo --dropout --ema-decay` train what
+    colour_curve.py measured, and a long demo writes a train state every 500 steps so that a stop resumes
+    there (it wrote one only at its last step)."""
+    import coarse2fine.cli.demo as demo_cli
+    from coarse2fine.apps.demo import demo_train_config
+
+    plans = []
+    monkeypatch.setattr(demo_cli, "run_demo", lambda out, plan, progress: plans.append(plan))
+    assert main(["demo", "--data", "emoji64", "--steps", "3000", "--dropout", "0.1", "--ema-decay", "0.998",
+                 "--out", "unused"]) == 0
+    plan = plans[-1]
+    assert (plan.dropout, plan.ema) == (0.1, 0.998)
+    tcfg = demo_train_config(plan, "fp32")
+    assert tcfg.ema_decay == 0.998 and tcfg.ckpt_every == 500 and tcfg.steps == 3000
+    assert main(["demo", "--out", "unused"]) == 0  # left out: the defaults, no dropout and no EMA
+    assert (plans[-1].dropout, plans[-1].ema) == (0.0, 0.0)
+    assert demo_train_config(plans[-1], "fp32").ckpt_every == plans[-1].steps  # a short run: once, at its end
+    _one_line_error(capsys, ["demo", "--ema-decay", "1", "--out", "unused"], "--ema-decay")
+    _one_line_error(capsys, ["demo", "--dropout", "-0.1", "--out", "unused"], "--dropout")

@@ -149,7 +149,8 @@ def _demo() -> str:
     grey, colour = DemoPlan(), DemoPlan(**{"data": "emoji64", **COLOUR})
     keys = [("data", "data"), ("resolution", "image size"), ("vq_preset", "tokenizer"), ("gpt_preset", "transformers"),
             ("steps", "steps per network"), ("batch_size", "batch"), ("lr", "lr per batch 256"),
-            ("dropout", "dropout"), ("clusters", "clusters (0 = K / 32)"), ("head", "stage-2 head"),
+            ("dropout", "dropout"), ("ema", "EMA decay (0 = off)"), ("clusters", "clusters (0 = K / 32)"),
+            ("head", "stage-2 head"),
             ("temperature", "temperature (both methods)"), ("cfg_scale", "CFG scale (both methods)"),
             ("fine_top_k", "stage-2 top-k"), ("eval_per_class", "scored samples per class"), ("dtype", "precision")]
     rows = [[label, _fmt(getattr(grey, k)), _fmt(getattr(colour, k))] for k, label in keys]

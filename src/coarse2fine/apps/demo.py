@@ -48,6 +48,7 @@ class DemoPlan:
     # accuracy at 0.69 (benchmarks/results/demo/runs.md); 340 spends the margin on the optimiser
     steps: int = 340
     dropout: float = 0.0
+    ema: float = 0.0  # EMA decay of every transformer's weights (0: off); the EMA weights are sampled
     batch_size: int = 48
     lr: float = 1e-3 * 256 / 48  # per global batch 256: the step size of batch 64 at 1e-3, kept at 48
     clusters: int = 0  # 0: K / 32 as the paper
@@ -113,12 +114,16 @@ def demo_precision(requested: str) -> str:
     return "fp32" if requested == "auto" and not bf16_pays_off("cpu") else requested
 
 
+# a train state every 500 steps: a long demo (`--steps 2000`) interrupted resumes there, not from step 0
+CKPT_EVERY = 500
+
+
 def demo_train_config(plan: DemoPlan, dtype: str) -> TrainConfig:
     """The TrainConfig of the demo's three models: the preset's recipe (warm-up, schedule, decay) at the
     plan's steps, batch and step size."""
     return TrainConfig(**{**train_recipe(plan.gpt_preset, plan.steps), "batch_size": plan.batch_size,
                           "lr": plan.lr, "seed": plan.seed, "log_every": max(1, plan.steps // 30),
-                          "ckpt_every": plan.steps, "ema_decay": 0.0, "dtype": dtype})
+                          "ckpt_every": min(plan.steps, CKPT_EVERY), "ema_decay": plan.ema, "dtype": dtype})
 
 
 def cpu_kind() -> dict:

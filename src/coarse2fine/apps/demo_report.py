@@ -73,7 +73,8 @@ def render_report(r: dict, classes: list[str]) -> str:
     lines = [
         "# coarse2fine demo report", "",
         f"Data `{p['data']}` at {p['resolution']} px, {len(classes)} classes. Tokenizer {tok['source']}; models "
-        f"{p['gpt_preset']} ({p['steps']} steps, batch {p['batch_size']}, dropout {p['dropout']}), stage-2 head "
+        f"{p['gpt_preset']} ({p['steps']} steps, batch {p['batch_size']}, dropout {p['dropout']}"
+        f"{', EMA ' + str(p['ema']) if p.get('ema') else ''}), stage-2 head "
         f"{p.get('head', 'full')}; transformers in {dtype}, {r.get('stage_workers', 1)} training process(es) at "
         f"once; {r.get('threads', '?')} thread(s) for sampling and scoring.", "",
         *_cpu_line(r.get("cpu")),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from coarse2fine.apps.demo import COLOUR, DemoPlan, default_out, run_demo
-from coarse2fine.cli._args import nonneg_float, nonneg_int, positive_float, positive_int, seed_int
+from coarse2fine.cli._args import nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_interval_open
 
 
 def register(sub) -> None:
@@ -33,6 +33,11 @@ def register(sub) -> None:
                    help=f"CFG scale of stage 1 and the baseline (default {d.cfg_scale}, {COLOUR['cfg_scale']} for "
                         "emoji64; longer training wants less: at 2000 steps CFG 3 scored above CFG 5, "
                         "docs/results.md)")
+    p.add_argument("--dropout", type=unit_interval_open,
+                   help=f"token, residual and FFN dropout of the three transformers (default {d.dropout}; "
+                        "docs/results.md#the-colour-demo measures 0.1 on longer colour runs)")
+    p.add_argument("--ema-decay", type=unit_interval_open,
+                   help=f"EMA decay of the transformers' weights, sampled instead of the last ones (default {d.ema}: off)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of every step (default 0)")
     p.add_argument("--no-progress", action="store_true", help="(kept for scripts; the demo prints one line per phase)")
     p.set_defaults(func=cmd_demo)
@@ -60,5 +65,9 @@ def cmd_demo(args) -> int:
         plan.temperature = args.temperature
     if args.cfg is not None:
         plan.cfg_scale = args.cfg
+    if args.dropout is not None:
+        plan.dropout = args.dropout
+    if args.ema_decay is not None:
+        plan.ema = args.ema_decay
     run_demo(args.out or default_out(args.data), plan, progress=not args.no_progress)
     return 0
