@@ -740,6 +740,19 @@ def test_sample_fid_into_a_run_directory_is_refused_as_sample_refuses_it(tmp_pat
                    f"--out {run} holds 1 file(s) that `sample` did not write")
 
 
+@pytest.mark.parametrize("held", ["config.json", "model_index.json", "meta.json"])
+def test_redundancy_into_a_run_directory_is_refused(tmp_path, capsys, held):
+    """`redundancy --out R` of a run (an export, a code store) wrote redundancy.png and redundancy.json among R's
+    config.json and weights without a word, where sample-fid and demo refuse R."""
+    run = tmp_path / "coarse"
+    run.mkdir()
+    (run / held).write_text(held)
+    out, _ = one_line_error(capsys, ["redundancy", "--tokenizer", tmp_path / "tok", "--out", run],
+                            f"--out {run} holds {held}: a run, an export or a code store, not a redundancy folder",
+                            "choose another --out")
+    assert out == "" and [f.name for f in run.iterdir()] == [held]
+
+
 @pytest.mark.parametrize("command, what", [
     (["train", "--stage", "baseline", "--codes", "codes", "--preset", "GPT-tiny", "--steps", "1", "--batch-size", "4",
       "--device", "cpu", "--threads", "1", "--no-progress"], "transformer stage"),

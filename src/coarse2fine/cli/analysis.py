@@ -31,6 +31,7 @@ def register(sub) -> None:
 
 
 def cmd_redundancy(args) -> int:
+    from coarse2fine.checkpoint import check_not_run_out
     from coarse2fine.eval.analysis import figure, redundancy
     from coarse2fine.cli.models import load_tokenizer_any
     from coarse2fine.data import build_dataset
@@ -40,6 +41,7 @@ def cmd_redundancy(args) -> int:
     from coarse2fine.tokenizer.vq import codebook_fingerprint
 
     check_out_path(Path(args.out))
+    check_not_run_out(args.out, "a redundancy folder", "redundancy would write redundancy.png and redundancy.json")
     if args.coarse_map:
         reject_unused(args, ["--clusters"], "applies when clustering here; the --coarse-map has its own count")
     vq = load_tokenizer_any(args.tokenizer, args.vq_preset)
