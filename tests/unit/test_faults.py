@@ -753,6 +753,23 @@ def test_redundancy_into_a_run_directory_is_refused(tmp_path, capsys, held):
     assert out == "" and [f.name for f in run.iterdir()] == [held]
 
 
+def test_cluster_out_named_as_another_kind_of_file_is_refused_before_clustering(tmp_path, capsys):
+    """`cluster --out map.npy` wrote a folder named map.npy holding coarse_map.safetensors; `--out notes` of an
+    existing file clustered first, then failed on "File exists"."""
+    tok = tmp_path / "tok"  # not there: every refusal comes before the tokenizer is loaded
+    one_line_error(capsys, ["cluster", "--tokenizer", tok, "--out", tmp_path / "map.npy"],
+                   f"--out {tmp_path / 'map.npy'} names a .npy file, but a SAFETENSORS is written; name it "
+                   f"{tmp_path / 'map.safetensors'}")
+    assert not (tmp_path / "map.npy").exists()
+    (tmp_path / "notes").write_text("mine")
+    one_line_error(capsys, ["cluster", "--tokenizer", tok, "--out", tmp_path / "notes"],
+                   f"--out {tmp_path / 'notes'} is an existing file; give a directory path")
+    assert (tmp_path / "notes").read_text() == "mine"
+    # a folder's name with a dot, and an existing folder named like a file, are folders
+    for folder in (tmp_path / "maps" / "v1.2", tmp_path / "old.safetensors"):
+        one_line_error(capsys, ["cluster", "--tokenizer", tok, "--out", folder], f"--tokenizer {tok} does not exist")
+
+
 @pytest.mark.parametrize("command, what", [
     (["train", "--stage", "baseline", "--codes", "codes", "--preset", "GPT-tiny", "--steps", "1", "--batch-size", "4",
       "--device", "cpu", "--threads", "1", "--no-progress"], "transformer stage"),

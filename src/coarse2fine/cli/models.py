@@ -275,7 +275,11 @@ def cmd_cluster(args) -> int:
     from coarse2fine.tokenizer.vq import codebook_fingerprint
 
     out = Path(args.out)
-    path = out / "coarse_map.safetensors" if out.suffix != ".safetensors" else out
+    if out.suffix[1:].isalpha() and not out.is_dir():  # a file's name (x.npy), not a folder's (maps, maps/v1.2)
+        check_out_path(out, kind="file", suffix=".safetensors")
+    else:
+        check_out_path(out)  # an existing file without a suffix: no folder to write the map into
+    path = out if out.suffix == ".safetensors" and not out.is_dir() else out / "coarse_map.safetensors"
     if any((path.parent / f).exists() for f in ("config.json", "state.pt", "model.safetensors")):
         # a run's map is part of the run: its models were trained on that one (and its record names it)
         raise UserError(f"--out {args.out}: {path.parent} is a run directory, whose coarse map is the one its models "
