@@ -472,6 +472,22 @@ def test_a_one_cluster_map_has_no_nan_and_no_warning(capsys):
     assert st["std_size"] == 0.0 and st["clusters"] == 1
 
 
+def test_a_numpy_codebook_is_clustered_and_one_that_is_no_table_is_one_line():
+    """cluster_codebook(np.load("codebook.npy"), 4) ended in "TypeError: 'int' object is not callable" (a numpy
+    array's size is no method); a 3-D array, or one holding nan, in scikit-learn's ValueError."""
+    from coarse2fine.tokenizer.clustering import cluster_codebook
+
+    cw = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    assert cluster_codebook(cw, 4).digest == cluster_codebook(torch.from_numpy(cw), 4).digest
+    nan = cw.copy()
+    nan[3, 1] = np.nan
+    for bad, got in ((cw[:, :, None], "shape [32, 4, 1]"), (nan, "nan or inf values"),
+                     (cw > 0, "torch.bool values"), ("codebook.npy", "values that are not numbers")):
+        with pytest.raises(UserError, match=re.escape("codewords must be a [K, D] table of finite numbers, one row "
+                                                      f"per code (e.g. vq.codebook_normalized()); got {got}")):
+            cluster_codebook(bad, 4)
+
+
 def test_saving_a_pipeline_onto_a_file_says_it_is_a_file(tmp_path):
     from coarse2fine.release import check_fresh
 

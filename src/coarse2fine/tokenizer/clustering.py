@@ -199,7 +199,23 @@ def _agglomerative(x: np.ndarray, c: int) -> np.ndarray:
 
 def cluster_codebook(codewords: torch.Tensor, num_coarse: int, method: str = "kmeans", seed: int = 0,
                      fingerprint: str = "", n_init: int = 1, max_iter: int = 300) -> CoarseMap:
-    """codewords [K, D] (already L2-normalised) -> CoarseMap with `num_coarse` clusters."""
+    """codewords [K, D] (already L2-normalised; a tensor or a numpy array) -> CoarseMap with `num_coarse`
+    clusters."""
+    try:  # a codebook saved with np.save is as good as the tensor (it was "'int' object is not callable")
+        codewords = torch.as_tensor(codewords)
+    except (TypeError, ValueError, RuntimeError):
+        codewords = None
+    if codewords is None:
+        got = "values that are not numbers"
+    elif codewords.dim() != 2:
+        got = f"shape {list(codewords.shape)}"
+    elif codewords.dtype == torch.bool or codewords.is_complex():
+        got = f"{codewords.dtype} values"
+    else:
+        got = None if bool(torch.isfinite(codewords).all()) else "nan or inf values"
+    if got:
+        raise UserError(f"codewords must be a [K, D] table of finite numbers, one row per code (e.g. "
+                        f"vq.codebook_normalized()); got {got}")
     k = codewords.size(0)
     if method not in METHODS:
         raise UserError(f"unknown clustering method {method!r}; choose one of {METHODS}")
