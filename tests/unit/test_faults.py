@@ -324,6 +324,28 @@ def test_a_seed_out_of_range_is_one_line(tmp_path, capsys):
         _generator(2 ** 64, torch.device("cpu"))  # the API, too
 
 
+@pytest.mark.parametrize("command", [["cluster", "--tokenizer", "tok", "--out", "m"],
+                                     ["redundancy", "--tokenizer", "tok", "--out", "r"], ["demo", "--quick"]])
+def test_a_seed_k_means_cannot_take_is_one_line_before_any_work(capsys, command):
+    """`cluster --seed 4294967296` (any seed from 2^32 up; `redundancy` and `demo` cluster with theirs) was taken,
+    then scikit-learn's InvalidParameterError ("The 'random_state' parameter of KMeans must be an int in the range
+    [0, 4294967295]") as a traceback: after the tokenizer was loaded, or the demo's codes extracted."""
+    from coarse2fine.cli import main
+    from coarse2fine.tokenizer.clustering import cluster_codebook
+
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--seed", str(2 ** 32)])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "argument --seed: must be an integer from 0 to 4294967295, got '4294967296'" in err
+    cw = np.random.default_rng(0).normal(size=(16, 4))
+    for seed in (2 ** 32, -1, 2.0):  # the API, too; the largest seed k-means takes is taken
+        with pytest.raises(UserError, match=re.escape(f"seed must be an integer from 0 to 4294967295 (the seeds "
+                                                      f"scikit-learn's k-means takes), got {seed!r}")):
+            cluster_codebook(cw, 4, seed=seed)
+    assert cluster_codebook(cw, 4, seed=2 ** 32 - 1).seed == 2 ** 32 - 1
+
+
 @pytest.mark.parametrize("preset, layers, most", [("VQ-tiny", 4, 3), ("VQ-tiny", 8, 3), ("VQ-64-f8", 5, 4)])
 def test_a_discriminator_too_deep_for_the_images_is_refused_before_the_run_starts(tmp_path, capsys, preset, layers,
                                                                                    most):

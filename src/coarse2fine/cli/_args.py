@@ -67,6 +67,13 @@ def seed_int(s: str) -> int:
     return _number(int, s, lambda v: 0 <= v < SEED_LIMIT, f"an integer from 0 to {SEED_LIMIT - 1}")
 
 
+def kmeans_seed(s: str) -> int:
+    """--seed of the commands that cluster (cluster, redundancy, demo): scikit-learn's k-means takes no larger."""
+    from coarse2fine.tokenizer.clustering import KMEANS_SEED_LIMIT
+
+    return _number(int, s, lambda v: 0 <= v < KMEANS_SEED_LIMIT, f"an integer from 0 to {KMEANS_SEED_LIMIT - 1}")
+
+
 def finite_float(s: str) -> float:
     return _number(float, s, math.isfinite, "a finite number")
 

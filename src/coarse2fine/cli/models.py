@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from coarse2fine.cli._args import (add_compile, add_device, add_dtype, add_threads, cfg_interval, check_out_path,
-                                   nonneg_float, nonneg_int, positive_float, positive_int, probability, reject_unused,
-                                   seed_int, unit_interval_open)
+                                   kmeans_seed, nonneg_float, nonneg_int, positive_float, positive_int, probability,
+                                   reject_unused, seed_int, unit_interval_open)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, vq_config
 from coarse2fine.sampling import FINE_DECODINGS
 from coarse2fine.stages import STAGE_SPECS
@@ -51,7 +51,7 @@ def register(sub) -> None:
                    help="number of coarse labels C (default K/32, paper: 512)")
     p.add_argument("--method", default="kmeans", choices=list(METHODS),
                    help="kmeans (the paper), random (ablation), balanced (equal-size k-means) or agglomerative (average linkage, as MASC); default kmeans")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the k-means initialisation (default 0)")
+    p.add_argument("--seed", type=kmeans_seed, default=0, help="seed of the k-means initialisation (default 0)")
     p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts (best inertia kept; default 1)")
     p.add_argument("--out", required=True, help="output file (.safetensors) or directory")
     add_threads(p)

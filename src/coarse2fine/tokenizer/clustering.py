@@ -12,6 +12,7 @@ geometry in which codes are "close"). Methods:
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from coarse2fine.config import UserError
 from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest, tensor_digest, text_in_place_of
 
 METHODS = ("kmeans", "random", "balanced", "agglomerative")
+KMEANS_SEED_LIMIT = 2 ** 32  # scikit-learn's KMeans takes random_state seeds below it (the --seed of cluster, demo)
 
 
 def member_table(phi: torch.Tensor, num_coarse: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,6 +223,9 @@ def cluster_codebook(codewords: torch.Tensor, num_coarse: int, method: str = "km
         raise UserError(f"unknown clustering method {method!r}; choose one of {METHODS}")
     if not 1 <= num_coarse <= k:
         raise UserError(f"--clusters must be between 1 and the codebook size {k}, got {num_coarse}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < KMEANS_SEED_LIMIT:
+        raise UserError(f"seed must be an integer from 0 to {KMEANS_SEED_LIMIT - 1} (the seeds scikit-learn's k-means "
+                        f"takes), got {seed!r}")
     x = codewords.detach().double().cpu().numpy()
     if method == "random":
         rng = np.random.default_rng(seed)
