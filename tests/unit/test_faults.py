@@ -346,6 +346,21 @@ def test_a_seed_k_means_cannot_take_is_one_line_before_any_work(capsys, command)
     assert cluster_codebook(cw, 4, seed=2 ** 32 - 1).seed == 2 ** 32 - 1
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 64)])
+def test_a_train_seed_out_of_range_is_one_line(tmp_path, capsys, seed):
+    """`train --seed -1` ended in numpy's "expected non-negative integer", `--seed 18446744073709551616` in torch's
+    "Overflow when unpacking long long", as tracebacks: its flag took any int, where every other --seed is checked."""
+    from coarse2fine.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--stage", "baseline", "--codes", str(tmp_path / "codes"), "--preset", "GPT-tiny", "--seed", seed,
+              "--device", "cpu", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"argument --seed: must be an integer from 0 to 9223372036854775807, got '{seed}'" in err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("preset, layers, most", [("VQ-tiny", 4, 3), ("VQ-tiny", 8, 3), ("VQ-64-f8", 5, 4)])
 def test_a_discriminator_too_deep_for_the_images_is_refused_before_the_run_starts(tmp_path, capsys, preset, layers,
                                                                                    most):

@@ -29,7 +29,7 @@ _TRAIN_FLAGS = {
     "grad_clip": (nonneg_float, "gradient-norm clip (0 = off)"),
     "grad_accum": (positive_int, "gradient accumulation micro-steps"),
     "ema_decay": (unit_interval_open, "EMA decay (0 = off), e.g. 0.999"),
-    "seed": (int, "seed for init, data order and dropout"),
+    "seed": (seed_int, "seed for init, data order and dropout"),
     "log_every": (positive_int, "log interval (steps)"),
     "ckpt_every": (positive_int, "checkpoint interval (steps)"),
     "eval_every": (nonneg_int, "held-out eval interval (0 = end only)"),
