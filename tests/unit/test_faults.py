@@ -1155,6 +1155,33 @@ def test_a_model_config_that_does_not_fit_the_code_store_is_one_line(tmp_path, o
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("overrides, needle", [
+    ({"steps": 2.5}, "steps must be an integer, got 2.5"),
+    ({"log_every": 0}, "log_every must be an integer >= 1, got 0"),
+    ({"ckpt_every": 0}, "ckpt_every must be an integer >= 1, got 0"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+    ({"weight_decay": -0.05}, "weight_decay must be a finite number >= 0, got -0.05"),
+    ({"min_lr_ratio": 5.0}, "min_lr_ratio must be in [0, 1], got 5.0"),
+])
+def test_training_settings_out_of_range_from_python_are_one_line(tmp_path, overrides, needle):
+    """TrainConfig(steps=2.5) trained to "step 3" and never saved its weights (no step equals 2.5); log_every=0 or
+    ckpt_every=0 ended in a ZeroDivisionError, lr=nan in torch's "Invalid learning rate" (of the scaled rate);
+    weight_decay=-0.05 and min_lr_ratio=5 trained on without a word. The CLI's flags refused each of them."""
+    from fakes import make_store
+    from coarse2fine.config import TokenizerTrainConfig, TrainConfig
+    from coarse2fine.stages import stage_config
+    from coarse2fine.training.gpt import train
+
+    store = make_store(tmp_path / "codes")
+    with pytest.raises(UserError, match=re.escape(f"TrainConfig {needle}")):
+        train("baseline", stage_config("GPT-tiny", "baseline", 64, 0, 3, 4),
+              TrainConfig(**{"steps": 1, "batch_size": 4, "dtype": "fp32", **overrides}), store, tmp_path / "r",
+              progress=False, device="cpu")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(UserError, match=re.escape(f"TokenizerTrainConfig {needle}")):  # the tokenizer's, the same
+        TokenizerTrainConfig(**overrides).validate()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
 def test_a_torch_dtype_autocast_cannot_compute_in_is_one_line(dtype):
     """CTFPipeline(..., dtype=torch.float64) (or from_pretrained / from_runs with it) sampled in float32 without a
