@@ -525,6 +525,23 @@ def test_a_numpy_codebook_is_clustered_and_one_that_is_no_table_is_one_line():
             cluster_codebook(bad, 4)
 
 
+def test_code_ids_a_coarse_map_does_not_have_are_one_line():
+    """CoarseMap.coarse_of(-1) returned the last code's cluster (phi[-1]) without a word; an id of K or more was
+    torch's IndexError, float ids its "tensors used as indices must be long" IndexError, an int or list an
+    AttributeError ("'int' object has no attribute 'device'")."""
+    from coarse2fine.tokenizer.clustering import cluster_codebook
+
+    cmap = cluster_codebook(torch.nn.functional.normalize(torch.randn(16, 4), dim=1), 4)
+    for codes in (torch.tensor([[3, -1]]), [16], -2):
+        with pytest.raises(UserError, match=re.escape("fine code ids must be in 0..15 (the codes of the map's "
+                                                      "codebook), got [")):
+            cmap.coarse_of(codes)
+    with pytest.raises(UserError, match=re.escape("fine code ids must be integers, got torch.float32 values")):
+        cmap.coarse_of(torch.tensor([1.0, 2.0]))
+    assert cmap.coarse_of(np.array([0, 15])).tolist() == cmap.phi[[0, 15]].tolist() == cmap.coarse_of([0, 15]).tolist()
+    assert int(cmap.coarse_of(5)) == int(cmap.phi[5])
+
+
 def test_saving_a_pipeline_onto_a_file_says_it_is_a_file(tmp_path):
     from coarse2fine.release import check_fresh
 

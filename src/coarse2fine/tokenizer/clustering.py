@@ -71,7 +71,17 @@ class CoarseMap:
         return cls(phi_t, members, sizes, cent, fingerprint, method, seed)
 
     def coarse_of(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (any shape, fine ids) -> coarse ids, same shape."""
+        """codes (any shape, fine ids; a tensor, array, list or int) -> coarse ids, same shape. Ids that are not
+        codes of the map's codebook are refused (a negative one was read from the end: phi[-1], without a word)."""
+        codes = torch.as_tensor(codes)
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise UserError(f"fine code ids must be integers, got {codes.dtype} values; pass the codes as integers")
+        if codes.numel():
+            lo, hi = torch.aminmax(codes)
+            if int(lo) < 0 or int(hi) >= self.num_codes:
+                bad = codes[(codes < 0) | (codes >= self.num_codes)].unique()[:4].tolist()
+                raise UserError(f"fine code ids must be in 0..{self.num_codes - 1} (the codes of the map's codebook), "
+                                f"got {bad}; pass codes of the tokenizer the map was made for")
         return self.phi.to(codes.device)[codes]
 
     def check_fingerprint(self, fingerprint: str, source: str = "tokenizer") -> None:
