@@ -823,6 +823,21 @@ def test_redundancy_into_a_run_directory_is_refused(tmp_path, capsys, held):
     assert out == "" and [f.name for f in run.iterdir()] == [held]
 
 
+@pytest.mark.parametrize("held", ["config.json", "model_index.json", "meta.json"])
+def test_a_report_file_is_not_written_over_a_runs_own_file(tmp_path, capsys, held):
+    """`bench sample --json R/config.json` (or --md, `eval --json`) wrote its records over the run's config.json
+    (an export's model_index.json, a code store's meta.json): the folder was no longer one, its run lost."""
+    run = tmp_path / "coarse"
+    run.mkdir()
+    (run / held).write_text("{}")
+    for argv in (["bench", "sample", "--preset", "GPT-tiny", "--json", run / held],
+                 ["bench", "train", "--preset", "GPT-tiny", "--md", run / held],
+                 ["eval", "--samples", tmp_path / "samples", "--json", run / held]):
+        out, _ = one_line_error(capsys, argv, f"{run / held} is the {held} of a run, an export or a code store "
+                                              f"({run}), which the output would replace; name another file")
+        assert out == "" and (run / held).read_text() == "{}"
+
+
 def test_cluster_out_named_as_another_kind_of_file_is_refused_before_clustering(tmp_path, capsys):
     """`cluster --out map.npy` wrote a folder named map.npy holding coarse_map.safetensors; `--out notes` of an
     existing file clustered first, then failed on "File exists"."""
