@@ -542,6 +542,24 @@ def test_code_ids_a_coarse_map_does_not_have_are_one_line():
     assert int(cmap.coarse_of(5)) == int(cmap.phi[5])
 
 
+def test_an_export_given_as_a_coarse_map_names_its_coarse_map(tmp_path, capsys):
+    """`train --coarse-map EXP` (or `redundancy --coarse-map EXP`) of an exported pipeline said "coarse map
+    EXP/coarse_map.safetensors not found; create it with `coarse2fine cluster`", of a folder that holds one."""
+    from fakes import make_store
+    from coarse2fine.tokenizer.clustering import CoarseMap
+
+    exp = tmp_path / "release"
+    (exp / "coarse_map").mkdir(parents=True)
+    (exp / "model_index.json").write_text("{}")
+    one_line_error(capsys, ["train", "--stage", "coarse", "--codes", make_store(tmp_path / "codes"), "--coarse-map", exp,
+                            "--preset", "GPT-tiny", "--steps", "1", "--device", "cpu", "--out", tmp_path / "r"],
+                   f"{exp} is an exported pipeline folder, not a coarse map; pass its coarse map, {exp / 'coarse_map'}")
+    assert not (tmp_path / "r").exists()
+    (exp / "coarse_map").rmdir()
+    with pytest.raises(UserError, match="it holds no coarse map \\(a baseline export\\)"):
+        CoarseMap.load(exp)
+
+
 def test_saving_a_pipeline_onto_a_file_says_it_is_a_file(tmp_path):
     from coarse2fine.release import check_fresh
 

@@ -141,6 +141,10 @@ class CoarseMap:
         from safetensors import SafetensorError, safe_open
 
         p = Path(path)
+        if (p / "model_index.json").is_file():  # an exported pipeline (release.py) holds its map as a component
+            part = p / "coarse_map"
+            raise UserError(f"{p} is an exported pipeline folder, not a coarse map; " + (
+                f"pass its coarse map, {part}" if part.is_dir() else "it holds no coarse map (a baseline export)"))
         if p.is_dir():
             p = p / "coarse_map.safetensors"
         if not p.is_file():
