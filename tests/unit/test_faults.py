@@ -560,6 +560,17 @@ def test_an_export_given_as_a_coarse_map_names_its_coarse_map(tmp_path, capsys):
         CoarseMap.load(exp)
 
 
+def test_a_fractional_limit_per_class_from_python_is_one_line():
+    """build_dataset("default", 32, limit_per_class=2.5) ended in numpy's "slice indices must be integers" TypeError
+    (a string in a comparison's); the CLI's --limit-per-class takes integers only."""
+    from coarse2fine.data import build_dataset
+
+    for limit in (2.5, "2"):
+        with pytest.raises(UserError, match=re.escape(f"limit_per_class must be an integer >= 1, got {limit!r}")):
+            build_dataset("default", 32, "train", limit_per_class=limit)
+    assert len(build_dataset("default", 32, "train", limit_per_class=np.int64(1))) == 10  # numpy's integers are taken
+
+
 def test_saving_a_pipeline_onto_a_file_says_it_is_a_file(tmp_path):
     from coarse2fine.release import check_fresh
 
