@@ -286,7 +286,7 @@ def check_run_out(out: str | Path, kind: str) -> None:
 
 # the files at the top of a run (config.json, state.pt, model.safetensors), an export (model_index.json) or a
 # code store (meta.json)
-_FOLDER_MARKS = ("config.json", MODEL_INDEX, "state.pt", "meta.json", "model.safetensors")
+FOLDER_MARKS = ("config.json", MODEL_INDEX, "state.pt", "meta.json", "model.safetensors")
 
 
 def check_not_run_out(out: str | Path, folder: str, writes: str) -> None:
@@ -295,7 +295,7 @@ def check_not_run_out(out: str | Path, folder: str, writes: str) -> None:
     write) would land among its files (the demo replaced a stage run's own coarse_map.safetensors with its
     k-means; sample-fid wrote samples/ and samples.npz beside a run's weights)."""
     out = Path(out)
-    held = next((f for f in _FOLDER_MARKS if (out / f).exists()), None)
+    held = next((f for f in FOLDER_MARKS if (out / f).exists()), None)
     if held:
         raise UserError(f"--out {out} holds {held}: a run, an export or a code store, not {folder}; {writes} "
                         "among its files: choose another --out")

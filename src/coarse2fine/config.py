@@ -6,6 +6,7 @@ never ask the user to re-type model flags.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import types
 import typing
@@ -227,6 +228,29 @@ def from_dict(cls, data: dict[str, Any], source: str | None = None):
     return _coerce(cls, data, source)
 
 
+def optimiser_errors(cfg) -> list[str]:
+    """The settings TrainConfig and TokenizerTrainConfig share, checked from Python as the CLI's flags check them
+    (positive_float --lr, positive_int --log-every, ...): each field of its type first (steps=2.5 trained without
+    ever saving weights), then the ranges (log_every=0 was a ZeroDivisionError, lr=nan torch's "Invalid learning
+    rate" of the scaled rate, weight_decay=-1 or min_lr_ratio=5 trained on without a word)."""
+    hints = typing.get_type_hints(type(cfg))
+    bad = [f"{f.name} must be {_kind_of(hints[f.name])}, got {getattr(cfg, f.name)!r}" for f in fields(cfg)
+           if not _fits(getattr(cfg, f.name), hints[f.name])]
+    if bad:
+        return bad
+    ranges = {"lr": (cfg.lr > 0, "a finite number > 0"),
+              "weight_decay": (cfg.weight_decay >= 0, "a finite number >= 0"),
+              "grad_clip": (cfg.grad_clip >= 0, "a finite number >= 0 (0 = off)"),
+              "min_lr_ratio": (0 <= cfg.min_lr_ratio <= 1, "in [0, 1]"),
+              "beta1": (0 <= cfg.beta1 < 1, "in [0, 1)"), "beta2": (0 <= cfg.beta2 < 1, "in [0, 1)"),
+              "warmup_steps": (cfg.warmup_steps >= 0, "an integer >= 0"),
+              "log_every": (cfg.log_every >= 1, "an integer >= 1"),
+              "ckpt_every": (cfg.ckpt_every >= 1, "an integer >= 1"),
+              "seed": (0 <= cfg.seed < 2 ** 63, f"an integer from 0 to {2 ** 63 - 1}")}
+    return [f"{k} must be {want}, got {getattr(cfg, k)!r}" for k, (ok, want) in ranges.items()
+            if not ok or not math.isfinite(getattr(cfg, k))]
+
+
 # fields removed from the configs (they did nothing); runs written before still resume
 RETIRED_FIELDS = ("sample_every",)
 
@@ -286,6 +310,10 @@ class TrainConfig:
         return self.lr * self.batch_size / 256
 
     def validate(self) -> None:
+        bad = optimiser_errors(self)
+        if bad or self.eval_every < 0:
+            raise ConfigError("TrainConfig " + "; ".join(bad or [f"eval_every must be an integer >= 0, got "
+                                                                 f"{self.eval_every}"]))
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -393,6 +421,9 @@ class TokenizerTrainConfig:
         return d
 
     def validate(self) -> None:
+        typed = optimiser_errors(self)
+        if typed:
+            raise ConfigError(f"TokenizerTrainConfig {'; '.join(typed)}")
         checks = [(self.recon_loss in ("l1", "l2"), f"recon loss must be l1 or l2, got {self.recon_loss!r}"),
                   (self.dtype in ("auto", "fp32", "bf16"), f"dtype must be auto, fp32 or bf16, got {self.dtype!r}"),
                   (self.disc_loss in DISC_LOSSES, f"disc loss must be one of {DISC_LOSSES}, got {self.disc_loss!r}"),

@@ -324,6 +324,43 @@ def test_a_seed_out_of_range_is_one_line(tmp_path, capsys):
         _generator(2 ** 64, torch.device("cpu"))  # the API, too
 
 
+@pytest.mark.parametrize("command", [["cluster", "--tokenizer", "tok", "--out", "m"],
+                                     ["redundancy", "--tokenizer", "tok", "--out", "r"], ["demo", "--quick"]])
+def test_a_seed_k_means_cannot_take_is_one_line_before_any_work(capsys, command):
+    """`cluster --seed 4294967296` (any seed from 2^32 up; `redundancy` and `demo` cluster with theirs) was taken,
+    then scikit-learn's InvalidParameterError ("The 'random_state' parameter of KMeans must be an int in the range
+    [0, 4294967295]") as a traceback: after the tokenizer was loaded, or the demo's codes extracted."""
+    from coarse2fine.cli import main
+    from coarse2fine.tokenizer.clustering import cluster_codebook
+
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--seed", str(2 ** 32)])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "argument --seed: must be an integer from 0 to 4294967295, got '4294967296'" in err
+    cw = np.random.default_rng(0).normal(size=(16, 4))
+    for seed in (2 ** 32, -1, 2.0):  # the API, too; the largest seed k-means takes is taken
+        with pytest.raises(UserError, match=re.escape(f"seed must be an integer from 0 to 4294967295 (the seeds "
+                                                      f"scikit-learn's k-means takes), got {seed!r}")):
+            cluster_codebook(cw, 4, seed=seed)
+    assert cluster_codebook(cw, 4, seed=2 ** 32 - 1).seed == 2 ** 32 - 1
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 64)])
+def test_a_train_seed_out_of_range_is_one_line(tmp_path, capsys, seed):
+    """`train --seed -1` ended in numpy's "expected non-negative integer", `--seed 18446744073709551616` in torch's
+    "Overflow when unpacking long long", as tracebacks: its flag took any int, where every other --seed is checked."""
+    from coarse2fine.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--stage", "baseline", "--codes", str(tmp_path / "codes"), "--preset", "GPT-tiny", "--seed", seed,
+              "--device", "cpu", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"argument --seed: must be an integer from 0 to 9223372036854775807, got '{seed}'" in err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("preset, layers, most", [("VQ-tiny", 4, 3), ("VQ-tiny", 8, 3), ("VQ-64-f8", 5, 4)])
 def test_a_discriminator_too_deep_for_the_images_is_refused_before_the_run_starts(tmp_path, capsys, preset, layers,
                                                                                    most):
@@ -470,6 +507,68 @@ def test_a_one_cluster_map_has_no_nan_and_no_warning(capsys):
         warnings.simplefilter("error")  # was: torch's degrees-of-freedom warning, then "std nan"
         st = cluster_codebook(torch.nn.functional.normalize(torch.randn(2, 4), dim=1), 1).stats()
     assert st["std_size"] == 0.0 and st["clusters"] == 1
+
+
+def test_a_numpy_codebook_is_clustered_and_one_that_is_no_table_is_one_line():
+    """cluster_codebook(np.load("codebook.npy"), 4) ended in "TypeError: 'int' object is not callable" (a numpy
+    array's size is no method); a 3-D array, or one holding nan, in scikit-learn's ValueError."""
+    from coarse2fine.tokenizer.clustering import cluster_codebook
+
+    cw = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    assert cluster_codebook(cw, 4).digest == cluster_codebook(torch.from_numpy(cw), 4).digest
+    nan = cw.copy()
+    nan[3, 1] = np.nan
+    for bad, got in ((cw[:, :, None], "shape [32, 4, 1]"), (nan, "nan or inf values"),
+                     (cw > 0, "torch.bool values"), ("codebook.npy", "values that are not numbers")):
+        with pytest.raises(UserError, match=re.escape("codewords must be a [K, D] table of finite numbers, one row "
+                                                      f"per code (e.g. vq.codebook_normalized()); got {got}")):
+            cluster_codebook(bad, 4)
+
+
+def test_code_ids_a_coarse_map_does_not_have_are_one_line():
+    """CoarseMap.coarse_of(-1) returned the last code's cluster (phi[-1]) without a word; an id of K or more was
+    torch's IndexError, float ids its "tensors used as indices must be long" IndexError, an int or list an
+    AttributeError ("'int' object has no attribute 'device'")."""
+    from coarse2fine.tokenizer.clustering import cluster_codebook
+
+    cmap = cluster_codebook(torch.nn.functional.normalize(torch.randn(16, 4), dim=1), 4)
+    for codes in (torch.tensor([[3, -1]]), [16], -2):
+        with pytest.raises(UserError, match=re.escape("fine code ids must be in 0..15 (the codes of the map's "
+                                                      "codebook), got [")):
+            cmap.coarse_of(codes)
+    with pytest.raises(UserError, match=re.escape("fine code ids must be integers, got torch.float32 values")):
+        cmap.coarse_of(torch.tensor([1.0, 2.0]))
+    assert cmap.coarse_of(np.array([0, 15])).tolist() == cmap.phi[[0, 15]].tolist() == cmap.coarse_of([0, 15]).tolist()
+    assert int(cmap.coarse_of(5)) == int(cmap.phi[5])
+
+
+def test_an_export_given_as_a_coarse_map_names_its_coarse_map(tmp_path, capsys):
+    """`train --coarse-map EXP` (or `redundancy --coarse-map EXP`) of an exported pipeline said "coarse map
+    EXP/coarse_map.safetensors not found; create it with `coarse2fine cluster`", of a folder that holds one."""
+    from fakes import make_store
+    from coarse2fine.tokenizer.clustering import CoarseMap
+
+    exp = tmp_path / "release"
+    (exp / "coarse_map").mkdir(parents=True)
+    (exp / "model_index.json").write_text("{}")
+    one_line_error(capsys, ["train", "--stage", "coarse", "--codes", make_store(tmp_path / "codes"), "--coarse-map", exp,
+                            "--preset", "GPT-tiny", "--steps", "1", "--device", "cpu", "--out", tmp_path / "r"],
+                   f"{exp} is an exported pipeline folder, not a coarse map; pass its coarse map, {exp / 'coarse_map'}")
+    assert not (tmp_path / "r").exists()
+    (exp / "coarse_map").rmdir()
+    with pytest.raises(UserError, match="it holds no coarse map \\(a baseline export\\)"):
+        CoarseMap.load(exp)
+
+
+def test_a_fractional_limit_per_class_from_python_is_one_line():
+    """build_dataset("default", 32, limit_per_class=2.5) ended in numpy's "slice indices must be integers" TypeError
+    (a string in a comparison's); the CLI's --limit-per-class takes integers only."""
+    from coarse2fine.data import build_dataset
+
+    for limit in (2.5, "2"):
+        with pytest.raises(UserError, match=re.escape(f"limit_per_class must be an integer >= 1, got {limit!r}")):
+            build_dataset("default", 32, "train", limit_per_class=limit)
+    assert len(build_dataset("default", 32, "train", limit_per_class=np.int64(1))) == 10  # numpy's integers are taken
 
 
 def test_saving_a_pipeline_onto_a_file_says_it_is_a_file(tmp_path):
@@ -738,6 +837,51 @@ def test_sample_fid_into_a_run_directory_is_refused_as_sample_refuses_it(tmp_pat
     assert out == "" and [f.name for f in run.iterdir()] == [held]
     one_line_error(capsys, ["sample", "--baseline", tmp_path / "other", "--device", "cpu", "--out", run],
                    f"--out {run} holds 1 file(s) that `sample` did not write")
+
+
+@pytest.mark.parametrize("held", ["config.json", "model_index.json", "meta.json"])
+def test_redundancy_into_a_run_directory_is_refused(tmp_path, capsys, held):
+    """`redundancy --out R` of a run (an export, a code store) wrote redundancy.png and redundancy.json among R's
+    config.json and weights without a word, where sample-fid and demo refuse R."""
+    run = tmp_path / "coarse"
+    run.mkdir()
+    (run / held).write_text(held)
+    out, _ = one_line_error(capsys, ["redundancy", "--tokenizer", tmp_path / "tok", "--out", run],
+                            f"--out {run} holds {held}: a run, an export or a code store, not a redundancy folder",
+                            "choose another --out")
+    assert out == "" and [f.name for f in run.iterdir()] == [held]
+
+
+@pytest.mark.parametrize("held", ["config.json", "model_index.json", "meta.json"])
+def test_a_report_file_is_not_written_over_a_runs_own_file(tmp_path, capsys, held):
+    """`bench sample --json R/config.json` (or --md, `eval --json`) wrote its records over the run's config.json
+    (an export's model_index.json, a code store's meta.json): the folder was no longer one, its run lost."""
+    run = tmp_path / "coarse"
+    run.mkdir()
+    (run / held).write_text("{}")
+    for argv in (["bench", "sample", "--preset", "GPT-tiny", "--json", run / held],
+                 ["bench", "train", "--preset", "GPT-tiny", "--md", run / held],
+                 ["eval", "--samples", tmp_path / "samples", "--json", run / held]):
+        out, _ = one_line_error(capsys, argv, f"{run / held} is the {held} of a run, an export or a code store "
+                                              f"({run}), which the output would replace; name another file")
+        assert out == "" and (run / held).read_text() == "{}"
+
+
+def test_cluster_out_named_as_another_kind_of_file_is_refused_before_clustering(tmp_path, capsys):
+    """`cluster --out map.npy` wrote a folder named map.npy holding coarse_map.safetensors; `--out notes` of an
+    existing file clustered first, then failed on "File exists"."""
+    tok = tmp_path / "tok"  # not there: every refusal comes before the tokenizer is loaded
+    one_line_error(capsys, ["cluster", "--tokenizer", tok, "--out", tmp_path / "map.npy"],
+                   f"--out {tmp_path / 'map.npy'} names a .npy file, but a SAFETENSORS is written; name it "
+                   f"{tmp_path / 'map.safetensors'}")
+    assert not (tmp_path / "map.npy").exists()
+    (tmp_path / "notes").write_text("mine")
+    one_line_error(capsys, ["cluster", "--tokenizer", tok, "--out", tmp_path / "notes"],
+                   f"--out {tmp_path / 'notes'} is an existing file; give a directory path")
+    assert (tmp_path / "notes").read_text() == "mine"
+    # a folder's name with a dot, and an existing folder named like a file, are folders
+    for folder in (tmp_path / "maps" / "v1.2", tmp_path / "old.safetensors"):
+        one_line_error(capsys, ["cluster", "--tokenizer", tok, "--out", folder], f"--tokenizer {tok} does not exist")
 
 
 @pytest.mark.parametrize("command, what", [
@@ -1070,6 +1214,33 @@ def test_a_model_config_that_does_not_fit_the_code_store_is_one_line(tmp_path, o
         train("baseline", gpt_config("GPT-tiny", **overrides), TrainConfig(steps=1, batch_size=4, dtype="fp32"), store,
               tmp_path / "r", progress=False, device="cpu")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"steps": 2.5}, "steps must be an integer, got 2.5"),
+    ({"log_every": 0}, "log_every must be an integer >= 1, got 0"),
+    ({"ckpt_every": 0}, "ckpt_every must be an integer >= 1, got 0"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+    ({"weight_decay": -0.05}, "weight_decay must be a finite number >= 0, got -0.05"),
+    ({"min_lr_ratio": 5.0}, "min_lr_ratio must be in [0, 1], got 5.0"),
+])
+def test_training_settings_out_of_range_from_python_are_one_line(tmp_path, overrides, needle):
+    """TrainConfig(steps=2.5) trained to "step 3" and never saved its weights (no step equals 2.5); log_every=0 or
+    ckpt_every=0 ended in a ZeroDivisionError, lr=nan in torch's "Invalid learning rate" (of the scaled rate);
+    weight_decay=-0.05 and min_lr_ratio=5 trained on without a word. The CLI's flags refused each of them."""
+    from fakes import make_store
+    from coarse2fine.config import TokenizerTrainConfig, TrainConfig
+    from coarse2fine.stages import stage_config
+    from coarse2fine.training.gpt import train
+
+    store = make_store(tmp_path / "codes")
+    with pytest.raises(UserError, match=re.escape(f"TrainConfig {needle}")):
+        train("baseline", stage_config("GPT-tiny", "baseline", 64, 0, 3, 4),
+              TrainConfig(**{"steps": 1, "batch_size": 4, "dtype": "fp32", **overrides}), store, tmp_path / "r",
+              progress=False, device="cpu")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(UserError, match=re.escape(f"TokenizerTrainConfig {needle}")):  # the tokenizer's, the same
+        TokenizerTrainConfig(**overrides).validate()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.int64])

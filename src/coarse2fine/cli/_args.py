@@ -67,6 +67,13 @@ def seed_int(s: str) -> int:
     return _number(int, s, lambda v: 0 <= v < SEED_LIMIT, f"an integer from 0 to {SEED_LIMIT - 1}")
 
 
+def kmeans_seed(s: str) -> int:
+    """--seed of the commands that cluster (cluster, redundancy, demo): scikit-learn's k-means takes no larger."""
+    from coarse2fine.tokenizer.clustering import KMEANS_SEED_LIMIT
+
+    return _number(int, s, lambda v: 0 <= v < KMEANS_SEED_LIMIT, f"an integer from 0 to {KMEANS_SEED_LIMIT - 1}")
+
+
 def finite_float(s: str) -> float:
     return _number(float, s, math.isfinite, "a finite number")
 
@@ -181,7 +188,8 @@ def reject_unused(args: argparse.Namespace, flags: list[str], why: str) -> None:
 
 def check_out_path(path, flag: str = "--out", kind: str = "dir", suffix: str | None = None) -> None:
     """Refuse, before any work, an output path of the wrong kind: an existing file where a directory
-    is meant (kind="dir"), or an existing directory where a file is meant (kind="file"); and a file
+    is meant (kind="dir"), or an existing directory where a file is meant (kind="file"); a file that
+    makes a folder a run, an export or a code store (its config.json, model.safetensors, ...); and a file
     named for another format than the `suffix` it is written in (a PNG written as recon.jpg), or named
     without one (a PNG written as `recon`, which no viewer or file dialog takes for an image)."""
     from pathlib import Path
@@ -193,6 +201,12 @@ def check_out_path(path, flag: str = "--out", kind: str = "dir", suffix: str | N
         raise UserError(f"{flag} {p} is an existing file; give a directory path")
     if kind == "file" and p.is_dir():
         raise UserError(f"{flag} {p} is a directory; give a file path")
+    if kind == "file" and p.is_file():
+        from coarse2fine.checkpoint import FOLDER_MARKS
+
+        if p.name in FOLDER_MARKS:  # `bench --json R/config.json` wrote its records over the run's own config
+            raise UserError(f"{flag} {p} is the {p.name} of a run, an export or a code store ({p.parent}), which "
+                            "the output would replace; name another file")
     if kind == "file" and suffix and not p.name.lower().endswith(suffix):
         fmt = suffix.lstrip(".").upper()
         if p.suffix:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from coarse2fine.cli._args import add_data, add_threads, positive_int, reject_unused, seed_int
+from coarse2fine.cli._args import add_data, add_threads, kmeans_seed, positive_int, reject_unused
 from coarse2fine.cli._args import check_out_path
 from coarse2fine.cli.models import add_vq_preset
 from coarse2fine.config import UserError
@@ -24,13 +24,14 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", help="data split the images come from (default test)")
     p.add_argument("--num-images", type=positive_int, default=256, help="images to measure (default 256)")
     p.add_argument("--show", type=positive_int, default=8, help="images per row in the figure (default 8)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the image draw, the swaps and the clusterings")
+    p.add_argument("--seed", type=kmeans_seed, default=0, help="seed of the image draw, the swaps and the clusterings")
     p.add_argument("--out", required=True, help="output directory (redundancy.png, redundancy.json)")
     add_threads(p)
     p.set_defaults(func=cmd_redundancy)
 
 
 def cmd_redundancy(args) -> int:
+    from coarse2fine.checkpoint import check_not_run_out
     from coarse2fine.eval.analysis import figure, redundancy
     from coarse2fine.cli.models import load_tokenizer_any
     from coarse2fine.data import build_dataset
@@ -40,6 +41,7 @@ def cmd_redundancy(args) -> int:
     from coarse2fine.tokenizer.vq import codebook_fingerprint
 
     check_out_path(Path(args.out))
+    check_not_run_out(args.out, "a redundancy folder", "redundancy would write redundancy.png and redundancy.json")
     if args.coarse_map:
         reject_unused(args, ["--clusters"], "applies when clustering here; the --coarse-map has its own count")
     vq = load_tokenizer_any(args.tokenizer, args.vq_preset)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from coarse2fine.apps.demo import COLOUR, DemoPlan, default_out, run_demo
-from coarse2fine.cli._args import nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_interval_open
+from coarse2fine.cli._args import kmeans_seed, nonneg_float, nonneg_int, positive_float, positive_int, unit_interval_open
 
 
 def register(sub) -> None:
@@ -38,7 +38,7 @@ def register(sub) -> None:
                         "docs/results.md#the-colour-demo measures 0.1 on longer colour runs)")
     p.add_argument("--ema-decay", type=unit_interval_open,
                    help=f"EMA decay of the transformers' weights, sampled instead of the last ones (default {d.ema}: off)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of every step (default 0)")
+    p.add_argument("--seed", type=kmeans_seed, default=0, help="seed of every step (default 0)")
     p.add_argument("--no-progress", action="store_true", help="(kept for scripts; the demo prints one line per phase)")
     p.set_defaults(func=cmd_demo)
 

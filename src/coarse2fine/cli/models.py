@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from coarse2fine.cli._args import (add_compile, add_device, add_dtype, add_threads, cfg_interval, check_out_path,
-                                   nonneg_float, nonneg_int, positive_float, positive_int, probability, reject_unused,
-                                   seed_int, unit_interval_open)
+                                   kmeans_seed, nonneg_float, nonneg_int, positive_float, positive_int, probability,
+                                   reject_unused, seed_int, unit_interval_open)
 from coarse2fine.config import GPT_PRESETS, VQ_PRESETS, UserError, gpt_config, vq_config
 from coarse2fine.sampling import FINE_DECODINGS
 from coarse2fine.stages import STAGE_SPECS
@@ -29,7 +29,7 @@ _TRAIN_FLAGS = {
     "grad_clip": (nonneg_float, "gradient-norm clip (0 = off)"),
     "grad_accum": (positive_int, "gradient accumulation micro-steps"),
     "ema_decay": (unit_interval_open, "EMA decay (0 = off), e.g. 0.999"),
-    "seed": (int, "seed for init, data order and dropout"),
+    "seed": (seed_int, "seed for init, data order and dropout"),
     "log_every": (positive_int, "log interval (steps)"),
     "ckpt_every": (positive_int, "checkpoint interval (steps)"),
     "eval_every": (nonneg_int, "held-out eval interval (0 = end only)"),
@@ -51,7 +51,7 @@ def register(sub) -> None:
                    help="number of coarse labels C (default K/32, paper: 512)")
     p.add_argument("--method", default="kmeans", choices=list(METHODS),
                    help="kmeans (the paper), random (ablation), balanced (equal-size k-means) or agglomerative (average linkage, as MASC); default kmeans")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the k-means initialisation (default 0)")
+    p.add_argument("--seed", type=kmeans_seed, default=0, help="seed of the k-means initialisation (default 0)")
     p.add_argument("--n-init", type=positive_int, default=1, help="k-means restarts (best inertia kept; default 1)")
     p.add_argument("--out", required=True, help="output file (.safetensors) or directory")
     add_threads(p)
@@ -275,7 +275,11 @@ def cmd_cluster(args) -> int:
     from coarse2fine.tokenizer.vq import codebook_fingerprint
 
     out = Path(args.out)
-    path = out / "coarse_map.safetensors" if out.suffix != ".safetensors" else out
+    if out.suffix[1:].isalpha() and not out.is_dir():  # a file's name (x.npy), not a folder's (maps, maps/v1.2)
+        check_out_path(out, kind="file", suffix=".safetensors")
+    else:
+        check_out_path(out)  # an existing file without a suffix: no folder to write the map into
+    path = out if out.suffix == ".safetensors" and not out.is_dir() else out / "coarse_map.safetensors"
     if any((path.parent / f).exists() for f in ("config.json", "state.pt", "model.safetensors")):
         # a run's map is part of the run: its models were trained on that one (and its record names it)
         raise UserError(f"--out {args.out}: {path.parent} is a run directory, whose coarse map is the one its models "

@@ -1,6 +1,7 @@
 """Data set names -> loaders: `build_dataset`, `list_datasets`, `dataset_availability`."""
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -120,8 +121,8 @@ def build_dataset(name: str, resolution: int, split: str = "train", flip: bool =
     info = _info(name)
     if not isinstance(resolution, int) or resolution < 1:
         raise UserError(f"resolution must be a positive integer, got {resolution!r}")
-    if limit_per_class is not None and limit_per_class < 1:
-        raise UserError(f"limit_per_class must be >= 1, got {limit_per_class}")
+    if limit_per_class is not None and (not isinstance(limit_per_class, numbers.Integral) or limit_per_class < 1):
+        raise UserError(f"limit_per_class must be an integer >= 1, got {limit_per_class!r}")
     if val_fraction is not None and name != "folder":
         raise UserError(f"--val-fraction applies to plain image folders only; data set {name!r} has its own splits")
     kw = {"val_fraction": val_fraction} if name == "folder" else {}

@@ -12,6 +12,7 @@ geometry in which codes are "close"). Methods:
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from coarse2fine.config import UserError
 from coarse2fine.fileio import atomic_save_safetensors, check_tensor_digest, tensor_digest, text_in_place_of
 
 METHODS = ("kmeans", "random", "balanced", "agglomerative")
+KMEANS_SEED_LIMIT = 2 ** 32  # scikit-learn's KMeans takes random_state seeds below it (the --seed of cluster, demo)
 
 
 def member_table(phi: torch.Tensor, num_coarse: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +71,17 @@ class CoarseMap:
         return cls(phi_t, members, sizes, cent, fingerprint, method, seed)
 
     def coarse_of(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (any shape, fine ids) -> coarse ids, same shape."""
+        """codes (any shape, fine ids; a tensor, array, list or int) -> coarse ids, same shape. Ids that are not
+        codes of the map's codebook are refused (a negative one was read from the end: phi[-1], without a word)."""
+        codes = torch.as_tensor(codes)
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise UserError(f"fine code ids must be integers, got {codes.dtype} values; pass the codes as integers")
+        if codes.numel():
+            lo, hi = torch.aminmax(codes)
+            if int(lo) < 0 or int(hi) >= self.num_codes:
+                bad = codes[(codes < 0) | (codes >= self.num_codes)].unique()[:4].tolist()
+                raise UserError(f"fine code ids must be in 0..{self.num_codes - 1} (the codes of the map's codebook), "
+                                f"got {bad}; pass codes of the tokenizer the map was made for")
         return self.phi.to(codes.device)[codes]
 
     def check_fingerprint(self, fingerprint: str, source: str = "tokenizer") -> None:
@@ -129,6 +141,10 @@ class CoarseMap:
         from safetensors import SafetensorError, safe_open
 
         p = Path(path)
+        if (p / "model_index.json").is_file():  # an exported pipeline (release.py) holds its map as a component
+            part = p / "coarse_map"
+            raise UserError(f"{p} is an exported pipeline folder, not a coarse map; " + (
+                f"pass its coarse map, {part}" if part.is_dir() else "it holds no coarse map (a baseline export)"))
         if p.is_dir():
             p = p / "coarse_map.safetensors"
         if not p.is_file():
@@ -199,12 +215,31 @@ def _agglomerative(x: np.ndarray, c: int) -> np.ndarray:
 
 def cluster_codebook(codewords: torch.Tensor, num_coarse: int, method: str = "kmeans", seed: int = 0,
                      fingerprint: str = "", n_init: int = 1, max_iter: int = 300) -> CoarseMap:
-    """codewords [K, D] (already L2-normalised) -> CoarseMap with `num_coarse` clusters."""
+    """codewords [K, D] (already L2-normalised; a tensor or a numpy array) -> CoarseMap with `num_coarse`
+    clusters."""
+    try:  # a codebook saved with np.save is as good as the tensor (it was "'int' object is not callable")
+        codewords = torch.as_tensor(codewords)
+    except (TypeError, ValueError, RuntimeError):
+        codewords = None
+    if codewords is None:
+        got = "values that are not numbers"
+    elif codewords.dim() != 2:
+        got = f"shape {list(codewords.shape)}"
+    elif codewords.dtype == torch.bool or codewords.is_complex():
+        got = f"{codewords.dtype} values"
+    else:
+        got = None if bool(torch.isfinite(codewords).all()) else "nan or inf values"
+    if got:
+        raise UserError(f"codewords must be a [K, D] table of finite numbers, one row per code (e.g. "
+                        f"vq.codebook_normalized()); got {got}")
     k = codewords.size(0)
     if method not in METHODS:
         raise UserError(f"unknown clustering method {method!r}; choose one of {METHODS}")
     if not 1 <= num_coarse <= k:
         raise UserError(f"--clusters must be between 1 and the codebook size {k}, got {num_coarse}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < KMEANS_SEED_LIMIT:
+        raise UserError(f"seed must be an integer from 0 to {KMEANS_SEED_LIMIT - 1} (the seeds scikit-learn's k-means "
+                        f"takes), got {seed!r}")
     x = codewords.detach().double().cpu().numpy()
     if method == "random":
         rng = np.random.default_rng(seed)
