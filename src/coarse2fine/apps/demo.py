@@ -93,7 +93,7 @@ class DemoPlan:
 # seed 0; about 11 CPU-minutes) and GPT-small 1000 at CFG 5 0.576 (25.6, one seed). GPT-small 2000 at CFG 3 reads
 # 0.59 +- 0.01 over three seeds (79% of real test; ~46 CPU-minutes for CTF, on an AMX box; CFG 5 0.45-0.54 there:
 # longer runs want less guidance, hence `demo --cfg`). GPT-small 3000 with dropout 0.1 and EMA 0.998 (`demo
-# --dropout --ema-decay`) reads 0.673 at CFG 3 (seed 0, ~109 CPU-minutes for CTF). The demo stays at GPT-tiny
+# --dropout --ema-decay`) reads 0.676 +- 0.004 at CFG 3 (two seeds, ~95-109 CPU-minutes for CTF). The demo stays at GPT-tiny
 # 1000, the point that fits its time budget: 2000 GPT-tiny steps gain less than the seed spread for twice the training.
 # vq_batch 16 is the cpu64 recipe's, for --train-tokenizer.
 COLOUR = dict(resolution=64, vq_preset="VQ-64-f8", vq_batch=16, gpt_preset="GPT-tiny", steps=1000, cfg_scale=5.0)
