@@ -82,7 +82,9 @@ def render(results: Path) -> None:
              "against the 573 test images. FD: EfficientNet-Lite0 features at 64 px (not FID). CPU-minutes: the "
              "pipeline's own training processes (CTF = stage 1 + stage 2), sampling excluded. Two lanes shared the "
              "2 cores with other one-thread work, so CPU-minutes, not wall time, are the measure. A lane run again "
-             "after the shipped classifier changes rescores every trained point (nothing is retrained).", ""]
+             "after the shipped classifier changes rescores every trained point (nothing is retrained). A backbone with a "
+             "variant in brackets was trained with `--dropout P --ema D` (the demo's recipe has neither) and sampled with "
+             "its EMA weights; \"raw weights\" scores the same run's last weights (`--weights raw`).", ""]
     if current:
         rec = clf.get("test_reconstructed_accuracy")
         tl, points, settings = _table(current)
