@@ -130,9 +130,13 @@ def train_point(args, preset: str, steps: int, stage: str) -> float:
     clusters = json.loads((args.work / "setup.json").read_text())["clusters"]
     log(f"train {preset} {steps} steps: {stage}")
     t = time.process_time()
-    train_one(stage, d, plan, demo_train_config(plan, "fp32"), meta, clusters, progress=False)
-    cpu = time.process_time() - t  # a resumed run counts only this call's part: rerun-free runs only
-    (d / stage / "curve_cpu.json").write_text(json.dumps({"cpu_s": cpu}) + "\n")
+    summary = train_one(stage, d, plan, demo_train_config(plan, "fp32"), meta, clusters, progress=False)
+    cpu, record = time.process_time() - t, {}
+    ran = summary.get("steps_this_run", steps)
+    if 0 < ran < steps:  # resumed from a train state: this call's CPU per step, scaled to the whole run
+        record = {"resumed": True, "measured_steps": ran, "measured_cpu_s": cpu}
+        cpu *= steps / ran
+    (d / stage / "curve_cpu.json").write_text(json.dumps({"cpu_s": cpu, **record}) + "\n")
     log(f"   {stage} done: {cpu / 60:.1f} CPU-min")
     return cpu
 
