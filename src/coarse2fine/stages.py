@@ -246,8 +246,10 @@ class StageBatches:
         codes = torch.from_numpy(np.asarray(self.store.codes[idx[order]], dtype=np.int64))
         labels = torch.from_numpy(np.asarray(self.store.labels[idx[order]], dtype=np.int64))
         inv = torch.from_numpy(np.argsort(order))
-        codes, labels = codes[inv].to(device), labels[inv].to(device)  # [b, N], [b]
-        coarse = self.cmap.coarse_of(codes) if self.spec.needs_coarse_map else None
+        codes, labels = codes[inv], labels[inv]  # [b, N], [b]
+        # the coarse ids from the host copy: coarse_of's range check then costs no device sync per batch
+        coarse = self.cmap.coarse_of(codes).to(device) if self.spec.needs_coarse_map else None
+        codes, labels = codes.to(device), labels.to(device)
         tokens, targets = self.spec.batch(codes, coarse)
         return tokens, labels, targets
 
