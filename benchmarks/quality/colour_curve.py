@@ -100,9 +100,13 @@ def variant(args) -> str:
     return ", ".join(parts)
 
 
+def reg_suffix(args) -> str:
+    """The regularisation as folder and file names carry it: "" for the demo's recipe, else _d0.1_ema0.998."""
+    return (f"_d{args.dropout:g}" if args.dropout else "") + (f"_ema{args.ema:g}" if args.ema else "")
+
+
 def point_name(args, preset: str, steps: int) -> str:
-    reg = (f"_d{args.dropout:g}" if args.dropout else "") + (f"_ema{args.ema:g}" if args.ema else "")
-    return f"{preset}_{steps}_s{args.seed}{reg}"
+    return f"{preset}_{steps}_s{args.seed}{reg_suffix(args)}"
 
 
 def point_dir(args, preset: str, steps: int) -> Path:
@@ -168,8 +172,9 @@ def score_point(args, preset: str, steps: int, lane: str, cpu_s: float) -> None:
         for stage, model in models.items():
             model.load_state_dict(load_train_state(d / stage / "state.pt")["model"])
     labels = torch.arange(9).repeat_interleave(args.per_class)
+    var = variant(args)
     for temp, cfg in parse_settings(args.settings):
-        if (preset, steps, args.seed, lane, temp, cfg, variant(args)) in done:
+        if (preset, steps, args.seed, lane, temp, cfg, var) in done:
             continue
         stage1 = StageSampling(temperature=temp, cfg_scale=cfg)
         t = time.time()
@@ -184,13 +189,13 @@ def score_point(args, preset: str, steps: int, lane: str, cpu_s: float) -> None:
         raw = "_raw" if args.weights == "raw" else ""
         save_grid(grid, d / f"grid_{lane}{raw}_t{temp}_cfg{cfg}.png", nrow=8)
         row = {"preset": preset, "steps": steps, "seed": args.seed, "pipeline": lane, "temperature": temp,
-               "cfg": cfg, **({"variant": variant(args)} if variant(args) else {}), "train_cpu_s": cpu_s, "class_accuracy": ev["class_accuracy"], "fd": ev["fd"],
+               "cfg": cfg, **({"variant": var} if var else {}), "train_cpu_s": cpu_s, "class_accuracy": ev["class_accuracy"], "fd": ev["fd"],
                "kid": ev["kid"], "per_class_accuracy": ev["per_class_accuracy"], "n": ev["n"],
                "sample_s": sample_s, "classifier": classifier_record(res)}
         args.results.mkdir(parents=True, exist_ok=True)
         with open(args.results / "points.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        log(f"   {lane} {preset} {steps} {variant(args)} t{temp} cfg{cfg}: ClassAcc {ev['class_accuracy']:.3f}, FD {ev['fd']:.0f} "
+        log(f"   {lane} {preset} {steps} {var} t{temp} cfg{cfg}: ClassAcc {ev['class_accuracy']:.3f}, FD {ev['fd']:.0f} "
             f"({cpu_s / 60:.1f} train CPU-min)")
 
 
@@ -213,8 +218,7 @@ def write_machine(args, machine: dict) -> None:
     name = args.lane.replace(",", "+") + (f"_s{args.seed}" if args.seed else "")
     if args.points != POINTS:
         name += "_" + args.points.replace(":", "-").replace(",", "+")
-    if args.dropout or args.ema:
-        name += (f"_d{args.dropout:g}" if args.dropout else "") + (f"_ema{args.ema:g}" if args.ema else "")
+    name += reg_suffix(args)
     (args.results / f"machine_{name}.json").write_text(json.dumps(
         {**machine, "dtype": "fp32", "threads": 1, "lane": args.lane, "seed": args.seed, "points": args.points,
          **({"variant": variant(args)} if variant(args) else {})},
