@@ -8,6 +8,8 @@ Lite0-probe classifier; FD-EffNetLite0@64 against the training images).
 
 Writes sampling_sweep.jsonl (one row per setting, resumable) and sampling_sweep.md, and a grid per setting
 in the point's folder. Stage 2 is greedy (top-k 1) unless a setting says otherwise, as in the demo.
+`--settings "t=0.9 cfg=3;t=0.8 cfg=3 p=0.8"` sweeps other settings; `--name` names the two files (another
+point's sweep beside the first: `--name sampling_sweep_small3000_s0`).
 """
 from __future__ import annotations
 
@@ -29,13 +31,32 @@ def key(s: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in s.items())
 
 
+def parse_settings(text: str) -> list[dict]:
+    """ "t=0.9 cfg=3;t=0.8 cfg=3 k=16" -> [{"t": 0.9, "cfg": 3.0}, {"t": 0.8, "cfg": 3.0, "k": 16}]"""
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(";"))):
+        s = {}
+        for pair in item.split():
+            k, _, v = pair.partition("=")
+            if k not in ("t", "cfg", "k", "p", "cfg2"):
+                raise SystemExit(f"--settings: unknown knob {k!r} in {item!r} (t, cfg, k, p, cfg2)")
+            s[k] = int(v) if k == "k" else float(v)
+        if "t" not in s or "cfg" not in s:
+            raise SystemExit(f"--settings: every setting needs t= and cfg=, got {item!r}")
+        out.append(s)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--point", type=Path, required=True, help="a colour-curve point folder (coarse/, fine/)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-class", type=int, default=50)
+    ap.add_argument("--settings", help='";"-separated settings, e.g. "t=0.9 cfg=3;t=0.8 cfg=3 p=0.8" (default: SETTINGS)')
+    ap.add_argument("--name", default="sampling_sweep", help="file stem of the rows and the table")
     args = ap.parse_args(argv)
+    settings = parse_settings(args.settings) if args.settings else SETTINGS
 
     import torch
 
@@ -48,12 +69,12 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows_f = args.out / "sampling_sweep.jsonl"
+    rows_f = args.out / f"{args.name}.jsonl"
     done = {r["setting"] for r in map(json.loads, rows_f.read_text().splitlines())} if rows_f.exists() else set()
     plan = base_plan(args.seed)
     pipe = CTFPipeline.from_runs(args.point / "coarse", args.point / "fine")
     labels = torch.arange(9).repeat_interleave(args.per_class)
-    for s in SETTINGS:
+    for s in settings:
         if key(s) in done:
             continue
         s1 = StageSampling(temperature=s["t"], cfg_scale=s["cfg"], top_k=s.get("k", 0), top_p=s.get("p", 1.0))
@@ -63,7 +84,8 @@ def main(argv=None) -> int:
         grid = o.images.numpy().reshape(9, args.per_class, *o.images.shape[1:])[:, :8]
         save_grid(grid.reshape(-1, *o.images.shape[1:]), args.point / f"sweep_{key(s).replace(' ', '_')}.png", nrow=8)
         row = {"setting": key(s), **s, "class_accuracy": ev["class_accuracy"], "fd": ev["fd"], "n": ev["n"],
-               "point": args.point.name, "seed": args.seed}
+               "point": args.point.name, "seed": args.seed,
+               "per_class_accuracy": {c: v["accuracy"] for c, v in ev["per_class_accuracy"].items()}}
         with open(rows_f, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{key(s)}: ClassAcc {ev['class_accuracy']:.3f}, FD {ev['fd']:.0f}", flush=True)
@@ -71,12 +93,15 @@ def main(argv=None) -> int:
     m = machine_info()
     lines = [f"# Sampling settings at one trained CTF point ({rows[0]['point']}, seed {rows[0]['seed']})", "",
              f"Command: `OMP_NUM_THREADS=1 python benchmarks/quality/colour_sampling_sweep.py --point "
-             f".../{rows[0]['point']} --out {args.out}`; {m.get('cpu')}, torch {m.get('torch')}, fp32, one thread.",
+             f".../{rows[0]['point']} --out {args.out}"
+             + (f" --name {args.name} --settings \"{args.settings}\"" if args.settings else "") + f"`; {m.get('cpu')}, torch {m.get('torch')}, fp32, one thread.",
              "", "t, cfg, k, p: stage 1's temperature, CFG, top-k, top-p; cfg2: stage 2's CFG (stage 2 greedy). "
              f"{rows[0]['n']} samples, 50 per class.", "",
-             "| setting | class accuracy | FD |", "|---|---|---|"]
-    lines += [f"| {r['setting']} | {r['class_accuracy']:.3f} | {r['fd']:.0f} |" for r in rows]
-    (args.out / "sampling_sweep.md").write_text("\n".join(lines) + "\n")
+             "| setting | class accuracy | FD | per class (in the grid's row order) |", "|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['class_accuracy']:.3f} | {r['fd']:.0f} | "
+              + " ".join(f"{c.split()[0][:4]} {v:.2f}" for c, v in r.get("per_class_accuracy", {}).items()) + " |"
+              for r in rows]
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -64,3 +64,18 @@ def test_convergence_tables_are_seed_means_with_counts(quality, tmp_path):
     lines = cr.matched_section(cur, "## t")
     row = next(ln for ln in lines if "(baseline's)" in ln)
     assert "2317 ± 126" in row and row.endswith("| 2/3, 0/3 |")  # CTF's FD lower in seeds 0 and 1 only
+
+
+def test_sampling_sweep_settings_parse_and_refuse_unknown_knobs(monkeypatch):
+    """`colour_sampling_sweep.py --settings` is how a second point is swept; a mistyped knob must stop the
+    sweep before any sampling instead of being dropped (a silently default top-p row would mislabel a table)."""
+    monkeypatch.syspath_prepend(str(QUALITY))
+    import colour_sampling_sweep as sweep
+
+    got = sweep.parse_settings("t=0.9 cfg=3; t=0.8 cfg=3 k=16 p=0.8 cfg2=2;")
+    assert got == [{"t": 0.9, "cfg": 3.0}, {"t": 0.8, "cfg": 3.0, "k": 16, "p": 0.8, "cfg2": 2.0}]
+    assert sweep.key(got[1]) == "t=0.8 cfg=3.0 k=16 p=0.8 cfg2=2.0"
+    with pytest.raises(SystemExit, match="unknown knob 'topp'"):
+        sweep.parse_settings("t=0.9 cfg=3 topp=0.8")
+    with pytest.raises(SystemExit, match="needs t= and cfg="):
+        sweep.parse_settings("t=0.9")
