@@ -1341,3 +1341,27 @@ def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, caplog):
                      "GPT-tiny", "--steps", "1", "--batch-size", "4", "--warmup-steps", "5", "--device", "cpu",
                      "--no-progress", "--out", str(tmp_path / "r")]) == 0
     assert "--warmup-steps 5 is longer than --steps 1: the learning rate climbs to only 20% of --lr" in caplog.text
+
+
+# ---- eval metrics from Python ----------------------------------------------------------------------
+
+def test_features_holding_nan_or_inf_are_one_line():
+    """Features of a model or extractor that diverged (a nan or an inf row) ended in torch's LinAlgError ("the
+    algorithm failed to converge") from frechet_distance_from_features, and scored KID (nan, nan) and precision
+    and recall (0.0, 0.0) without a word."""
+    from coarse2fine.eval import metrics as M
+
+    good = np.random.default_rng(0).normal(size=(50, 8))
+    bad = good.copy()
+    bad[3, 2], bad[7] = np.nan, np.inf
+    line = "hold nan or inf values (2 of 50 rows): the model or extractor that made them diverged; score finite values"
+    for call, what in ((lambda: M.frechet_distance_from_features(bad, good), "features"),
+                       (lambda: M.frechet_distance_from_features(good[:5], bad[:5] * 0 + np.nan), "features"),
+                       (lambda: M.feature_stats(bad), "features"),
+                       (lambda: M.kernel_distance(good, bad), "fake features"),
+                       (lambda: M.precision_recall(bad, good), "real features")):
+        with pytest.raises(ValueError, match=re.escape(what + " hold nan or inf values (")):
+            call()
+    with pytest.raises(ValueError, match=f"^features {re.escape(line)}$"):
+        M.feature_stats(bad)
+    assert M.frechet_distance_from_features(good, good) < 1e-9

@@ -11,6 +11,8 @@ All functions take float arrays [N, D] (features) or [N, C] (probabilities) and 
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -19,9 +21,20 @@ def _t64(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float64)
 
 
+def _finite(f: torch.Tensor, what: str) -> torch.Tensor:
+    """f itself; nan or inf (features of a model or extractor that diverged) is one line, not a
+    LinAlgError from the eigen-solve or a silent nan / 0 score."""
+    rows = f.reshape(f.shape[0] if f.dim() else 1, -1)
+    bad = int((~torch.isfinite(rows)).any(1).sum())
+    if bad:
+        raise ValueError(f"{what} hold nan or inf values ({bad} of {len(rows)} rows): the model or extractor that "
+                         "made them diverged; score finite values")
+    return f
+
+
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean [D] and unbiased covariance [D, D] (float64) of features [N, D]; N >= 2."""
-    f = _t64(features)
+    f = _finite(_t64(features), "features")
     if f.dim() != 2 or f.shape[0] < 2:
         raise ValueError(f"need features [N >= 2, D], got shape {tuple(f.shape)}")
     mu = f.mean(0)
@@ -57,7 +70,7 @@ def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray) -> fl
     over sqrt(N_i - 1)), S1 S2 has the same non-zero eigenvalues as C C^T with C = A1 A2^T [N1, N2], so
     Tr sqrt(S1 S2) is the sum of C's singular values -- exact, and far cheaper than D x D eigen-solves.
     """
-    f1, f2 = _t64(feats1), _t64(feats2)
+    f1, f2 = _finite(_t64(feats1), "features"), _finite(_t64(feats2), "features")
     n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
     if max(n1, n2) > d or min(n1, n2) < 2 or f2.shape[1] != d:
         return frechet_distance(*feature_stats(feats1), *feature_stats(feats2))
@@ -81,8 +94,8 @@ def kernel_distance(feats_real: np.ndarray, feats_fake: np.ndarray, subsets: int
     Each subset draws min(subset_size, N_real, N_fake) rows without replacement from each set.
     Unbiased, so it can be slightly negative for two samples of the same distribution.
     """
-    real = torch.as_tensor(np.asarray(feats_real), dtype=torch.float32)
-    fake = torch.as_tensor(np.asarray(feats_fake), dtype=torch.float32)
+    real = _finite(torch.as_tensor(np.asarray(feats_real), dtype=torch.float32), "real features")
+    fake = _finite(torch.as_tensor(np.asarray(feats_fake), dtype=torch.float32), "fake features")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature sizes differ: {real.shape[1]} vs {fake.shape[1]}")
     m = min(subset_size, len(real), len(fake))
@@ -135,8 +148,8 @@ def manifold_coverage(manifold: torch.Tensor, radii: torch.Tensor, queries: torc
 
 def precision_recall(feats_real: np.ndarray, feats_fake: np.ndarray, k: int = 3) -> tuple[float, float]:
     """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold)."""
-    real = torch.as_tensor(np.asarray(feats_real), dtype=torch.float32)
-    fake = torch.as_tensor(np.asarray(feats_fake), dtype=torch.float32)
+    real = _finite(torch.as_tensor(np.asarray(feats_real), dtype=torch.float32), "real features")
+    fake = _finite(torch.as_tensor(np.asarray(feats_fake), dtype=torch.float32), "fake features")
     precision = manifold_coverage(real, knn_radii(real, k), fake)
     recall = manifold_coverage(fake, knn_radii(fake, k), real)
     return precision, recall
