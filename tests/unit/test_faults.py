@@ -1365,3 +1365,19 @@ def test_features_holding_nan_or_inf_are_one_line():
     with pytest.raises(ValueError, match=f"^features {re.escape(line)}$"):
         M.feature_stats(bad)
     assert M.frechet_distance_from_features(good, good) < 1e-9
+
+
+def test_feature_tables_of_two_widths_or_not_tables_are_one_line():
+    """precision_recall of features from two extractors (widths 8 and 6) ended in torch's "mat1 and mat2 shapes
+    cannot be multiplied"; a vector of features (one per image) in kernel_distance's or
+    frechet_distance_from_features' IndexError ("tuple index out of range")."""
+    from coarse2fine.eval import metrics as M
+
+    a = np.random.default_rng(0).normal(size=(50, 8))
+    for call, shapes in ((lambda: M.precision_recall(a, a[:, :6]), "(50, 8) and (50, 6)"),
+                         (lambda: M.kernel_distance(a[:, 0], a[:, 0]), "(50,) and (50,)"),
+                         (lambda: M.frechet_distance_from_features(a[:, 0], a[:, 1]), "(50,) and (50,)")):
+        with pytest.raises(ValueError, match=re.escape("need two feature tables [N, D] of one width D (one row per "
+                                                       f"image, both from one extractor), got shapes {shapes}")):
+            call()
+    assert M.precision_recall(a, a) == (1.0, 1.0)

@@ -32,6 +32,15 @@ def _finite(f: torch.Tensor, what: str) -> torch.Tensor:
     return f
 
 
+def _pair(feats1, feats2, dtype: torch.dtype, names=("real features", "fake features")):
+    """Two finite feature tables [N, D] of one width D, as tensors of `dtype`."""
+    f1, f2 = (torch.as_tensor(np.asarray(f), dtype=dtype) for f in (feats1, feats2))
+    if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"need two feature tables [N, D] of one width D (one row per image, both from one "
+                         f"extractor), got shapes {tuple(f1.shape)} and {tuple(f2.shape)}")
+    return _finite(f1, names[0]), _finite(f2, names[1])
+
+
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean [D] and unbiased covariance [D, D] (float64) of features [N, D]; N >= 2."""
     f = _finite(_t64(features), "features")
@@ -70,9 +79,9 @@ def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray) -> fl
     over sqrt(N_i - 1)), S1 S2 has the same non-zero eigenvalues as C C^T with C = A1 A2^T [N1, N2], so
     Tr sqrt(S1 S2) is the sum of C's singular values -- exact, and far cheaper than D x D eigen-solves.
     """
-    f1, f2 = _finite(_t64(feats1), "features"), _finite(_t64(feats2), "features")
+    f1, f2 = _pair(feats1, feats2, torch.float64, ("features", "features"))
     n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
-    if max(n1, n2) > d or min(n1, n2) < 2 or f2.shape[1] != d:
+    if max(n1, n2) > d or min(n1, n2) < 2:
         return frechet_distance(*feature_stats(feats1), *feature_stats(feats2))
     mu1, mu2 = f1.mean(0), f2.mean(0)
     a1 = (f1 - mu1) / (n1 - 1) ** 0.5  # N1, D
@@ -94,10 +103,7 @@ def kernel_distance(feats_real: np.ndarray, feats_fake: np.ndarray, subsets: int
     Each subset draws min(subset_size, N_real, N_fake) rows without replacement from each set.
     Unbiased, so it can be slightly negative for two samples of the same distribution.
     """
-    real = _finite(torch.as_tensor(np.asarray(feats_real), dtype=torch.float32), "real features")
-    fake = _finite(torch.as_tensor(np.asarray(feats_fake), dtype=torch.float32), "fake features")
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"feature sizes differ: {real.shape[1]} vs {fake.shape[1]}")
+    real, fake = _pair(feats_real, feats_fake, torch.float32)
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")
@@ -148,8 +154,7 @@ def manifold_coverage(manifold: torch.Tensor, radii: torch.Tensor, queries: torc
 
 def precision_recall(feats_real: np.ndarray, feats_fake: np.ndarray, k: int = 3) -> tuple[float, float]:
     """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold)."""
-    real = _finite(torch.as_tensor(np.asarray(feats_real), dtype=torch.float32), "real features")
-    fake = _finite(torch.as_tensor(np.asarray(feats_fake), dtype=torch.float32), "fake features")
+    real, fake = _pair(feats_real, feats_fake, torch.float32)
     precision = manifold_coverage(real, knn_radii(real, k), fake)
     recall = manifold_coverage(fake, knn_radii(fake, k), real)
     return precision, recall
