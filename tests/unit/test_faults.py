@@ -1381,3 +1381,23 @@ def test_feature_tables_of_two_widths_or_not_tables_are_one_line():
                                                        f"image, both from one extractor), got shapes {shapes}")):
             call()
     assert M.precision_recall(a, a) == (1.0, 1.0)
+
+
+def test_metric_counts_out_of_range_from_python_are_one_line():
+    """precision_recall(k=0) scored (1.0, 1.0) whatever the features (each row is its own 0-th neighbour);
+    kernel_distance(subsets=0) (nan, nan) after numpy's "Mean of empty slice"; inception_score(splits=0) ended in
+    torch's "number of sections must be larger than 0", a fractional count in a TypeError."""
+    from coarse2fine.eval import metrics as M
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 8)), rng.normal(3, 1, size=(40, 8))
+    probs = rng.dirichlet(np.ones(5), 20)
+    for call, line in ((lambda: M.precision_recall(a, b, k=0), "k must be an integer >= 1, got 0"),
+                       (lambda: M.precision_recall(a, b, k=2.5), "k must be an integer >= 1, got 2.5"),
+                       (lambda: M.kernel_distance(a, b, subsets=0), "subsets must be an integer >= 1, got 0"),
+                       (lambda: M.kernel_distance(a, b, subset_size=1), "subset_size must be an integer >= 2, got 1"),
+                       (lambda: M.inception_score(probs, splits=0), "splits must be an integer >= 1, got 0"),
+                       (lambda: M.inception_score(probs, splits=True), "splits must be an integer >= 1, got True")):
+        with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
+            call()
+    assert M.precision_recall(a, b, k=np.int64(3))[0] < 0.5 and M.inception_score(probs, splits=np.int64(2))[0] > 1

@@ -32,6 +32,13 @@ def _finite(f: torch.Tensor, what: str) -> torch.Tensor:
     return f
 
 
+def _count(value, name: str, least: int = 1) -> int:
+    """A count argument as an int (numpy's integers taken); anything else is one line."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
 def _pair(feats1, feats2, dtype: torch.dtype, names=("real features", "fake features")):
     """Two finite feature tables [N, D] of one width D, as tensors of `dtype`."""
     f1, f2 = (torch.as_tensor(np.asarray(f), dtype=dtype) for f in (feats1, feats2))
@@ -104,6 +111,7 @@ def kernel_distance(feats_real: np.ndarray, feats_fake: np.ndarray, subsets: int
     Unbiased, so it can be slightly negative for two samples of the same distribution.
     """
     real, fake = _pair(feats_real, feats_fake, torch.float32)
+    subsets, subset_size = _count(subsets, "subsets"), _count(subset_size, "subset_size", 2)
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")
@@ -155,6 +163,7 @@ def manifold_coverage(manifold: torch.Tensor, radii: torch.Tensor, queries: torc
 def precision_recall(feats_real: np.ndarray, feats_fake: np.ndarray, k: int = 3) -> tuple[float, float]:
     """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold)."""
     real, fake = _pair(feats_real, feats_fake, torch.float32)
+    k = _count(k, "k")
     precision = manifold_coverage(real, knn_radii(real, k), fake)
     recall = manifold_coverage(fake, knn_radii(fake, k), real)
     return precision, recall
@@ -166,7 +175,7 @@ def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     probs: [N, C] rows summing to 1. A perfectly confident classifier spread evenly over C classes
     scores C; a constant prediction scores 1.
     """
-    p = _t64(probs)
+    p, splits = _t64(probs), _count(splits, "splits")
     if p.dim() != 2 or len(p) < splits:
         raise ValueError(f"need probabilities [N >= splits={splits}, C], got shape {tuple(p.shape)}")
     scores = []
