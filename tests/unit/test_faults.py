@@ -1401,3 +1401,18 @@ def test_metric_counts_out_of_range_from_python_are_one_line():
         with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
             call()
     assert M.precision_recall(a, b, k=np.int64(3))[0] < 0.5 and M.inception_score(probs, splits=np.int64(2))[0] > 1
+
+
+def test_an_inception_score_of_logits_is_one_line():
+    """inception_score(logits) (a classifier's raw outputs, which class_accuracy takes) scored (nan, nan) without a
+    word, and positive scores that were not probabilities a number that meant nothing."""
+    from coarse2fine.eval import metrics as M
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 3.0, -2.0]] * 5)
+    with pytest.raises(ValueError, match=r"^probs must be probabilities, rows of values >= 0 summing to 1; got values "
+                                         r"from -2 to 3, rows summing to 1.1..1.5: apply softmax to logits first "
+                                         r"\(logits.softmax\(-1\)\)$"):
+        M.inception_score(logits.numpy(), splits=2)
+    with pytest.raises(ValueError, match=r"rows summing to 5\.\.6\.6:"):
+        M.inception_score(logits.abs().numpy() + 0.5, splits=2)
+    assert M.inception_score(logits.softmax(-1).float().numpy(), splits=2)[0] > 1

@@ -178,6 +178,11 @@ def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     p, splits = _t64(probs), _count(splits, "splits")
     if p.dim() != 2 or len(p) < splits:
         raise ValueError(f"need probabilities [N >= splits={splits}, C], got shape {tuple(p.shape)}")
+    sums = p.sum(1)
+    if not (p >= 0).all() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+        raise ValueError(f"probs must be probabilities, rows of values >= 0 summing to 1; got values from "
+                         f"{float(p.min()):.3g} to {float(p.max()):.3g}, rows summing to {float(sums.min()):.3g}.."
+                         f"{float(sums.max()):.3g}: apply softmax to logits first (logits.softmax(-1))")
     scores = []
     for part in torch.tensor_split(p, splits):
         py = part.mean(0, keepdim=True)  # marginal p(y) of this split
