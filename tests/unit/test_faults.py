@@ -1416,3 +1416,23 @@ def test_an_inception_score_of_logits_is_one_line():
     with pytest.raises(ValueError, match=r"rows summing to 5\.\.6\.6:"):
         M.inception_score(logits.abs().numpy() + 0.5, splits=2)
     assert M.inception_score(logits.softmax(-1).float().numpy(), splits=2)[0] > 1
+
+
+def test_colour_error_of_images_it_does_not_take_is_one_line():
+    """colour_error of the library's own images (float [N, 3, H, W] in [-1, 1]) ended in a matmul RuntimeError, and
+    the same images channels last in a delta E near 0 without a word (read as 0-255 values); two sets of different
+    counts in a broadcast RuntimeError, grid=0 scored (nan, nan)."""
+    from coarse2fine.data.preprocess import to_uint8
+    from coarse2fine.eval.metrics import colour_error
+
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    fix = "bring the library's [-1, 1] images [N, 3, H, W] to it with coarse2fine.data.preprocess.to_uint8(x)"
+    for images, got in ((x, "torch.float32 (2, 3, 16, 16)"), (x.permute(0, 2, 3, 1), "torch.float32 (2, 16, 16, 3)")):
+        with pytest.raises(ValueError, match=re.escape(f"colour_error takes uint8 [N, H, W, 3] images, got {got}; {fix}")):
+            colour_error(images, -images)
+    u8 = to_uint8(x).permute(0, 2, 3, 1)
+    with pytest.raises(ValueError, match="got 2 originals and 3 reconstructions$"):
+        colour_error(u8, torch.cat([u8, u8[:1]]))
+    with pytest.raises(ValueError, match="^grid must be an integer >= 1, got 0$"):
+        colour_error(u8, u8, grid=0)
+    assert colour_error(u8, 255 - u8)["delta_e"] > 10

@@ -236,9 +236,18 @@ def colour_error(originals, recons, grid: int = 8) -> dict[str, float]:
     grid x grid cells, then the mean CIE76 colour difference (delta E in Lab; about 2.3 is a just
     noticeable difference) and the mean absolute RGB difference (0-255 units) over cells."""
     def pooled(a) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(a)).permute(0, 3, 1, 2).double() / 255.0
+        t = torch.as_tensor(np.asarray(a))
+        if t.dtype != torch.uint8 or t.dim() != 4 or t.shape[-1] != 3:
+            raise ValueError(f"colour_error takes uint8 [N, H, W, 3] images, got {t.dtype} {tuple(t.shape)}; bring "
+                             "the library's [-1, 1] images [N, 3, H, W] to it with "
+                             "coarse2fine.data.preprocess.to_uint8(x).permute(0, 2, 3, 1)")
+        t = t.permute(0, 3, 1, 2).double() / 255.0
         return torch.nn.functional.adaptive_avg_pool2d(t, grid).permute(0, 2, 3, 1)  # [N, g, g, 3]
 
+    grid = _count(grid, "grid")
     o, r = pooled(originals), pooled(recons)
+    if len(o) != len(r):
+        raise ValueError(f"colour_error pairs each original with its reconstruction, got {len(o)} originals and "
+                         f"{len(r)} reconstructions")
     delta_e = (srgb_to_lab(o) - srgb_to_lab(r)).pow(2).sum(-1).sqrt().mean().item()
     return {"delta_e": delta_e, "rgb_abs": (o - r).abs().mean().item() * 255.0}
