@@ -1436,3 +1436,29 @@ def test_colour_error_of_images_it_does_not_take_is_one_line():
     with pytest.raises(ValueError, match="^grid must be an integer >= 1, got 0$"):
         colour_error(u8, u8, grid=0)
     assert colour_error(u8, 255 - u8)["delta_e"] > 10
+
+
+def test_a_damaged_reference_batch_is_one_line_before_any_feature(tmp_path, capsys, monkeypatch):
+    """`eval --ref-batch R` with R empty or cut short (an interrupted download) was read only after the samples'
+    and the reference split's features and the Inception network, then ended in numpy's EOFError or zipfile's
+    BadZipFile as a traceback."""
+    from coarse2fine.eval import samples as S
+    from coarse2fine.eval.inception import load_ref_batch
+
+    _samples(tmp_path / "d", 0, n=12)
+    (tmp_path / "w.pth").write_bytes(b"weights")
+    np.savez(tmp_path / "ref.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    whole = (tmp_path / "ref.npz").read_bytes()
+    monkeypatch.setattr(S, "reference_features", lambda *a, **k: pytest.fail("features extracted"))
+    fix = "the file is damaged or not an .npz: download or copy the reference batch again"
+    for name, data in (("cut.npz", whole[:len(whole) // 2]), ("empty.npz", b"")):
+        (tmp_path / name).write_bytes(data)
+        one_line_error(capsys, ["eval", "--samples", tmp_path / "d", "--inception-weights", tmp_path / "w.pth",
+                                "--ref-batch", tmp_path / name, "--no-cache", "--device", "cpu"],
+                       f"cannot read reference batch {tmp_path / name} (BadZipFile: ", fix)
+        with pytest.raises(UserError, match=re.escape(fix)):
+            load_ref_batch(tmp_path / name)
+    np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
+    with pytest.raises(UserError, match=re.escape("arr_0 must be uint8 [N, H, W, 3], got float32 (4, 8, 8, 3)")):
+        load_ref_batch(tmp_path / "float.npz")
+    assert load_ref_batch(tmp_path / "ref.npz").shape == (4, 8, 8, 3)
