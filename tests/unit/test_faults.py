@@ -1462,3 +1462,21 @@ def test_a_damaged_reference_batch_is_one_line_before_any_feature(tmp_path, caps
     with pytest.raises(UserError, match=re.escape("arr_0 must be uint8 [N, H, W, 3], got float32 (4, 8, 8, 3)")):
         load_ref_batch(tmp_path / "float.npz")
     assert load_ref_batch(tmp_path / "ref.npz").shape == (4, 8, 8, 3)
+
+
+def test_codes_a_tokenizer_does_not_have_are_one_line_at_decode():
+    """vq.decode_codes with a code id of -1 decoded the codebook's last code without a word (e[-1]), an id of K
+    ended in an IndexError, float ids holding 2.5 were truncated to code 2; a numpy array (np.load of codes.npy)
+    in an AttributeError."""
+    vq = _tiny_ctf_pipeline().vq
+    codes = torch.arange(32).reshape(2, 16) % 64
+    for bad in (-1, 64):
+        c = codes.clone()
+        c[1, 5] = bad
+        with pytest.raises(UserError, match=re.escape(f"codes must be in 0..63 (the ids of this tokenizer's codebook), "
+                                                      f"got [{bad}]; decode codes with the tokenizer that made them")):
+            vq.decode_codes(c)
+    with pytest.raises(UserError, match=r"^codes must be integer ids, got torch.float32 values; pass the codes as "
+                                        r"integers$"):
+        vq.decode_codes(codes.float() + 0.5)
+    assert torch.equal(vq.decode_codes(codes.numpy().astype(np.int16)), vq.decode_codes(codes.reshape(2, 4, 4)))

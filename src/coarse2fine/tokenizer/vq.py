@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coarse2fine.config import VQConfig
+from coarse2fine.config import UserError, VQConfig
 from coarse2fine.tokenizer.blocks import Decoder, Encoder
 
 USAGE_WINDOW = 65536  # LlamaGen's `codebook_used` buffer length: the last 65536 chosen codes
@@ -170,7 +170,18 @@ class VQModel(nn.Module):
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, h, w] or [B, h*w] (raster order, square grid) -> images [B,3,H,W] in ~[-1,1]."""
+        """codes [B, h, w] or [B, h*w] (raster order, square grid) -> images [B,3,H,W] in ~[-1,1].
+        Ids outside the codebook are refused (a negative one was read from the end, e[-1], without a word)."""
+        codes = torch.as_tensor(codes)
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise UserError(f"codes must be integer ids, got {codes.dtype} values; pass the codes as integers")
+        k = self.cfg.codebook_size
+        if codes.numel():
+            lo, hi = torch.aminmax(codes)
+            if int(lo) < 0 or int(hi) >= k:
+                bad = codes[(codes < 0) | (codes >= k)].unique()[:4].tolist()
+                raise UserError(f"codes must be in 0..{k - 1} (the ids of this tokenizer's codebook), got {bad}; "
+                                "decode codes with the tokenizer that made them")
         if codes.dim() == 2:
             side = int(round(codes.shape[1] ** 0.5))
             if side * side != codes.shape[1]:
