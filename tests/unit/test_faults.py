@@ -1480,3 +1480,21 @@ def test_codes_a_tokenizer_does_not_have_are_one_line_at_decode():
                                         r"integers$"):
         vq.decode_codes(codes.float() + 0.5)
     assert torch.equal(vq.decode_codes(codes.numpy().astype(np.int16)), vq.decode_codes(codes.reshape(2, 4, 4)))
+
+
+def test_images_the_tokenizer_does_not_take_are_one_line_at_encode():
+    """vq.encode of uint8 images or of channels-last floats ended in a convolution's RuntimeError ("Input type
+    (unsigned char) and bias type (float) should be the same", "expected input[2, 8, 8, 3] to have 3 channels"),
+    and 0-255 floats were encoded without a word, into the codes of other images."""
+    vq = _tiny_ctf_pipeline().vq
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    fix = "bring uint8 [B, H, W, 3] pixels to it with x.permute(0, 3, 1, 2) / 127.5 - 1"
+    for images, got in ((torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8), "torch.uint8 (2, 3, 8, 8)"),
+                        (x.permute(0, 2, 3, 1), "torch.float32 (2, 8, 8, 3)"), (x.numpy(), "ndarray")):
+        with pytest.raises(UserError, match=re.escape(f"images must be a float tensor [B, 3, H, W] in [-1, 1], got "
+                                                      f"{got}; {fix}")):
+            vq.encode(images)
+    with pytest.raises(UserError, match=r"^images must be in \[-1, 1\], got values from 0 to 255; scale 0-255 pixels "
+                                        r"with x / 127.5 - 1$"):
+        vq.encode(torch.cat([x.new_zeros(1, 3, 8, 8), x.new_full((1, 3, 8, 8), 255.0)]))
+    assert vq.encode(x).shape == (2, 4, 4) and vq.encode(x * 1.05).shape == (2, 4, 4)  # a resampler's overshoot
