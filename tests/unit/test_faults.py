@@ -1498,3 +1498,22 @@ def test_images_the_tokenizer_does_not_take_are_one_line_at_encode():
                                         r"with x / 127.5 - 1$"):
         vq.encode(torch.cat([x.new_zeros(1, 3, 8, 8), x.new_full((1, 3, 8, 8), 255.0)]))
     assert vq.encode(x).shape == (2, 4, 4) and vq.encode(x * 1.05).shape == (2, 4, 4)  # a resampler's overshoot
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"width": 0}, "width must be an integer >= 1, got 0"),
+    ({"shift": -2}, "shift must be an integer >= 0, got -2"),
+    ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
+    ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0"),
+    ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+])
+def test_classifier_settings_out_of_range_from_python_are_one_line(tmp_path, overrides, needle):
+    """train_classifier(..., width=0) or shift=-2 read the data, then ended in torch's RuntimeError ("expected weight
+    to be at least 1 at dimension 0", "random_ expects 'from' to be less than 'to'"), batch_size=2.5 in a slice's
+    TypeError, lr=-1 in AdamW's "Invalid learning rate"; dropout=1 trained a head that saw only zeros. The CLI's
+    flags refuse the values they take; shift, dropout and weight_decay are the API's only."""
+    from coarse2fine.eval.classifier import train_classifier
+
+    with pytest.raises(UserError, match=f"^train_classifier {re.escape(needle)}$"):
+        train_classifier("default", 8, tmp_path / "clf", epochs=1, limit_per_class=2, log=lambda s: None, **overrides)
+    assert not (tmp_path / "clf").exists()
