@@ -1341,3 +1341,179 @@ def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path, caplog):
                      "GPT-tiny", "--steps", "1", "--batch-size", "4", "--warmup-steps", "5", "--device", "cpu",
                      "--no-progress", "--out", str(tmp_path / "r")]) == 0
     assert "--warmup-steps 5 is longer than --steps 1: the learning rate climbs to only 20% of --lr" in caplog.text
+
+
+# ---- eval metrics from Python ----------------------------------------------------------------------
+
+def test_features_holding_nan_or_inf_are_one_line():
+    """Features of a model or extractor that diverged (a nan or an inf row) ended in torch's LinAlgError ("the
+    algorithm failed to converge") from frechet_distance_from_features, and scored KID (nan, nan) and precision
+    and recall (0.0, 0.0) without a word."""
+    from coarse2fine.eval import metrics as M
+
+    good = np.random.default_rng(0).normal(size=(50, 8))
+    bad = good.copy()
+    bad[3, 2], bad[7] = np.nan, np.inf
+    line = "hold nan or inf values (2 of 50 rows): the model or extractor that made them diverged; score finite values"
+    for call, what in ((lambda: M.frechet_distance_from_features(bad, good), "features"),
+                       (lambda: M.frechet_distance_from_features(good[:5], bad[:5] * 0 + np.nan), "features"),
+                       (lambda: M.feature_stats(bad), "features"),
+                       (lambda: M.kernel_distance(good, bad), "fake features"),
+                       (lambda: M.precision_recall(bad, good), "real features")):
+        with pytest.raises(ValueError, match=re.escape(what + " hold nan or inf values (")):
+            call()
+    with pytest.raises(ValueError, match=f"^features {re.escape(line)}$"):
+        M.feature_stats(bad)
+    assert M.frechet_distance_from_features(good, good) < 1e-9
+
+
+def test_feature_tables_of_two_widths_or_not_tables_are_one_line():
+    """precision_recall of features from two extractors (widths 8 and 6) ended in torch's "mat1 and mat2 shapes
+    cannot be multiplied"; a vector of features (one per image) in kernel_distance's or
+    frechet_distance_from_features' IndexError ("tuple index out of range")."""
+    from coarse2fine.eval import metrics as M
+
+    a = np.random.default_rng(0).normal(size=(50, 8))
+    for call, shapes in ((lambda: M.precision_recall(a, a[:, :6]), "(50, 8) and (50, 6)"),
+                         (lambda: M.kernel_distance(a[:, 0], a[:, 0]), "(50,) and (50,)"),
+                         (lambda: M.frechet_distance_from_features(a[:, 0], a[:, 1]), "(50,) and (50,)")):
+        with pytest.raises(ValueError, match=re.escape("need two feature tables [N, D] of one width D (one row per "
+                                                       f"image, both from one extractor), got shapes {shapes}")):
+            call()
+    assert M.precision_recall(a, a) == (1.0, 1.0)
+
+
+def test_metric_counts_out_of_range_from_python_are_one_line():
+    """precision_recall(k=0) scored (1.0, 1.0) whatever the features (each row is its own 0-th neighbour);
+    kernel_distance(subsets=0) (nan, nan) after numpy's "Mean of empty slice"; inception_score(splits=0) ended in
+    torch's "number of sections must be larger than 0", a fractional count in a TypeError."""
+    from coarse2fine.eval import metrics as M
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 8)), rng.normal(3, 1, size=(40, 8))
+    probs = rng.dirichlet(np.ones(5), 20)
+    for call, line in ((lambda: M.precision_recall(a, b, k=0), "k must be an integer >= 1, got 0"),
+                       (lambda: M.precision_recall(a, b, k=2.5), "k must be an integer >= 1, got 2.5"),
+                       (lambda: M.kernel_distance(a, b, subsets=0), "subsets must be an integer >= 1, got 0"),
+                       (lambda: M.kernel_distance(a, b, subset_size=1), "subset_size must be an integer >= 2, got 1"),
+                       (lambda: M.inception_score(probs, splits=0), "splits must be an integer >= 1, got 0"),
+                       (lambda: M.inception_score(probs, splits=True), "splits must be an integer >= 1, got True")):
+        with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
+            call()
+    assert M.precision_recall(a, b, k=np.int64(3))[0] < 0.5 and M.inception_score(probs, splits=np.int64(2))[0] > 1
+
+
+def test_an_inception_score_of_logits_is_one_line():
+    """inception_score(logits) (a classifier's raw outputs, which class_accuracy takes) scored (nan, nan) without a
+    word, and positive scores that were not probabilities a number that meant nothing."""
+    from coarse2fine.eval import metrics as M
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 3.0, -2.0]] * 5)
+    with pytest.raises(ValueError, match=r"^probs must be probabilities, rows of values >= 0 summing to 1; got values "
+                                         r"from -2 to 3, rows summing to 1.1..1.5: apply softmax to logits first "
+                                         r"\(logits.softmax\(-1\)\)$"):
+        M.inception_score(logits.numpy(), splits=2)
+    with pytest.raises(ValueError, match=r"rows summing to 5\.\.6\.6:"):
+        M.inception_score(logits.abs().numpy() + 0.5, splits=2)
+    assert M.inception_score(logits.softmax(-1).float().numpy(), splits=2)[0] > 1
+
+
+def test_colour_error_of_images_it_does_not_take_is_one_line():
+    """colour_error of the library's own images (float [N, 3, H, W] in [-1, 1]) ended in a matmul RuntimeError, and
+    the same images channels last in a delta E near 0 without a word (read as 0-255 values); two sets of different
+    counts in a broadcast RuntimeError, grid=0 scored (nan, nan)."""
+    from coarse2fine.data.preprocess import to_uint8
+    from coarse2fine.eval.metrics import colour_error
+
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    fix = "bring the library's [-1, 1] images [N, 3, H, W] to it with coarse2fine.data.preprocess.to_uint8(x)"
+    for images, got in ((x, "torch.float32 (2, 3, 16, 16)"), (x.permute(0, 2, 3, 1), "torch.float32 (2, 16, 16, 3)")):
+        with pytest.raises(ValueError, match=re.escape(f"colour_error takes uint8 [N, H, W, 3] images, got {got}; {fix}")):
+            colour_error(images, -images)
+    u8 = to_uint8(x).permute(0, 2, 3, 1)
+    with pytest.raises(ValueError, match="got 2 originals and 3 reconstructions$"):
+        colour_error(u8, torch.cat([u8, u8[:1]]))
+    with pytest.raises(ValueError, match="^grid must be an integer >= 1, got 0$"):
+        colour_error(u8, u8, grid=0)
+    assert colour_error(u8, 255 - u8)["delta_e"] > 10
+
+
+def test_a_damaged_reference_batch_is_one_line_before_any_feature(tmp_path, capsys, monkeypatch):
+    """`eval --ref-batch R` with R empty or cut short (an interrupted download) was read only after the samples'
+    and the reference split's features and the Inception network, then ended in numpy's EOFError or zipfile's
+    BadZipFile as a traceback."""
+    from coarse2fine.eval import samples as S
+    from coarse2fine.eval.inception import load_ref_batch
+
+    _samples(tmp_path / "d", 0, n=12)
+    (tmp_path / "w.pth").write_bytes(b"weights")
+    np.savez(tmp_path / "ref.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    whole = (tmp_path / "ref.npz").read_bytes()
+    monkeypatch.setattr(S, "reference_features", lambda *a, **k: pytest.fail("features extracted"))
+    fix = "the file is damaged or not an .npz: download or copy the reference batch again"
+    for name, data in (("cut.npz", whole[:len(whole) // 2]), ("empty.npz", b"")):
+        (tmp_path / name).write_bytes(data)
+        one_line_error(capsys, ["eval", "--samples", tmp_path / "d", "--inception-weights", tmp_path / "w.pth",
+                                "--ref-batch", tmp_path / name, "--no-cache", "--device", "cpu"],
+                       f"cannot read reference batch {tmp_path / name} (BadZipFile: ", fix)
+        with pytest.raises(UserError, match=re.escape(fix)):
+            load_ref_batch(tmp_path / name)
+    np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
+    with pytest.raises(UserError, match=re.escape("arr_0 must be uint8 [N, H, W, 3], got float32 (4, 8, 8, 3)")):
+        load_ref_batch(tmp_path / "float.npz")
+    assert load_ref_batch(tmp_path / "ref.npz").shape == (4, 8, 8, 3)
+
+
+def test_codes_a_tokenizer_does_not_have_are_one_line_at_decode():
+    """vq.decode_codes with a code id of -1 decoded the codebook's last code without a word (e[-1]), an id of K
+    ended in an IndexError, float ids holding 2.5 were truncated to code 2; a numpy array (np.load of codes.npy)
+    in an AttributeError."""
+    vq = _tiny_ctf_pipeline().vq
+    codes = torch.arange(32).reshape(2, 16) % 64
+    for bad in (-1, 64):
+        c = codes.clone()
+        c[1, 5] = bad
+        with pytest.raises(UserError, match=re.escape(f"codes must be in 0..63 (the ids of this tokenizer's codebook), "
+                                                      f"got [{bad}]; decode codes with the tokenizer that made them")):
+            vq.decode_codes(c)
+    with pytest.raises(UserError, match=r"^codes must be integer ids, got torch.float32 values; pass the codes as "
+                                        r"integers$"):
+        vq.decode_codes(codes.float() + 0.5)
+    assert torch.equal(vq.decode_codes(codes.numpy().astype(np.int16)), vq.decode_codes(codes.reshape(2, 4, 4)))
+
+
+def test_images_the_tokenizer_does_not_take_are_one_line_at_encode():
+    """vq.encode of uint8 images or of channels-last floats ended in a convolution's RuntimeError ("Input type
+    (unsigned char) and bias type (float) should be the same", "expected input[2, 8, 8, 3] to have 3 channels"),
+    and 0-255 floats were encoded without a word, into the codes of other images."""
+    vq = _tiny_ctf_pipeline().vq
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    fix = "bring uint8 [B, H, W, 3] pixels to it with x.permute(0, 3, 1, 2) / 127.5 - 1"
+    for images, got in ((torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8), "torch.uint8 (2, 3, 8, 8)"),
+                        (x.permute(0, 2, 3, 1), "torch.float32 (2, 8, 8, 3)"), (x.numpy(), "ndarray")):
+        with pytest.raises(UserError, match=re.escape(f"images must be a float tensor [B, 3, H, W] in [-1, 1], got "
+                                                      f"{got}; {fix}")):
+            vq.encode(images)
+    with pytest.raises(UserError, match=r"^images must be in \[-1, 1\], got values from 0 to 255; scale 0-255 pixels "
+                                        r"with x / 127.5 - 1$"):
+        vq.encode(torch.cat([x.new_zeros(1, 3, 8, 8), x.new_full((1, 3, 8, 8), 255.0)]))
+    assert vq.encode(x).shape == (2, 4, 4) and vq.encode(x * 1.05).shape == (2, 4, 4)  # a resampler's overshoot
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"width": 0}, "width must be an integer >= 1, got 0"),
+    ({"shift": -2}, "shift must be an integer >= 0, got -2"),
+    ({"batch_size": 2.5}, "batch_size must be an integer >= 1, got 2.5"),
+    ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0"),
+    ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+])
+def test_classifier_settings_out_of_range_from_python_are_one_line(tmp_path, overrides, needle):
+    """train_classifier(..., width=0) or shift=-2 read the data, then ended in torch's RuntimeError ("expected weight
+    to be at least 1 at dimension 0", "random_ expects 'from' to be less than 'to'"), batch_size=2.5 in a slice's
+    TypeError, lr=-1 in AdamW's "Invalid learning rate"; dropout=1 trained a head that saw only zeros. The CLI's
+    flags refuse the values they take; shift, dropout and weight_decay are the API's only."""
+    from coarse2fine.eval.classifier import train_classifier
+
+    with pytest.raises(UserError, match=f"^train_classifier {re.escape(needle)}$"):
+        train_classifier("default", 8, tmp_path / "clf", epochs=1, limit_per_class=2, log=lambda s: None, **overrides)
+    assert not (tmp_path / "clf").exists()

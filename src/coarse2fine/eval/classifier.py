@@ -10,6 +10,7 @@ Run dir: `config.json` {"kind": "classifier", "arch": {...}, "data": {...}, "tra
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from pathlib import Path
 from typing import Callable
@@ -162,6 +163,20 @@ def check_tokenizer_for(tokenizer_dir: str | Path, dataset: str, resolution: int
             f"{dataset!r}: its reconstructions are not what samples of {dataset!r} look like")
 
 
+def _setting_errors(*, epochs, batch_size, width, shift, lr, weight_decay, dropout) -> list[str]:
+    """train_classifier's settings checked from Python as the CLI's flags check theirs (width=0 and shift=-2 ended in
+    torch's RuntimeErrors, batch_size=2.5 in a slice's TypeError, lr=-1 in AdamW's ValueError after the data was
+    read; dropout=1 trained a head that sees only zeros)."""
+    counts = {"epochs": (epochs, 1), "batch_size": (batch_size, 1), "width": (width, 1), "shift": (shift, 0)}
+    bad = [f"{k} must be an integer >= {least}, got {v!r}" for k, (v, least) in counts.items()
+           if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < least]
+    reals = {"lr": (lr, lambda x: x > 0, "a finite number > 0"),
+             "weight_decay": (weight_decay, lambda x: x >= 0, "a finite number >= 0"),
+             "dropout": (dropout, lambda x: 0 <= x < 1, "in [0, 1)")}
+    return bad + [f"{k} must be {want}, got {v!r}" for k, (v, ok, want) in reals.items()
+                  if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not ok(v)]
+
+
 def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs: int = 8,
                      batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 5e-4, width: int = 24,
                      seed: int = 0, root: str | None = None, limit_per_class: int | None = None,
@@ -186,8 +201,10 @@ def train_classifier(dataset: str, resolution: int, out_dir: str | Path, epochs:
     """
     if backbone not in BACKBONES:
         raise UserError(f"unknown classifier backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    if epochs < 1 or batch_size < 1:
-        raise UserError("--epochs and --batch-size must be >= 1")
+    bad = _setting_errors(epochs=epochs, batch_size=batch_size, width=width, shift=shift, lr=lr,
+                          weight_decay=weight_decay, dropout=dropout)
+    if bad:
+        raise UserError("train_classifier " + "; ".join(bad))
     if backbone == "cnn" and resolution < 4:  # its two 2x2 max-pools leave no pixel: a pooling RuntimeError
         raise UserError(f"--image-size {resolution} is too small for the classifier CNN (two 2x2 max-pools: it needs "
                         "4 px or more); use --image-size 8 or more")

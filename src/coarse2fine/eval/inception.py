@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -94,21 +95,42 @@ class InceptionV3FID(torch.nn.Module):
         return feats.float().cpu(), logits.float().cpu()
 
 
-def load_ref_batch(path: str | Path) -> np.ndarray:
-    """ADM reference batch: `arr_0` uint8 [N, H, W, 3] from an .npz."""
+def check_ref_batch(path: str | Path) -> tuple[int, ...]:
+    """The shape of an ADM reference batch's `arr_0`, read from the .npz's directory and the array's header
+    without its pixels: `eval` checks the file before it samples or extracts a feature."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"reference batch {p} not found")
+    fix = "the file is damaged or not an .npz: download or copy the reference batch again"
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+            if "arr_0.npy" in names:
+                with z.open("arr_0.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # empty, truncated, not an npz
+        raise UserError(f"cannot read reference batch {p} ({type(e).__name__}: {e}); {fix}") from None
+    if "arr_0.npy" not in names:
+        raise UserError(f"{p} has no arr_0 (keys {[n.removesuffix('.npy') for n in names]}); expected an ADM "
+                        "reference batch")
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+        raise UserError(f"{p}: arr_0 must be uint8 [N, H, W, 3], got {dtype} {shape}")
+    return shape
+
+
+def load_ref_batch(path: str | Path) -> np.ndarray:
+    """ADM reference batch: `arr_0` uint8 [N, H, W, 3] from an .npz."""
+    p = Path(path)
+    check_ref_batch(p)
     try:
         with np.load(p, allow_pickle=False) as z:
-            if "arr_0" not in z.files:
-                raise UserError(f"{p} has no arr_0 (keys {z.files}); expected an ADM reference batch")
-            arr = z["arr_0"]
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read reference batch {p}: {e}") from e
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise UserError(f"{p}: arr_0 must be uint8 [N, H, W, 3], got {arr.dtype} {arr.shape}")
-    return arr
+            return z["arr_0"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a damaged member
+        raise UserError(f"cannot read reference batch {p} ({type(e).__name__}: {e}); the file is damaged: download "
+                        "or copy the reference batch again") from None
 
 
 @torch.inference_mode()

@@ -11,6 +11,8 @@ All functions take float arrays [N, D] (features) or [N, C] (probabilities) and 
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -19,9 +21,36 @@ def _t64(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float64)
 
 
+def _finite(f: torch.Tensor, what: str) -> torch.Tensor:
+    """f itself; nan or inf (features of a model or extractor that diverged) is one line, not a
+    LinAlgError from the eigen-solve or a silent nan / 0 score."""
+    rows = f.reshape(f.shape[0] if f.dim() else 1, -1)
+    bad = int((~torch.isfinite(rows)).any(1).sum())
+    if bad:
+        raise ValueError(f"{what} hold nan or inf values ({bad} of {len(rows)} rows): the model or extractor that "
+                         "made them diverged; score finite values")
+    return f
+
+
+def _count(value, name: str, least: int = 1) -> int:
+    """A count argument as an int (numpy's integers taken); anything else is one line."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def _pair(feats1, feats2, dtype: torch.dtype, names=("real features", "fake features")):
+    """Two finite feature tables [N, D] of one width D, as tensors of `dtype`."""
+    f1, f2 = (torch.as_tensor(np.asarray(f), dtype=dtype) for f in (feats1, feats2))
+    if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"need two feature tables [N, D] of one width D (one row per image, both from one "
+                         f"extractor), got shapes {tuple(f1.shape)} and {tuple(f2.shape)}")
+    return _finite(f1, names[0]), _finite(f2, names[1])
+
+
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean [D] and unbiased covariance [D, D] (float64) of features [N, D]; N >= 2."""
-    f = _t64(features)
+    f = _finite(_t64(features), "features")
     if f.dim() != 2 or f.shape[0] < 2:
         raise ValueError(f"need features [N >= 2, D], got shape {tuple(f.shape)}")
     mu = f.mean(0)
@@ -57,9 +86,9 @@ def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray) -> fl
     over sqrt(N_i - 1)), S1 S2 has the same non-zero eigenvalues as C C^T with C = A1 A2^T [N1, N2], so
     Tr sqrt(S1 S2) is the sum of C's singular values -- exact, and far cheaper than D x D eigen-solves.
     """
-    f1, f2 = _t64(feats1), _t64(feats2)
+    f1, f2 = _pair(feats1, feats2, torch.float64, ("features", "features"))
     n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
-    if max(n1, n2) > d or min(n1, n2) < 2 or f2.shape[1] != d:
+    if max(n1, n2) > d or min(n1, n2) < 2:
         return frechet_distance(*feature_stats(feats1), *feature_stats(feats2))
     mu1, mu2 = f1.mean(0), f2.mean(0)
     a1 = (f1 - mu1) / (n1 - 1) ** 0.5  # N1, D
@@ -81,10 +110,8 @@ def kernel_distance(feats_real: np.ndarray, feats_fake: np.ndarray, subsets: int
     Each subset draws min(subset_size, N_real, N_fake) rows without replacement from each set.
     Unbiased, so it can be slightly negative for two samples of the same distribution.
     """
-    real = torch.as_tensor(np.asarray(feats_real), dtype=torch.float32)
-    fake = torch.as_tensor(np.asarray(feats_fake), dtype=torch.float32)
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"feature sizes differ: {real.shape[1]} vs {fake.shape[1]}")
+    real, fake = _pair(feats_real, feats_fake, torch.float32)
+    subsets, subset_size = _count(subsets, "subsets"), _count(subset_size, "subset_size", 2)
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")
@@ -135,8 +162,8 @@ def manifold_coverage(manifold: torch.Tensor, radii: torch.Tensor, queries: torc
 
 def precision_recall(feats_real: np.ndarray, feats_fake: np.ndarray, k: int = 3) -> tuple[float, float]:
     """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold)."""
-    real = torch.as_tensor(np.asarray(feats_real), dtype=torch.float32)
-    fake = torch.as_tensor(np.asarray(feats_fake), dtype=torch.float32)
+    real, fake = _pair(feats_real, feats_fake, torch.float32)
+    k = _count(k, "k")
     precision = manifold_coverage(real, knn_radii(real, k), fake)
     recall = manifold_coverage(fake, knn_radii(fake, k), real)
     return precision, recall
@@ -148,9 +175,14 @@ def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     probs: [N, C] rows summing to 1. A perfectly confident classifier spread evenly over C classes
     scores C; a constant prediction scores 1.
     """
-    p = _t64(probs)
+    p, splits = _t64(probs), _count(splits, "splits")
     if p.dim() != 2 or len(p) < splits:
         raise ValueError(f"need probabilities [N >= splits={splits}, C], got shape {tuple(p.shape)}")
+    sums = p.sum(1)
+    if not (p >= 0).all() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+        raise ValueError(f"probs must be probabilities, rows of values >= 0 summing to 1; got values from "
+                         f"{float(p.min()):.3g} to {float(p.max()):.3g}, rows summing to {float(sums.min()):.3g}.."
+                         f"{float(sums.max()):.3g}: apply softmax to logits first (logits.softmax(-1))")
     scores = []
     for part in torch.tensor_split(p, splits):
         py = part.mean(0, keepdim=True)  # marginal p(y) of this split
@@ -204,9 +236,18 @@ def colour_error(originals, recons, grid: int = 8) -> dict[str, float]:
     grid x grid cells, then the mean CIE76 colour difference (delta E in Lab; about 2.3 is a just
     noticeable difference) and the mean absolute RGB difference (0-255 units) over cells."""
     def pooled(a) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(a)).permute(0, 3, 1, 2).double() / 255.0
+        t = torch.as_tensor(np.asarray(a))
+        if t.dtype != torch.uint8 or t.dim() != 4 or t.shape[-1] != 3:
+            raise ValueError(f"colour_error takes uint8 [N, H, W, 3] images, got {t.dtype} {tuple(t.shape)}; bring "
+                             "the library's [-1, 1] images [N, 3, H, W] to it with "
+                             "coarse2fine.data.preprocess.to_uint8(x).permute(0, 2, 3, 1)")
+        t = t.permute(0, 3, 1, 2).double() / 255.0
         return torch.nn.functional.adaptive_avg_pool2d(t, grid).permute(0, 2, 3, 1)  # [N, g, g, 3]
 
+    grid = _count(grid, "grid")
     o, r = pooled(originals), pooled(recons)
+    if len(o) != len(r):
+        raise ValueError(f"colour_error pairs each original with its reconstruction, got {len(o)} originals and "
+                         f"{len(r)} reconstructions")
     delta_e = (srgb_to_lab(o) - srgb_to_lab(r)).pow(2).sum(-1).sqrt().mean().item()
     return {"delta_e": delta_e, "rgb_abs": (o - r).abs().mean().item() * 255.0}

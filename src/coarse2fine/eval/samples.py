@@ -160,6 +160,10 @@ def check_inputs(dataset_name: str, split: str, resolution: int, classifier_dir:
     for flag, path in (("--inception-weights", inception_weights), ("--ref-batch", ref_batch)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path} not found; give the path of the file")
+    if ref_batch is not None:
+        from coarse2fine.eval.inception import check_ref_batch
+
+        check_ref_batch(ref_batch)
     if use_cache:
         folder = Path(cache_dir) if cache_dir else default_cache_dir()
         if folder.exists() and not folder.is_dir():

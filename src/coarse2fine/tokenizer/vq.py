@@ -19,11 +19,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coarse2fine.config import VQConfig
+from coarse2fine.config import UserError, VQConfig
 from coarse2fine.tokenizer.blocks import Decoder, Encoder
 
 USAGE_WINDOW = 65536  # LlamaGen's `codebook_used` buffer length: the last 65536 chosen codes
 LOOKUP_ROWS = 512  # latents per distance block in VectorQuantizer.lookup
+
+
+def check_images(x: torch.Tensor) -> None:
+    """Images as the tokenizer takes them, float [B, 3, H, W] in [-1, 1]; uint8 or channels-last images ended in a
+    convolution's RuntimeError, and 0-255 floats were encoded into codes of near-white images without a word."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4 or x.shape[1] != 3:
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise UserError(f"images must be a float tensor [B, 3, H, W] in [-1, 1], got {got}; bring uint8 [B, H, W, 3] "
+                        "pixels to it with x.permute(0, 3, 1, 2) / 127.5 - 1")
+    if x.numel():
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if lo < -1.5 or hi > 1.5:  # resampling may overshoot [-1, 1] a little; 0-255 pixels are far out
+            raise UserError(f"images must be in [-1, 1], got values from {lo:.4g} to {hi:.4g}; scale 0-255 pixels "
+                            "with x / 127.5 - 1")
 
 
 class VectorQuantizer(nn.Module):
@@ -163,6 +177,7 @@ class VQModel(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x [B,3,H,W] in [-1,1] -> codes LongTensor [B, h, w] (h = H / downsample)."""
+        check_images(x)
         z = self.quant_conv(self.encoder(x)).float()  # [B, D, h, w]
         b, d, h, w = z.shape
         idx = self.quantize.lookup(z.permute(0, 2, 3, 1).reshape(-1, d))  # [B*h*w]
@@ -170,7 +185,18 @@ class VQModel(nn.Module):
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, h, w] or [B, h*w] (raster order, square grid) -> images [B,3,H,W] in ~[-1,1]."""
+        """codes [B, h, w] or [B, h*w] (raster order, square grid) -> images [B,3,H,W] in ~[-1,1].
+        Ids outside the codebook are refused (a negative one was read from the end, e[-1], without a word)."""
+        codes = torch.as_tensor(codes)
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise UserError(f"codes must be integer ids, got {codes.dtype} values; pass the codes as integers")
+        k = self.cfg.codebook_size
+        if codes.numel():
+            lo, hi = torch.aminmax(codes)
+            if int(lo) < 0 or int(hi) >= k:
+                bad = codes[(codes < 0) | (codes >= k)].unique()[:4].tolist()
+                raise UserError(f"codes must be in 0..{k - 1} (the ids of this tokenizer's codebook), got {bad}; "
+                                "decode codes with the tokenizer that made them")
         if codes.dim() == 2:
             side = int(round(codes.shape[1] ** 0.5))
             if side * side != codes.shape[1]:
