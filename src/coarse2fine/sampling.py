@@ -12,6 +12,7 @@ import torch
 
 from coarse2fine.config import COMPILE_MODES, UserError
 from coarse2fine.models.transformer import guide_hidden
+from coarse2fine.precision import resolve_dtype
 
 
 @dataclass
@@ -154,6 +155,29 @@ def check_labels(cond: torch.Tensor, num_classes: int) -> None:
         raise UserError(f"class labels must be in 0..{num_classes - 1}, got {cond.tolist()[:16]}")
 
 
+def check_call(model, cond, opts, dtype, who: str, stage: str) -> torch.dtype:
+    """What generate_ar / generate_fine take, checked once before any step (called directly from Python a list of
+    labels was an AttributeError, float or [B, 1] labels an embedding or unpacking error deep in the model, labels
+    on another device than the model a device mismatch, a dict of knobs an AttributeError, dtype "bf16" a TypeError
+    from the cache allocation) -> the autocast dtype (strings as the pipelines take them: precision.resolve_dtype)."""
+    if not isinstance(cond, torch.Tensor) or cond.dim() != 1 or cond.is_floating_point() or cond.is_complex() \
+            or cond.dtype == torch.bool:
+        got = (f"{cond.dtype} of shape {list(cond.shape)}" if isinstance(cond, torch.Tensor)
+               else type(cond).__name__)
+        raise UserError(f"{who} labels must be a 1-D integer tensor of class ids [B], got {got}; e.g. "
+                        "torch.tensor([0, 1, 2]) (the pipelines take lists: pipe([0, 1, 2]))")
+    device = next(model.parameters()).device
+    if cond.device != device:
+        raise UserError(f"{who} labels are on {cond.device} but the model is on {device}; move them with "
+                        f"labels.to('{device}')")
+    check_labels(cond, model.cfg.num_classes)
+    if not isinstance(opts, StageSampling):
+        raise UserError(f"{who} opts must be a coarse2fine.sampling.StageSampling, got {type(opts).__name__}; e.g. "
+                        "StageSampling(temperature=1.0)")
+    opts.validate(model.cfg.vocab_size, stage)
+    return resolve_dtype(dtype, device)
+
+
 def check_cpu_compiler() -> None:
     """torch.compile on a CPU builds C++ kernels: without a compiler it fails deep inside Inductor after
     tracing the model. One line instead, before anything is traced."""
@@ -222,9 +246,15 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     loop 1.28-1.64x slower than eager, the prefix 0.93x: it reads all 257 positions at every step; docs/speed.md).
     """
     cfg = model.cfg
-    check_labels(cond, cfg.num_classes)
-    opts.validate(cfg.vocab_size, "stage")
+    if not cfg.causal:
+        raise UserError("generate_ar decodes a causal (stage-1 or baseline) model token by token; this is a stage-2 "
+                        "model, which predicts all tokens in one pass: use generate_fine")
+    dtype = check_call(model, cond, opts, dtype, "generate_ar", "stage")
     check_compile_mode(compile_mode)
+    if num_tokens is not None and (isinstance(num_tokens, bool) or not isinstance(num_tokens, int)
+                                   or not 1 <= num_tokens <= cfg.seq_len):
+        raise UserError(f"num_tokens must be an integer from 1 to {cfg.seq_len} (the model's tokens per image), or "
+                        f"None for all of them; got {num_tokens!r}")
     n = num_tokens or cfg.seq_len
     B = cond.size(0)
     x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)

@@ -1,6 +1,7 @@
 """Fault cases of issue 20 that need no trained run: each ends in one line naming the problem and the fix,
 or in correct behaviour; never a traceback, a silent wrong result, or a leftover that blocks the user.
 docs/faults.md lists every fault class with its test."""
+import copy
 import errno
 import json
 import os
@@ -1517,3 +1518,35 @@ def test_classifier_settings_out_of_range_from_python_are_one_line(tmp_path, ove
     with pytest.raises(UserError, match=f"^train_classifier {re.escape(needle)}$"):
         train_classifier("default", 8, tmp_path / "clf", epochs=1, limit_per_class=2, log=lambda s: None, **overrides)
     assert not (tmp_path / "clf").exists()
+
+
+def test_generate_ar_called_with_what_it_does_not_take_is_one_line():
+    """generate_ar called directly from Python: a list of labels was an AttributeError ('list' object has no
+    attribute 'numel'), float labels torch's embedding RuntimeError, [B, 1] labels an unpacking ValueError, a dict
+    of knobs an AttributeError, dtype "bf16" the cache's TypeError, a stage-2 model a RuntimeError from the cache,
+    num_tokens past the grid an IndexError and num_tokens=0 every token without a word."""
+    from coarse2fine.sampling import StageSampling, generate_ar
+
+    pipe = _tiny_ctf_pipeline()
+    m, o, y = pipe.coarse_model, StageSampling(), torch.tensor([0, 1])
+    for cond, got in (([0, 1], "list"), (torch.tensor([0.0, 1.0]), "torch.float32 of shape [2]"),
+                      (torch.tensor([[0], [1]]), "torch.int64 of shape [2, 1]")):
+        with pytest.raises(UserError, match=re.escape(f"generate_ar labels must be a 1-D integer tensor of class ids "
+                                                      f"[B], got {got}; e.g. torch.tensor([0, 1, 2])")):
+            generate_ar(m, cond, o)
+    with pytest.raises(UserError, match="^generate_ar opts must be a coarse2fine.sampling.StageSampling, got dict"):
+        generate_ar(m, y, {"temperature": 1.0})
+    with pytest.raises(UserError, match=r"^num_tokens must be an integer from 1 to 16 \(the model's tokens per image\)"
+                                        r", or None for all of them; got 17$"):
+        generate_ar(m, y, o, num_tokens=17)
+    for n in (0, -1, 2.5):
+        with pytest.raises(UserError, match=f"got {n}$"):
+            generate_ar(m, y, o, num_tokens=n)
+    with pytest.raises(UserError, match="^generate_ar decodes a causal .* this is a stage-2 model.*use generate_fine$"):
+        generate_ar(pipe.fine_model, y, o)
+    with pytest.raises(UserError, match=r"^generate_ar labels are on cpu but the model is on meta; move them with "
+                                        r"labels.to\('meta'\)$"):
+        generate_ar(copy.deepcopy(m).to("meta"), y, o)
+    assert generate_ar(m, y, o, num_tokens=3).shape == (2, 3)
+    torch.testing.assert_close(generate_ar(m, y, o, torch.Generator().manual_seed(0), dtype="fp32"),
+                               generate_ar(m, y, o, torch.Generator().manual_seed(0)))  # a precision's name is taken
