@@ -178,6 +178,27 @@ def check_call(model, cond, opts, dtype, who: str, stage: str) -> torch.dtype:
     return resolve_dtype(dtype, device)
 
 
+def check_coarse(coarse, cond: torch.Tensor, seq_len: int, num_coarse: int) -> None:
+    """Stage 2's coarse maps: cluster ids [B, seq_len], one row per label, on the labels' device (from Python a map
+    of another grid was sampled without a word into codes no tokenizer decodes at that size; a float map, ids
+    outside the map or rows of another count ended in torch's embedding or concatenation errors)."""
+    if not isinstance(coarse, torch.Tensor) or coarse.is_floating_point() or coarse.is_complex() \
+            or coarse.dtype == torch.bool:
+        got = coarse.dtype if isinstance(coarse, torch.Tensor) else type(coarse).__name__
+        raise UserError(f"coarse maps must be an integer tensor of cluster ids, got {got}; pass a stage-1 "
+                        "output (e.g. a pipeline call's out.coarse)")
+    if coarse.dim() != 2 or coarse.size(1) != seq_len or coarse.size(0) != cond.size(0):
+        raise UserError(f"coarse maps must be [B, {seq_len}] (the model's tokens per image), one row per label; got "
+                        f"shape {list(coarse.shape)} for {cond.size(0)} labels")
+    if coarse.device != cond.device:
+        raise UserError(f"coarse maps are on {coarse.device} but the labels and model on {cond.device}; move them "
+                        f"with coarse.to('{cond.device}')")
+    if coarse.numel() and (int(coarse.min()) < 0 or int(coarse.max()) >= num_coarse):
+        raise UserError(f"coarse maps must hold cluster ids in 0..{num_coarse - 1} (the model's coarse vocabulary), "
+                        f"got ids from {int(coarse.min())} to {int(coarse.max())}; pass maps of the coarse map the "
+                        "model was trained on")
+
+
 def check_cpu_compiler() -> None:
     """torch.compile on a CPU builds C++ kernels: without a compiler it fails deep inside Inductor after
     tracing the model. One line instead, before anything is traced."""
@@ -309,8 +330,11 @@ def generate_fine(model, coarse: torch.Tensor, cond: torch.Tensor, opts: StageSa
     position in row-major order, exactly as sampling the whole [B, N, K] (or [B, N, M]) logits at
     once would draw them, so a seed gives the same codes whatever the chunking."""
     cfg = model.cfg
-    check_labels(cond, cfg.num_classes)
-    opts.validate(cfg.vocab_size, "stage-2")
+    if cfg.causal:
+        raise UserError("generate_fine runs a stage-2 model (all tokens in one pass); this is a causal model "
+                        "(stage 1 or the baseline): use generate_ar")
+    dtype = check_call(model, cond, opts, dtype, "generate_fine", "stage-2")
+    check_coarse(coarse, cond, cfg.seq_len, cfg.input_vocab_size or cfg.vocab_size)
     if chunk_rows < 1:
         raise UserError(f"stage-2 chunk rows must be >= 1, got {chunk_rows}")
     B, N = coarse.shape

@@ -1550,3 +1550,30 @@ def test_generate_ar_called_with_what_it_does_not_take_is_one_line():
     assert generate_ar(m, y, o, num_tokens=3).shape == (2, 3)
     torch.testing.assert_close(generate_ar(m, y, o, torch.Generator().manual_seed(0), dtype="fp32"),
                                generate_ar(m, y, o, torch.Generator().manual_seed(0)))  # a precision's name is taken
+
+
+def test_generate_fine_called_with_coarse_maps_it_does_not_take_is_one_line():
+    """generate_fine called directly from Python with a coarse map of another grid ([2, 10] for a 4x4 model) sampled
+    10 codes per image without a word; ids outside the coarse vocabulary were an embedding IndexError, a float map
+    its RuntimeError, a map of another row count than the labels a concatenation RuntimeError, a 1-D map an
+    unpacking ValueError, a causal model's loop ran as stage 2."""
+    from coarse2fine.sampling import StageSampling, generate_fine
+
+    pipe = _tiny_ctf_pipeline()
+    m, o, y = pipe.fine_model, StageSampling(), torch.tensor([0, 1])
+    c = torch.randint(0, 8, (2, 16), generator=torch.Generator().manual_seed(0))
+    for coarse, cond, got in ((c[:, :10], y, "[2, 10] for 2 labels"), (c, y[:1], "[2, 16] for 1 labels"),
+                              (c[0], y, "[16] for 2 labels")):
+        with pytest.raises(UserError, match=re.escape(f"coarse maps must be [B, 16] (the model's tokens per image), "
+                                                      f"one row per label; got shape {got}")):
+            generate_fine(m, coarse, cond, o)
+    for coarse, got in ((c + 8, "from 8 to 15"), (c - 1, "from -1 to 6")):
+        for members in (None, pipe.members):
+            with pytest.raises(UserError, match=re.escape(f"coarse maps must hold cluster ids in 0..7 (the model's "
+                                                          f"coarse vocabulary), got ids {got}")):
+                generate_fine(m, coarse, y, o, members=members)
+    with pytest.raises(UserError, match="^coarse maps must be an integer tensor of cluster ids, got torch.float32"):
+        generate_fine(m, c.float(), y, o)
+    with pytest.raises(UserError, match="^generate_fine runs a stage-2 model .* use generate_ar$"):
+        generate_fine(pipe.coarse_model, c, y, o)
+    assert generate_fine(m, c, y, o, members=pipe.members).shape == (2, 16)
