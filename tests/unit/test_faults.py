@@ -1577,3 +1577,18 @@ def test_generate_fine_called_with_coarse_maps_it_does_not_take_is_one_line():
     with pytest.raises(UserError, match="^generate_fine runs a stage-2 model .* use generate_ar$"):
         generate_fine(pipe.coarse_model, c, y, o)
     assert generate_fine(m, c, y, o, members=pipe.members).shape == (2, 16)
+
+
+def test_a_demo_that_fails_into_a_new_folder_leaves_nothing_and_a_second_demo_is_refused(tmp_path, capsys):
+    """`demo --data nope --out D` said "unknown data set" and left the empty folder D it had made (and
+    runs/demo_nope without --out); a second demo on a folder another demo was writing went ahead, copying its
+    tokenizer and writing its coarse map under the first one's models."""
+    from coarse2fine.fileio import DirLock
+
+    out, _ = one_line_error(capsys, ["demo", "--quick", "--data", "nope", "--out", tmp_path / "d"],
+                            "unknown data set 'nope'")
+    assert out == "" and not (tmp_path / "d").exists()
+    busy = tmp_path / "busy"
+    with DirLock(busy, "another demo"):
+        one_line_error(capsys, ["demo", "--quick", "--out", busy], f"{busy} is in use by another demo (pid {os.getpid()})")
+    assert sorted(f.name for f in busy.iterdir()) == [".lock"]
