@@ -1592,3 +1592,17 @@ def test_a_demo_that_fails_into_a_new_folder_leaves_nothing_and_a_second_demo_is
     with DirLock(busy, "another demo"):
         one_line_error(capsys, ["demo", "--quick", "--out", busy], f"{busy} is in use by another demo (pid {os.getpid()})")
     assert sorted(f.name for f in busy.iterdir()) == [".lock"]
+
+
+def test_demo_vq_steps_without_a_tokenizer_to_train_is_one_line(tmp_path, capsys, monkeypatch):
+    """`demo --vq-steps 50` without --train-tokenizer used the shipped tokenizer and dropped the flag without a
+    word: the report said "shipped", not the 50-step tokenizer asked for."""
+    import coarse2fine.cli.demo as demo_cli
+
+    def started(out, plan, progress):
+        raise AssertionError(f"the demo started with the {plan.tokenizer} tokenizer")
+    monkeypatch.setattr(demo_cli, "run_demo", started)
+    out, _ = one_line_error(capsys, ["demo", "--quick", "--vq-steps", "50", "--out", tmp_path / "d"],
+                            "--vq-steps sets the steps of a tokenizer trained here, and the demo of default uses the "
+                            "shipped tokenizer; add --train-tokenizer, or drop --vq-steps")
+    assert out == "" and not (tmp_path / "d").exists()
