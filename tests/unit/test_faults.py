@@ -1606,3 +1606,28 @@ def test_demo_vq_steps_without_a_tokenizer_to_train_is_one_line(tmp_path, capsys
                             "--vq-steps sets the steps of a tokenizer trained here, and the demo of default uses the "
                             "shipped tokenizer; add --train-tokenizer, or drop --vq-steps")
     assert out == "" and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("knobs, needle", [
+    ({"n": float("nan")}, "number of images must be a whole number, got nan"),
+    ({"n": float("inf")}, "number of images must be a whole number, got inf"),
+    ({"seed": "one"}, "seed must be a whole number, got one"),
+    ({"top_k2": float("nan")}, "stage-2 top-k must be a whole number, got nan"),
+    ({"cfg": "strong"}, "cfg scale must be a number, got 'strong'"),
+    ({"temperature_baseline": None}, "baseline temperature is empty; enter a number"),
+])
+def test_page_knobs_that_are_not_numbers_are_one_line(knobs, needle):
+    """Explorer.generate(Knobs(n=nan)) from Python ended in int()'s ValueError ("cannot convert float NaN to
+    integer"), n=inf in an OverflowError, seed="one" or cfg="strong" in float()'s ValueError, a baseline
+    temperature of None (its box emptied on the page) in float()'s TypeError after stage 1 and 2 had run."""
+    from coarse2fine.apps.app import Explorer, Knobs
+    from coarse2fine.models import Transformer
+    from coarse2fine.pipeline import ARPipeline
+    from coarse2fine.stages import stage_config
+
+    pipe = _tiny_ctf_pipeline()
+    base = ARPipeline(pipe.vq, Transformer(stage_config("GPT-tiny", "baseline", 64, 8, 3, pipe.vq.cfg.grid)).eval())
+    ex = Explorer(pipe, base, ["a", "b", "c"])
+    with pytest.raises(UserError, match=f"^{re.escape(needle)}$"):
+        ex.generate(Knobs(**{"class_name": "a", "n": 1, **knobs}))
+    assert ex.check(Knobs(class_name="a", n=2.0, seed="3")).n == 2  # whole numbers as the page sends them

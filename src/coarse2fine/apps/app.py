@@ -9,6 +9,7 @@ The Gradio layout (apps/app_page.py) only turns these results into HTML; everyth
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,8 +73,13 @@ class Result:
 
 
 def _whole(value, name: str, lo: int, hi: int | None = None) -> int:
-    """Page numbers arrive as floats (or None when a box is emptied); refuse what is not a whole number."""
-    if value is None or float(value) != int(float(value)):
+    """Page numbers arrive as floats (or None when a box is emptied); refuse what is not a whole number (from
+    Python nan, inf or a string was int()'s ValueError or OverflowError)."""
+    try:
+        whole = math.isfinite(float(value)) and float(value) == int(float(value))
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
         raise UserError(f"{name} must be a whole number, got {value}")
     v = int(float(value))
     if v < lo or (hi is not None and v > hi):
@@ -175,9 +181,15 @@ class Explorer:
         k = replace(k, n=_whole(k.n, "number of images", 1, MAX_IMAGES), seed=_whole(k.seed, "seed", 0),
                     top_k1=_whole(k.top_k1, "stage-1 top-k", 0), top_k2=_whole(k.top_k2, "stage-2 top-k", 0))
         for attr, name in (("cfg", "cfg scale"), ("temperature1", "stage-1 temperature"),
-                           ("top_p1", "stage-1 top-p"), ("temperature2", "stage-2 temperature")):
-            if getattr(k, attr) is None:
+                           ("top_p1", "stage-1 top-p"), ("temperature2", "stage-2 temperature"),
+                           ("temperature_baseline", "baseline temperature")):
+            value = getattr(k, attr)
+            if value is None:
                 raise UserError(f"{name} is empty; enter a number")
+            try:  # a string from Python was float()'s ValueError when the knobs became StageSampling
+                float(value)
+            except (TypeError, ValueError):
+                raise UserError(f"{name} must be a number, got {value!r}") from None
         if k.decoding not in FINE_DECODINGS:
             raise UserError(f"stage-2 decoding must be one of {', '.join(FINE_DECODINGS)}, got {k.decoding!r}")
         k.stage1().validate(self.pipe.coarse_model.cfg.vocab_size, "stage-1")
