@@ -1631,3 +1631,18 @@ def test_page_knobs_that_are_not_numbers_are_one_line(knobs, needle):
     with pytest.raises(UserError, match=f"^{re.escape(needle)}$"):
         ex.generate(Knobs(**{"class_name": "a", "n": 1, **knobs}))
     assert ex.check(Knobs(class_name="a", n=2.0, seed="3")).n == 2  # whole numbers as the page sends them
+
+
+def test_stage_models_of_different_class_counts_are_one_line():
+    """CTFPipeline(vq, coarse, fine, cmap) with a stage-2 model trained on 5 classes and a stage-1 model on 3 (codes
+    of two data sets under one tokenizer and coarse map) sampled without a word: class 1's coarse maps detailed as
+    the other data set's class 1, labels 3 and 4 of the stage-2 model never reachable."""
+    from coarse2fine.models import Transformer
+    from coarse2fine.pipeline import CTFPipeline
+    from coarse2fine.stages import stage_config
+
+    pipe = _tiny_ctf_pipeline()
+    fine5 = Transformer(stage_config("GPT-tiny", "fine", 64, 8, 5, pipe.vq.cfg.grid)).eval()
+    with pytest.raises(UserError, match=r"^the stage-1 model was trained on 3 classes, the stage-2 model on 5: codes "
+                                        r"of different data sets; use runs trained on the same codes$"):
+        CTFPipeline(pipe.vq, pipe.coarse_model, fine5, pipe.cmap)
