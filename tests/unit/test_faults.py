@@ -1646,3 +1646,24 @@ def test_stage_models_of_different_class_counts_are_one_line():
     with pytest.raises(UserError, match=r"^the stage-1 model was trained on 3 classes, the stage-2 model on 5: codes "
                                         r"of different data sets; use runs trained on the same codes$"):
         CTFPipeline(pipe.vq, pipe.coarse_model, fine5, pipe.cmap)
+
+
+def test_a_tilde_in_the_pages_run_paths_from_python_is_the_home_folder(tmp_path, monkeypatch):
+    """Explorer.from_runs("~/r/coarse", "~/r/fine") from Python loaded the runs (the pipeline expands "~"), then
+    read the class names from Path("~/r/coarse") as it was: "missing ~/r/coarse/config.json; is this a coarse2fine
+    run directory?" of a run it had just loaded."""
+    from coarse2fine.apps.app import Explorer
+    from coarse2fine.pipeline import CTFPipeline
+
+    home = tmp_path / "home"
+    run = home / "r" / "coarse"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"codes": {"classes": ["cat", "dog", "owl"]}}))
+    monkeypatch.setenv("HOME", str(home))
+    pipe = _tiny_ctf_pipeline()
+
+    def from_runs(cls, coarse, fine=None, tokenizer_dir=None, device="cpu", dtype=torch.float32):
+        pipe.sources = {"stage1": Path(coarse).expanduser(), "stage2": Path(fine).expanduser()}
+        return pipe
+    monkeypatch.setattr(CTFPipeline, "from_runs", classmethod(from_runs))
+    assert Explorer.from_runs("~/r/coarse", "~/r/fine").class_names == ["cat", "dog", "owl"]

@@ -110,7 +110,9 @@ class Explorer:
     def from_runs(cls, coarse, fine, baseline=None, device: str = "cpu") -> "Explorer":
         pipe = CTFPipeline.from_runs(coarse, fine, device=device)
         base = ARPipeline.from_runs(baseline, device=device) if baseline else None
-        meta = load_json(Path(coarse) / "config.json")  # the run records its code store's meta
+        # the run records its code store's meta; read from where the pipeline found it ("~" expanded: from Python
+        # no shell did it, and Path("~/runs/coarse") was "missing" after the runs had loaded)
+        meta = load_json(pipe.sources["stage1"] / "config.json")
         return cls(pipe, base, meta.get("codes", {}).get("classes"))
 
     @classmethod
