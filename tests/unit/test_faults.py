@@ -1667,3 +1667,35 @@ def test_a_tilde_in_the_pages_run_paths_from_python_is_the_home_folder(tmp_path,
         return pipe
     monkeypatch.setattr(CTFPipeline, "from_runs", classmethod(from_runs))
     assert Explorer.from_runs("~/r/coarse", "~/r/fine").class_names == ["cat", "dog", "owl"]
+
+
+def test_a_baseline_of_another_data_set_on_the_page_is_one_line(tmp_path, monkeypatch):
+    """`app --coarse C --fine F --baseline B` with B trained on another data set of as many classes (MNIST digits
+    beside Fashion-MNIST) showed B's digits under the CTF runs' class names without a word: only the class count
+    was compared."""
+    from coarse2fine.apps.app import Explorer
+    from coarse2fine.models import Transformer
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+    from coarse2fine.stages import stage_config
+
+    for run, classes in (("coarse", ["shirt", "shoe", "bag"]), ("base", ["zero", "one", "two"]),
+                         ("same", ["shirt", "shoe", "bag"])):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "config.json").write_text(json.dumps({"codes": {"classes": classes}}))
+    pipe = _tiny_ctf_pipeline()
+    base = ARPipeline(pipe.vq, Transformer(stage_config("GPT-tiny", "baseline", 64, 8, 3, pipe.vq.cfg.grid)).eval())
+
+    def ctf_runs(cls, coarse, fine=None, tokenizer_dir=None, device="cpu", dtype=torch.float32):
+        pipe.sources = {"stage1": Path(coarse), "stage2": Path(fine)}
+        return pipe
+
+    def ar_runs(cls, baseline_dir, tokenizer_dir=None, device="cpu", dtype=torch.float32):
+        base.sources = {"baseline": Path(baseline_dir)}
+        return base
+    monkeypatch.setattr(CTFPipeline, "from_runs", classmethod(ctf_runs))
+    monkeypatch.setattr(ARPipeline, "from_runs", classmethod(ar_runs))
+    with pytest.raises(UserError, match=re.escape(f"the baseline run {tmp_path / 'base'} was trained on other classes "
+                                                  "(zero, one, two, ...) than the CTF runs (shirt, shoe, bag, ...); "
+                                                  "pass a baseline trained on the same data")):
+        Explorer.from_runs(tmp_path / "coarse", tmp_path / "fine", tmp_path / "base")
+    assert Explorer.from_runs(tmp_path / "coarse", tmp_path / "fine", tmp_path / "same").baseline is base

@@ -113,7 +113,14 @@ class Explorer:
         # the run records its code store's meta; read from where the pipeline found it ("~" expanded: from Python
         # no shell did it, and Path("~/runs/coarse") was "missing" after the runs had loaded)
         meta = load_json(pipe.sources["stage1"] / "config.json")
-        return cls(pipe, base, meta.get("codes", {}).get("classes"))
+        names = meta.get("codes", {}).get("classes")
+        if base is not None:  # the same class count is not the same data (was: shown side by side without a word)
+            base_names = (load_json(base.sources["baseline"] / "config.json").get("codes") or {}).get("classes")
+            if names and base_names and base_names != names:
+                raise UserError(f"the baseline run {baseline} was trained on other classes ({', '.join(base_names[:3])}"
+                                f", ...) than the CTF runs ({', '.join(names[:3])}, ...); pass a baseline trained on "
+                                "the same data")
+        return cls(pipe, base, names)
 
     @classmethod
     def from_demo(cls, out: str | Path = "runs/demo", device: str = "cpu") -> "Explorer":
