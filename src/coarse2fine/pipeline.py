@@ -194,6 +194,10 @@ class CTFPipeline(Pipeline):
                                 "same codes")
             if coarse_model.cfg.seq_len != fine_model.cfg.seq_len:
                 raise UserError("stage-1 and stage-2 models were trained for different token grids")
+            if coarse_model.cfg.num_classes != fine_model.cfg.num_classes:  # was: sampled without a word
+                raise UserError(f"the stage-1 model was trained on {coarse_model.cfg.num_classes} classes, the stage-2 "
+                                f"model on {fine_model.cfg.num_classes}: codes of different data sets; use runs "
+                                "trained on the same codes")
         self.members = cmap.members.to(self.device)
         self.num_classes = coarse_model.cfg.num_classes
         # what a call without sampling arguments uses (an export's sampling_defaults replace them)

@@ -12,6 +12,7 @@ import torch
 
 from coarse2fine.config import COMPILE_MODES, UserError
 from coarse2fine.models.transformer import guide_hidden
+from coarse2fine.precision import resolve_dtype
 
 
 @dataclass
@@ -154,6 +155,50 @@ def check_labels(cond: torch.Tensor, num_classes: int) -> None:
         raise UserError(f"class labels must be in 0..{num_classes - 1}, got {cond.tolist()[:16]}")
 
 
+def check_call(model, cond, opts, dtype, who: str, stage: str) -> torch.dtype:
+    """What generate_ar / generate_fine take, checked once before any step (called directly from Python a list of
+    labels was an AttributeError, float or [B, 1] labels an embedding or unpacking error deep in the model, labels
+    on another device than the model a device mismatch, a dict of knobs an AttributeError, dtype "bf16" a TypeError
+    from the cache allocation) -> the autocast dtype (strings as the pipelines take them: precision.resolve_dtype)."""
+    if not isinstance(cond, torch.Tensor) or cond.dim() != 1 or cond.is_floating_point() or cond.is_complex() \
+            or cond.dtype == torch.bool:
+        got = (f"{cond.dtype} of shape {list(cond.shape)}" if isinstance(cond, torch.Tensor)
+               else type(cond).__name__)
+        raise UserError(f"{who} labels must be a 1-D integer tensor of class ids [B], got {got}; e.g. "
+                        "torch.tensor([0, 1, 2]) (the pipelines take lists: pipe([0, 1, 2]))")
+    device = next(model.parameters()).device
+    if cond.device != device:
+        raise UserError(f"{who} labels are on {cond.device} but the model is on {device}; move them with "
+                        f"labels.to('{device}')")
+    check_labels(cond, model.cfg.num_classes)
+    if not isinstance(opts, StageSampling):
+        raise UserError(f"{who} opts must be a coarse2fine.sampling.StageSampling, got {type(opts).__name__}; e.g. "
+                        "StageSampling(temperature=1.0)")
+    opts.validate(model.cfg.vocab_size, stage)
+    return resolve_dtype(dtype, device)
+
+
+def check_coarse(coarse, cond: torch.Tensor, seq_len: int, num_coarse: int) -> None:
+    """Stage 2's coarse maps: cluster ids [B, seq_len], one row per label, on the labels' device (from Python a map
+    of another grid was sampled without a word into codes no tokenizer decodes at that size; a float map, ids
+    outside the map or rows of another count ended in torch's embedding or concatenation errors)."""
+    if not isinstance(coarse, torch.Tensor) or coarse.is_floating_point() or coarse.is_complex() \
+            or coarse.dtype == torch.bool:
+        got = coarse.dtype if isinstance(coarse, torch.Tensor) else type(coarse).__name__
+        raise UserError(f"coarse maps must be an integer tensor of cluster ids, got {got}; pass a stage-1 "
+                        "output (e.g. a pipeline call's out.coarse)")
+    if coarse.dim() != 2 or coarse.size(1) != seq_len or coarse.size(0) != cond.size(0):
+        raise UserError(f"coarse maps must be [B, {seq_len}] (the model's tokens per image), one row per label; got "
+                        f"shape {list(coarse.shape)} for {cond.size(0)} labels")
+    if coarse.device != cond.device:
+        raise UserError(f"coarse maps are on {coarse.device} but the labels and model on {cond.device}; move them "
+                        f"with coarse.to('{cond.device}')")
+    if coarse.numel() and (int(coarse.min()) < 0 or int(coarse.max()) >= num_coarse):
+        raise UserError(f"coarse maps must hold cluster ids in 0..{num_coarse - 1} (the model's coarse vocabulary), "
+                        f"got ids from {int(coarse.min())} to {int(coarse.max())}; pass maps of the coarse map the "
+                        "model was trained on")
+
+
 def check_cpu_compiler() -> None:
     """torch.compile on a CPU builds C++ kernels: without a compiler it fails deep inside Inductor after
     tracing the model. One line instead, before anything is traced."""
@@ -222,9 +267,15 @@ def generate_ar(model, cond: torch.Tensor, opts: StageSampling, generator: torch
     loop 1.28-1.64x slower than eager, the prefix 0.93x: it reads all 257 positions at every step; docs/speed.md).
     """
     cfg = model.cfg
-    check_labels(cond, cfg.num_classes)
-    opts.validate(cfg.vocab_size, "stage")
+    if not cfg.causal:
+        raise UserError("generate_ar decodes a causal (stage-1 or baseline) model token by token; this is a stage-2 "
+                        "model, which predicts all tokens in one pass: use generate_fine")
+    dtype = check_call(model, cond, opts, dtype, "generate_ar", "stage")
     check_compile_mode(compile_mode)
+    if num_tokens is not None and (isinstance(num_tokens, bool) or not isinstance(num_tokens, int)
+                                   or not 1 <= num_tokens <= cfg.seq_len):
+        raise UserError(f"num_tokens must be an integer from 1 to {cfg.seq_len} (the model's tokens per image), or "
+                        f"None for all of them; got {num_tokens!r}")
     n = num_tokens or cfg.seq_len
     B = cond.size(0)
     x_cond = _cfg_cond(cond, cfg.num_classes, opts.use_cfg)
@@ -279,8 +330,11 @@ def generate_fine(model, coarse: torch.Tensor, cond: torch.Tensor, opts: StageSa
     position in row-major order, exactly as sampling the whole [B, N, K] (or [B, N, M]) logits at
     once would draw them, so a seed gives the same codes whatever the chunking."""
     cfg = model.cfg
-    check_labels(cond, cfg.num_classes)
-    opts.validate(cfg.vocab_size, "stage-2")
+    if cfg.causal:
+        raise UserError("generate_fine runs a stage-2 model (all tokens in one pass); this is a causal model "
+                        "(stage 1 or the baseline): use generate_ar")
+    dtype = check_call(model, cond, opts, dtype, "generate_fine", "stage-2")
+    check_coarse(coarse, cond, cfg.seq_len, cfg.input_vocab_size or cfg.vocab_size)
     if chunk_rows < 1:
         raise UserError(f"stage-2 chunk rows must be >= 1, got {chunk_rows}")
     B, N = coarse.shape

@@ -1,6 +1,7 @@
 """Fault cases of issue 20 that need no trained run: each ends in one line naming the problem and the fix,
 or in correct behaviour; never a traceback, a silent wrong result, or a leftover that blocks the user.
 docs/faults.md lists every fault class with its test."""
+import copy
 import errno
 import json
 import os
@@ -1517,3 +1518,184 @@ def test_classifier_settings_out_of_range_from_python_are_one_line(tmp_path, ove
     with pytest.raises(UserError, match=f"^train_classifier {re.escape(needle)}$"):
         train_classifier("default", 8, tmp_path / "clf", epochs=1, limit_per_class=2, log=lambda s: None, **overrides)
     assert not (tmp_path / "clf").exists()
+
+
+def test_generate_ar_called_with_what_it_does_not_take_is_one_line():
+    """generate_ar called directly from Python: a list of labels was an AttributeError ('list' object has no
+    attribute 'numel'), float labels torch's embedding RuntimeError, [B, 1] labels an unpacking ValueError, a dict
+    of knobs an AttributeError, dtype "bf16" the cache's TypeError, a stage-2 model a RuntimeError from the cache,
+    num_tokens past the grid an IndexError and num_tokens=0 every token without a word."""
+    from coarse2fine.sampling import StageSampling, generate_ar
+
+    pipe = _tiny_ctf_pipeline()
+    m, o, y = pipe.coarse_model, StageSampling(), torch.tensor([0, 1])
+    for cond, got in (([0, 1], "list"), (torch.tensor([0.0, 1.0]), "torch.float32 of shape [2]"),
+                      (torch.tensor([[0], [1]]), "torch.int64 of shape [2, 1]")):
+        with pytest.raises(UserError, match=re.escape(f"generate_ar labels must be a 1-D integer tensor of class ids "
+                                                      f"[B], got {got}; e.g. torch.tensor([0, 1, 2])")):
+            generate_ar(m, cond, o)
+    with pytest.raises(UserError, match="^generate_ar opts must be a coarse2fine.sampling.StageSampling, got dict"):
+        generate_ar(m, y, {"temperature": 1.0})
+    with pytest.raises(UserError, match=r"^num_tokens must be an integer from 1 to 16 \(the model's tokens per image\)"
+                                        r", or None for all of them; got 17$"):
+        generate_ar(m, y, o, num_tokens=17)
+    for n in (0, -1, 2.5):
+        with pytest.raises(UserError, match=f"got {n}$"):
+            generate_ar(m, y, o, num_tokens=n)
+    with pytest.raises(UserError, match="^generate_ar decodes a causal .* this is a stage-2 model.*use generate_fine$"):
+        generate_ar(pipe.fine_model, y, o)
+    with pytest.raises(UserError, match=r"^generate_ar labels are on cpu but the model is on meta; move them with "
+                                        r"labels.to\('meta'\)$"):
+        generate_ar(copy.deepcopy(m).to("meta"), y, o)
+    assert generate_ar(m, y, o, num_tokens=3).shape == (2, 3)
+    torch.testing.assert_close(generate_ar(m, y, o, torch.Generator().manual_seed(0), dtype="fp32"),
+                               generate_ar(m, y, o, torch.Generator().manual_seed(0)))  # a precision's name is taken
+
+
+def test_generate_fine_called_with_coarse_maps_it_does_not_take_is_one_line():
+    """generate_fine called directly from Python with a coarse map of another grid ([2, 10] for a 4x4 model) sampled
+    10 codes per image without a word; ids outside the coarse vocabulary were an embedding IndexError, a float map
+    its RuntimeError, a map of another row count than the labels a concatenation RuntimeError, a 1-D map an
+    unpacking ValueError, a causal model's loop ran as stage 2."""
+    from coarse2fine.sampling import StageSampling, generate_fine
+
+    pipe = _tiny_ctf_pipeline()
+    m, o, y = pipe.fine_model, StageSampling(), torch.tensor([0, 1])
+    c = torch.randint(0, 8, (2, 16), generator=torch.Generator().manual_seed(0))
+    for coarse, cond, got in ((c[:, :10], y, "[2, 10] for 2 labels"), (c, y[:1], "[2, 16] for 1 labels"),
+                              (c[0], y, "[16] for 2 labels")):
+        with pytest.raises(UserError, match=re.escape(f"coarse maps must be [B, 16] (the model's tokens per image), "
+                                                      f"one row per label; got shape {got}")):
+            generate_fine(m, coarse, cond, o)
+    for coarse, got in ((c + 8, "from 8 to 15"), (c - 1, "from -1 to 6")):
+        for members in (None, pipe.members):
+            with pytest.raises(UserError, match=re.escape(f"coarse maps must hold cluster ids in 0..7 (the model's "
+                                                          f"coarse vocabulary), got ids {got}")):
+                generate_fine(m, coarse, y, o, members=members)
+    with pytest.raises(UserError, match="^coarse maps must be an integer tensor of cluster ids, got torch.float32"):
+        generate_fine(m, c.float(), y, o)
+    with pytest.raises(UserError, match="^generate_fine runs a stage-2 model .* use generate_ar$"):
+        generate_fine(pipe.coarse_model, c, y, o)
+    assert generate_fine(m, c, y, o, members=pipe.members).shape == (2, 16)
+
+
+def test_a_demo_that_fails_into_a_new_folder_leaves_nothing_and_a_second_demo_is_refused(tmp_path, capsys):
+    """`demo --data nope --out D` said "unknown data set" and left the empty folder D it had made (and
+    runs/demo_nope without --out); a second demo on a folder another demo was writing went ahead, copying its
+    tokenizer and writing its coarse map under the first one's models."""
+    from coarse2fine.fileio import DirLock
+
+    out, _ = one_line_error(capsys, ["demo", "--quick", "--data", "nope", "--out", tmp_path / "d"],
+                            "unknown data set 'nope'")
+    assert out == "" and not (tmp_path / "d").exists()
+    busy = tmp_path / "busy"
+    with DirLock(busy, "another demo"):
+        one_line_error(capsys, ["demo", "--quick", "--out", busy], f"{busy} is in use by another demo (pid {os.getpid()})")
+    assert sorted(f.name for f in busy.iterdir()) == [".lock"]
+
+
+def test_demo_vq_steps_without_a_tokenizer_to_train_is_one_line(tmp_path, capsys, monkeypatch):
+    """`demo --vq-steps 50` without --train-tokenizer used the shipped tokenizer and dropped the flag without a
+    word: the report said "shipped", not the 50-step tokenizer asked for."""
+    import coarse2fine.cli.demo as demo_cli
+
+    def started(out, plan, progress):
+        raise AssertionError(f"the demo started with the {plan.tokenizer} tokenizer")
+    monkeypatch.setattr(demo_cli, "run_demo", started)
+    out, _ = one_line_error(capsys, ["demo", "--quick", "--vq-steps", "50", "--out", tmp_path / "d"],
+                            "--vq-steps sets the steps of a tokenizer trained here, and the demo of default uses the "
+                            "shipped tokenizer; add --train-tokenizer, or drop --vq-steps")
+    assert out == "" and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("knobs, needle", [
+    ({"n": float("nan")}, "number of images must be a whole number, got nan"),
+    ({"n": float("inf")}, "number of images must be a whole number, got inf"),
+    ({"seed": "one"}, "seed must be a whole number, got one"),
+    ({"top_k2": float("nan")}, "stage-2 top-k must be a whole number, got nan"),
+    ({"cfg": "strong"}, "cfg scale must be a number, got 'strong'"),
+    ({"temperature_baseline": None}, "baseline temperature is empty; enter a number"),
+])
+def test_page_knobs_that_are_not_numbers_are_one_line(knobs, needle):
+    """Explorer.generate(Knobs(n=nan)) from Python ended in int()'s ValueError ("cannot convert float NaN to
+    integer"), n=inf in an OverflowError, seed="one" or cfg="strong" in float()'s ValueError, a baseline
+    temperature of None (its box emptied on the page) in float()'s TypeError after stage 1 and 2 had run."""
+    from coarse2fine.apps.app import Explorer, Knobs
+    from coarse2fine.models import Transformer
+    from coarse2fine.pipeline import ARPipeline
+    from coarse2fine.stages import stage_config
+
+    pipe = _tiny_ctf_pipeline()
+    base = ARPipeline(pipe.vq, Transformer(stage_config("GPT-tiny", "baseline", 64, 8, 3, pipe.vq.cfg.grid)).eval())
+    ex = Explorer(pipe, base, ["a", "b", "c"])
+    with pytest.raises(UserError, match=f"^{re.escape(needle)}$"):
+        ex.generate(Knobs(**{"class_name": "a", "n": 1, **knobs}))
+    assert ex.check(Knobs(class_name="a", n=2.0, seed="3")).n == 2  # whole numbers as the page sends them
+
+
+def test_stage_models_of_different_class_counts_are_one_line():
+    """CTFPipeline(vq, coarse, fine, cmap) with a stage-2 model trained on 5 classes and a stage-1 model on 3 (codes
+    of two data sets under one tokenizer and coarse map) sampled without a word: class 1's coarse maps detailed as
+    the other data set's class 1, labels 3 and 4 of the stage-2 model never reachable."""
+    from coarse2fine.models import Transformer
+    from coarse2fine.pipeline import CTFPipeline
+    from coarse2fine.stages import stage_config
+
+    pipe = _tiny_ctf_pipeline()
+    fine5 = Transformer(stage_config("GPT-tiny", "fine", 64, 8, 5, pipe.vq.cfg.grid)).eval()
+    with pytest.raises(UserError, match=r"^the stage-1 model was trained on 3 classes, the stage-2 model on 5: codes "
+                                        r"of different data sets; use runs trained on the same codes$"):
+        CTFPipeline(pipe.vq, pipe.coarse_model, fine5, pipe.cmap)
+
+
+def test_a_tilde_in_the_pages_run_paths_from_python_is_the_home_folder(tmp_path, monkeypatch):
+    """Explorer.from_runs("~/r/coarse", "~/r/fine") from Python loaded the runs (the pipeline expands "~"), then
+    read the class names from Path("~/r/coarse") as it was: "missing ~/r/coarse/config.json; is this a coarse2fine
+    run directory?" of a run it had just loaded."""
+    from coarse2fine.apps.app import Explorer
+    from coarse2fine.pipeline import CTFPipeline
+
+    home = tmp_path / "home"
+    run = home / "r" / "coarse"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"codes": {"classes": ["cat", "dog", "owl"]}}))
+    monkeypatch.setenv("HOME", str(home))
+    pipe = _tiny_ctf_pipeline()
+
+    def from_runs(cls, coarse, fine=None, tokenizer_dir=None, device="cpu", dtype=torch.float32):
+        pipe.sources = {"stage1": Path(coarse).expanduser(), "stage2": Path(fine).expanduser()}
+        return pipe
+    monkeypatch.setattr(CTFPipeline, "from_runs", classmethod(from_runs))
+    assert Explorer.from_runs("~/r/coarse", "~/r/fine").class_names == ["cat", "dog", "owl"]
+
+
+def test_a_baseline_of_another_data_set_on_the_page_is_one_line(tmp_path, monkeypatch):
+    """`app --coarse C --fine F --baseline B` with B trained on another data set of as many classes (MNIST digits
+    beside Fashion-MNIST) showed B's digits under the CTF runs' class names without a word: only the class count
+    was compared."""
+    from coarse2fine.apps.app import Explorer
+    from coarse2fine.models import Transformer
+    from coarse2fine.pipeline import ARPipeline, CTFPipeline
+    from coarse2fine.stages import stage_config
+
+    for run, classes in (("coarse", ["shirt", "shoe", "bag"]), ("base", ["zero", "one", "two"]),
+                         ("same", ["shirt", "shoe", "bag"])):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "config.json").write_text(json.dumps({"codes": {"classes": classes}}))
+    pipe = _tiny_ctf_pipeline()
+    base = ARPipeline(pipe.vq, Transformer(stage_config("GPT-tiny", "baseline", 64, 8, 3, pipe.vq.cfg.grid)).eval())
+
+    def ctf_runs(cls, coarse, fine=None, tokenizer_dir=None, device="cpu", dtype=torch.float32):
+        pipe.sources = {"stage1": Path(coarse), "stage2": Path(fine)}
+        return pipe
+
+    def ar_runs(cls, baseline_dir, tokenizer_dir=None, device="cpu", dtype=torch.float32):
+        base.sources = {"baseline": Path(baseline_dir)}
+        return base
+    monkeypatch.setattr(CTFPipeline, "from_runs", classmethod(ctf_runs))
+    monkeypatch.setattr(ARPipeline, "from_runs", classmethod(ar_runs))
+    with pytest.raises(UserError, match=re.escape(f"the baseline run {tmp_path / 'base'} was trained on other classes "
+                                                  "(zero, one, two, ...) than the CTF runs (shirt, shoe, bag, ...); "
+                                                  "pass a baseline trained on the same data")):
+        Explorer.from_runs(tmp_path / "coarse", tmp_path / "fine", tmp_path / "base")
+    assert Explorer.from_runs(tmp_path / "coarse", tmp_path / "fine", tmp_path / "same").baseline is base

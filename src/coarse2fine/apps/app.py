@@ -9,6 +9,7 @@ The Gradio layout (apps/app_page.py) only turns these results into HTML; everyth
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,8 +73,13 @@ class Result:
 
 
 def _whole(value, name: str, lo: int, hi: int | None = None) -> int:
-    """Page numbers arrive as floats (or None when a box is emptied); refuse what is not a whole number."""
-    if value is None or float(value) != int(float(value)):
+    """Page numbers arrive as floats (or None when a box is emptied); refuse what is not a whole number (from
+    Python nan, inf or a string was int()'s ValueError or OverflowError)."""
+    try:
+        whole = math.isfinite(float(value)) and float(value) == int(float(value))
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
         raise UserError(f"{name} must be a whole number, got {value}")
     v = int(float(value))
     if v < lo or (hi is not None and v > hi):
@@ -104,8 +110,17 @@ class Explorer:
     def from_runs(cls, coarse, fine, baseline=None, device: str = "cpu") -> "Explorer":
         pipe = CTFPipeline.from_runs(coarse, fine, device=device)
         base = ARPipeline.from_runs(baseline, device=device) if baseline else None
-        meta = load_json(Path(coarse) / "config.json")  # the run records its code store's meta
-        return cls(pipe, base, meta.get("codes", {}).get("classes"))
+        # the run records its code store's meta; read from where the pipeline found it ("~" expanded: from Python
+        # no shell did it, and Path("~/runs/coarse") was "missing" after the runs had loaded)
+        meta = load_json(pipe.sources["stage1"] / "config.json")
+        names = meta.get("codes", {}).get("classes")
+        if base is not None:  # the same class count is not the same data (was: shown side by side without a word)
+            base_names = (load_json(base.sources["baseline"] / "config.json").get("codes") or {}).get("classes")
+            if names and base_names and base_names != names:
+                raise UserError(f"the baseline run {baseline} was trained on other classes ({', '.join(base_names[:3])}"
+                                f", ...) than the CTF runs ({', '.join(names[:3])}, ...); pass a baseline trained on "
+                                "the same data")
+        return cls(pipe, base, names)
 
     @classmethod
     def from_demo(cls, out: str | Path = "runs/demo", device: str = "cpu") -> "Explorer":
@@ -175,9 +190,15 @@ class Explorer:
         k = replace(k, n=_whole(k.n, "number of images", 1, MAX_IMAGES), seed=_whole(k.seed, "seed", 0),
                     top_k1=_whole(k.top_k1, "stage-1 top-k", 0), top_k2=_whole(k.top_k2, "stage-2 top-k", 0))
         for attr, name in (("cfg", "cfg scale"), ("temperature1", "stage-1 temperature"),
-                           ("top_p1", "stage-1 top-p"), ("temperature2", "stage-2 temperature")):
-            if getattr(k, attr) is None:
+                           ("top_p1", "stage-1 top-p"), ("temperature2", "stage-2 temperature"),
+                           ("temperature_baseline", "baseline temperature")):
+            value = getattr(k, attr)
+            if value is None:
                 raise UserError(f"{name} is empty; enter a number")
+            try:  # a string from Python was float()'s ValueError when the knobs became StageSampling
+                float(value)
+            except (TypeError, ValueError):
+                raise UserError(f"{name} must be a number, got {value!r}") from None
         if k.decoding not in FINE_DECODINGS:
             raise UserError(f"stage-2 decoding must be one of {', '.join(FINE_DECODINGS)}, got {k.decoding!r}")
         k.stage1().validate(self.pipe.coarse_model.cfg.vocab_size, "stage-1")

@@ -261,9 +261,26 @@ def _prepare_tokenizer(plan: DemoPlan, tok_dir: Path, train_ds, progress: bool) 
 
 
 def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
+    from coarse2fine.checkpoint import check_not_run_out
+    from coarse2fine.fileio import lock_dir
+
+    out = Path(out)
+    if (out / "report.md").exists():
+        raise UserError(f"{out} already holds a finished demo; choose another --out or delete it")
+    gpt_config(plan.gpt_preset)  # a mistyped --preset fails here, not after the tokenizer, the codes and k-means
+    # a demo folder holds its runs in sub-folders; one with a run's, an export's or a code store's files at
+    # its top is someone else's
+    check_not_run_out(out, "a demo folder", "the demo would write its coarse map, samples and report")
+    # one demo per folder (a second one rewrote the tokenizer files and coarse map the first one's models used); a
+    # demo that fails before its tokenizer is in place (a mistyped --data) removes the folder it made, as `sample` does
+    with lock_dir(out, "another demo", clean_failed=("tokenizer",)):
+        return _run_phases(out, plan, progress)
+
+
+def _run_phases(out: Path, plan: DemoPlan, progress: bool) -> dict:
     from coarse2fine.apps.demo_stages import train_stages
     from coarse2fine.apps.demo_report import evaluate_both, render_report
-    from coarse2fine.checkpoint import check_not_run_out, load_vq
+    from coarse2fine.checkpoint import load_vq
     from coarse2fine.data import build_dataset
     from coarse2fine.data.codes import CodeStore, extract_codes
     from coarse2fine.data.preprocess import save_grid
@@ -274,14 +291,6 @@ def run_demo(out: str | Path, plan: DemoPlan, progress: bool = True) -> dict:
     from coarse2fine.tokenizer.vq import codebook_fingerprint
     from coarse2fine.training.tokenizer import evaluate_reconstruction
 
-    out = Path(out)
-    if (out / "report.md").exists():
-        raise UserError(f"{out} already holds a finished demo; choose another --out or delete it")
-    gpt_config(plan.gpt_preset)  # a mistyped --preset fails here, not after the tokenizer, the codes and k-means
-    # a demo folder holds its runs in sub-folders; one with a run's, an export's or a code store's files at
-    # its top is someone else's
-    check_not_run_out(out, "a demo folder", "the demo would write its coarse map, samples and report")
-    out.mkdir(parents=True, exist_ok=True)
     precision = demo_precision(plan.dtype)
     threads = distributed.configure_threads()
     bar = Progress(plan)

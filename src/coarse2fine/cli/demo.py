@@ -50,6 +50,9 @@ def cmd_demo(args) -> int:
     plan.seed, plan.dtype = args.seed, args.dtype
     if args.train_tokenizer:
         plan.tokenizer = "train"
+    if args.vq_steps is not None and plan.tokenizer != "train":  # was ignored without a word
+        raise UserError(f"--vq-steps sets the steps of a tokenizer trained here, and the demo of {args.data} uses "
+                        "the shipped tokenizer; add --train-tokenizer, or drop --vq-steps")
     for flag, field in (("vq_steps", "vq_steps"), ("steps", "steps"), ("eval_per_class", "eval_per_class")):
         value = getattr(args, flag)
         if value is not None:
