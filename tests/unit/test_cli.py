@@ -406,7 +406,7 @@ def test_app_opens_the_colour_demo_when_it_is_the_only_one(tmp_path, monkeypatch
 def test_demo_sampling_flags_reach_the_plan_and_default_per_data(monkeypatch):
     """At 2000 steps the colour demo's CFG 5 scored 0.449 where CFG 3 scored 0.598: a user who trains longer
     needs --cfg. The flags set stage 1's and the baseline's temperature and CFG; left out, each data set keeps
-    its own default (3.0 grey, 5.0 emoji64)."""
+    its own default (CFG 3 and tau 0.9 grey, CFG 3 and tau 0.8 emoji64)."""
     import coarse2fine.cli.demo as demo_cli
 
     plans = []
@@ -415,7 +415,7 @@ def test_demo_sampling_flags_reach_the_plan_and_default_per_data(monkeypatch):
                  "--temperature", "0.8", "--out", "unused"]) == 0
     assert (plans[-1].cfg_scale, plans[-1].temperature, plans[-1].gpt_preset, plans[-1].steps) == (3.0, 0.8, "GPT-small", 2000)
     assert main(["demo", "--data", "emoji64", "--out", "unused"]) == 0
-    assert (plans[-1].cfg_scale, plans[-1].temperature) == (5.0, 0.9)
+    assert (plans[-1].cfg_scale, plans[-1].temperature) == (3.0, 0.8)
     assert main(["demo", "--out", "unused"]) == 0
     assert plans[-1].cfg_scale == 3.0
 
@@ -435,8 +435,15 @@ def test_demo_regularisation_flags_reach_the_models_and_long_runs_checkpoint(mon
     assert (plan.dropout, plan.ema) == (0.1, 0.998)
     tcfg = demo_train_config(plan, "fp32")
     assert tcfg.ema_decay == 0.998 and tcfg.ckpt_every == 500 and tcfg.steps == 3000
-    assert main(["demo", "--out", "unused"]) == 0  # left out: the defaults, no dropout and no EMA
+    assert main(["demo", "--out", "unused"]) == 0  # left out: the grey defaults, no dropout and no EMA
     assert (plans[-1].dropout, plans[-1].ema) == (0.0, 0.0)
     assert demo_train_config(plans[-1], "fp32").ckpt_every == plans[-1].steps  # a short run: once, at its end
+    # the colour demo trains regularised by default (GPT-tiny 3000: 0.607 with, 0.544 at 2000 without), and 0
+    # turns either off
+    assert main(["demo", "--data", "emoji64", "--out", "unused"]) == 0
+    assert (plans[-1].dropout, plans[-1].ema, plans[-1].steps) == (0.1, 0.998, 3000)
+    assert demo_train_config(plans[-1], "fp32").ema_decay == 0.998
+    assert main(["demo", "--data", "emoji64", "--dropout", "0", "--ema-decay", "0", "--out", "unused"]) == 0
+    assert (plans[-1].dropout, plans[-1].ema) == (0.0, 0.0)
     _one_line_error(capsys, ["demo", "--ema-decay", "1", "--out", "unused"], "--ema-decay")
     _one_line_error(capsys, ["demo", "--dropout", "-0.1", "--out", "unused"], "--dropout")

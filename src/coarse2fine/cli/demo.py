@@ -19,8 +19,8 @@ def register(sub) -> None:
                    help="train the tokenizer here instead of using the shipped one (always so for data without "
                         f"one; ~{d.vq_steps} steps, about 10 more minutes)")
     p.add_argument("--vq-steps", type=int, help=f"tokenizer steps with --train-tokenizer (default {d.vq_steps})")
-    p.add_argument("--steps", type=int, help=f"steps for each transformer (default {d.steps})")
-    p.add_argument("--preset", help=f"transformer preset (default {d.gpt_preset})")
+    p.add_argument("--steps", type=int, help=f"steps for each transformer (default {d.steps}, {COLOUR['steps']} for emoji64)")
+    p.add_argument("--preset", help=f"transformer preset (default {d.gpt_preset}, {COLOUR['gpt_preset']} for emoji64)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default=d.dtype,
                    help="transformer precision (default auto: bf16 where the CPU has it natively, else fp32)")
     p.add_argument("--workers", type=nonneg_int, default=d.workers,
@@ -28,16 +28,18 @@ def register(sub) -> None:
     p.add_argument("--eval-per-class", type=positive_int,
                    help=f"samples per class scored by FD, KID and class accuracy (default {d.eval_per_class})")
     p.add_argument("--temperature", type=positive_float,
-                   help=f"sampling temperature of stage 1 and the baseline (default {d.temperature})")
+                   help=f"sampling temperature of stage 1 and the baseline (default {d.temperature}, "
+                        f"{COLOUR['temperature']} for emoji64)")
     p.add_argument("--cfg", type=nonneg_float,
                    help=f"CFG scale of stage 1 and the baseline (default {d.cfg_scale}, {COLOUR['cfg_scale']} for "
                         "emoji64; longer training wants less: at 2000 steps CFG 3 scored above CFG 5, "
                         "docs/results.md)")
     p.add_argument("--dropout", type=unit_interval_open,
-                   help=f"token, residual and FFN dropout of the three transformers (default {d.dropout}; "
-                        "docs/results.md#the-colour-demo measures 0.1 on longer colour runs)")
+                   help=f"token, residual and FFN dropout of the three transformers (default {d.dropout}, "
+                        f"{COLOUR['dropout']} for emoji64: docs/results.md#the-colour-demo; 0 turns it off)")
     p.add_argument("--ema-decay", type=unit_interval_open,
-                   help=f"EMA decay of the transformers' weights, sampled instead of the last ones (default {d.ema}: off)")
+                   help=f"EMA decay of the transformers' weights, sampled instead of the last ones (default {d.ema}: off; "
+                        f"{COLOUR['ema']} for emoji64)")
     p.add_argument("--seed", type=kmeans_seed, default=0, help="seed of every step (default 0)")
     p.add_argument("--no-progress", action="store_true", help="(kept for scripts; the demo prints one line per phase)")
     p.set_defaults(func=cmd_demo)
