@@ -92,7 +92,8 @@ class DemoPlan:
 # 2000 at CFG 3 (0.59 +- 0.01), and GPT-small over-fits by 4000 steps. With dropout 0.1 and an EMA of the weights
 # (0.998, sampled) longer runs keep improving: GPT-tiny 3000 reads 0.607 at tau 0.8, CFG 3 (19.6 CPU-minutes of
 # training for CTF on a 2-core AMD EPYC) and GPT-small 3000 0.676 +- 0.004 at tau 0.9 (two seeds, ~100 CPU-minutes,
-# `demo --preset GPT-small --temperature 0.9`). GPT-tiny 3000 is the point that fits the demo's 30-minute budget.
+# `demo --preset GPT-small --temperature 0.9`). GPT-tiny 3000 fits the demo's 30-minute budget: 23 min 54 s from a
+# fresh clone on 2 cores with AVX2 kernels in fp32, CTF 0.602 against the baseline's 0.542 (docs/speed.md).
 # Regularised runs sample best cooler and with less guidance than short ones (tau 0.8, CFG 3: benchmarks/results/
 # colour_curve_emoji64/sampling_sweep_*.md). vq_batch 16 is the cpu64 recipe's, for --train-tokenizer.
 COLOUR = dict(resolution=64, vq_preset="VQ-64-f8", vq_batch=16, gpt_preset="GPT-tiny", steps=3000, dropout=0.1,
