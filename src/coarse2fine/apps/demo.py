@@ -90,8 +90,8 @@ class DemoPlan:
 # shipped classifier; its real test images read 0.747, the target of 80% is 0.598). Without dropout the
 # best points were GPT-tiny 1000 at CFG 5 (0.48 +- 0.03, three seeds; the demo's until this choice) and GPT-small
 # 2000 at CFG 3 (0.59 +- 0.01), and GPT-small over-fits by 4000 steps. With dropout 0.1 and an EMA of the weights
-# (0.998, sampled) longer runs keep improving: GPT-tiny 3000 reads 0.607 at tau 0.8, CFG 3 (19.6 CPU-minutes of
-# training for CTF on a 2-core AMD EPYC) and GPT-small 3000 0.676 +- 0.004 at tau 0.9 (two seeds, ~100 CPU-minutes,
+# (0.998, sampled) longer runs keep improving: GPT-tiny 3000 reads 0.605 +- 0.005 at tau 0.8, CFG 3 (three seeds;
+# ~20 CPU-minutes of training for CTF on a 2-core AMD EPYC) and GPT-small 3000 0.676 +- 0.004 at tau 0.9 (two seeds, ~100 CPU-minutes,
 # `demo --preset GPT-small --temperature 0.9`). GPT-tiny 3000 fits the demo's 30-minute budget: 23 min 54 s from a
 # fresh clone on 2 cores with AVX2 kernels in fp32, CTF 0.602 against the baseline's 0.542 (docs/speed.md).
 # Regularised runs sample best cooler and with less guidance than short ones (tau 0.8, CFG 3: benchmarks/results/
