@@ -137,10 +137,15 @@ def _cpu_times() -> tuple[int, int] | None:
     return vals[3] + (vals[4] if len(vals) > 4 else 0), sum(vals[:8])
 
 
+def allowed_cores() -> int:
+    """The cores this process may run on (its affinity mask; the machine's count where there is none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def free_cores(window_s: float = 0.25) -> int:
     """Cores this process may use that other work leaves idle: the allowed cores minus the busy
     share of the machine measured over `window_s` seconds (rounded), at least 1."""
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    allowed = allowed_cores()
     a = _cpu_times()
     if a is None:
         return allowed

@@ -193,10 +193,10 @@ def check_coarse(coarse, cond: torch.Tensor, seq_len: int, num_coarse: int) -> N
     if coarse.device != cond.device:
         raise UserError(f"coarse maps are on {coarse.device} but the labels and model on {cond.device}; move them "
                         f"with coarse.to('{cond.device}')")
-    if coarse.numel() and (int(coarse.min()) < 0 or int(coarse.max()) >= num_coarse):
+    lo, hi = (int(v) for v in torch.aminmax(coarse)) if coarse.numel() else (0, 0)  # one pass, one read
+    if lo < 0 or hi >= num_coarse:
         raise UserError(f"coarse maps must hold cluster ids in 0..{num_coarse - 1} (the model's coarse vocabulary), "
-                        f"got ids from {int(coarse.min())} to {int(coarse.max())}; pass maps of the coarse map the "
-                        "model was trained on")
+                        f"got ids from {lo} to {hi}; pass maps of the coarse map the model was trained on")
 
 
 def check_cpu_compiler() -> None:

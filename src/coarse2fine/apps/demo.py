@@ -13,7 +13,6 @@ fair share instead of stalling every OpenMP barrier (benchmarks/results/demo/thr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -144,7 +143,7 @@ def cpu_kind() -> dict:
         kind = "AVX512 without BF16"
     else:
         kind = "AVX2-only" if "avx2" in flags else "no AVX2"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = distributed.allowed_cores()
     return {"model": model, "kind": kind, "kernels": torch.backends.cpu.get_cpu_capability(), "cores": cores}
 
 
@@ -238,7 +237,7 @@ def stage_workers(plan: DemoPlan) -> int:
     >= 2 cores (3 one-thread processes share 2 cores well: the OS time-slices them), else 1."""
     if plan.workers:
         return max(1, min(plan.workers, len(STAGES)))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = distributed.allowed_cores()
     return len(STAGES) if cores >= 2 else 1
 
 

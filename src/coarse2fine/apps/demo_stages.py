@@ -110,7 +110,7 @@ def _run_parallel(out, plan, tcfg, meta, clusters, workers, bar, summaries) -> N
     ctx = mp.get_context("spawn")  # fork would copy an initialised OpenMP pool into the child
     pending, running = list(STAGES), {}
     total = tcfg.steps * len(pending)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = distributed.allowed_cores()
     share = min(workers, len(STAGES)) > cores  # more stages at once than cores: the longest goes first
     together = workers >= len(STAGES)
     last_print = time.time()

@@ -89,7 +89,7 @@ def frechet_distance_from_features(feats1: np.ndarray, feats2: np.ndarray) -> fl
     f1, f2 = _pair(feats1, feats2, torch.float64, ("features", "features"))
     n1, n2, d = f1.shape[0], f2.shape[0], f1.shape[1]
     if max(n1, n2) > d or min(n1, n2) < 2:
-        return frechet_distance(*feature_stats(feats1), *feature_stats(feats2))
+        return frechet_distance(*feature_stats(f1), *feature_stats(f2))  # the tables already made and checked
     mu1, mu2 = f1.mean(0), f2.mean(0)
     a1 = (f1 - mu1) / (n1 - 1) ** 0.5  # N1, D
     a2 = (f2 - mu2) / (n2 - 1) ** 0.5  # N2, D
